@@ -1,1 +1,385 @@
+//! The local TCP end of roamtun: smoltcp on an in-memory packet queue.
+//!
+//! On the client this stack *terminates* every TCP connection an app opens through the TUN, whatever its
+//! destination, so that during an uplink outage the app talks to a healthy local peer. On the server it
+//! *originates* connections into the server TUN with the client's virtual IP as source, and terminates
+//! connections that server apps open towards a client's virtual IP. Both directions are the same two
+//! operations: [`Stack::handle_packet`] with a SYN creates a [`FlowId`] the caller must [`Stack::accept`]
+//! or [`Stack::refuse`]; [`Stack::connect`] originates one.
+//!
+//! The stack is sans-IO: the caller feeds IP packets read from the TUN and drains the packets to write
+//! back ([`Stack::pop_transmit`]); time comes in as a parameter and [`Stack::poll_at`] says when to call
+//! [`Stack::poll`] again. It deliberately knows nothing of UDP or ICMP (relayed as whole packets by the
+//! caller), of the relay protocol, or of uplinks.
 
+mod device;
+mod flow;
+
+pub use flow::{FlowEvent, FlowId};
+pub use smoltcp::time::{Duration, Instant};
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{
+    HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint, IpProtocol, Ipv4Address,
+    Ipv4Packet, Ipv6Address, Ipv6Packet, TcpPacket,
+};
+
+use device::QueueDevice;
+use flow::Flow;
+
+/// Sizes of the stack; all are byte budgets, nothing grows past them.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    /// MTU of the TUN device. The client terminates TCP locally, so this need not match any physical
+    /// path: a large MTU (65535) lets the kernel hand us 64 KiB segments, the main lever for throughput.
+    pub mtu: usize,
+    /// Receive buffer of each TCP socket (bytes the app sent that we have not relayed yet): the window
+    /// the app sees. When the relay cannot take more, this fills and the app's window closes.
+    pub tcp_rx_buffer: usize,
+    /// Transmit buffer of each TCP socket (bytes relayed to us that the app has not acknowledged yet).
+    pub tcp_tx_buffer: usize,
+    /// Most TCP flows at once; a SYN beyond that is answered with a reset.
+    pub max_flows: usize,
+    /// Seed for initial sequence numbers and ports; tests pass a fixed one.
+    pub random_seed: u64,
+}
+
+impl Default for StackConfig {
+    fn default() -> Self {
+        StackConfig {
+            mtu: 65535,
+            tcp_rx_buffer: 256 * 1024,
+            tcp_tx_buffer: 256 * 1024,
+            max_flows: 4096,
+            random_seed: 0x726f_616d_7475_6e00,
+        }
+    }
+}
+
+/// What the caller must decide about after feeding a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingress {
+    /// A TCP packet for an existing flow, or one the stack answered itself (e.g. a reset).
+    Handled,
+    /// A SYN for a new connection from `src` (the app) to `dst`. The SYN-ACK is held until
+    /// [`Stack::accept`]; [`Stack::refuse`] answers with a reset, so the app sees "connection refused".
+    NewFlow { flow: FlowId, src: SocketAddr, dst: SocketAddr },
+    /// A SYN arrived but `max_flows` are open; the app was sent a reset.
+    TooManyFlows,
+    /// Not a TCP packet, or not a well-formed one; the caller may relay it as a datagram.
+    NotTcp,
+}
+
+/// Errors of operations on a flow.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StackError {
+    /// The flow id does not name an open flow (it finished or never existed).
+    #[error("no such flow {0:?}")]
+    NoSuchFlow(FlowId),
+    /// smoltcp refused to start the connection (address families differ, port 0, …).
+    #[error("cannot originate a TCP connection from {src} to {dst}: {reason}")]
+    Connect { src: SocketAddr, dst: SocketAddr, reason: String },
+    /// `max_flows` are already open.
+    #[error("too many TCP flows (limit {0})")]
+    TooManyFlows(usize),
+}
+
+/// smoltcp on a packet queue, with the bookkeeping that maps sockets to flows.
+pub struct Stack {
+    config: StackConfig,
+    iface: Interface,
+    device: QueueDevice,
+    sockets: SocketSet<'static>,
+    flows: HashMap<FlowId, Flow>,
+    /// (local endpoint as the stack sees it, remote endpoint) → flow, to recognise a retransmitted SYN.
+    by_tuple: HashMap<(SocketAddr, SocketAddr), FlowId>,
+    next_flow: u64,
+    events: VecDeque<FlowEvent>,
+}
+
+impl Stack {
+    pub fn new(config: StackConfig, now: Instant) -> Self {
+        let mut device = QueueDevice::new(config.mtu);
+        let mut iface_config = Config::new(HardwareAddress::Ip);
+        iface_config.random_seed = config.random_seed;
+        let mut iface = Interface::new(iface_config, &mut device, now);
+        // Accept packets for any destination: every address is "on link" (a /0 prefix) and AnyIP is on.
+        iface.set_any_ip(true);
+        iface.update_ip_addrs(|addrs| {
+            // Cannot fail: the vector holds two addresses (IFACE_MAX_ADDR_COUNT) and starts empty.
+            addrs
+                .push(IpCidr::new(IpAddress::Ipv4(Ipv4Address::new(0, 0, 0, 1)), 0))
+                .expect("room for the IPv4 catch-all prefix");
+            addrs
+                .push(IpCidr::new(IpAddress::Ipv6(Ipv6Address::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)), 0))
+                .expect("room for the IPv6 catch-all prefix");
+        });
+        Stack {
+            config,
+            iface,
+            device,
+            sockets: SocketSet::new(Vec::new()),
+            flows: HashMap::new(),
+            by_tuple: HashMap::new(),
+            next_flow: 1,
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn config(&self) -> &StackConfig {
+        &self.config
+    }
+
+    /// Number of open flows (any state but finished).
+    pub fn flow_count(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Feeds one IP packet read from the TUN. TCP packets are processed at once, so that a SYN lands in
+    /// the socket created for it; the packets to send back wait in [`Stack::pop_transmit`].
+    pub fn handle_packet(&mut self, packet: Vec<u8>, now: Instant) -> Ingress {
+        let Some(seg) = parse_tcp(&packet) else {
+            return Ingress::NotTcp;
+        };
+        let mut result = Ingress::Handled;
+        if seg.syn && !seg.ack && !self.by_tuple.contains_key(&(seg.dst, seg.src)) {
+            if self.flows.len() >= self.config.max_flows {
+                // Without a listening socket smoltcp answers the SYN with a reset.
+                result = Ingress::TooManyFlows;
+            } else {
+                let flow = self.listen_for(seg.dst, seg.src);
+                result = Ingress::NewFlow { flow, src: seg.src, dst: seg.dst };
+            }
+        }
+        self.device.push_rx(packet);
+        while self.device.has_rx() {
+            self.iface.poll_ingress_single(now, &mut self.device, &mut self.sockets);
+        }
+        if let Ingress::NewFlow { flow, .. } = result {
+            // The SYN must have landed in the socket made for it: only that one listens on (dst, src).
+            let handle = self.flows[&flow].handle;
+            let socket = self.sockets.get::<tcp::Socket>(handle);
+            if socket.state() != tcp::State::SynReceived {
+                tracing::debug!(?flow, state = %socket.state(), "SYN was not accepted by its socket");
+                self.remove_flow(flow);
+                return Ingress::Handled;
+            }
+        }
+        result
+    }
+
+    fn new_socket(&self) -> tcp::Socket<'static> {
+        let rx = tcp::SocketBuffer::new(vec![0; self.config.tcp_rx_buffer]);
+        let tx = tcp::SocketBuffer::new(vec![0; self.config.tcp_tx_buffer]);
+        let mut socket = tcp::Socket::new(rx, tx);
+        // We relay whatever the app wrote at once; coalescing belongs to the app's own stack.
+        socket.set_nagle_enabled(false);
+        // An ACK costs one TUN write per (large) segment; delaying it only adds latency.
+        socket.set_ack_delay(None);
+        socket
+    }
+
+    fn listen_for(&mut self, local: SocketAddr, remote: SocketAddr) -> FlowId {
+        let mut socket = self.new_socket();
+        socket.pause_synack(true);
+        let endpoint = IpListenEndpoint { addr: Some(local.ip().into()), port: local.port() };
+        // Cannot fail: the port of a parsed SYN is checked non-zero in parse_tcp and the socket is new.
+        socket.listen(endpoint).expect("fresh socket listens on a non-zero port");
+        let handle = self.sockets.add(socket);
+        self.insert_flow(handle, local, remote, false)
+    }
+
+    fn insert_flow(&mut self, handle: SocketHandle, local: SocketAddr, remote: SocketAddr, originated: bool) -> FlowId {
+        let id = FlowId(self.next_flow);
+        self.next_flow += 1;
+        self.flows.insert(id, Flow::new(handle, local, remote, originated));
+        self.by_tuple.insert((local, remote), id);
+        id
+    }
+
+    fn remove_flow(&mut self, id: FlowId) {
+        if let Some(flow) = self.flows.remove(&id) {
+            self.by_tuple.remove(&(flow.local, flow.remote));
+            self.sockets.remove(flow.handle);
+        }
+    }
+
+    /// Lets the held SYN-ACK go: the far end accepted the connection.
+    pub fn accept(&mut self, id: FlowId) -> Result<(), StackError> {
+        let flow = self.flows.get(&id).ok_or(StackError::NoSuchFlow(id))?;
+        self.sockets.get_mut::<tcp::Socket>(flow.handle).pause_synack(false);
+        Ok(())
+    }
+
+    /// Answers the held SYN with a reset (the app sees "connection refused") and forgets the flow.
+    pub fn refuse(&mut self, id: FlowId, now: Instant) -> Result<(), StackError> {
+        self.abort(id, now)
+    }
+
+    /// Opens a connection from `src` (any address: the stack does not own addresses) to `dst`.
+    /// [`FlowEvent::Connected`] or [`FlowEvent::Closed`] follows.
+    pub fn connect(&mut self, src: SocketAddr, dst: SocketAddr) -> Result<FlowId, StackError> {
+        if self.flows.len() >= self.config.max_flows {
+            return Err(StackError::TooManyFlows(self.config.max_flows));
+        }
+        if self.by_tuple.contains_key(&(src, dst)) {
+            return Err(StackError::Connect { src, dst, reason: "a flow with these endpoints exists".into() });
+        }
+        let mut socket = self.new_socket();
+        let local = IpListenEndpoint { addr: Some(src.ip().into()), port: src.port() };
+        socket
+            .connect(self.iface.context(), IpEndpoint::from(dst), local)
+            .map_err(|e| StackError::Connect { src, dst, reason: e.to_string() })?;
+        let handle = self.sockets.add(socket);
+        Ok(self.insert_flow(handle, src, dst, true))
+    }
+
+    /// Runs timers and sends what the sockets have queued, then reports flow state changes.
+    pub fn poll(&mut self, now: Instant) {
+        self.iface.poll(now, &mut self.device, &mut self.sockets);
+        self.collect_events();
+    }
+
+    /// When [`Stack::poll`] must run next at the latest (None: only on new input).
+    pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
+        self.iface.poll_at(now, &self.sockets)
+    }
+
+    /// The next IP packet to write to the TUN.
+    pub fn pop_transmit(&mut self) -> Option<Vec<u8>> {
+        self.device.pop_tx()
+    }
+
+    /// The next flow state change since the last call.
+    pub fn pop_event(&mut self) -> Option<FlowEvent> {
+        self.events.pop_front()
+    }
+
+    fn collect_events(&mut self) {
+        for (&id, flow) in self.flows.iter_mut() {
+            let socket = self.sockets.get::<tcp::Socket>(flow.handle);
+            flow.observe(id, socket, &mut self.events);
+        }
+    }
+
+    /// Forgets a flow after [`FlowEvent::Closed`], once the caller took what it wanted from it.
+    pub fn release(&mut self, id: FlowId) {
+        self.remove_flow(id);
+    }
+
+    /// Bytes the app sent that wait to be relayed.
+    pub fn recv_queue(&self, id: FlowId) -> usize {
+        self.flows.get(&id).map_or(0, |f| self.sockets.get::<tcp::Socket>(f.handle).recv_queue())
+    }
+
+    /// Takes up to `max` bytes the app sent, calling `f` with contiguous chunks (at most two).
+    /// Returns the number of bytes taken; the app's window opens by as much at the next poll.
+    pub fn recv(&mut self, id: FlowId, max: usize, mut f: impl FnMut(&[u8])) -> usize {
+        let Some(flow) = self.flows.get(&id) else { return 0 };
+        let socket = self.sockets.get_mut::<tcp::Socket>(flow.handle);
+        let mut taken = 0;
+        while taken < max && socket.can_recv() {
+            let n = socket
+                .recv(|buf| {
+                    let n = buf.len().min(max - taken);
+                    f(&buf[..n]);
+                    (n, n)
+                })
+                .unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            taken += n;
+        }
+        taken
+    }
+
+    /// Room in the socket's send buffer: how many relayed bytes [`Stack::send`] would take now.
+    pub fn send_capacity(&self, id: FlowId) -> usize {
+        self.flows.get(&id).map_or(0, |f| {
+            let s = self.sockets.get::<tcp::Socket>(f.handle);
+            if s.may_send() {
+                s.send_capacity() - s.send_queue()
+            } else {
+                0
+            }
+        })
+    }
+
+    /// Queues relayed bytes towards the app; returns how many were taken (less than `data.len()` when
+    /// the app is slow: the caller keeps the rest and stops granting credit).
+    pub fn send(&mut self, id: FlowId, data: &[u8]) -> usize {
+        let Some(flow) = self.flows.get(&id) else { return 0 };
+        self.sockets.get_mut::<tcp::Socket>(flow.handle).send_slice(data).unwrap_or(0)
+    }
+
+    /// Sends FIN to the app once every queued byte is out (the far end closed its sending side).
+    pub fn close(&mut self, id: FlowId) {
+        if let Some(flow) = self.flows.get(&id) {
+            self.sockets.get_mut::<tcp::Socket>(flow.handle).close();
+        }
+    }
+
+    /// Resets the connection towards the app and forgets the flow at once.
+    pub fn abort(&mut self, id: FlowId, now: Instant) -> Result<(), StackError> {
+        let flow = self.flows.get(&id).ok_or(StackError::NoSuchFlow(id))?;
+        self.sockets.get_mut::<tcp::Socket>(flow.handle).abort();
+        // Send the RST now, while the socket still exists.
+        self.iface.poll_egress(now, &mut self.device, &mut self.sockets);
+        self.remove_flow(id);
+        Ok(())
+    }
+
+    /// Whether the app closed its sending side and every byte it sent has been taken by [`Stack::recv`].
+    pub fn app_finished_sending(&self, id: FlowId) -> bool {
+        self.flows.get(&id).is_some_and(|f| {
+            let s = self.sockets.get::<tcp::Socket>(f.handle);
+            f.established_once() && !s.may_recv() && s.recv_queue() == 0
+        })
+    }
+}
+
+/// The fields of a TCP segment that the stack needs before smoltcp sees it.
+struct TcpSeg {
+    src: SocketAddr,
+    dst: SocketAddr,
+    syn: bool,
+    ack: bool,
+}
+
+fn parse_tcp(packet: &[u8]) -> Option<TcpSeg> {
+    let (src_ip, dst_ip, payload): (IpAddr, IpAddr, &[u8]) = match packet.first()? >> 4 {
+        4 => {
+            let ip = Ipv4Packet::new_checked(packet).ok()?;
+            if ip.next_header() != IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
+                return None;
+            }
+            let hl = usize::from(ip.header_len());
+            let total = usize::from(ip.total_len());
+            (ip.src_addr().into(), ip.dst_addr().into(), packet.get(hl..total)?)
+        }
+        6 => {
+            let ip = Ipv6Packet::new_checked(packet).ok()?;
+            if ip.next_header() != IpProtocol::Tcp {
+                return None;
+            }
+            let end = 40 + usize::from(ip.payload_len());
+            (ip.src_addr().into(), ip.dst_addr().into(), packet.get(40..end)?)
+        }
+        _ => return None,
+    };
+    let tcp = TcpPacket::new_checked(payload).ok()?;
+    if tcp.src_port() == 0 || tcp.dst_port() == 0 {
+        return None;
+    }
+    Some(TcpSeg {
+        src: SocketAddr::new(src_ip, tcp.src_port()),
+        dst: SocketAddr::new(dst_ip, tcp.dst_port()),
+        syn: tcp.syn(),
+        ack: tcp.ack(),
+    })
+}
