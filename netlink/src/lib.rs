@@ -1,1 +1,36 @@
+//! Kernel network configuration for roamtun over rtnetlink.
+//!
+//! This crate talks `NETLINK_ROUTE` directly (through the `rtnetlink` crate)
+//! to do the handful of things the daemon needs around its TUN device:
+//!
+//! * look up a link by name, bring it up, set its MTU;
+//! * add and delete IPv4/IPv6 addresses;
+//! * add and delete device routes (main or a custom table, optional
+//!   preferred source);
+//! * add and delete source-based policy rules (`from PREFIX lookup TABLE`);
+//! * remember everything the daemon installed ([`Installed`]) so it can all
+//!   be removed again on shutdown.
+//!
+//! Adds are idempotent (an object that is already there is success) and
+//! deletes treat an absent object as success, so the daemon can re-run its
+//! setup after a crash or an uplink change without special cases.
+//!
+//! What it deliberately does **not** do:
+//!
+//! * it never shells out to `ip` or any other tool;
+//! * it does not create or own the TUN device (the daemon does that);
+//! * it does not monitor netlink events, replace existing objects, or touch
+//!   sysctls, firewall rules or gateways (routes are device routes only);
+//! * it does not switch network namespaces: [`Netlink::connect`] works in the
+//!   namespace of the calling thread.
 
+mod error;
+mod installed;
+mod message;
+mod netlink;
+mod types;
+
+pub use error::NetlinkError;
+pub use installed::Installed;
+pub use netlink::Netlink;
+pub use types::{Route, Rule};
