@@ -1,4 +1,15 @@
-//! roamtun: keeps every TCP and UDP session of a device alive while it changes uplinks.
+//! roamtun keeps every TCP and UDP session of a device alive while it changes uplinks.
+//!
+//! The client daemon (CNAPT in the spec) gives apps a TUN with a stable virtual IP and terminates their
+//! TCP in smoltcp; the server daemon (SNAPT) re-originates each stream into its own TUN with the
+//! client's virtual IP as source. Between them runs one authenticated, encrypted relay connection.
+//! docs/architecture.md draws the data path.
+
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod keys;
+pub mod relay;
 pub mod tls;
 pub mod wire;

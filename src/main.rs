@@ -1,1 +1,164 @@
-fn main(){}
+//! The `roamtun` command: both daemons, key tools and the status client.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use roamtun::config::{ClientConfig, ConfigError, ServerConfig};
+use roamtun::control::{self, Request, Response};
+use roamtun::keys::PrivateKey;
+
+#[derive(Parser)]
+#[command(name = "roamtun", version, about = "Keeps TCP and UDP sessions alive while a device changes uplinks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the client daemon (CNAPT) in the foreground.
+    Client {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Only check the configuration file and exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Run the server daemon (SNAPT) in the foreground.
+    Server {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Only check the configuration file and exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Show what a running daemon is doing.
+    Status {
+        /// Print JSON (stable keys, see docs/status.md) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's control socket; by default the client's, else the server's.
+        #[arg(short, long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
+    /// Print a new private key.
+    Genkey,
+    /// Read a private key on stdin and print its public key.
+    Pubkey,
+}
+
+/// Exit codes: 0 done, 1 runtime failure, 2 bad configuration or usage.
+const EXIT_FAILURE: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Genkey => match PrivateKey::generate() {
+            Ok(key) => {
+                println!("{}", key.to_base64());
+                ExitCode::SUCCESS
+            }
+            Err(err) => fail(EXIT_FAILURE, &err),
+        },
+        Command::Pubkey => {
+            let mut input = String::new();
+            if let Err(err) = std::io::stdin().read_to_string(&mut input) {
+                return fail(EXIT_FAILURE, &err);
+            }
+            match PrivateKey::from_base64(input.trim()) {
+                Ok(key) => {
+                    println!("{}", key.public_key());
+                    ExitCode::SUCCESS
+                }
+                Err(err) => fail(EXIT_CONFIG, &err),
+            }
+        }
+        Command::Client { config, check } => match ClientConfig::load(&config) {
+            Err(err) => config_error(&err),
+            Ok(_) if check => ExitCode::SUCCESS,
+            Ok(cfg) => run_daemon(roamtun::daemon::client::run(cfg)),
+        },
+        Command::Server { config, check } => match ServerConfig::load(&config) {
+            Err(err) => config_error(&err),
+            Ok(_) if check => ExitCode::SUCCESS,
+            Ok(cfg) => run_daemon(roamtun::daemon::server::run(cfg)),
+        },
+        Command::Status { json, socket } => status(json, socket),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ROAMTUN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn fail(code: u8, err: &dyn std::error::Error) -> ExitCode {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    eprintln!("roamtun: {msg}");
+    ExitCode::from(code)
+}
+
+fn config_error(err: &ConfigError) -> ExitCode {
+    fail(EXIT_CONFIG, err)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    // Two workers: the engine task and the relay connection's TLS work run side by side.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts")
+}
+
+fn run_daemon(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    match runtime().block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("roamtun: {err:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn status(json: bool, socket: Option<PathBuf>) -> ExitCode {
+    let paths = match socket {
+        Some(p) => vec![p],
+        None => vec![PathBuf::from("/run/roamtun/client.sock"), PathBuf::from("/run/roamtun/server.sock")],
+    };
+    let path = paths.iter().find(|p| p.exists()).unwrap_or(&paths[0]).clone();
+    let answer = runtime().block_on(control::request(&path, &Request::Status));
+    match answer {
+        Ok(Response::Status(status)) => {
+            if json {
+                // Cannot fail: Status holds only strings, numbers, lists and addresses.
+                println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
+            } else {
+                print!("{}", control::render(&status));
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Error { message }) => {
+            eprintln!("roamtun: the daemon says: {message}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+        Err(err) => fail(EXIT_FAILURE, &err),
+    }
+}

@@ -54,7 +54,11 @@ impl Flow {
                 events.push_back(FlowEvent::Connected(id));
             }
         }
-        if self.established && !socket.may_recv() {
+        // These states are reached only through the app's FIN. The state is sampled at every poll and
+        // our own FIN needs a poll to leave, so LastAck is always seen before Closed.
+        if matches!(state, State::CloseWait | State::LastAck | State::Closing | State::TimeWait)
+            || (self.established && !socket.may_recv())
+        {
             self.app_fin = true;
         }
         if matches!(state, State::Closed | State::TimeWait) {

@@ -1,0 +1,356 @@
+//! The one configuration file of each daemon (TOML). Every key is documented in docs/config.md.
+//!
+//! Syntax and type errors carry the file, line and column (from the TOML parser, which knows where a
+//! value came from); rules that span several keys are checked after parsing and name the keys.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::keys::{PrivateKey, PublicKey};
+
+/// Why a configuration file was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Carries the parser's line/column report.
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// An IP prefix such as `100.64.0.0/10` or `fd64::/64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl FromStr for Prefix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, len) = s.split_once('/').ok_or_else(|| format!("prefix {s:?} needs a length, e.g. 100.64.0.0/10"))?;
+        let addr: IpAddr = addr.parse().map_err(|_| format!("{addr:?} is not an IP address"))?;
+        let len: u8 = len.parse().map_err(|_| format!("prefix length {len:?} is not a number"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if len > max {
+            return Err(format!("prefix length {len} is longer than {max}"));
+        }
+        Ok(Prefix { addr, len })
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// Values that parse from a string (keys, prefixes) deserialize through this, so that a bad value is
+/// reported at its line by the TOML parser.
+fn from_str<'de, D: Deserializer<'de>, T>(d: D) -> Result<T, D::Error>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    let s = String::deserialize(d)?;
+    s.trim().parse().map_err(serde::de::Error::custom)
+}
+
+fn vec_from_str<'de, D: Deserializer<'de>, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    let v = Vec::<String>::deserialize(d)?;
+    v.iter().map(|s| s.trim().parse().map_err(serde::de::Error::custom)).collect()
+}
+
+/// The TUN device a daemon creates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunConfig {
+    pub name: String,
+    /// Large by default: TCP is terminated locally, so the TUN need not match any physical path.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+}
+
+fn default_mtu() -> u16 {
+    65535
+}
+
+/// Byte budgets and timeouts; the defaults suit a laptop and a small server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tuning {
+    /// Per stream and direction: bytes in flight between the daemons.
+    pub stream_window: u64,
+    /// Per TCP connection: the local socket buffers, each way.
+    pub tcp_buffer: usize,
+    /// Per peer: bytes queued for the uplink before the apps are slowed down.
+    pub session_out_budget: usize,
+    pub max_tcp_flows: usize,
+    pub udp_idle_timeout_secs: u64,
+    /// A relay connection that carries nothing for this long is considered dead.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            stream_window: 512 * 1024,
+            tcp_buffer: 256 * 1024,
+            session_out_budget: 2 * 1024 * 1024,
+            max_tcp_flows: 4096,
+            udp_idle_timeout_secs: 60,
+            idle_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerPeer {
+    /// Where the server daemon listens, e.g. `198.18.1.1:7700`.
+    pub address: SocketAddr,
+    #[serde(deserialize_with = "from_str")]
+    pub public_key: PublicKey,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    #[serde(deserialize_with = "from_str")]
+    pub private_key: PrivateKey,
+    pub server: ServerPeer,
+    #[serde(default = "default_client_tun")]
+    pub tun: TunConfig,
+    /// The stable addresses the apps use; the server must give the same ones to this client's key.
+    pub virtual_ips: Vec<IpAddr>,
+    /// Prefixes routed into the TUN (e.g. the server's virtual IP, a server-side network, or
+    /// `0.0.0.0/0` for everything).
+    #[serde(deserialize_with = "vec_from_str")]
+    pub routes: Vec<Prefix>,
+    #[serde(default = "default_client_socket")]
+    pub control_socket: PathBuf,
+    #[serde(default)]
+    pub tuning: Tuning,
+}
+
+fn default_client_tun() -> TunConfig {
+    TunConfig { name: "roam0".into(), mtu: default_mtu() }
+}
+
+fn default_client_socket() -> PathBuf {
+    PathBuf::from("/run/roamtun/client.sock")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub name: String,
+    #[serde(deserialize_with = "from_str")]
+    pub public_key: PublicKey,
+    pub virtual_ips: Vec<IpAddr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(deserialize_with = "from_str")]
+    pub private_key: PrivateKey,
+    pub listen: SocketAddr,
+    #[serde(default = "default_server_tun")]
+    pub tun: TunConfig,
+    /// The server's own addresses on its TUN (what client apps reach it at, e.g. `100.64.0.1`).
+    pub virtual_ips: Vec<IpAddr>,
+    /// Prefixes routed into the server TUN: where the clients' virtual IPs live.
+    #[serde(deserialize_with = "vec_from_str")]
+    pub client_prefixes: Vec<Prefix>,
+    /// Let clients reach destinations beyond this host (turns on IP forwarding; see docs/config.md for
+    /// the masquerade rule).
+    #[serde(default)]
+    pub exit: bool,
+    #[serde(default = "default_server_socket")]
+    pub control_socket: PathBuf,
+    #[serde(default)]
+    pub tuning: Tuning,
+    #[serde(rename = "peer", default)]
+    pub peers: Vec<PeerConfig>,
+}
+
+fn default_server_tun() -> TunConfig {
+    TunConfig { name: "roamsrv0".into(), mtu: default_mtu() }
+}
+
+fn default_server_socket() -> PathBuf {
+    PathBuf::from("/run/roamtun/server.sock")
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+}
+
+fn invalid(path: &Path, message: String) -> ConfigError {
+    ConfigError::Invalid { path: path.into(), message }
+}
+
+fn check_tun(path: &Path, tun: &TunConfig) -> Result<(), ConfigError> {
+    if tun.name.is_empty() || tun.name.len() > 15 {
+        return Err(invalid(path, format!("tun.name {:?} must be 1 to 15 characters (a Linux interface name)", tun.name)));
+    }
+    if tun.mtu < 1280 {
+        return Err(invalid(path, format!("tun.mtu {} is below 1280, the IPv6 minimum", tun.mtu)));
+    }
+    Ok(())
+}
+
+impl ClientConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::from_toml(path, &read(path)?)
+    }
+
+    pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let c: ClientConfig = parse(path, text)?;
+        check_tun(path, &c.tun)?;
+        if c.virtual_ips.is_empty() {
+            return Err(invalid(path, "virtual_ips must name at least one address".into()));
+        }
+        if c.routes.is_empty() {
+            return Err(invalid(path, "routes must name at least one prefix to send through the tunnel".into()));
+        }
+        Ok(c)
+    }
+}
+
+impl ServerConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::from_toml(path, &read(path)?)
+    }
+
+    pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let c: ServerConfig = parse(path, text)?;
+        check_tun(path, &c.tun)?;
+        let mut owners: BTreeMap<IpAddr, &str> = BTreeMap::new();
+        let mut keys: BTreeMap<PublicKey, &str> = BTreeMap::new();
+        for ip in &c.virtual_ips {
+            owners.insert(*ip, "the server itself (virtual_ips)");
+        }
+        for peer in &c.peers {
+            if let Some(other) = keys.insert(peer.public_key, &peer.name) {
+                return Err(invalid(path, format!("peer {:?} has the same public key as peer {other:?}", peer.name)));
+            }
+            if peer.virtual_ips.is_empty() {
+                return Err(invalid(path, format!("peer {:?} has no virtual_ips", peer.name)));
+            }
+            for ip in &peer.virtual_ips {
+                if let Some(other) = owners.insert(*ip, &peer.name) {
+                    return Err(invalid(
+                        path,
+                        format!("virtual IP {ip} of peer {:?} is already given to {other}", peer.name),
+                    ));
+                }
+                if !c.client_prefixes.iter().any(|p| prefix_contains(p, *ip)) {
+                    return Err(invalid(
+                        path,
+                        format!("virtual IP {ip} of peer {:?} is outside every client_prefixes entry", peer.name),
+                    ));
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    pub fn peer_by_key(&self, key: &PublicKey) -> Option<&PeerConfig> {
+        self.peers.iter().find(|p| p.public_key == *key)
+    }
+}
+
+/// Whether `ip` lies inside `prefix`.
+pub fn prefix_contains(prefix: &Prefix, ip: IpAddr) -> bool {
+    match (prefix.addr, ip) {
+        (IpAddr::V4(p), IpAddr::V4(a)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix.len)).unwrap_or(0);
+            u32::from(p) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(p), IpAddr::V6(a)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix.len)).unwrap_or(0);
+            u128::from(p) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> String {
+        PrivateKey::generate().unwrap().to_base64()
+    }
+
+    fn server_toml(extra: &str) -> String {
+        let pk = PrivateKey::generate().unwrap().public_key();
+        format!(
+            "private_key = \"{}\"\nlisten = \"198.18.1.1:7700\"\nvirtual_ips = [\"100.64.0.1\"]\n\
+             client_prefixes = [\"100.64.0.0/10\"]\n\n[[peer]]\nname = \"laptop\"\npublic_key = \"{pk}\"\n\
+             virtual_ips = [\"100.64.0.2\"]\n{extra}",
+            key()
+        )
+    }
+
+    #[test]
+    fn a_valid_server_config_parses_with_defaults() {
+        let c = ServerConfig::from_toml(Path::new("s.toml"), &server_toml("")).unwrap();
+        assert_eq!(c.tun.name, "roamsrv0");
+        assert_eq!(c.tun.mtu, 65535);
+        assert_eq!(c.peers[0].virtual_ips, vec!["100.64.0.2".parse::<IpAddr>().unwrap()]);
+        assert!(!c.exit);
+    }
+
+    #[test]
+    fn a_bad_value_is_reported_with_its_line() {
+        let text = server_toml("").replace("client_prefixes = [\"100.64.0.0/10\"]", "client_prefixes = [\"100.64.0.0\"]");
+        let err = ServerConfig::from_toml(Path::new("s.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("s.toml") && err.contains("line 4") && err.contains("needs a length"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_by_name() {
+        let err = ServerConfig::from_toml(Path::new("s.toml"), &server_toml("colour = \"blue\"")).unwrap_err().to_string();
+        assert!(err.contains("colour") && err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn a_virtual_ip_given_twice_is_refused() {
+        let pk = PrivateKey::generate().unwrap().public_key();
+        let extra = format!("\n[[peer]]\nname = \"phone\"\npublic_key = \"{pk}\"\nvirtual_ips = [\"100.64.0.2\"]\n");
+        let err = ServerConfig::from_toml(Path::new("s.toml"), &server_toml(&extra)).unwrap_err().to_string();
+        assert!(err.contains("100.64.0.2") && err.contains("laptop"), "{err}");
+    }
+
+    #[test]
+    fn prefixes_contain_what_they_should() {
+        let p: Prefix = "100.64.0.0/10".parse().unwrap();
+        assert!(prefix_contains(&p, "100.127.255.255".parse().unwrap()));
+        assert!(!prefix_contains(&p, "100.128.0.0".parse().unwrap()));
+        let all: Prefix = "0.0.0.0/0".parse().unwrap();
+        assert!(prefix_contains(&all, "198.18.0.1".parse().unwrap()));
+        assert!("100.64.0.0/33".parse::<Prefix>().is_err());
+    }
+}

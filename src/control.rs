@@ -1,0 +1,223 @@
+//! The local control socket: `roamtun status` asks a running daemon what it is doing.
+//!
+//! One request per connection, one JSON line each way. The status keys are documented in
+//! docs/status.md and only ever gain keys, so scripts can rely on them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::relay::engine::{SessionCounters, TunCounters};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Status(Status),
+    Error { message: String },
+}
+
+/// Everything `roamtun status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// "client" or "server".
+    pub role: String,
+    pub version: String,
+    pub uptime_secs: u64,
+    pub tun: String,
+    /// Client: its stable virtual IPs. Server: its own addresses on the TUN.
+    pub virtual_ips: Vec<IpAddr>,
+    pub tcp_flows: usize,
+    pub udp_flows: usize,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub peers: Vec<PeerStatus>,
+    pub tun_counters: TunCounters,
+    /// Server: TLS handshakes refused (unknown key, bad hello).
+    pub handshakes_refused: u64,
+}
+
+/// One relay peer: the server for a client, each connected or configured client for a server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub public_key: String,
+    pub connected: bool,
+    pub virtual_ips: Vec<IpAddr>,
+    /// Our end of the relay connection: the uplink address in use.
+    pub local_address: Option<SocketAddr>,
+    /// The interface that holds `local_address` (client: the uplink).
+    pub uplink: Option<String>,
+    pub remote_address: Option<SocketAddr>,
+    pub connected_secs: Option<u64>,
+    pub tcp_flows: usize,
+    pub udp_flows: usize,
+    pub queued_bytes: usize,
+    pub counters: SessionCounters,
+    /// How many times the relay connection was (re)established.
+    pub connects: u64,
+    pub last_error: Option<String>,
+}
+
+/// A request from the socket, with where to send the answer.
+pub struct ControlRequest {
+    pub request: Request,
+    pub reply: oneshot::Sender<Response>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot create the control socket {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot reach a roamtun daemon at {path} (is it running?)")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the daemon at {path} gave no valid answer")]
+    BadAnswer {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Listens on `path` and forwards each request to `requests`. A stale socket file left by a daemon
+/// that died is replaced; a live one is not (two daemons must not share a socket).
+pub async fn serve(path: &Path, requests: mpsc::Sender<ControlRequest>) -> Result<tokio::task::JoinHandle<()>, ControlError> {
+    let bind_err = |source| ControlError::Bind { path: path.into(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(bind_err)?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(bind_err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "another daemon answers on it")));
+        }
+        std::fs::remove_file(path).map_err(bind_err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let requests = requests.clone();
+            tokio::spawn(async move {
+                if let Err(err) = answer(stream, requests).await {
+                    tracing::debug!(%err, "control connection failed");
+                }
+            });
+        }
+    }))
+}
+
+async fn answer(stream: UnixStream, requests: mpsc::Sender<ControlRequest>) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    // One request line, bounded so a stray client cannot make us buffer without limit.
+    BufReader::new(r).take(64 * 1024).read_line(&mut line).await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => {
+            let (reply, rx) = oneshot::channel();
+            if requests.send(ControlRequest { request, reply }).await.is_err() {
+                Response::Error { message: "the daemon is shutting down".into() }
+            } else {
+                rx.await.unwrap_or(Response::Error { message: "the daemon dropped the request".into() })
+            }
+        }
+        Err(err) => Response::Error { message: format!("bad request: {err}") },
+    };
+    let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    w.write_all(&out).await?;
+    w.shutdown().await
+}
+
+use tokio::io::AsyncReadExt as _;
+
+/// Sends one request to the daemon at `path` and returns its answer.
+pub async fn request(path: &Path, request: &Request) -> Result<Response, ControlError> {
+    let stream = UnixStream::connect(path).await.map_err(|source| ControlError::Connect { path: path.into(), source })?;
+    let bad = |source: Box<dyn std::error::Error + Send + Sync>| ControlError::BadAnswer { path: path.into(), source };
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_vec(request).map_err(|e| bad(e.into()))?;
+    line.push(b'\n');
+    w.write_all(&line).await.map_err(|e| bad(e.into()))?;
+    let mut answer = String::new();
+    BufReader::new(r).read_line(&mut answer).await.map_err(|e| bad(e.into()))?;
+    serde_json::from_str(&answer).map_err(|e| bad(e.into()))
+}
+
+/// The human form of a status: what a person checks first, in that order.
+pub fn render(status: &Status) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let ips: Vec<String> = status.virtual_ips.iter().map(ToString::to_string).collect();
+    let _ = writeln!(s, "roamtun {} {} (up {}s)", status.role, status.version, status.uptime_secs);
+    let _ = writeln!(s, "  tun:          {} [{}]", status.tun, ips.join(", "));
+    let _ = writeln!(s, "  flows:        {} TCP, {} UDP", status.tcp_flows, status.udp_flows);
+    let _ = writeln!(s, "  traffic:      {} sent, {} received", bytes(status.bytes_sent), bytes(status.bytes_received));
+    if status.role == "server" {
+        let _ = writeln!(s, "  refused:      {} handshakes", status.handshakes_refused);
+    }
+    for p in &status.peers {
+        let state = if p.connected { "connected" } else { "not connected" };
+        let _ = writeln!(s, "peer {} ({state})", p.name);
+        let _ = writeln!(s, "  public key:   {}", p.public_key);
+        let vips: Vec<String> = p.virtual_ips.iter().map(ToString::to_string).collect();
+        let _ = writeln!(s, "  virtual ips:  {}", vips.join(", "));
+        if let (Some(local), Some(remote)) = (p.local_address, p.remote_address) {
+            let uplink = p.uplink.as_deref().unwrap_or("?");
+            let _ = writeln!(s, "  uplink:       {uplink} {local} -> {remote}");
+        }
+        if let Some(secs) = p.connected_secs {
+            let _ = writeln!(s, "  connected:    {secs}s ago ({} connects)", p.connects);
+        }
+        let _ = writeln!(s, "  flows:        {} TCP, {} UDP, {} queued", p.tcp_flows, p.udp_flows, bytes(p.queued_bytes as u64));
+        let c = &p.counters;
+        let _ = writeln!(s, "  traffic:      {} sent, {} received", bytes(c.bytes_sent), bytes(c.bytes_received));
+        let _ = writeln!(
+            s,
+            "  datagrams:    {} sent, {} received, {} dropped (queue full)",
+            c.datagrams_sent, c.datagrams_received, c.datagrams_dropped
+        );
+        if c.frames_malformed + c.streams_violated + c.datagrams_spoofed > 0 {
+            let _ = writeln!(
+                s,
+                "  rejected:     {} malformed frames, {} stream violations, {} spoofed datagrams",
+                c.frames_malformed, c.streams_violated, c.datagrams_spoofed
+            );
+        }
+        if let Some(err) = &p.last_error {
+            let _ = writeln!(s, "  last error:   {err}");
+        }
+    }
+    s
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}

@@ -1,0 +1,169 @@
+//! The server daemon (the spec's SNAPT): accepts authenticated client sessions and re-originates their
+//! streams into the server TUN with the client's virtual IP as source.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant as StdInstant};
+
+use anyhow::Context as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_rustls::TlsAcceptor;
+
+use super::transport::{self, close_code, Handshake, Liveness};
+use super::{engine_config, run_engine, EngineMsg, PeerInfo, SharedCounters, StatusSource, Tun};
+use crate::clock::Clock;
+use crate::config::ServerConfig;
+use crate::relay::engine::{Engine, Role, SessionId};
+use crate::wire::{Frame, PROTOCOL_VERSION};
+use crate::{control, tls};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    let keys = config.peers.iter().map(|p| p.public_key).collect();
+    let acceptor = TlsAcceptor::from(tls::server_config(&config.private_key, keys)?);
+    if config.exit {
+        enable_forwarding()?;
+    }
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let tun = Arc::new(Tun::create(&config.tun.name, config.tun.mtu, &config.virtual_ips, &config.client_prefixes).await?);
+    tracing::info!(listen = %config.listen, tun = %config.tun.name, peers = config.peers.len(), exit = config.exit, "server up");
+    let clock = Clock::new();
+    let engine = Engine::new(engine_config(Role::Server, &config.tuning, config.tun.mtu), clock.now());
+    let (engine_tx, engine_rx) = mpsc::channel(1024);
+    let room = Arc::new(Notify::new());
+    let shared = Arc::new(SharedCounters::default());
+    let source = StatusSource {
+        role: Role::Server,
+        tun: config.tun.name.clone(),
+        virtual_ips: config.virtual_ips.clone(),
+        started: StdInstant::now(),
+        known_peers: config.peers.iter().map(|p| (p.name.clone(), p.public_key.to_base64(), p.virtual_ips.clone())).collect(),
+        shared: shared.clone(),
+    };
+    let engine_task = tokio::spawn(run_engine(engine, tun.clone(), engine_rx, room.clone(), clock, source));
+    let config = Arc::new(config);
+
+    let result = async {
+        let (ctl_tx, ctl_rx) = mpsc::channel(16);
+        let control_task = control::serve(&config.control_socket, ctl_tx).await?;
+        super::forward_control(ctl_rx, engine_tx.clone());
+        let next_session = Arc::new(AtomicU64::new(1));
+        let accept = async {
+            loop {
+                let (tcp, remote) = match listener.accept().await {
+                    Ok(conn) => conn,
+                    Err(err) => {
+                        // EMFILE and the like: wait a little instead of spinning.
+                        tracing::warn!(%err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let ctx = Accepted {
+                    config: config.clone(),
+                    acceptor: acceptor.clone(),
+                    engine: engine_tx.clone(),
+                    room: room.clone(),
+                    shared: shared.clone(),
+                    id: SessionId(next_session.fetch_add(1, Ordering::Relaxed)),
+                };
+                tokio::spawn(async move {
+                    if let Err(err) = ctx.serve(tcp, remote).await {
+                        ctx.shared.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%remote, error = %format!("{err:#}"), "client refused");
+                    }
+                });
+            }
+        };
+        tokio::select! {
+            _ = accept => {}
+            _ = super::shutdown_signal() => {}
+        }
+        control_task.abort();
+        anyhow::Ok(())
+    }
+    .await;
+
+    let _ = engine_tx.send(EngineMsg::Shutdown).await;
+    let _ = engine_task.await;
+    tun.remove().await;
+    let _ = std::fs::remove_file(&config.control_socket);
+    result
+}
+
+/// Lets the kernel forward the clients' packets to destinations beyond this host (exit mode).
+fn enable_forwarding() -> anyhow::Result<()> {
+    for path in ["/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"] {
+        std::fs::write(path, "1").with_context(|| format!("exit mode: cannot enable forwarding in {path}"))?;
+    }
+    Ok(())
+}
+
+struct Accepted {
+    config: Arc<ServerConfig>,
+    acceptor: TlsAcceptor,
+    engine: mpsc::Sender<EngineMsg>,
+    room: Arc<Notify>,
+    shared: Arc<SharedCounters>,
+    id: SessionId,
+}
+
+impl Accepted {
+    /// Authenticates one connection and hands it to the engine as a session.
+    async fn serve(&self, tcp: TcpStream, remote: SocketAddr) -> anyhow::Result<()> {
+        tcp.set_nodelay(true)?;
+        let local = tcp.local_addr()?;
+        let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp))
+            .await
+            .map_err(|_| anyhow::anyhow!("TLS handshake timed out"))?
+            .map_err(|err| match tls::key_refusal(&err) {
+                Some(refused) => anyhow::anyhow!("TLS handshake refused: {refused}"),
+                None => anyhow::Error::new(err).context("TLS handshake failed"),
+            })?;
+        // The verifier accepted the key, so it is one of ours.
+        let key = tls::peer_public_key(stream.get_ref().1).context("no client key after the handshake")?;
+        let peer = self.config.peer_by_key(&key).context("client key vanished from the configuration")?;
+        let (hs, early) = transport::read_handshake(&mut stream, HANDSHAKE_TIMEOUT).await?;
+        let Handshake::Hello { version, virtual_ips } = hs else {
+            let reason = "expected HELLO";
+            let _ = transport::write_frame(&mut stream, &Frame::Close { code: close_code::PROTOCOL, reason }).await;
+            anyhow::bail!("peer {}: {reason}", peer.name);
+        };
+        if version != PROTOCOL_VERSION {
+            let reason = format!("server speaks protocol version {PROTOCOL_VERSION}, client {version}");
+            let _ = transport::write_frame(&mut stream, &Frame::Close { code: close_code::VERSION, reason: &reason }).await;
+            anyhow::bail!("peer {}: {reason}", peer.name);
+        }
+        let claimed: BTreeSet<IpAddr> = virtual_ips.iter().copied().collect();
+        let configured: BTreeSet<IpAddr> = peer.virtual_ips.iter().copied().collect();
+        if claimed != configured {
+            let reason = format!(
+                "client claims virtual IPs {claimed:?} but the server gives peer {:?} {configured:?}",
+                peer.name
+            );
+            let _ = transport::write_frame(&mut stream, &Frame::Close { code: close_code::VIRTUAL_IPS, reason: &reason }).await;
+            anyhow::bail!("{reason}");
+        }
+        transport::write_frame(&mut stream, &Frame::Welcome { version: PROTOCOL_VERSION, session_id: self.id.0 }).await?;
+        let liveness = Liveness::from_idle_timeout(Duration::from_secs(self.config.tuning.idle_timeout_secs));
+        let (out, reader, _writer) = transport::spawn_session_io(stream, self.id, self.engine.clone(), self.room.clone(), liveness);
+        let (reply, answer) = oneshot::channel();
+        let info = PeerInfo {
+            name: peer.name.clone(),
+            public_key: key.to_base64(),
+            local_address: Some(local),
+            remote_address: Some(remote),
+        };
+        self.engine
+            .send(EngineMsg::SessionUp { id: self.id, virtual_ips: peer.virtual_ips.clone(), peer: info, out, reader, early, reply })
+            .await
+            .context("the engine stopped")?;
+        answer.await.context("the engine stopped")??;
+        tracing::info!(peer = %peer.name, %remote, session = self.id.0, "client connected");
+        Ok(())
+    }
+}

@@ -1,0 +1,736 @@
+//! The relay engine: moves app traffic between the TUN side (through [`Stack`]) and relay sessions.
+//!
+//! One engine serves both daemons. The client (CNAPT) has one session, with the server; the server
+//! (SNAPT) has one per connected client and picks it by the client's virtual IP. A TCP connection on
+//! either side becomes a relay stream: its opener holds the app's SYN until the far side has connected
+//! (so a refused connection is refused, not accepted then reset), and each direction is flow
+//! controlled by credit ([`super::stream`]). UDP and ICMP travel as whole IP packets (DATAGRAM), checked
+//! against the session's virtual IPs in both directions so a client can never speak for another.
+//!
+//! Sans-IO: inputs are [`Engine::handle_tun_packet`], [`Engine::handle_session_bytes`] and the
+//! session lifecycle calls; outputs are [`Engine::pop_tun_packet`] and [`Engine::pop_session_output`];
+//! [`Engine::poll`] runs timers and [`Engine::poll_at`] says when to call it again. The caller owns
+//! the TUN, the sockets and the clock.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+
+use roamtun_stack::{Duration, FlowEvent, FlowId, Ingress, Instant, Stack, StackConfig};
+use serde::Serialize;
+
+use super::packet::{datagram_info, DatagramInfo, DatagramProto};
+use super::stream::{RecvHalf, SendHalf, StreamError};
+use crate::wire::{self, Frame, ResetCode};
+
+/// Names one relay session (one peer) inside an engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct SessionId(pub u64);
+
+/// Which daemon runs the engine; it decides who owns which addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// CNAPT: the apps are local and own the session's virtual IPs.
+    Client,
+    /// SNAPT: the session's virtual IPs belong to the remote client.
+    Server,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub role: Role,
+    /// Bytes one stream may have in flight towards us in one direction: the receiver's budget and the
+    /// credit a new stream starts with.
+    pub stream_window: u64,
+    /// Bytes queued towards one peer before the engine stops reading from the apps (backpressure).
+    pub session_out_budget: usize,
+    /// A UDP flow with no packet for this long is forgotten.
+    pub udp_idle_timeout: Duration,
+    pub stack: StackConfig,
+}
+
+impl EngineConfig {
+    pub fn new(role: Role) -> Self {
+        EngineConfig {
+            role,
+            stream_window: 512 * 1024,
+            session_out_budget: 2 * 1024 * 1024,
+            udp_idle_timeout: Duration::from_secs(60),
+            stack: StackConfig::default(),
+        }
+    }
+}
+
+/// Why a session must end; the caller closes its transport and calls [`Engine::remove_session`].
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("peer closed the session (code {code}): {reason}")]
+    PeerClosed { code: u16, reason: String },
+    #[error("no session {0:?}")]
+    NoSuchSession(SessionId),
+    #[error("virtual IP {0} is already in use by another session")]
+    VirtualIpTaken(IpAddr),
+}
+
+/// Counters of one session; all only grow.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct SessionCounters {
+    /// Stream payload and datagram bytes sent to the peer.
+    pub bytes_sent: u64,
+    /// Stream payload and datagram bytes received from the peer.
+    pub bytes_received: u64,
+    pub datagrams_sent: u64,
+    pub datagrams_received: u64,
+    /// Datagrams not sent because the queue towards the peer was full (UDP may be lost; streams never).
+    pub datagrams_dropped: u64,
+    /// Datagrams from the peer whose addresses it does not own; dropped.
+    pub datagrams_spoofed: u64,
+    /// Frames that could not be parsed; skipped by their length, the session goes on.
+    pub frames_malformed: u64,
+    /// Streams reset because the peer broke the stream rules (credit, offsets, unknown addresses).
+    pub streams_violated: u64,
+    pub tcp_streams_opened: u64,
+}
+
+/// What a session looks like from outside, for `roamtun status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionStatus {
+    pub id: SessionId,
+    pub virtual_ips: Vec<IpAddr>,
+    pub tcp_flows: usize,
+    pub udp_flows: usize,
+    pub queued_bytes: usize,
+    #[serde(flatten)]
+    pub counters: SessionCounters,
+}
+
+/// Counters of the TUN side, not tied to a session.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct TunCounters {
+    /// Packets from the TUN with no session to carry them (no server connected, unknown virtual IP).
+    pub packets_unroutable: u64,
+    /// Packets from the TUN that are neither TCP, UDP nor ICMP.
+    pub packets_unsupported: u64,
+    /// SYNs refused because the flow limit was reached.
+    pub flows_refused_limit: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// An app's SYN is held; we sent OPEN and wait for OPEN_OK.
+    Opening,
+    /// The peer sent OPEN; our stack is connecting to the app on this side.
+    Connecting,
+    Open,
+}
+
+struct Stream {
+    flow: FlowId,
+    phase: Phase,
+    send: SendHalf,
+    recv: RecvHalf,
+    /// We asked the stack to FIN the app (the peer finished and the app took every byte).
+    app_close_sent: bool,
+    /// The stack reported the TCP connection gracefully over.
+    app_done: bool,
+}
+
+struct Session {
+    virtual_ips: Vec<IpAddr>,
+    /// Bytes of a frame that has not fully arrived.
+    rx: Vec<u8>,
+    out: VecDeque<Vec<u8>>,
+    out_bytes: usize,
+    streams: BTreeMap<u32, Stream>,
+    next_stream_id: u32,
+    counters: SessionCounters,
+}
+
+/// Frames are batched into chunks of about this size, one transport write each.
+const CHUNK: usize = 64 * 1024;
+
+impl Session {
+    fn queue(&mut self, frame: &Frame<'_>) {
+        push_frame(&mut self.out, &mut self.out_bytes, frame);
+    }
+
+    fn owns(&self, ip: IpAddr) -> bool {
+        self.virtual_ips.contains(&ip)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct UdpKey {
+    session: SessionId,
+    /// The endpoint on the virtual IP side.
+    virtual_end: SocketAddr,
+    remote_end: SocketAddr,
+}
+
+pub struct Engine {
+    config: EngineConfig,
+    stack: Stack,
+    sessions: BTreeMap<SessionId, Session>,
+    flow_streams: HashMap<FlowId, (SessionId, u32)>,
+    udp_flows: HashMap<UdpKey, Instant>,
+    next_udp_expiry: Option<Instant>,
+    tun_out: VecDeque<Vec<u8>>,
+    tun_counters: TunCounters,
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig, now: Instant) -> Self {
+        let stack = Stack::new(config.stack.clone(), now);
+        Engine {
+            config,
+            stack,
+            sessions: BTreeMap::new(),
+            flow_streams: HashMap::new(),
+            udp_flows: HashMap::new(),
+            next_udp_expiry: None,
+            tun_out: VecDeque::new(),
+            tun_counters: TunCounters::default(),
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.config.role
+    }
+
+    /// Starts carrying traffic for a peer that owns (client role: whose apps use) `virtual_ips`.
+    pub fn add_session(&mut self, id: SessionId, virtual_ips: Vec<IpAddr>) -> Result<(), SessionError> {
+        for ip in &virtual_ips {
+            if self.sessions.values().any(|s| s.owns(*ip)) {
+                return Err(SessionError::VirtualIpTaken(*ip));
+            }
+        }
+        let first_stream = match self.config.role {
+            Role::Client => 1,
+            Role::Server => 2,
+        };
+        self.sessions.insert(
+            id,
+            Session {
+                virtual_ips,
+                rx: Vec::new(),
+                out: VecDeque::new(),
+                out_bytes: 0,
+                streams: BTreeMap::new(),
+                next_stream_id: first_stream,
+                counters: SessionCounters::default(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Ends a session: its apps' TCP connections are reset (a held SYN is refused), its UDP flows
+    /// forgotten. Returns its final counters.
+    pub fn remove_session(&mut self, id: SessionId, now: Instant) -> Option<SessionCounters> {
+        let session = self.sessions.remove(&id)?;
+        for stream in session.streams.values() {
+            self.flow_streams.remove(&stream.flow);
+            // The flow may have finished on its own already; nothing to reset then.
+            let _ = self.stack.abort(stream.flow, now);
+        }
+        self.udp_flows.retain(|k, _| k.session != id);
+        Some(session.counters)
+    }
+
+    /// One IP packet the kernel wrote into the TUN.
+    pub fn handle_tun_packet(&mut self, packet: Vec<u8>, now: Instant) {
+        if let Some(info) = datagram_info(&packet) {
+            self.datagram_from_tun(info, packet, now);
+            return;
+        }
+        match self.stack.handle_packet(packet, now) {
+            Ingress::Handled => {}
+            Ingress::NewFlow { flow, src, dst } => self.new_app_flow(flow, src, dst, now),
+            Ingress::TooManyFlows => self.tun_counters.flows_refused_limit += 1,
+            Ingress::NotTcp => self.tun_counters.packets_unsupported += 1,
+        }
+    }
+
+    /// The session that carries traffic to or from `local_side` (the address on this side of the tunnel).
+    fn session_for(&self, app_src: IpAddr, app_dst: IpAddr) -> Option<SessionId> {
+        match self.config.role {
+            // The client's apps send from their virtual IP to anywhere.
+            Role::Client => self.sessions.iter().find(|(_, s)| s.owns(app_src)).map(|(id, _)| *id),
+            // Server apps reach a client at its virtual IP.
+            Role::Server => self.sessions.iter().find(|(_, s)| s.owns(app_dst)).map(|(id, _)| *id),
+        }
+    }
+
+    fn new_app_flow(&mut self, flow: FlowId, src: SocketAddr, dst: SocketAddr, now: Instant) {
+        let Some(sid) = self.session_for(src.ip(), dst.ip()) else {
+            self.tun_counters.packets_unroutable += 1;
+            let _ = self.stack.refuse(flow, now);
+            return;
+        };
+        let window = self.config.stream_window;
+        let session = self.sessions.get_mut(&sid).expect("session_for returns a live session");
+        let stream_id = session.next_stream_id;
+        let Some(next) = stream_id.checked_add(2) else {
+            // 2^31 streams in one session: refuse rather than reuse an id.
+            let _ = self.stack.refuse(flow, now);
+            return;
+        };
+        session.next_stream_id = next;
+        session.streams.insert(
+            stream_id,
+            Stream {
+                flow,
+                phase: Phase::Opening,
+                send: SendHalf::new(window),
+                recv: RecvHalf::new(window),
+                app_close_sent: false,
+                app_done: false,
+            },
+        );
+        session.counters.tcp_streams_opened += 1;
+        session.queue(&Frame::Open { stream_id, src, dst });
+        self.flow_streams.insert(flow, (sid, stream_id));
+        tracing::debug!(session = sid.0, stream = stream_id, %src, %dst, "app opened a TCP connection");
+    }
+
+    fn datagram_from_tun(&mut self, info: DatagramInfo, packet: Vec<u8>, now: Instant) {
+        let Some(sid) = self.session_for(info.src, info.dst) else {
+            self.tun_counters.packets_unroutable += 1;
+            return;
+        };
+        let budget = self.config.session_out_budget;
+        let session = self.sessions.get_mut(&sid).expect("session_for returns a live session");
+        if session.out_bytes >= budget || packet.len() > wire::MAX_BODY {
+            session.counters.datagrams_dropped += 1;
+            return;
+        }
+        session.counters.datagrams_sent += 1;
+        session.counters.bytes_sent += packet.len() as u64;
+        session.queue(&Frame::Datagram { packet: &packet });
+        self.touch_udp(sid, info, now);
+    }
+
+    fn touch_udp(&mut self, sid: SessionId, info: DatagramInfo, now: Instant) {
+        if info.proto != DatagramProto::Udp {
+            return;
+        }
+        let Some(session) = self.sessions.get(&sid) else { return };
+        let src = SocketAddr::new(info.src, info.src_port);
+        let dst = SocketAddr::new(info.dst, info.dst_port);
+        let (virtual_end, remote_end) = if session.owns(info.src) { (src, dst) } else { (dst, src) };
+        self.udp_flows.insert(UdpKey { session: sid, virtual_end, remote_end }, now);
+        if self.next_udp_expiry.is_none() {
+            self.next_udp_expiry = Some(now + self.config.udp_idle_timeout);
+        }
+    }
+
+    /// Bytes read from a session's transport. Malformed frames are skipped and counted; an error means
+    /// the session must end.
+    pub fn handle_session_bytes(&mut self, sid: SessionId, bytes: &[u8], now: Instant) -> Result<(), SessionError> {
+        let session = self.sessions.get_mut(&sid).ok_or(SessionError::NoSuchSession(sid))?;
+        let mut buf = std::mem::take(&mut session.rx);
+        let result = if buf.is_empty() {
+            // The common case: decode straight from the caller's buffer, keep only a partial tail.
+            let r = self.handle_frames(sid, bytes, now);
+            if let Ok(consumed) = r {
+                buf.extend_from_slice(&bytes[consumed..]);
+            }
+            r
+        } else {
+            buf.extend_from_slice(bytes);
+            let r = self.handle_frames(sid, &buf, now);
+            if let Ok(consumed) = r {
+                buf.drain(..consumed);
+            }
+            r
+        };
+        if let Some(session) = self.sessions.get_mut(&sid) {
+            session.rx = buf;
+        }
+        result.map(|_| ())
+    }
+
+    /// Handles every complete frame at the front of `data`; returns the bytes consumed.
+    fn handle_frames(&mut self, sid: SessionId, data: &[u8], now: Instant) -> Result<usize, SessionError> {
+        let mut pos = 0;
+        while pos < data.len() {
+            match Frame::decode(&data[pos..]) {
+                Ok(Some((frame, n))) => {
+                    pos += n;
+                    self.handle_frame(sid, frame, now)?;
+                }
+                Ok(None) => break,
+                Err(err) => match skippable_len(&data[pos..]) {
+                    // The header's length still delimits the frame: skip it, keep the session.
+                    Some(n) => {
+                        tracing::warn!(session = sid.0, %err, "skipping a malformed frame");
+                        self.counters_mut(sid).frames_malformed += 1;
+                        pos += n;
+                    }
+                    None => break,
+                },
+            }
+        }
+        Ok(pos)
+    }
+
+    fn counters_mut(&mut self, sid: SessionId) -> &mut SessionCounters {
+        &mut self.sessions.get_mut(&sid).expect("frames are handled for live sessions").counters
+    }
+
+    fn handle_frame(&mut self, sid: SessionId, frame: Frame<'_>, now: Instant) -> Result<(), SessionError> {
+        match frame {
+            Frame::Close { code, reason } => {
+                return Err(SessionError::PeerClosed { code, reason: reason.to_string() });
+            }
+            Frame::Open { stream_id, src, dst } => self.peer_open(sid, stream_id, src, dst),
+            Frame::OpenOk { stream_id } => self.peer_open_ok(sid, stream_id),
+            Frame::Data { stream_id, offset, data } => {
+                self.counters_mut(sid).bytes_received += data.len() as u64;
+                let r = self.stream_mut(sid, stream_id).map(|s| s.recv.on_data(offset, data).map(|_| ()));
+                self.after_stream_input(sid, stream_id, r, now);
+            }
+            Frame::Fin { stream_id, offset } => {
+                let r = self.stream_mut(sid, stream_id).map(|s| s.recv.on_fin(offset));
+                self.after_stream_input(sid, stream_id, r, now);
+            }
+            Frame::Credit { stream_id, received, max_offset } => {
+                if let Some(s) = self.stream_mut(sid, stream_id) {
+                    s.send.on_credit(received, max_offset);
+                }
+            }
+            Frame::Reset { stream_id, code } => self.peer_reset(sid, stream_id, code, now),
+            Frame::Datagram { packet } => self.datagram_from_peer(sid, packet, now),
+            Frame::Ping { nonce } => self.session_mut(sid).queue(&Frame::Pong { nonce }),
+            Frame::Pong { .. } => {}
+            Frame::Hello { .. } | Frame::Welcome { .. } => {
+                // Handshake frames belong to the transport setup; here they are out of place.
+                self.counters_mut(sid).frames_malformed += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn session_mut(&mut self, sid: SessionId) -> &mut Session {
+        self.sessions.get_mut(&sid).expect("frames are handled for live sessions")
+    }
+
+    fn stream_mut(&mut self, sid: SessionId, stream_id: u32) -> Option<&mut Stream> {
+        self.sessions.get_mut(&sid)?.streams.get_mut(&stream_id)
+    }
+
+    /// A stream frame was applied (`Some(result)`) or named no stream (`None`, e.g. one we just reset:
+    /// frames in flight are expected and ignored).
+    fn after_stream_input(&mut self, sid: SessionId, stream_id: u32, r: Option<Result<(), StreamError>>, now: Instant) {
+        if let Some(Err(err)) = r {
+            tracing::warn!(session = sid.0, stream = stream_id, %err, "peer broke the stream rules; resetting the stream");
+            self.counters_mut(sid).streams_violated += 1;
+            self.reset_stream(sid, stream_id, ResetCode::Internal, now);
+        }
+    }
+
+    /// Ends a stream from our side: tells the peer and resets the app's connection.
+    fn reset_stream(&mut self, sid: SessionId, stream_id: u32, code: ResetCode, now: Instant) {
+        let session = self.session_mut(sid);
+        if let Some(stream) = session.streams.remove(&stream_id) {
+            session.queue(&Frame::Reset { stream_id, code });
+            self.flow_streams.remove(&stream.flow);
+            let _ = self.stack.abort(stream.flow, now);
+        }
+    }
+
+    fn peer_open(&mut self, sid: SessionId, stream_id: u32, src: SocketAddr, dst: SocketAddr) {
+        let role = self.config.role;
+        let window = self.config.stream_window;
+        let session = self.session_mut(sid);
+        // The peer opens streams with the other parity; a clash would confuse two connections.
+        let peer_parity = match role {
+            Role::Client => 0,
+            Role::Server => 1,
+        };
+        let allowed = match role {
+            // The server may only reach this client's own virtual IPs.
+            Role::Client => session.owns(dst.ip()),
+            // A client may only speak from its own virtual IPs.
+            Role::Server => session.owns(src.ip()),
+        };
+        if stream_id % 2 != peer_parity || session.streams.contains_key(&stream_id) || !allowed {
+            tracing::warn!(session = sid.0, stream = stream_id, %src, %dst, "refusing a stream the peer may not open");
+            session.counters.streams_violated += 1;
+            session.queue(&Frame::Reset { stream_id, code: ResetCode::Refused });
+            return;
+        }
+        match self.stack.connect(src, dst) {
+            Ok(flow) => {
+                let session = self.session_mut(sid);
+                session.streams.insert(
+                    stream_id,
+                    Stream {
+                        flow,
+                        phase: Phase::Connecting,
+                        send: SendHalf::new(window),
+                        recv: RecvHalf::new(window),
+                        app_close_sent: false,
+                        app_done: false,
+                    },
+                );
+                session.counters.tcp_streams_opened += 1;
+                self.flow_streams.insert(flow, (sid, stream_id));
+                tracing::debug!(session = sid.0, stream = stream_id, %src, %dst, "peer opened a TCP connection");
+            }
+            Err(err) => {
+                tracing::warn!(session = sid.0, stream = stream_id, %err, "cannot open the connection the peer asked for");
+                self.session_mut(sid).queue(&Frame::Reset { stream_id, code: ResetCode::Refused });
+            }
+        }
+    }
+
+    fn peer_open_ok(&mut self, sid: SessionId, stream_id: u32) {
+        let Some(stream) = self.stream_mut(sid, stream_id) else { return };
+        if stream.phase == Phase::Opening {
+            stream.phase = Phase::Open;
+            let flow = stream.flow;
+            // The flow is alive while its stream is; accept cannot fail for a live flow.
+            let _ = self.stack.accept(flow);
+        }
+    }
+
+    fn peer_reset(&mut self, sid: SessionId, stream_id: u32, code: ResetCode, now: Instant) {
+        let Some(stream) = self.session_mut(sid).streams.remove(&stream_id) else { return };
+        tracing::debug!(session = sid.0, stream = stream_id, %code, "peer reset the stream");
+        self.flow_streams.remove(&stream.flow);
+        // A held SYN is refused (the app sees "connection refused"), an open connection is reset.
+        let _ = self.stack.abort(stream.flow, now);
+    }
+
+    fn datagram_from_peer(&mut self, sid: SessionId, packet: &[u8], now: Instant) {
+        let role = self.config.role;
+        let session = self.session_mut(sid);
+        let info = datagram_info(packet);
+        let allowed = info.is_some_and(|i| match role {
+            Role::Client => session.owns(i.dst),
+            Role::Server => session.owns(i.src),
+        });
+        let Some(info) = info.filter(|_| allowed) else {
+            session.counters.datagrams_spoofed += 1;
+            return;
+        };
+        session.counters.datagrams_received += 1;
+        session.counters.bytes_received += packet.len() as u64;
+        self.tun_out.push_back(packet.to_vec());
+        self.touch_udp(sid, info, now);
+    }
+
+    /// Runs the stack's timers, reports flow changes to the peers and moves stream bytes both ways.
+    pub fn poll(&mut self, now: Instant) {
+        // A few rounds: moving bytes into the stack lets it send and open windows, which may let
+        // more bytes move. Bounded, so one call never runs away.
+        for _ in 0..4 {
+            self.stack.poll(now);
+            self.handle_flow_events();
+            if !self.pump_streams() {
+                break;
+            }
+        }
+        self.stack.poll(now);
+        self.handle_flow_events();
+        self.expire_udp(now);
+    }
+
+    fn handle_flow_events(&mut self) {
+        while let Some(event) = self.stack.pop_event() {
+            match event {
+                FlowEvent::Connected(flow) => {
+                    let Some(&(sid, stream_id)) = self.flow_streams.get(&flow) else { continue };
+                    let session = self.session_mut(sid);
+                    if let Some(stream) = session.streams.get_mut(&stream_id) {
+                        stream.phase = Phase::Open;
+                        session.queue(&Frame::OpenOk { stream_id });
+                    }
+                }
+                FlowEvent::Closed { flow, reset: true } => {
+                    let Some((sid, stream_id)) = self.flow_streams.remove(&flow) else {
+                        self.stack.release(flow);
+                        continue;
+                    };
+                    let session = self.session_mut(sid);
+                    if let Some(stream) = session.streams.remove(&stream_id) {
+                        let code = match stream.phase {
+                            Phase::Connecting => ResetCode::Refused,
+                            _ => ResetCode::Reset,
+                        };
+                        session.queue(&Frame::Reset { stream_id, code });
+                    }
+                    self.stack.release(flow);
+                }
+                FlowEvent::Closed { flow, reset: false } => {
+                    if let Some(&(sid, stream_id)) = self.flow_streams.get(&flow) {
+                        if let Some(stream) = self.session_mut(sid).streams.get_mut(&stream_id) {
+                            stream.app_done = true;
+                        }
+                    } else {
+                        self.stack.release(flow);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves bytes between the stack and every open stream; returns whether anything moved.
+    fn pump_streams(&mut self) -> bool {
+        let budget = self.config.session_out_budget;
+        let Engine { stack, sessions, flow_streams, .. } = self;
+        let mut progress = false;
+        for session in sessions.values_mut() {
+            let Session { streams, out, out_bytes, counters, .. } = session;
+            let mut finished = Vec::new();
+            for (&stream_id, stream) in streams.iter_mut() {
+                if stream.phase != Phase::Open {
+                    continue;
+                }
+                let flow = stream.flow;
+                // Peer → app, as far as the app's socket takes it.
+                while stream.recv.pending_len() > 0 {
+                    let (front, _) = stream.recv.pending();
+                    let n = stack.send(flow, front);
+                    let whole = n == front.len();
+                    stream.recv.consume(n);
+                    progress |= n > 0;
+                    if !whole {
+                        break;
+                    }
+                }
+                if stream.recv.finished() && !stream.app_close_sent {
+                    stack.close(flow);
+                    stream.app_close_sent = true;
+                    progress = true;
+                }
+                if let Some((received, max_offset)) = stream.recv.credit_due() {
+                    push_frame(out, out_bytes, &Frame::Credit { stream_id, received, max_offset });
+                }
+                // App → peer, within the peer's credit and our queue budget.
+                let room = budget.saturating_sub(*out_bytes).min(stream.send.allowance());
+                if room > 0 {
+                    let mut offset = stream.send.offset();
+                    let n = stack.recv(flow, room, |chunk| {
+                        for piece in chunk.chunks(wire::MAX_DATA) {
+                            push_data(out, out_bytes, stream_id, offset, piece);
+                            offset += piece.len() as u64;
+                        }
+                    });
+                    if n > 0 {
+                        stream.send.on_sent(n);
+                        counters.bytes_sent += n as u64;
+                        progress = true;
+                    }
+                }
+                if !stream.send.fin_sent() && stack.app_finished_sending(flow) {
+                    push_frame(out, out_bytes, &Frame::Fin { stream_id, offset: stream.send.offset() });
+                    stream.send.on_fin_sent();
+                    progress = true;
+                }
+                if stream.app_done && stream.send.fin_sent() && stream.app_close_sent {
+                    finished.push(stream_id);
+                }
+            }
+            for stream_id in finished {
+                if let Some(stream) = streams.remove(&stream_id) {
+                    flow_streams.remove(&stream.flow);
+                    stack.release(stream.flow);
+                }
+            }
+        }
+        progress
+    }
+
+    fn expire_udp(&mut self, now: Instant) {
+        let Some(at) = self.next_udp_expiry else { return };
+        if now < at {
+            return;
+        }
+        let timeout = self.config.udp_idle_timeout;
+        self.udp_flows.retain(|_, last| now - *last < timeout);
+        self.next_udp_expiry = self.udp_flows.values().min().map(|oldest| *oldest + timeout);
+    }
+
+    /// When [`Engine::poll`] must run next at the latest.
+    pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
+        let stack = self.stack.poll_at(now);
+        match (stack, self.next_udp_expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next packet to write into the TUN.
+    pub fn pop_tun_packet(&mut self) -> Option<Vec<u8>> {
+        self.tun_out.pop_front().or_else(|| self.stack.pop_transmit())
+    }
+
+    /// The next chunk of encoded frames for a session's transport.
+    pub fn pop_session_output(&mut self, sid: SessionId) -> Option<Vec<u8>> {
+        let session = self.sessions.get_mut(&sid)?;
+        let chunk = session.out.pop_front()?;
+        session.out_bytes -= chunk.len();
+        Some(chunk)
+    }
+
+    /// Queues a frame of the session layer (CLOSE, PING) to a session.
+    pub fn queue_frame(&mut self, sid: SessionId, frame: &Frame<'_>) -> Result<(), SessionError> {
+        self.sessions.get_mut(&sid).ok_or(SessionError::NoSuchSession(sid))?.queue(frame);
+        Ok(())
+    }
+
+    pub fn session_ids(&self) -> Vec<SessionId> {
+        self.sessions.keys().copied().collect()
+    }
+
+    pub fn session_status(&self) -> Vec<SessionStatus> {
+        self.sessions
+            .iter()
+            .map(|(id, s)| SessionStatus {
+                id: *id,
+                virtual_ips: s.virtual_ips.clone(),
+                tcp_flows: s.streams.len(),
+                udp_flows: self.udp_flows.keys().filter(|k| k.session == *id).count(),
+                queued_bytes: s.out_bytes,
+                counters: s.counters.clone(),
+            })
+            .collect()
+    }
+
+    pub fn tun_counters(&self) -> &TunCounters {
+        &self.tun_counters
+    }
+}
+
+fn push_frame(out: &mut VecDeque<Vec<u8>>, out_bytes: &mut usize, frame: &Frame<'_>) {
+    let len = frame.encoded_len();
+    let chunk = tail_chunk(out, len);
+    // Cannot fail: control frames are far below the body limit.
+    frame.encode(chunk).expect("control frame fits the wire format");
+    *out_bytes += len;
+}
+
+fn push_data(out: &mut VecDeque<Vec<u8>>, out_bytes: &mut usize, stream_id: u32, offset: u64, data: &[u8]) {
+    let len = wire::HEADER_LEN + 12 + data.len();
+    let chunk = tail_chunk(out, len);
+    wire::encode_data_header(stream_id, offset, data.len(), chunk);
+    chunk.extend_from_slice(data);
+    *out_bytes += len;
+}
+
+fn tail_chunk(out: &mut VecDeque<Vec<u8>>, room: usize) -> &mut Vec<u8> {
+    if out.back().is_none_or(|c| c.len() + room > CHUNK) {
+        out.push_back(Vec::with_capacity(CHUNK.max(room)));
+    }
+    // Cannot fail: pushed just above when empty.
+    out.back_mut().expect("a tail chunk exists")
+}
+
+/// The length of the frame at the front of `data` as its header states it, if all of it is there: a
+/// frame whose body is malformed can still be stepped over.
+fn skippable_len(data: &[u8]) -> Option<usize> {
+    let header = data.get(..wire::HEADER_LEN)?;
+    let len = wire::HEADER_LEN + usize::from(u16::from_be_bytes([header[2], header[3]]));
+    (data.len() >= len).then_some(len)
+}

@@ -1,0 +1,4 @@
+//! The relay: what travels between the two daemons and how it maps onto the apps' connections.
+pub mod engine;
+pub mod packet;
+pub mod stream;

@@ -1,0 +1,222 @@
+//! Flow control and ordering of one relay stream, one direction each: [`SendHalf`] counts what we may
+//! send, [`RecvHalf`] holds what arrived until the app takes it. Sans-IO: no sockets, no clock.
+//!
+//! Every byte of a stream has an offset. The receiver grants credit as "you may send below offset X"
+//! and acknowledges "I have everything below offset R". Credit is a byte budget: the receiver never
+//! holds more than one window of bytes the app has not taken, so memory is bounded and a slow app
+//! closes the sender's window instead of growing a queue. Offsets also make resending after an uplink
+//! switch exact: bytes below R are never sent again, a repeated byte is recognised and dropped.
+
+use std::collections::VecDeque;
+
+/// A violation of the stream rules by the peer; the stream is reset, the session goes on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// DATA starts beyond the next expected byte: bytes in between were lost.
+    #[error("data at offset {offset} leaves a gap after byte {expected}")]
+    Gap { offset: u64, expected: u64 },
+    /// DATA goes past the credit we granted.
+    #[error("data up to offset {end} exceeds the granted credit {granted}")]
+    CreditExceeded { end: u64, granted: u64 },
+    /// DATA beyond the final size, or two different final sizes.
+    #[error("final size {fin} contradicts data up to offset {end}")]
+    FinalSize { fin: u64, end: u64 },
+}
+
+/// What we may still send on a stream.
+#[derive(Debug, Clone)]
+pub struct SendHalf {
+    /// Offset of the next byte to send.
+    offset: u64,
+    /// The peer accepts bytes with an offset below this.
+    max: u64,
+    /// Everything below this offset is acknowledged by the peer.
+    acked: u64,
+    fin_sent: bool,
+}
+
+impl SendHalf {
+    pub fn new(initial_credit: u64) -> Self {
+        SendHalf { offset: 0, max: initial_credit, acked: 0, fin_sent: false }
+    }
+
+    /// Bytes we may send now.
+    pub fn allowance(&self) -> usize {
+        usize::try_from(self.max.saturating_sub(self.offset)).unwrap_or(usize::MAX)
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// Records `n` bytes sent at [`SendHalf::offset`].
+    pub fn on_sent(&mut self, n: usize) {
+        debug_assert!(n <= self.allowance(), "sent beyond credit");
+        self.offset += n as u64;
+    }
+
+    /// Applies a CREDIT frame. Credit and acknowledgement only move forward: a reordered, older frame
+    /// cannot shrink them.
+    pub fn on_credit(&mut self, received: u64, max_offset: u64) {
+        self.max = self.max.max(max_offset);
+        self.acked = self.acked.max(received.min(self.offset));
+    }
+
+    pub fn fin_sent(&self) -> bool {
+        self.fin_sent
+    }
+
+    pub fn on_fin_sent(&mut self) {
+        self.fin_sent = true;
+    }
+}
+
+/// What arrived on a stream and is not yet taken by the app.
+#[derive(Debug, Clone)]
+pub struct RecvHalf {
+    window: u64,
+    /// Every byte below this offset has arrived.
+    received: u64,
+    /// Every byte below this offset has been taken by the app.
+    consumed: u64,
+    /// The credit we last granted (the peer may send below it).
+    granted: u64,
+    /// Bytes in `consumed..received`.
+    pending: VecDeque<u8>,
+    fin: Option<u64>,
+}
+
+impl RecvHalf {
+    /// `window` is the byte budget of this half; it is also the credit the peer starts with.
+    pub fn new(window: u64) -> Self {
+        RecvHalf { window, received: 0, consumed: 0, granted: window, pending: VecDeque::new(), fin: None }
+    }
+
+    /// Accepts DATA at `offset`. Bytes that arrived before (a resend after a switch) are skipped, so each
+    /// byte is delivered once. Returns how many new bytes were queued.
+    pub fn on_data(&mut self, offset: u64, data: &[u8]) -> Result<usize, StreamError> {
+        let end = offset + data.len() as u64;
+        if offset > self.received {
+            return Err(StreamError::Gap { offset, expected: self.received });
+        }
+        if end > self.granted {
+            return Err(StreamError::CreditExceeded { end, granted: self.granted });
+        }
+        if let Some(fin) = self.fin {
+            if end > fin {
+                return Err(StreamError::FinalSize { fin, end });
+            }
+        }
+        let skip = (self.received - offset).min(data.len() as u64) as usize;
+        let fresh = &data[skip..];
+        self.pending.extend(fresh);
+        self.received += fresh.len() as u64;
+        Ok(fresh.len())
+    }
+
+    /// Accepts FIN: the stream ends at `offset`.
+    pub fn on_fin(&mut self, offset: u64) -> Result<(), StreamError> {
+        if offset < self.received || self.fin.is_some_and(|f| f != offset) {
+            return Err(StreamError::FinalSize { fin: offset, end: self.received.max(self.fin.unwrap_or(0)) });
+        }
+        self.fin = Some(offset);
+        Ok(())
+    }
+
+    /// The bytes waiting for the app, as two slices (ring buffer halves).
+    pub fn pending(&self) -> (&[u8], &[u8]) {
+        self.pending.as_slices()
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The app took `n` bytes from the front of [`RecvHalf::pending`].
+    pub fn consume(&mut self, n: usize) {
+        self.pending.drain(..n);
+        self.consumed += n as u64;
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// A CREDIT to send, `(received, max_offset)`, once the app has taken half a window since the last
+    /// grant: granting every byte would cost a frame per read, granting late would stall the sender.
+    pub fn credit_due(&mut self) -> Option<(u64, u64)> {
+        let max = self.consumed + self.window;
+        if max - self.granted >= self.window / 2 {
+            self.granted = max;
+            Some((self.received, max))
+        } else {
+            None
+        }
+    }
+
+    /// The peer sent FIN and the app has taken every byte: time to close the app's side.
+    pub fn finished(&self) -> bool {
+        self.fin == Some(self.received) && self.pending.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credit_is_granted_after_half_a_window_is_consumed() {
+        let mut r = RecvHalf::new(100);
+        assert_eq!(r.on_data(0, &[1; 60]), Ok(60));
+        assert_eq!(r.credit_due(), None);
+        r.consume(49);
+        assert_eq!(r.credit_due(), None);
+        r.consume(1);
+        assert_eq!(r.credit_due(), Some((60, 150)));
+        assert_eq!(r.credit_due(), None);
+    }
+
+    #[test]
+    fn data_beyond_credit_or_with_a_gap_is_refused() {
+        let mut r = RecvHalf::new(10);
+        assert_eq!(r.on_data(0, &[0; 11]), Err(StreamError::CreditExceeded { end: 11, granted: 10 }));
+        assert_eq!(r.on_data(1, &[0; 2]), Err(StreamError::Gap { offset: 1, expected: 0 }));
+    }
+
+    #[test]
+    fn resent_bytes_are_delivered_once() {
+        let mut r = RecvHalf::new(100);
+        r.on_data(0, b"hello").unwrap();
+        assert_eq!(r.on_data(3, b"lo world"), Ok(6));
+        assert_eq!(r.on_data(0, b"hel"), Ok(0));
+        let (a, b) = r.pending();
+        assert_eq!([a, b].concat(), b"hello world");
+    }
+
+    #[test]
+    fn fin_must_agree_with_data() {
+        let mut r = RecvHalf::new(100);
+        r.on_data(0, b"abc").unwrap();
+        assert!(r.on_fin(2).is_err());
+        r.on_fin(3).unwrap();
+        assert!(r.on_fin(4).is_err());
+        assert!(!r.finished());
+        r.consume(3);
+        assert!(r.finished());
+        assert!(r.on_data(3, b"x").is_err());
+    }
+
+    #[test]
+    fn credit_and_ack_never_move_back() {
+        let mut s = SendHalf::new(10);
+        s.on_sent(8);
+        s.on_credit(8, 30);
+        s.on_credit(4, 20);
+        assert_eq!(s.allowance(), 22);
+        assert_eq!(s.acked(), 8);
+    }
+}
