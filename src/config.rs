@@ -39,7 +39,8 @@ pub struct Prefix {
 impl FromStr for Prefix {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, len) = s.split_once('/').ok_or_else(|| format!("prefix {s:?} needs a length, e.g. 100.64.0.0/10"))?;
+        let (addr, len) =
+            s.split_once('/').ok_or_else(|| format!("prefix {s:?} needs a length, e.g. 100.64.0.0/10"))?;
         let addr: IpAddr = addr.parse().map_err(|_| format!("{addr:?} is not an IP address"))?;
         let len: u8 = len.parse().map_err(|_| format!("prefix length {len:?} is not a number"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
@@ -212,7 +213,10 @@ fn invalid(path: &Path, message: String) -> ConfigError {
 
 fn check_tun(path: &Path, tun: &TunConfig) -> Result<(), ConfigError> {
     if tun.name.is_empty() || tun.name.len() > 15 {
-        return Err(invalid(path, format!("tun.name {:?} must be 1 to 15 characters (a Linux interface name)", tun.name)));
+        return Err(invalid(
+            path,
+            format!("tun.name {:?} must be 1 to 15 characters (a Linux interface name)", tun.name),
+        ));
     }
     if tun.mtu < 1280 {
         return Err(invalid(path, format!("tun.mtu {} is below 1280, the IPv6 minimum", tun.mtu)));
@@ -246,6 +250,12 @@ impl ServerConfig {
     pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let c: ServerConfig = parse(path, text)?;
         check_tun(path, &c.tun)?;
+        if c.peers.is_empty() {
+            return Err(invalid(
+                path,
+                "no [[peer]] is configured: add one per client (name, public_key, virtual_ips)".into(),
+            ));
+        }
         let mut owners: BTreeMap<IpAddr, &str> = BTreeMap::new();
         let mut keys: BTreeMap<PublicKey, &str> = BTreeMap::new();
         for ip in &c.virtual_ips {
@@ -325,14 +335,16 @@ mod tests {
 
     #[test]
     fn a_bad_value_is_reported_with_its_line() {
-        let text = server_toml("").replace("client_prefixes = [\"100.64.0.0/10\"]", "client_prefixes = [\"100.64.0.0\"]");
+        let text =
+            server_toml("").replace("client_prefixes = [\"100.64.0.0/10\"]", "client_prefixes = [\"100.64.0.0\"]");
         let err = ServerConfig::from_toml(Path::new("s.toml"), &text).unwrap_err().to_string();
         assert!(err.contains("s.toml") && err.contains("line 4") && err.contains("needs a length"), "{err}");
     }
 
     #[test]
     fn an_unknown_key_is_refused_by_name() {
-        let err = ServerConfig::from_toml(Path::new("s.toml"), &server_toml("colour = \"blue\"")).unwrap_err().to_string();
+        let err =
+            ServerConfig::from_toml(Path::new("s.toml"), &server_toml("colour = \"blue\"")).unwrap_err().to_string();
         assert!(err.contains("colour") && err.contains("line"), "{err}");
     }
 

@@ -98,7 +98,10 @@ pub enum ControlError {
 
 /// Listens on `path` and forwards each request to `requests`. A stale socket file left by a daemon
 /// that died is replaced; a live one is not (two daemons must not share a socket).
-pub async fn serve(path: &Path, requests: mpsc::Sender<ControlRequest>) -> Result<tokio::task::JoinHandle<()>, ControlError> {
+pub async fn serve(
+    path: &Path,
+    requests: mpsc::Sender<ControlRequest>,
+) -> Result<tokio::task::JoinHandle<()>, ControlError> {
     let bind_err = |source| ControlError::Bind { path: path.into(), source };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(bind_err)?;
@@ -149,7 +152,8 @@ use tokio::io::AsyncReadExt as _;
 
 /// Sends one request to the daemon at `path` and returns its answer.
 pub async fn request(path: &Path, request: &Request) -> Result<Response, ControlError> {
-    let stream = UnixStream::connect(path).await.map_err(|source| ControlError::Connect { path: path.into(), source })?;
+    let stream =
+        UnixStream::connect(path).await.map_err(|source| ControlError::Connect { path: path.into(), source })?;
     let bad = |source: Box<dyn std::error::Error + Send + Sync>| ControlError::BadAnswer { path: path.into(), source };
     let (r, mut w) = stream.into_split();
     let mut line = serde_json::to_vec(request).map_err(|e| bad(e.into()))?;
@@ -176,16 +180,30 @@ pub fn render(status: &Status) -> String {
         let state = if p.connected { "connected" } else { "not connected" };
         let _ = writeln!(s, "peer {} ({state})", p.name);
         let _ = writeln!(s, "  public key:   {}", p.public_key);
-        let vips: Vec<String> = p.virtual_ips.iter().map(ToString::to_string).collect();
-        let _ = writeln!(s, "  virtual ips:  {}", vips.join(", "));
+        if !p.virtual_ips.is_empty() {
+            let vips: Vec<String> = p.virtual_ips.iter().map(ToString::to_string).collect();
+            let _ = writeln!(s, "  virtual ips:  {}", vips.join(", "));
+        }
         if let (Some(local), Some(remote)) = (p.local_address, p.remote_address) {
             let uplink = p.uplink.as_deref().unwrap_or("?");
             let _ = writeln!(s, "  uplink:       {uplink} {local} -> {remote}");
         }
-        if let Some(secs) = p.connected_secs {
-            let _ = writeln!(s, "  connected:    {secs}s ago ({} connects)", p.connects);
+        match (p.connected_secs, p.connects) {
+            (Some(secs), 0) => {
+                let _ = writeln!(s, "  connected:    {secs}s ago");
+            }
+            (Some(secs), n) => {
+                let _ = writeln!(s, "  connected:    {secs}s ago ({n} connects so far)");
+            }
+            (None, _) => {}
         }
-        let _ = writeln!(s, "  flows:        {} TCP, {} UDP, {} queued", p.tcp_flows, p.udp_flows, bytes(p.queued_bytes as u64));
+        let _ = writeln!(
+            s,
+            "  flows:        {} TCP, {} UDP, {} queued",
+            p.tcp_flows,
+            p.udp_flows,
+            bytes(p.queued_bytes as u64)
+        );
         let c = &p.counters;
         let _ = writeln!(s, "  traffic:      {} sent, {} received", bytes(c.bytes_sent), bytes(c.bytes_received));
         let _ = writeln!(

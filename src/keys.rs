@@ -23,16 +23,13 @@ pub const KEY_LEN: usize = 32;
 /// DER prefix of an RFC 8410 PKCS#8 v1 `OneAsymmetricKey` holding an
 /// Ed25519 seed: SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 },
 /// OCTET STRING { OCTET STRING (32 bytes) } }. The seed follows.
-const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-];
+const ED25519_PKCS8_V1_PREFIX: [u8; 16] =
+    [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 
 /// DER prefix of an RFC 8410 Ed25519 SubjectPublicKeyInfo:
 /// SEQUENCE { SEQUENCE { OID 1.3.101.112 }, BIT STRING (0 unused bits) }.
 /// The 32-byte public key follows.
-const ED25519_SPKI_PREFIX: [u8; 12] = [
-    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-];
+const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
 
 /// Why a key could not be read or made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,22 +118,16 @@ impl PrivateKey {
     /// A fresh key from the operating system's random generator.
     pub fn generate() -> Result<Self, KeyError> {
         let mut seed = [0u8; KEY_LEN];
-        provider()
-            .secure_random
-            .fill(&mut seed)
-            .map_err(|_| KeyError::Random)?;
+        provider().secure_random.fill(&mut seed).map_err(|_| KeyError::Random)?;
         Self::from_seed(seed)
     }
 
     /// Uses 32 bytes as the Ed25519 seed. Every 32-byte string is a valid seed.
     pub fn from_seed(seed: [u8; KEY_LEN]) -> Result<Self, KeyError> {
         let signing_key = load_signing_key(&seed)?;
-        let spki = signing_key
-            .public_key()
-            .ok_or_else(|| KeyError::Rejected("no public key available".into()))?;
-        let public = PublicKey::from_spki_der(spki.as_ref()).ok_or_else(|| {
-            KeyError::Rejected("public key is not an Ed25519 SubjectPublicKeyInfo".into())
-        })?;
+        let spki = signing_key.public_key().ok_or_else(|| KeyError::Rejected("no public key available".into()))?;
+        let public = PublicKey::from_spki_der(spki.as_ref())
+            .ok_or_else(|| KeyError::Rejected("public key is not an Ed25519 SubjectPublicKeyInfo".into()))?;
         Ok(Self { seed, public })
     }
 
@@ -156,18 +147,14 @@ impl PrivateKey {
     }
 
     /// A rustls signing key for this private key (ring provider, scheme ED25519).
-    pub(crate) fn signing_key(
-        &self,
-    ) -> Result<std::sync::Arc<dyn rustls::sign::SigningKey>, KeyError> {
+    pub(crate) fn signing_key(&self) -> Result<std::sync::Arc<dyn rustls::sign::SigningKey>, KeyError> {
         load_signing_key(&self.seed)
     }
 }
 
 impl fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PrivateKey")
-            .field("public", &self.public)
-            .finish_non_exhaustive()
+        f.debug_struct("PrivateKey").field("public", &self.public).finish_non_exhaustive()
     }
 }
 
@@ -185,23 +172,16 @@ pub(crate) fn provider() -> CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
 
-fn load_signing_key(
-    seed: &[u8; KEY_LEN],
-) -> Result<std::sync::Arc<dyn rustls::sign::SigningKey>, KeyError> {
+fn load_signing_key(seed: &[u8; KEY_LEN]) -> Result<std::sync::Arc<dyn rustls::sign::SigningKey>, KeyError> {
     let mut pkcs8 = Vec::with_capacity(ED25519_PKCS8_V1_PREFIX.len() + KEY_LEN);
     pkcs8.extend_from_slice(&ED25519_PKCS8_V1_PREFIX);
     pkcs8.extend_from_slice(seed);
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8));
-    provider()
-        .key_provider
-        .load_private_key(der)
-        .map_err(|e| KeyError::Rejected(e.to_string()))
+    provider().key_provider.load_private_key(der).map_err(|e| KeyError::Rejected(e.to_string()))
 }
 
 fn decode_32(s: &str) -> Result<[u8; KEY_LEN], KeyError> {
-    let bytes = STANDARD
-        .decode(s.trim())
-        .map_err(|_| KeyError::InvalidBase64)?;
+    let bytes = STANDARD.decode(s.trim()).map_err(|_| KeyError::InvalidBase64)?;
     <[u8; KEY_LEN]>::try_from(bytes.as_slice()).map_err(|_| KeyError::WrongLength(bytes.len()))
 }
 
@@ -215,10 +195,7 @@ mod tests {
         let key = [7u8; KEY_LEN];
         let spki = rustls::sign::public_key_to_spki(&alg_id::ED25519, key);
         assert_eq!(spki.as_ref(), PublicKey(key).to_spki_der().as_slice());
-        assert_eq!(
-            PublicKey::from_spki_der(spki.as_ref()),
-            Some(PublicKey(key))
-        );
+        assert_eq!(PublicKey::from_spki_der(spki.as_ref()), Some(PublicKey(key)));
     }
 
     #[test]
@@ -237,14 +214,12 @@ mod tests {
     #[test]
     fn rfc8032_test_vector() {
         let seed: [u8; 32] = [
-            0x9d, 0x61, 0xb1, 0x9d, 0xef, 0xfd, 0x5a, 0x60, 0xba, 0x84, 0x4a, 0xf4, 0x92, 0xec,
-            0x2c, 0xc4, 0x44, 0x49, 0xc5, 0x69, 0x7b, 0x32, 0x69, 0x19, 0x70, 0x3b, 0xac, 0x03,
-            0x1c, 0xae, 0x7f, 0x60,
+            0x9d, 0x61, 0xb1, 0x9d, 0xef, 0xfd, 0x5a, 0x60, 0xba, 0x84, 0x4a, 0xf4, 0x92, 0xec, 0x2c, 0xc4, 0x44, 0x49,
+            0xc5, 0x69, 0x7b, 0x32, 0x69, 0x19, 0x70, 0x3b, 0xac, 0x03, 0x1c, 0xae, 0x7f, 0x60,
         ];
         let public: [u8; 32] = [
-            0xd7, 0x5a, 0x98, 0x01, 0x82, 0xb1, 0x0a, 0xb7, 0xd5, 0x4b, 0xfe, 0xd3, 0xc9, 0x64,
-            0x07, 0x3a, 0x0e, 0xe1, 0x72, 0xf3, 0xda, 0xa6, 0x23, 0x25, 0xaf, 0x02, 0x1a, 0x68,
-            0xf7, 0x07, 0x51, 0x1a,
+            0xd7, 0x5a, 0x98, 0x01, 0x82, 0xb1, 0x0a, 0xb7, 0xd5, 0x4b, 0xfe, 0xd3, 0xc9, 0x64, 0x07, 0x3a, 0x0e, 0xe1,
+            0x72, 0xf3, 0xda, 0xa6, 0x23, 0x25, 0xaf, 0x02, 0x1a, 0x68, 0xf7, 0x07, 0x51, 0x1a,
         ];
         let key = PrivateKey::from_seed(seed).unwrap();
         assert_eq!(key.public_key(), PublicKey(public));
@@ -262,16 +237,9 @@ mod tests {
 
     #[test]
     fn errors_are_clear() {
+        assert_eq!(PublicKey::from_base64("not base64!").unwrap_err().to_string(), "key is not valid base64");
         assert_eq!(
-            PublicKey::from_base64("not base64!")
-                .unwrap_err()
-                .to_string(),
-            "key is not valid base64"
-        );
-        assert_eq!(
-            PrivateKey::from_base64(&STANDARD.encode([0u8; 31]))
-                .unwrap_err()
-                .to_string(),
+            PrivateKey::from_base64(&STANDARD.encode([0u8; 31])).unwrap_err().to_string(),
             "key must be 32 bytes, got 31"
         );
     }

@@ -121,11 +121,7 @@ fn config_error(err: &ConfigError) -> ExitCode {
 
 fn runtime() -> tokio::runtime::Runtime {
     // Two workers: the engine task and the relay connection's TLS work run side by side.
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime starts")
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime starts")
 }
 
 fn run_daemon(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {

@@ -20,16 +20,14 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{AlwaysResolvesClientRawPublicKeys, Resumption};
-use rustls::crypto::{
-    verify_tls13_signature_with_raw_key, CryptoProvider, WebPkiSupportedAlgorithms,
-};
+use rustls::crypto::{verify_tls13_signature_with_raw_key, CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::AlwaysResolvesServerRawPublicKeys;
 use rustls::sign::CertifiedKey;
 use rustls::{
-    CertificateError, ClientConfig, CommonState, DigitallySignedStruct, DistinguishedName,
-    OtherError, PeerMisbehaved, ServerConfig, SignatureScheme,
+    CertificateError, ClientConfig, CommonState, DigitallySignedStruct, DistinguishedName, OtherError, PeerMisbehaved,
+    ServerConfig, SignatureScheme,
 };
 
 use crate::keys::{self, KeyError, PrivateKey, PublicKey};
@@ -61,10 +59,7 @@ pub enum KeyRefused {
     #[error("unknown client public key {0}")]
     UnknownClient(PublicKey),
     #[error("server public key {presented} does not match the pinned key {pinned}")]
-    ServerMismatch {
-        presented: PublicKey,
-        pinned: PublicKey,
-    },
+    ServerMismatch { presented: PublicKey, pinned: PublicKey },
     #[error("peer did not present a single Ed25519 raw public key")]
     NotEd25519,
 }
@@ -97,9 +92,7 @@ pub fn key_refusal<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a
         }
         // `io::Error::source` skips the wrapped error itself; look inside.
         current = match e.downcast_ref::<std::io::Error>() {
-            Some(io) => io
-                .get_ref()
-                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
             None => e.source(),
         };
     }
@@ -108,10 +101,7 @@ pub fn key_refusal<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a
 
 /// TLS configuration for the relay server: presents `key`, and accepts only
 /// clients whose public key is in `allowed_clients`.
-pub fn server_config(
-    key: &PrivateKey,
-    allowed_clients: Vec<PublicKey>,
-) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(key: &PrivateKey, allowed_clients: Vec<PublicKey>) -> Result<Arc<ServerConfig>, TlsError> {
     if allowed_clients.is_empty() {
         return Err(TlsError::NoAllowedClients);
     }
@@ -132,15 +122,10 @@ pub fn server_config(
 
 /// TLS configuration for a client: presents `key`, and accepts only a
 /// server whose public key is `server_key`.
-pub fn client_config(
-    key: &PrivateKey,
-    server_key: PublicKey,
-) -> Result<Arc<ClientConfig>, TlsError> {
+pub fn client_config(key: &PrivateKey, server_key: PublicKey) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = Arc::new(tls_provider());
-    let verifier = Arc::new(ServerKeyVerifier {
-        pinned: server_key,
-        algorithms: provider.signature_verification_algorithms,
-    });
+    let verifier =
+        Arc::new(ServerKeyVerifier { pinned: server_key, algorithms: provider.signature_verification_algorithms });
     let identity = Arc::new(certified_key(key)?);
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -176,11 +161,7 @@ fn tls_provider() -> CryptoProvider {
         TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
     };
     CryptoProvider {
-        cipher_suites: vec![
-            TLS13_AES_128_GCM_SHA256,
-            TLS13_AES_256_GCM_SHA384,
-            TLS13_CHACHA20_POLY1305_SHA256,
-        ],
+        cipher_suites: vec![TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256],
         ..keys::provider()
     }
 }
@@ -200,8 +181,7 @@ fn presented_key(
     if !intermediates.is_empty() {
         return Err(KeyRefused::NotEd25519.into_rustls());
     }
-    PublicKey::from_spki_der(end_entity.as_ref())
-        .ok_or_else(|| KeyRefused::NotEd25519.into_rustls())
+    PublicKey::from_spki_der(end_entity.as_ref()).ok_or_else(|| KeyRefused::NotEd25519.into_rustls())
 }
 
 /// Verifies a TLS 1.3 CertificateVerify signature made with a raw Ed25519 key.
@@ -242,11 +222,7 @@ impl ServerCertVerifier for ServerKeyVerifier {
         if presented == self.pinned {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(KeyRefused::ServerMismatch {
-                presented,
-                pinned: self.pinned,
-            }
-            .into_rustls())
+            Err(KeyRefused::ServerMismatch { presented, pinned: self.pinned }.into_rustls())
         }
     }
 
@@ -351,22 +327,9 @@ mod tests {
         let a = key().public_key();
         let b = key().public_key();
         let err = KeyRefused::UnknownClient(a).into_rustls().to_string();
-        assert!(
-            err.contains(&format!("unknown client public key {a}")),
-            "{err}"
-        );
-        let err = KeyRefused::ServerMismatch {
-            presented: a,
-            pinned: b,
-        }
-        .into_rustls()
-        .to_string();
-        assert!(
-            err.contains(&format!(
-                "server public key {a} does not match the pinned key {b}"
-            )),
-            "{err}"
-        );
+        assert!(err.contains(&format!("unknown client public key {a}")), "{err}");
+        let err = KeyRefused::ServerMismatch { presented: a, pinned: b }.into_rustls().to_string();
+        assert!(err.contains(&format!("server public key {a} does not match the pinned key {b}")), "{err}");
     }
 
     #[test]
@@ -382,20 +345,13 @@ mod tests {
         assert!(v.verify_client_cert(&cert(allowed), &[], now).is_ok());
         assert!(v.verify_client_cert(&cert(other), &[], now).is_err());
         // A chain is not a raw public key.
-        assert!(v
-            .verify_client_cert(&cert(allowed), &[cert(allowed)], now)
-            .is_err());
-        assert!(v
-            .verify_client_cert(&CertificateDer::from(vec![0u8; 44]), &[], now)
-            .is_err());
+        assert!(v.verify_client_cert(&cert(allowed), &[cert(allowed)], now).is_err());
+        assert!(v.verify_client_cert(&CertificateDer::from(vec![0u8; 44]), &[], now).is_err());
     }
 
     #[test]
     fn empty_allowed_list_is_an_error() {
-        assert!(matches!(
-            server_config(&key(), Vec::new()),
-            Err(TlsError::NoAllowedClients)
-        ));
+        assert!(matches!(server_config(&key(), Vec::new()), Err(TlsError::NoAllowedClients)));
     }
 
     #[test]

@@ -204,11 +204,7 @@ impl FrameType {
             FrameType::Reset => Some(6),
             FrameType::Credit => Some(20),
             FrameType::Ping | FrameType::Pong => Some(8),
-            FrameType::Hello
-            | FrameType::Close
-            | FrameType::Open
-            | FrameType::Data
-            | FrameType::Datagram => None,
+            FrameType::Hello | FrameType::Close | FrameType::Open | FrameType::Data | FrameType::Datagram => None,
         }
     }
 
@@ -458,11 +454,7 @@ impl Header {
         let got = usize::from(body_len);
         match frame_type.fixed_body_len() {
             Some(expected) if got != expected => {
-                return Err(WireError::BadLength {
-                    frame_type,
-                    expected,
-                    got,
-                });
+                return Err(WireError::BadLength { frame_type, expected, got });
             }
             Some(_) => {}
             None => {
@@ -476,18 +468,11 @@ impl Header {
                 }
                 let min = frame_type.min_body_len();
                 if got < min {
-                    return Err(WireError::BadLength {
-                        frame_type,
-                        expected: min,
-                        got,
-                    });
+                    return Err(WireError::BadLength { frame_type, expected: min, got });
                 }
             }
         }
-        Ok(Some(Header {
-            frame_type,
-            body_len,
-        }))
+        Ok(Some(Header { frame_type, body_len }))
     }
 
     /// Total length of the frame on the wire: header plus body.
@@ -665,11 +650,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn new(frame_type: FrameType, body: &'a [u8]) -> Self {
-        Reader {
-            body,
-            pos: 0,
-            frame_type,
-        }
+        Reader { body, pos: 0, frame_type }
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
@@ -679,11 +660,7 @@ impl<'a> Reader<'a> {
                 self.pos = end;
                 Ok(bytes)
             }
-            None => Err(WireError::BadLength {
-                frame_type: self.frame_type,
-                expected: end,
-                got: self.body.len(),
-            }),
+            None => Err(WireError::BadLength { frame_type: self.frame_type, expected: end, got: self.body.len() }),
         }
     }
 
@@ -713,10 +690,7 @@ impl<'a> Reader<'a> {
         match self.u8()? {
             FAMILY_V4 => Ok(IpAddr::V4(Ipv4Addr::from(self.array::<4>()?))),
             FAMILY_V6 => Ok(IpAddr::V6(Ipv6Addr::from(self.array::<16>()?))),
-            family => Err(WireError::UnknownAddressFamily {
-                frame_type: self.frame_type,
-                family,
-            }),
+            family => Err(WireError::UnknownAddressFamily { frame_type: self.frame_type, family }),
         }
     }
 
@@ -740,11 +714,7 @@ impl<'a> Reader<'a> {
         if self.pos == self.body.len() {
             Ok(())
         } else {
-            Err(WireError::BadLength {
-                frame_type: self.frame_type,
-                expected: self.pos,
-                got: self.body.len(),
-            })
+            Err(WireError::BadLength { frame_type: self.frame_type, expected: self.pos, got: self.body.len() })
         }
     }
 }
@@ -781,20 +751,13 @@ impl<'a> Frame<'a> {
                 for _ in 0..count {
                     virtual_ips.push(r.ip()?);
                 }
-                Frame::Hello {
-                    version,
-                    virtual_ips,
-                }
+                Frame::Hello { version, virtual_ips }
             }
-            FrameType::Welcome => Frame::Welcome {
-                version: r.u16()?,
-                session_id: r.u64()?,
-            },
+            FrameType::Welcome => Frame::Welcome { version: r.u16()?, session_id: r.u64()? },
             FrameType::Close => {
                 let code = r.u16()?;
-                let reason = std::str::from_utf8(r.rest()).map_err(|e| WireError::InvalidUtf8 {
-                    valid_up_to: e.valid_up_to(),
-                })?;
+                let reason = std::str::from_utf8(r.rest())
+                    .map_err(|e| WireError::InvalidUtf8 { valid_up_to: e.valid_up_to() })?;
                 Frame::Close { code, reason }
             }
             FrameType::Open => {
@@ -805,39 +768,19 @@ impl<'a> Frame<'a> {
                 }
                 let src = r.socket_addr()?;
                 let dst = r.socket_addr()?;
-                Frame::Open {
-                    stream_id,
-                    src,
-                    dst,
-                }
+                Frame::Open { stream_id, src, dst }
             }
-            FrameType::OpenOk => Frame::OpenOk {
-                stream_id: r.u32()?,
-            },
+            FrameType::OpenOk => Frame::OpenOk { stream_id: r.u32()? },
             FrameType::Data => {
                 let stream_id = r.u32()?;
                 let offset = r.u64()?;
                 let data = r.rest();
                 check_data(stream_id, offset, data.len())?;
-                Frame::Data {
-                    stream_id,
-                    offset,
-                    data,
-                }
+                Frame::Data { stream_id, offset, data }
             }
-            FrameType::Fin => Frame::Fin {
-                stream_id: r.u32()?,
-                offset: r.u64()?,
-            },
-            FrameType::Reset => Frame::Reset {
-                stream_id: r.u32()?,
-                code: ResetCode::from(r.u16()?),
-            },
-            FrameType::Credit => Frame::Credit {
-                stream_id: r.u32()?,
-                received: r.u64()?,
-                max_offset: r.u64()?,
-            },
+            FrameType::Fin => Frame::Fin { stream_id: r.u32()?, offset: r.u64()? },
+            FrameType::Reset => Frame::Reset { stream_id: r.u32()?, code: ResetCode::from(r.u16()?) },
+            FrameType::Credit => Frame::Credit { stream_id: r.u32()?, received: r.u64()?, max_offset: r.u64()? },
             FrameType::Datagram => {
                 let packet = r.rest();
                 if packet.is_empty() {
@@ -907,16 +850,10 @@ impl<'a> Frame<'a> {
     fn validate(&self) -> Result<u16, WireError> {
         let frame_type = self.frame_type();
         match *self {
-            Frame::Hello {
-                ref virtual_ips, ..
-            } if virtual_ips.len() > MAX_HELLO_ADDRS => {
+            Frame::Hello { ref virtual_ips, .. } if virtual_ips.len() > MAX_HELLO_ADDRS => {
                 return Err(WireError::TooManyAddresses(virtual_ips.len()));
             }
-            Frame::Data {
-                stream_id,
-                offset,
-                data,
-            } => check_data(stream_id, offset, data.len())?,
+            Frame::Data { stream_id, offset, data } => check_data(stream_id, offset, data.len())?,
             Frame::Datagram { packet: [] } => {
                 return Err(WireError::EmptyPayload { frame_type });
             }
@@ -936,16 +873,9 @@ impl<'a> Frame<'a> {
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
         let body_len = self.validate()?;
         out.reserve(HEADER_LEN + usize::from(body_len));
-        Header {
-            frame_type: self.frame_type(),
-            body_len,
-        }
-        .emit(out);
+        Header { frame_type: self.frame_type(), body_len }.emit(out);
         match self {
-            Frame::Hello {
-                version,
-                virtual_ips,
-            } => {
+            Frame::Hello { version, virtual_ips } => {
                 out.extend_from_slice(&version.to_be_bytes());
                 // validate() guarantees the count fits.
                 out.push(virtual_ips.len() as u8);
@@ -953,10 +883,7 @@ impl<'a> Frame<'a> {
                     put_ip(out, ip);
                 }
             }
-            Frame::Welcome {
-                version,
-                session_id,
-            } => {
+            Frame::Welcome { version, session_id } => {
                 out.extend_from_slice(&version.to_be_bytes());
                 out.extend_from_slice(&session_id.to_be_bytes());
             }
@@ -964,22 +891,14 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&code.to_be_bytes());
                 out.extend_from_slice(reason.as_bytes());
             }
-            Frame::Open {
-                stream_id,
-                src,
-                dst,
-            } => {
+            Frame::Open { stream_id, src, dst } => {
                 out.extend_from_slice(&stream_id.to_be_bytes());
                 out.push(PROTO_TCP);
                 put_socket_addr(out, src);
                 put_socket_addr(out, dst);
             }
             Frame::OpenOk { stream_id } => out.extend_from_slice(&stream_id.to_be_bytes()),
-            Frame::Data {
-                stream_id,
-                offset,
-                data,
-            } => {
+            Frame::Data { stream_id, offset, data } => {
                 out.extend_from_slice(&stream_id.to_be_bytes());
                 out.extend_from_slice(&offset.to_be_bytes());
                 out.extend_from_slice(data);
@@ -992,19 +911,13 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&stream_id.to_be_bytes());
                 out.extend_from_slice(&u16::from(*code).to_be_bytes());
             }
-            Frame::Credit {
-                stream_id,
-                received,
-                max_offset,
-            } => {
+            Frame::Credit { stream_id, received, max_offset } => {
                 out.extend_from_slice(&stream_id.to_be_bytes());
                 out.extend_from_slice(&received.to_be_bytes());
                 out.extend_from_slice(&max_offset.to_be_bytes());
             }
             Frame::Datagram { packet } => out.extend_from_slice(packet),
-            Frame::Ping { nonce } | Frame::Pong { nonce } => {
-                out.extend_from_slice(&nonce.to_be_bytes())
-            }
+            Frame::Ping { nonce } | Frame::Pong { nonce } => out.extend_from_slice(&nonce.to_be_bytes()),
         }
         Ok(())
     }
@@ -1014,16 +927,10 @@ impl<'a> Frame<'a> {
 /// checked separately: by `body_len` when decoding, by `validate` when encoding).
 fn check_data(stream_id: u32, offset: u64, len: usize) -> Result<(), WireError> {
     if len == 0 {
-        return Err(WireError::EmptyPayload {
-            frame_type: FrameType::Data,
-        });
+        return Err(WireError::EmptyPayload { frame_type: FrameType::Data });
     }
     if offset.checked_add(len as u64).is_none() {
-        return Err(WireError::OffsetOverflow {
-            stream_id,
-            offset,
-            len,
-        });
+        return Err(WireError::OffsetOverflow { stream_id, offset, len });
     }
     Ok(())
 }
@@ -1037,21 +944,11 @@ fn check_data(stream_id: u32, offset: u64, len: usize) -> Result<(), WireError> 
 /// The caller must respect the limits `encode` checks: `1 <= data_len <=
 /// MAX_DATA` and `offset + data_len` not overflowing u64 (debug-asserted).
 pub fn encode_data_header(stream_id: u32, offset: u64, data_len: usize, out: &mut Vec<u8>) {
-    debug_assert!(
-        data_len <= MAX_DATA,
-        "DATA payload of {data_len} bytes exceeds MAX_DATA"
-    );
+    debug_assert!(data_len <= MAX_DATA, "DATA payload of {data_len} bytes exceeds MAX_DATA");
     debug_assert!(data_len > 0, "DATA payload must not be empty");
-    debug_assert!(
-        offset.checked_add(data_len as u64).is_some(),
-        "DATA offset {offset} + {data_len} overflows u64"
-    );
+    debug_assert!(offset.checked_add(data_len as u64).is_some(), "DATA offset {offset} + {data_len} overflows u64");
     out.reserve(HEADER_LEN + DATA_OVERHEAD + data_len);
-    Header {
-        frame_type: FrameType::Data,
-        body_len: (DATA_OVERHEAD + data_len) as u16,
-    }
-    .emit(out);
+    Header { frame_type: FrameType::Data, body_len: (DATA_OVERHEAD + data_len) as u16 }.emit(out);
     out.extend_from_slice(&stream_id.to_be_bytes());
     out.extend_from_slice(&offset.to_be_bytes());
 }
@@ -1062,15 +959,9 @@ mod tests {
 
     /// Parses hand-written hex, ignoring whitespace and `|` separators.
     fn hex(s: &str) -> Vec<u8> {
-        let digits: Vec<u8> = s
-            .bytes()
-            .filter(|b| !b.is_ascii_whitespace() && *b != b'|')
-            .collect();
+        let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace() && *b != b'|').collect();
         assert!(digits.len().is_multiple_of(2), "odd number of hex digits");
-        digits
-            .chunks(2)
-            .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
-            .collect()
+        digits.chunks(2).map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap()).collect()
     }
 
     fn encode(frame: &Frame<'_>) -> Vec<u8> {
@@ -1087,60 +978,24 @@ mod tests {
         vec![
             Frame::Hello {
                 version: PROTOCOL_VERSION,
-                virtual_ips: vec![
-                    "100.64.0.2".parse().unwrap(),
-                    "fd00:1234::2".parse().unwrap(),
-                ],
+                virtual_ips: vec!["100.64.0.2".parse().unwrap(), "fd00:1234::2".parse().unwrap()],
             },
-            Frame::Hello {
-                version: 7,
-                virtual_ips: vec![],
-            },
-            Frame::Welcome {
-                version: PROTOCOL_VERSION,
-                session_id: 0xdead_beef_0123_4567,
-            },
-            Frame::Close {
-                code: 42,
-                reason: "server shutting down – bye",
-            },
-            Frame::Close {
-                code: 0,
-                reason: "",
-            },
+            Frame::Hello { version: 7, virtual_ips: vec![] },
+            Frame::Welcome { version: PROTOCOL_VERSION, session_id: 0xdead_beef_0123_4567 },
+            Frame::Close { code: 42, reason: "server shutting down – bye" },
+            Frame::Close { code: 0, reason: "" },
             Frame::Open {
                 stream_id: 1,
                 src: "10.0.0.2:40000".parse().unwrap(),
                 dst: "[2001:db8::1]:443".parse().unwrap(),
             },
-            Frame::OpenOk {
-                stream_id: u32::MAX,
-            },
-            Frame::Data {
-                stream_id: 3,
-                offset: 1 << 40,
-                data: b"hello world",
-            },
-            Frame::Fin {
-                stream_id: 3,
-                offset: 12345,
-            },
-            Frame::Reset {
-                stream_id: 9,
-                code: ResetCode::TimedOut,
-            },
-            Frame::Reset {
-                stream_id: 9,
-                code: ResetCode::Other(999),
-            },
-            Frame::Credit {
-                stream_id: 4,
-                received: 10,
-                max_offset: 1 << 20,
-            },
-            Frame::Datagram {
-                packet: &[0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17],
-            },
+            Frame::OpenOk { stream_id: u32::MAX },
+            Frame::Data { stream_id: 3, offset: 1 << 40, data: b"hello world" },
+            Frame::Fin { stream_id: 3, offset: 12345 },
+            Frame::Reset { stream_id: 9, code: ResetCode::TimedOut },
+            Frame::Reset { stream_id: 9, code: ResetCode::Other(999) },
+            Frame::Credit { stream_id: 4, received: 10, max_offset: 1 << 20 },
+            Frame::Datagram { packet: &[0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17] },
             Frame::Ping { nonce: 1 },
             Frame::Pong { nonce: u64::MAX },
         ]
@@ -1150,10 +1005,7 @@ mod tests {
     fn round_trip_every_frame_type() {
         let frames = sample_frames();
         for ty in FrameType::ALL {
-            assert!(
-                frames.iter().any(|f| f.frame_type() == ty),
-                "no sample for {ty}"
-            );
+            assert!(frames.iter().any(|f| f.frame_type() == ty), "no sample for {ty}");
         }
         for frame in &frames {
             let bytes = encode(frame);
@@ -1179,11 +1031,7 @@ mod tests {
 
     #[test]
     fn golden_data() {
-        let frame = Frame::Data {
-            stream_id: 0x0102_0304,
-            offset: 0x1122_3344_5566_7788,
-            data: b"hi",
-        };
+        let frame = Frame::Data { stream_id: 0x0102_0304, offset: 0x1122_3344_5566_7788, data: b"hi" };
         let golden = hex("12 00 000e | 01020304 | 1122334455667788 | 6869");
         assert_eq!(encode(&frame), golden);
         assert_eq!(Frame::decode(&golden).unwrap(), Some((frame, golden.len())));
@@ -1217,11 +1065,7 @@ mod tests {
 
     #[test]
     fn golden_credit() {
-        let frame = Frame::Credit {
-            stream_id: 5,
-            received: 1000,
-            max_offset: 66536,
-        };
+        let frame = Frame::Credit { stream_id: 5, received: 1000, max_offset: 66536 };
         let golden = hex("15 00 0014 | 00000005 | 00000000000003e8 | 00000000000103e8");
         assert_eq!(encode(&frame), golden);
         assert_eq!(Frame::decode(&golden).unwrap(), Some((frame, golden.len())));
@@ -1229,17 +1073,11 @@ mod tests {
 
     #[test]
     fn golden_hello_and_reset() {
-        let frame = Frame::Hello {
-            version: 1,
-            virtual_ips: vec!["100.64.0.2".parse().unwrap(), "fd00::2".parse().unwrap()],
-        };
-        let golden =
-            hex("01 00 0019 | 0001 | 02 | 04 64400002 | 06 fd000000000000000000000000000002");
+        let frame =
+            Frame::Hello { version: 1, virtual_ips: vec!["100.64.0.2".parse().unwrap(), "fd00::2".parse().unwrap()] };
+        let golden = hex("01 00 0019 | 0001 | 02 | 04 64400002 | 06 fd000000000000000000000000000002");
         assert_eq!(encode(&frame), golden);
-        let frame = Frame::Reset {
-            stream_id: 2,
-            code: ResetCode::UnknownStream,
-        };
+        let frame = Frame::Reset { stream_id: 2, code: ResetCode::UnknownStream };
         assert_eq!(encode(&frame), hex("14 00 0006 | 00000002 | 0006"));
     }
 
@@ -1248,11 +1086,7 @@ mod tests {
         for frame in sample_frames() {
             let bytes = encode(&frame);
             for len in 0..bytes.len() {
-                assert_eq!(
-                    Frame::decode(&bytes[..len]),
-                    Ok(None),
-                    "prefix of {len} bytes of {frame:?}"
-                );
+                assert_eq!(Frame::decode(&bytes[..len]), Ok(None), "prefix of {len} bytes of {frame:?}");
             }
         }
     }
@@ -1264,11 +1098,7 @@ mod tests {
         encode_data_header(77, 1_000_000, data.len(), &mut fast);
         assert_eq!(fast.len(), HEADER_LEN + DATA_OVERHEAD);
         fast.extend_from_slice(&data);
-        let frame = Frame::Data {
-            stream_id: 77,
-            offset: 1_000_000,
-            data: &data,
-        };
+        let frame = Frame::Data { stream_id: 77, offset: 1_000_000, data: &data };
         assert_eq!(fast, encode(&frame));
 
         let big = vec![0x5a; MAX_DATA];
@@ -1277,44 +1107,20 @@ mod tests {
         fast.extend_from_slice(&big);
         let (decoded, consumed) = Frame::decode(&fast).unwrap().unwrap();
         assert_eq!(consumed, MAX_FRAME);
-        assert_eq!(
-            decoded,
-            Frame::Data {
-                stream_id: 1,
-                offset: 0,
-                data: &big
-            }
-        );
+        assert_eq!(decoded, Frame::Data { stream_id: 1, offset: 0, data: &big });
     }
 
     #[test]
     fn max_sizes_encode() {
         let data = vec![0u8; MAX_DATA];
-        let frame = Frame::Data {
-            stream_id: 1,
-            offset: 0,
-            data: &data,
-        };
+        let frame = Frame::Data { stream_id: 1, offset: 0, data: &data };
         assert_eq!(encode(&frame).len(), MAX_FRAME);
         let packet = vec![0u8; MAX_BODY];
-        assert_eq!(
-            encode(&Frame::Datagram { packet: &packet }).len(),
-            MAX_FRAME
-        );
+        assert_eq!(encode(&Frame::Datagram { packet: &packet }).len(), MAX_FRAME);
         let reason = "x".repeat(MAX_BODY - 2);
-        assert_eq!(
-            encode(&Frame::Close {
-                code: 1,
-                reason: &reason
-            })
-            .len(),
-            MAX_FRAME
-        );
+        assert_eq!(encode(&Frame::Close { code: 1, reason: &reason }).len(), MAX_FRAME);
         let virtual_ips = vec![IpAddr::V6(Ipv6Addr::LOCALHOST); MAX_HELLO_ADDRS];
-        let frame = Frame::Hello {
-            version: 1,
-            virtual_ips,
-        };
+        let frame = Frame::Hello { version: 1, virtual_ips };
         let bytes = encode(&frame);
         assert_eq!(Frame::decode(&bytes).unwrap().unwrap().0, frame);
     }
@@ -1324,56 +1130,29 @@ mod tests {
         assert_eq!(decode_err(&[0x00]), WireError::UnknownType(0));
         assert_eq!(decode_err(&hex("40 00 0000")), WireError::UnknownType(0x40));
         assert_eq!(FrameType::try_from(0xff), Err(WireError::UnknownType(0xff)));
-        assert_eq!(
-            WireError::UnknownType(0x40).to_string(),
-            "unknown frame type 0x40"
-        );
+        assert_eq!(WireError::UnknownType(0x40).to_string(), "unknown frame type 0x40");
     }
 
     #[test]
     fn err_unknown_flags() {
         let err = decode_err(&hex("30 80"));
-        assert_eq!(
-            err,
-            WireError::UnknownFlags {
-                frame_type: FrameType::Ping,
-                flags: 0x80
-            }
-        );
-        assert_eq!(
-            err.to_string(),
-            "PING frame has unknown flags 0x80 (must be 0)"
-        );
+        assert_eq!(err, WireError::UnknownFlags { frame_type: FrameType::Ping, flags: 0x80 });
+        assert_eq!(err.to_string(), "PING frame has unknown flags 0x80 (must be 0)");
     }
 
     #[test]
     fn err_bad_length_fixed_size() {
         // Wrong body_len is rejected from the header alone, body not needed.
         let err = decode_err(&hex("30 00 0009"));
-        assert_eq!(
-            err,
-            WireError::BadLength {
-                frame_type: FrameType::Ping,
-                expected: 8,
-                got: 9
-            }
-        );
+        assert_eq!(err, WireError::BadLength { frame_type: FrameType::Ping, expected: 8, got: 9 });
         assert_eq!(err.to_string(), "PING frame body is 9 bytes, expected 8");
         assert_eq!(
             decode_err(&hex("15 00 0013")),
-            WireError::BadLength {
-                frame_type: FrameType::Credit,
-                expected: 20,
-                got: 19
-            }
+            WireError::BadLength { frame_type: FrameType::Credit, expected: 20, got: 19 }
         );
         assert_eq!(
             decode_err(&hex("11 00 0000")),
-            WireError::BadLength {
-                frame_type: FrameType::OpenOk,
-                expected: 4,
-                got: 0
-            }
+            WireError::BadLength { frame_type: FrameType::OpenOk, expected: 4, got: 0 }
         );
     }
 
@@ -1382,59 +1161,31 @@ mod tests {
         // Below the minimum: from the header alone.
         assert_eq!(
             decode_err(&hex("12 00 0005")),
-            WireError::BadLength {
-                frame_type: FrameType::Data,
-                expected: 13,
-                got: 5
-            }
+            WireError::BadLength { frame_type: FrameType::Data, expected: 13, got: 5 }
         );
         assert_eq!(
             decode_err(&hex("10 00 0005")),
-            WireError::BadLength {
-                frame_type: FrameType::Open,
-                expected: 19,
-                got: 5
-            }
+            WireError::BadLength { frame_type: FrameType::Open, expected: 19, got: 5 }
         );
         // HELLO claiming two addresses but carrying one (truncated).
         assert_eq!(
             decode_err(&hex("01 00 0008 | 0001 02 | 04 0a000001")),
-            WireError::BadLength {
-                frame_type: FrameType::Hello,
-                expected: 9,
-                got: 8
-            }
+            WireError::BadLength { frame_type: FrameType::Hello, expected: 9, got: 8 }
         );
         // HELLO with trailing bytes after its addresses.
         assert_eq!(
             decode_err(&hex("01 00 0009 | 0001 01 | 04 0a000001 | ff")),
-            WireError::BadLength {
-                frame_type: FrameType::Hello,
-                expected: 8,
-                got: 9
-            }
+            WireError::BadLength { frame_type: FrameType::Hello, expected: 8, got: 9 }
         );
         // OPEN with a v6 dst that does not fit.
         assert_eq!(
-            decode_err(&hex(
-                "10 00 0013 | 00000001 06 | 04 0a000002 9c40 | 06 2001 0db8 0000 00"
-            )),
-            WireError::BadLength {
-                frame_type: FrameType::Open,
-                expected: 4 + 1 + 7 + 1 + 16,
-                got: 19
-            }
+            decode_err(&hex("10 00 0013 | 00000001 06 | 04 0a000002 9c40 | 06 2001 0db8 0000 00")),
+            WireError::BadLength { frame_type: FrameType::Open, expected: 4 + 1 + 7 + 1 + 16, got: 19 }
         );
         // OPEN with trailing bytes.
         assert_eq!(
-            decode_err(&hex(
-                "10 00 0014 | 00000001 06 | 04 0a000002 9c40 | 04 0a000003 0050 | 00"
-            )),
-            WireError::BadLength {
-                frame_type: FrameType::Open,
-                expected: 19,
-                got: 20
-            }
+            decode_err(&hex("10 00 0014 | 00000001 06 | 04 0a000002 9c40 | 04 0a000003 0050 | 00")),
+            WireError::BadLength { frame_type: FrameType::Open, expected: 19, got: 20 }
         );
     }
 
@@ -1442,32 +1193,16 @@ mod tests {
     fn err_unknown_address_family() {
         assert_eq!(
             decode_err(&hex("01 00 0008 | 0001 01 | 05 0a000001")),
-            WireError::UnknownAddressFamily {
-                frame_type: FrameType::Hello,
-                family: 5
-            }
+            WireError::UnknownAddressFamily { frame_type: FrameType::Hello, family: 5 }
         );
-        let err = decode_err(&hex(
-            "10 00 0013 | 00000001 06 | 04 0a000002 9c40 | 00 0a000003 0050",
-        ));
-        assert_eq!(
-            err,
-            WireError::UnknownAddressFamily {
-                frame_type: FrameType::Open,
-                family: 0
-            }
-        );
-        assert_eq!(
-            err.to_string(),
-            "OPEN frame has unknown address family 0 (expected 4 or 6)"
-        );
+        let err = decode_err(&hex("10 00 0013 | 00000001 06 | 04 0a000002 9c40 | 00 0a000003 0050"));
+        assert_eq!(err, WireError::UnknownAddressFamily { frame_type: FrameType::Open, family: 0 });
+        assert_eq!(err.to_string(), "OPEN frame has unknown address family 0 (expected 4 or 6)");
     }
 
     #[test]
     fn err_unsupported_protocol() {
-        let err = decode_err(&hex(
-            "10 00 0013 | 00000001 11 | 04 0a000002 9c40 | 04 0a000003 0035",
-        ));
+        let err = decode_err(&hex("10 00 0013 | 00000001 11 | 04 0a000002 9c40 | 04 0a000003 0035"));
         assert_eq!(err, WireError::UnsupportedProtocol(17));
         assert!(err.to_string().contains("OPEN"));
         assert!(err.to_string().contains("17"));
@@ -1483,77 +1218,38 @@ mod tests {
     #[test]
     fn err_empty_payload() {
         // Detected from the header alone.
-        assert_eq!(
-            decode_err(&hex("12 00 000c")),
-            WireError::EmptyPayload {
-                frame_type: FrameType::Data
-            }
-        );
-        assert_eq!(
-            decode_err(&hex("20 00 0000")),
-            WireError::EmptyPayload {
-                frame_type: FrameType::Datagram
-            }
-        );
+        assert_eq!(decode_err(&hex("12 00 000c")), WireError::EmptyPayload { frame_type: FrameType::Data });
+        assert_eq!(decode_err(&hex("20 00 0000")), WireError::EmptyPayload { frame_type: FrameType::Datagram });
         // Direct body parse.
         assert_eq!(
             Frame::parse_body(FrameType::Datagram, &[]),
-            Err(WireError::EmptyPayload {
-                frame_type: FrameType::Datagram
-            })
+            Err(WireError::EmptyPayload { frame_type: FrameType::Datagram })
         );
         // Encoding refuses too, leaving the buffer untouched.
         let mut out = vec![1, 2, 3];
         assert_eq!(
-            Frame::Data {
-                stream_id: 1,
-                offset: 0,
-                data: &[]
-            }
-            .encode(&mut out),
-            Err(WireError::EmptyPayload {
-                frame_type: FrameType::Data
-            })
+            Frame::Data { stream_id: 1, offset: 0, data: &[] }.encode(&mut out),
+            Err(WireError::EmptyPayload { frame_type: FrameType::Data })
         );
         assert_eq!(
             Frame::Datagram { packet: &[] }.encode(&mut out),
-            Err(WireError::EmptyPayload {
-                frame_type: FrameType::Datagram
-            })
+            Err(WireError::EmptyPayload { frame_type: FrameType::Datagram })
         );
         assert_eq!(out, [1, 2, 3]);
         assert_eq!(
-            WireError::EmptyPayload {
-                frame_type: FrameType::Datagram
-            }
-            .to_string(),
+            WireError::EmptyPayload { frame_type: FrameType::Datagram }.to_string(),
             "DATAGRAM frame has an empty payload"
         );
     }
 
     #[test]
     fn err_offset_overflow() {
-        let expected = WireError::OffsetOverflow {
-            stream_id: 1,
-            offset: u64::MAX,
-            len: 1,
-        };
-        assert_eq!(
-            decode_err(&hex("12 00 000d | 00000001 | ffffffffffffffff | 00")),
-            expected
-        );
-        let frame = Frame::Data {
-            stream_id: 1,
-            offset: u64::MAX,
-            data: &[0],
-        };
+        let expected = WireError::OffsetOverflow { stream_id: 1, offset: u64::MAX, len: 1 };
+        assert_eq!(decode_err(&hex("12 00 000d | 00000001 | ffffffffffffffff | 00")), expected);
+        let frame = Frame::Data { stream_id: 1, offset: u64::MAX, data: &[0] };
         assert_eq!(frame.encode(&mut Vec::new()), Err(expected));
         // The last byte may sit at offset u64::MAX - 1.
-        let frame = Frame::Data {
-            stream_id: 1,
-            offset: u64::MAX - 1,
-            data: &[0],
-        };
+        let frame = Frame::Data { stream_id: 1, offset: u64::MAX - 1, data: &[0] };
         let bytes = encode(&frame);
         assert_eq!(Frame::decode(&bytes).unwrap().unwrap().0, frame);
     }
@@ -1562,66 +1258,35 @@ mod tests {
     fn err_body_too_long() {
         let data = vec![0u8; MAX_DATA + 1];
         let mut out = Vec::new();
-        let err = Frame::Data {
-            stream_id: 1,
-            offset: 0,
-            data: &data,
-        }
-        .encode(&mut out)
-        .unwrap_err();
-        assert_eq!(
-            err,
-            WireError::BodyTooLong {
-                frame_type: FrameType::Data,
-                len: MAX_BODY + 1
-            }
-        );
+        let err = Frame::Data { stream_id: 1, offset: 0, data: &data }.encode(&mut out).unwrap_err();
+        assert_eq!(err, WireError::BodyTooLong { frame_type: FrameType::Data, len: MAX_BODY + 1 });
         assert!(err.to_string().starts_with("DATA"));
         let reason = "x".repeat(MAX_BODY - 1);
         assert_eq!(
-            Frame::Close {
-                code: 1,
-                reason: &reason
-            }
-            .encode(&mut out),
-            Err(WireError::BodyTooLong {
-                frame_type: FrameType::Close,
-                len: MAX_BODY + 1
-            })
+            Frame::Close { code: 1, reason: &reason }.encode(&mut out),
+            Err(WireError::BodyTooLong { frame_type: FrameType::Close, len: MAX_BODY + 1 })
         );
         let packet = vec![0u8; MAX_BODY + 1];
         assert_eq!(
             Frame::Datagram { packet: &packet }.encode(&mut out),
-            Err(WireError::BodyTooLong {
-                frame_type: FrameType::Datagram,
-                len: MAX_BODY + 1
-            })
+            Err(WireError::BodyTooLong { frame_type: FrameType::Datagram, len: MAX_BODY + 1 })
         );
         assert!(out.is_empty());
     }
 
     #[test]
     fn err_too_many_addresses() {
-        let frame = Frame::Hello {
-            version: 1,
-            virtual_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST); MAX_HELLO_ADDRS + 1],
-        };
+        let frame =
+            Frame::Hello { version: 1, virtual_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST); MAX_HELLO_ADDRS + 1] };
         let mut out = Vec::new();
-        assert_eq!(
-            frame.encode(&mut out),
-            Err(WireError::TooManyAddresses(256))
-        );
+        assert_eq!(frame.encode(&mut out), Err(WireError::TooManyAddresses(256)));
         assert!(out.is_empty());
     }
 
     #[test]
     fn ipv6_scope_and_flowinfo_are_not_carried() {
         let src = SocketAddr::V6(SocketAddrV6::new("fe80::1".parse().unwrap(), 1, 0x1234, 7));
-        let frame = Frame::Open {
-            stream_id: 1,
-            src,
-            dst: "[fe80::2]:2".parse().unwrap(),
-        };
+        let frame = Frame::Open { stream_id: 1, src, dst: "[fe80::2]:2".parse().unwrap() };
         let bytes = encode(&frame);
         let Frame::Open { src: decoded, .. } = Frame::decode(&bytes).unwrap().unwrap().0 else {
             panic!("not OPEN");
@@ -1649,9 +1314,7 @@ mod tests {
             assert_eq!(ty.to_string(), ty.name());
             assert!(ty.min_body_len() <= MAX_BODY);
         }
-        let assigned = (0..=255u8)
-            .filter(|b| FrameType::from_u8(*b).is_some())
-            .count();
+        let assigned = (0..=255u8).filter(|b| FrameType::from_u8(*b).is_some()).count();
         assert_eq!(assigned, FrameType::ALL.len());
         assert_eq!(FrameType::OpenOk.to_string(), "OPEN_OK");
         assert_eq!(FrameType::Credit as u8, 0x15);
@@ -1660,11 +1323,7 @@ mod tests {
     #[test]
     fn stream_id_accessor() {
         for frame in sample_frames() {
-            assert_eq!(
-                frame.stream_id().is_some(),
-                frame.frame_type().is_stream_frame(),
-                "{frame:?}"
-            );
+            assert_eq!(frame.stream_id().is_some(), frame.frame_type().is_stream_frame(), "{frame:?}");
         }
         assert_eq!(Frame::OpenOk { stream_id: 9 }.stream_id(), Some(9));
     }

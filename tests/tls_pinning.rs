@@ -4,9 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use roamtun::keys::{KeyError, PrivateKey, PublicKey};
-use roamtun::tls::{
-    client_config, key_refusal, peer_public_key, server_config, server_name, KeyRefused,
-};
+use roamtun::tls::{client_config, key_refusal, peer_public_key, server_config, server_name, KeyRefused};
 use rustls::{CipherSuite, ProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -17,8 +15,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// Outcome of one server-side accept: the client key it authenticated and
 /// the suite/version, or the accept error's text and the refused key found
 /// in it.
-type ServerOutcome =
-    Result<(Option<PublicKey>, CipherSuite, ProtocolVersion), (String, Option<KeyRefused>)>;
+type ServerOutcome = Result<(Option<PublicKey>, CipherSuite, ProtocolVersion), (String, Option<KeyRefused>)>;
 
 /// Binds an ephemeral port and serves one connection: handshake, then echo
 /// one message back.
@@ -31,10 +28,7 @@ async fn spawn_server(
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let mut tls = acceptor
-            .accept(tcp)
-            .await
-            .map_err(|e| (e.to_string(), key_refusal(&e).cloned()))?;
+        let mut tls = acceptor.accept(tcp).await.map_err(|e| (e.to_string(), key_refusal(&e).cloned()))?;
         let (_, conn) = tls.get_ref();
         let peer = peer_public_key(conn);
         let suite = conn.negotiated_cipher_suite().unwrap().suite();
@@ -65,40 +59,24 @@ async fn matching_keys_handshake_and_round_trip() {
     let server_key = PrivateKey::generate().unwrap();
     let client_key = PrivateKey::generate().unwrap();
     let other_client = PrivateKey::generate().unwrap().public_key();
-    let (addr, server) =
-        spawn_server(&server_key, vec![other_client, client_key.public_key()]).await;
+    let (addr, server) = spawn_server(&server_key, vec![other_client, client_key.public_key()]).await;
 
     let mut tls =
-        tokio::time::timeout(TIMEOUT, connect(addr, &client_key, server_key.public_key()))
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(TIMEOUT, connect(addr, &client_key, server_key.public_key())).await.unwrap().unwrap();
     {
         let (_, conn) = tls.get_ref();
         assert_eq!(peer_public_key(conn), Some(server_key.public_key()));
-        assert_eq!(
-            conn.negotiated_cipher_suite().unwrap().suite(),
-            CipherSuite::TLS13_AES_128_GCM_SHA256
-        );
+        assert_eq!(conn.negotiated_cipher_suite().unwrap().suite(), CipherSuite::TLS13_AES_128_GCM_SHA256);
         assert_eq!(conn.protocol_version(), Some(ProtocolVersion::TLSv1_3));
     }
 
-    tls.write_all(b"hello through the pinned tunnel")
-        .await
-        .unwrap();
+    tls.write_all(b"hello through the pinned tunnel").await.unwrap();
     tls.flush().await.unwrap();
     let mut echoed = Vec::new();
-    tokio::time::timeout(TIMEOUT, tls.read_to_end(&mut echoed))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(TIMEOUT, tls.read_to_end(&mut echoed)).await.unwrap().unwrap();
     assert_eq!(echoed, b"hello through the pinned tunnel");
 
-    let (peer, suite, version) = tokio::time::timeout(TIMEOUT, server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (peer, suite, version) = tokio::time::timeout(TIMEOUT, server).await.unwrap().unwrap().unwrap();
     assert_eq!(peer, Some(client_key.public_key()));
     assert_eq!(suite, CipherSuite::TLS13_AES_128_GCM_SHA256);
     assert_eq!(version, ProtocolVersion::TLSv1_3);
@@ -125,24 +103,12 @@ async fn unknown_client_key_is_refused_by_the_server() {
     let client_err = client_result.expect_err("refused client must not read data");
     eprintln!("client error: {client_err}");
 
-    let (server_err, refused) = tokio::time::timeout(TIMEOUT, server)
-        .await
-        .unwrap()
-        .unwrap()
-        .expect_err("server must refuse the unknown key");
-    assert_eq!(
-        refused,
-        Some(KeyRefused::UnknownClient(intruder.public_key()))
-    );
+    let (server_err, refused) =
+        tokio::time::timeout(TIMEOUT, server).await.unwrap().unwrap().expect_err("server must refuse the unknown key");
+    assert_eq!(refused, Some(KeyRefused::UnknownClient(intruder.public_key())));
     eprintln!("server error: {server_err}");
-    assert!(
-        server_err.contains("unknown client public key"),
-        "{server_err}"
-    );
-    assert!(
-        server_err.contains(&intruder.public_key().to_base64()),
-        "{server_err}"
-    );
+    assert!(server_err.contains("unknown client public key"), "{server_err}");
+    assert!(server_err.contains(&intruder.public_key().to_base64()), "{server_err}");
 }
 
 #[tokio::test]
@@ -158,10 +124,7 @@ async fn wrong_pinned_server_key_is_refused_by_the_client() {
         .expect_err("client must refuse a server with another key");
     assert_eq!(
         key_refusal(&io_err),
-        Some(&KeyRefused::ServerMismatch {
-            presented: server_key.public_key(),
-            pinned: wrong_pin,
-        })
+        Some(&KeyRefused::ServerMismatch { presented: server_key.public_key(), pinned: wrong_pin })
     );
     let err = io_err.to_string();
     eprintln!("client error: {err}");
@@ -169,10 +132,7 @@ async fn wrong_pinned_server_key_is_refused_by_the_client() {
     assert!(err.contains(&server_key.public_key().to_base64()), "{err}");
     assert!(err.contains(&wrong_pin.to_base64()), "{err}");
 
-    let server_result = tokio::time::timeout(TIMEOUT, server)
-        .await
-        .unwrap()
-        .unwrap();
+    let server_result = tokio::time::timeout(TIMEOUT, server).await.unwrap().unwrap();
     assert!(server_result.is_err(), "server handshake must fail too");
 }
 
@@ -183,10 +143,7 @@ async fn plain_tcp_garbage_is_refused() {
     let (addr, server) = spawn_server(&server_key, vec![client_key.public_key()]).await;
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-    let result = tokio::time::timeout(TIMEOUT, server)
-        .await
-        .unwrap()
-        .unwrap();
+    let result = tokio::time::timeout(TIMEOUT, server).await.unwrap().unwrap();
     assert!(result.is_err());
 }
 
@@ -206,17 +163,8 @@ fn key_base64_round_trip() {
     assert_eq!(PublicKey::from_base64(&public_text).unwrap(), public);
     assert_eq!(public.to_string(), public_text);
     assert_eq!(format!("{public:?}"), public_text);
-    assert_eq!(
-        format!("{public_text}\n").parse::<PublicKey>().unwrap(),
-        public
-    );
-    assert_eq!(
-        format!(" {text}\n")
-            .parse::<PrivateKey>()
-            .unwrap()
-            .to_base64(),
-        text
-    );
+    assert_eq!(format!("{public_text}\n").parse::<PublicKey>().unwrap(), public);
+    assert_eq!(format!(" {text}\n").parse::<PrivateKey>().unwrap().to_base64(), text);
 }
 
 #[test]
@@ -246,10 +194,7 @@ fn bad_keys_give_clear_errors() {
     let err = PrivateKey::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").unwrap_err();
     assert_eq!(err.to_string(), "key must be 32 bytes, got 33");
 
-    assert!(matches!(
-        "".parse::<PublicKey>().unwrap_err(),
-        KeyError::WrongLength(0)
-    ));
+    assert!(matches!("".parse::<PublicKey>().unwrap_err(), KeyError::WrongLength(0)));
 }
 
 #[test]
@@ -262,14 +207,11 @@ fn private_key_debug_hides_the_secret() {
 
 #[test]
 fn public_keys_are_ordered_and_hashable() {
-    let mut keys: Vec<PublicKey> = (0..4)
-        .map(|_| PrivateKey::generate().unwrap().public_key())
-        .collect();
+    let mut keys: Vec<PublicKey> = (0..4).map(|_| PrivateKey::generate().unwrap().public_key()).collect();
     keys.sort();
     let set: std::collections::HashSet<PublicKey> = keys.iter().copied().collect();
     assert_eq!(set.len(), 4);
-    let _: Arc<rustls::ClientConfig> =
-        client_config(&PrivateKey::generate().unwrap(), keys[0]).unwrap();
+    let _: Arc<rustls::ClientConfig> = client_config(&PrivateKey::generate().unwrap(), keys[0]).unwrap();
 }
 
 /// A verifier that accepts anything, so only the server's version policy
@@ -318,26 +260,17 @@ async fn tls12_client_is_refused() {
     let client_key = PrivateKey::generate().unwrap();
     let (addr, server) = spawn_server(&server_key, vec![client_key.public_key()]).await;
 
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS12])
-    .unwrap()
-    .dangerous()
-    .with_custom_certificate_verifier(Arc::new(AcceptAnything))
-    .with_no_client_auth();
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let client = tokio::time::timeout(
-        TIMEOUT,
-        TlsConnector::from(Arc::new(config)).connect(server_name(), tcp),
-    )
-    .await
-    .unwrap();
-    assert!(client.is_err(), "a TLS 1.2-only client must not connect");
-    let server_result = tokio::time::timeout(TIMEOUT, server)
-        .await
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS12])
         .unwrap()
-        .unwrap();
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnything))
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let client =
+        tokio::time::timeout(TIMEOUT, TlsConnector::from(Arc::new(config)).connect(server_name(), tcp)).await.unwrap();
+    assert!(client.is_err(), "a TLS 1.2-only client must not connect");
+    let server_result = tokio::time::timeout(TIMEOUT, server).await.unwrap().unwrap();
     let (server_err, _) = server_result.expect_err("server must refuse TLS 1.2");
     eprintln!("server error: {server_err}");
 }

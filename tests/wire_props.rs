@@ -26,33 +26,15 @@ enum OwnedFrame {
 impl OwnedFrame {
     fn from_frame(frame: &Frame<'_>) -> OwnedFrame {
         match frame {
-            Frame::Hello {
-                version,
-                virtual_ips,
-            } => OwnedFrame::Hello(*version, virtual_ips.clone()),
-            Frame::Welcome {
-                version,
-                session_id,
-            } => OwnedFrame::Welcome(*version, *session_id),
+            Frame::Hello { version, virtual_ips } => OwnedFrame::Hello(*version, virtual_ips.clone()),
+            Frame::Welcome { version, session_id } => OwnedFrame::Welcome(*version, *session_id),
             Frame::Close { code, reason } => OwnedFrame::Close(*code, reason.to_string()),
-            Frame::Open {
-                stream_id,
-                src,
-                dst,
-            } => OwnedFrame::Open(*stream_id, *src, *dst),
+            Frame::Open { stream_id, src, dst } => OwnedFrame::Open(*stream_id, *src, *dst),
             Frame::OpenOk { stream_id } => OwnedFrame::OpenOk(*stream_id),
-            Frame::Data {
-                stream_id,
-                offset,
-                data,
-            } => OwnedFrame::Data(*stream_id, *offset, data.to_vec()),
+            Frame::Data { stream_id, offset, data } => OwnedFrame::Data(*stream_id, *offset, data.to_vec()),
             Frame::Fin { stream_id, offset } => OwnedFrame::Fin(*stream_id, *offset),
             Frame::Reset { stream_id, code } => OwnedFrame::Reset(*stream_id, *code),
-            Frame::Credit {
-                stream_id,
-                received,
-                max_offset,
-            } => OwnedFrame::Credit(*stream_id, *received, *max_offset),
+            Frame::Credit { stream_id, received, max_offset } => OwnedFrame::Credit(*stream_id, *received, *max_offset),
             Frame::Datagram { packet } => OwnedFrame::Datagram(packet.to_vec()),
             Frame::Ping { nonce } => OwnedFrame::Ping(*nonce),
             Frame::Pong { nonce } => OwnedFrame::Pong(*nonce),
@@ -61,44 +43,17 @@ impl OwnedFrame {
 
     fn as_frame(&self) -> Frame<'_> {
         match self {
-            OwnedFrame::Hello(version, ips) => Frame::Hello {
-                version: *version,
-                virtual_ips: ips.clone(),
-            },
-            OwnedFrame::Welcome(version, session_id) => Frame::Welcome {
-                version: *version,
-                session_id: *session_id,
-            },
-            OwnedFrame::Close(code, reason) => Frame::Close {
-                code: *code,
-                reason,
-            },
-            OwnedFrame::Open(stream_id, src, dst) => Frame::Open {
-                stream_id: *stream_id,
-                src: *src,
-                dst: *dst,
-            },
-            OwnedFrame::OpenOk(stream_id) => Frame::OpenOk {
-                stream_id: *stream_id,
-            },
-            OwnedFrame::Data(stream_id, offset, data) => Frame::Data {
-                stream_id: *stream_id,
-                offset: *offset,
-                data,
-            },
-            OwnedFrame::Fin(stream_id, offset) => Frame::Fin {
-                stream_id: *stream_id,
-                offset: *offset,
-            },
-            OwnedFrame::Reset(stream_id, code) => Frame::Reset {
-                stream_id: *stream_id,
-                code: *code,
-            },
-            OwnedFrame::Credit(stream_id, received, max_offset) => Frame::Credit {
-                stream_id: *stream_id,
-                received: *received,
-                max_offset: *max_offset,
-            },
+            OwnedFrame::Hello(version, ips) => Frame::Hello { version: *version, virtual_ips: ips.clone() },
+            OwnedFrame::Welcome(version, session_id) => Frame::Welcome { version: *version, session_id: *session_id },
+            OwnedFrame::Close(code, reason) => Frame::Close { code: *code, reason },
+            OwnedFrame::Open(stream_id, src, dst) => Frame::Open { stream_id: *stream_id, src: *src, dst: *dst },
+            OwnedFrame::OpenOk(stream_id) => Frame::OpenOk { stream_id: *stream_id },
+            OwnedFrame::Data(stream_id, offset, data) => Frame::Data { stream_id: *stream_id, offset: *offset, data },
+            OwnedFrame::Fin(stream_id, offset) => Frame::Fin { stream_id: *stream_id, offset: *offset },
+            OwnedFrame::Reset(stream_id, code) => Frame::Reset { stream_id: *stream_id, code: *code },
+            OwnedFrame::Credit(stream_id, received, max_offset) => {
+                Frame::Credit { stream_id: *stream_id, received: *received, max_offset: *max_offset }
+            }
             OwnedFrame::Datagram(packet) => Frame::Datagram { packet },
             OwnedFrame::Ping(nonce) => Frame::Ping { nonce: *nonce },
             OwnedFrame::Pong(nonce) => Frame::Pong { nonce: *nonce },
@@ -136,8 +91,7 @@ fn payload_strategy() -> impl Strategy<Value = Vec<u8>> {
 /// Any frame that `encode` accepts.
 fn frame_strategy() -> impl Strategy<Value = OwnedFrame> {
     prop_oneof![
-        (any::<u16>(), proptest::collection::vec(ip_strategy(), 0..8))
-            .prop_map(|(v, ips)| OwnedFrame::Hello(v, ips)),
+        (any::<u16>(), proptest::collection::vec(ip_strategy(), 0..8)).prop_map(|(v, ips)| OwnedFrame::Hello(v, ips)),
         (any::<u16>(), any::<u64>()).prop_map(|(v, s)| OwnedFrame::Welcome(v, s)),
         (any::<u16>(), ".{0,40}").prop_map(|(c, r)| OwnedFrame::Close(c, r)),
         (any::<u32>(), socket_addr_strategy(), socket_addr_strategy())
@@ -150,8 +104,7 @@ fn frame_strategy() -> impl Strategy<Value = OwnedFrame> {
         }),
         (any::<u32>(), any::<u64>()).prop_map(|(id, off)| OwnedFrame::Fin(id, off)),
         (any::<u32>(), reset_code_strategy()).prop_map(|(id, c)| OwnedFrame::Reset(id, c)),
-        (any::<u32>(), any::<u64>(), any::<u64>())
-            .prop_map(|(id, r, m)| OwnedFrame::Credit(id, r, m)),
+        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(id, r, m)| OwnedFrame::Credit(id, r, m)),
         payload_strategy().prop_map(OwnedFrame::Datagram),
         any::<u64>().prop_map(OwnedFrame::Ping),
         any::<u64>().prop_map(OwnedFrame::Pong),
@@ -160,9 +113,7 @@ fn frame_strategy() -> impl Strategy<Value = OwnedFrame> {
 
 fn encode(frame: &Frame<'_>) -> Vec<u8> {
     let mut out = Vec::new();
-    frame
-        .encode(&mut out)
-        .expect("generated frames are encodable");
+    frame.encode(&mut out).expect("generated frames are encodable");
     out
 }
 
@@ -176,11 +127,7 @@ fn frame_like_bytes() -> impl Strategy<Value = Vec<u8>> {
         any::<bool>(),
     )
         .prop_map(|(ty, flags, body, honest_len)| {
-            let len = if honest_len {
-                body.len() as u16
-            } else {
-                (body.len() as u16).wrapping_add(3)
-            };
+            let len = if honest_len { body.len() as u16 } else { (body.len() as u16).wrapping_add(3) };
             let mut out = vec![ty.as_u8(), flags];
             out.extend_from_slice(&len.to_be_bytes());
             out.extend_from_slice(&body);

@@ -96,11 +96,7 @@ pub enum NetlinkError {
     /// Rejected before reaching the kernel: the prefix is longer than the
     /// address (more than 32 bits for IPv4, 128 for IPv6).
     #[error("invalid prefix {addr}/{prefix_len}: at most {max} bits for this address family")]
-    InvalidPrefixLen {
-        addr: IpAddr,
-        prefix_len: u8,
-        max: u8,
-    },
+    InvalidPrefixLen { addr: IpAddr, prefix_len: u8, max: u8 },
 
     /// Rejected before reaching the kernel: a route's preferred source is
     /// not the same address family as its destination.
@@ -171,19 +167,12 @@ mod tests {
     }
 
     fn set_mtu_error(errno: i32) -> NetlinkError {
-        NetlinkError::SetMtu {
-            index: 1,
-            mtu: 1400,
-            source: kernel_error(errno),
-        }
+        NetlinkError::SetMtu { index: 1, mtu: 1400, source: kernel_error(errno) }
     }
 
     #[test]
     fn kernel_errno_is_positive() {
-        assert_eq!(
-            kernel_errno(&kernel_error(libc::EEXIST)),
-            Some(libc::EEXIST)
-        );
+        assert_eq!(kernel_errno(&kernel_error(libc::EEXIST)), Some(libc::EEXIST));
         assert_eq!(kernel_errno(&rtnetlink::Error::RequestFailed), None);
     }
 
@@ -197,9 +186,6 @@ mod tests {
 
     #[test]
     fn display_names_the_object() {
-        assert_eq!(
-            set_mtu_error(libc::EINVAL).to_string(),
-            "failed to set MTU 1400 on link index 1"
-        );
+        assert_eq!(set_mtu_error(libc::EINVAL).to_string(), "failed to set MTU 1400 on link index 1");
     }
 }

@@ -50,14 +50,7 @@ impl Installed {
         prefix_len: u8,
     ) -> Result<(), NetlinkError> {
         nl.add_address(index, addr, prefix_len).await?;
-        record(
-            &mut self.addresses,
-            Address {
-                index,
-                addr,
-                prefix_len,
-            },
-        );
+        record(&mut self.addresses, Address { index, addr, prefix_len });
         Ok(())
     }
 
@@ -85,11 +78,7 @@ impl Installed {
         prefix_len: u8,
     ) -> Result<(), NetlinkError> {
         nl.del_address(index, addr, prefix_len).await?;
-        let address = Address {
-            index,
-            addr,
-            prefix_len,
-        };
+        let address = Address { index, addr, prefix_len };
         self.addresses.retain(|a| *a != address);
         Ok(())
     }

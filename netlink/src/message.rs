@@ -24,11 +24,7 @@ pub(crate) fn check_prefix_len(addr: IpAddr, prefix_len: u8) -> Result<(), Netli
         IpAddr::V6(_) => 128,
     };
     if prefix_len > max {
-        return Err(NetlinkError::InvalidPrefixLen {
-            addr,
-            prefix_len,
-            max,
-        });
+        return Err(NetlinkError::InvalidPrefixLen { addr, prefix_len, max });
     }
     Ok(())
 }
@@ -36,14 +32,8 @@ pub(crate) fn check_prefix_len(addr: IpAddr, prefix_len: u8) -> Result<(), Netli
 /// The `RTM_DELADDR` message for `addr/prefix_len` on link `index`.
 pub(crate) fn address_message(index: u32, addr: IpAddr, prefix_len: u8) -> AddressMessage {
     match addr {
-        IpAddr::V4(v4) => AddressMessageBuilder::<Ipv4Addr>::new()
-            .index(index)
-            .address(v4, prefix_len)
-            .build(),
-        IpAddr::V6(v6) => AddressMessageBuilder::<Ipv6Addr>::new()
-            .index(index)
-            .address(v6, prefix_len)
-            .build(),
+        IpAddr::V4(v4) => AddressMessageBuilder::<Ipv4Addr>::new().index(index).address(v4, prefix_len).build(),
+        IpAddr::V6(v6) => AddressMessageBuilder::<Ipv6Addr>::new().index(index).address(v6, prefix_len).build(),
     }
 }
 
@@ -54,18 +44,14 @@ pub(crate) fn address_message(index: u32, addr: IpAddr, prefix_len: u8) -> Addre
 /// kernel refuses it as a route's preferred source. IPv4 has no DAD.
 pub(crate) fn skip_dad(message: &mut AddressMessage) {
     if message.header.family == AddressFamily::Inet6 {
-        message
-            .attributes
-            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        message.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
     }
 }
 
 /// The `RTM_NEWROUTE`/`RTM_DELROUTE` message for `route`.
 pub(crate) fn route_message(route: &Route) -> Result<RouteMessage, NetlinkError> {
     check_prefix_len(route.dst, route.prefix_len)?;
-    let mixed = || NetlinkError::MixedFamilies {
-        route: route.clone(),
-    };
+    let mixed = || NetlinkError::MixedFamilies { route: route.clone() };
     let message = match route.dst {
         IpAddr::V4(dst) => {
             // A gatewayless IPv4 route is on-link; `ip route add ... dev X`
@@ -81,8 +67,7 @@ pub(crate) fn route_message(route: &Route) -> Result<RouteMessage, NetlinkError>
             with_common(builder, route).build()
         }
         IpAddr::V6(dst) => {
-            let mut builder =
-                RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(dst, route.prefix_len);
+            let mut builder = RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(dst, route.prefix_len);
             match route.src {
                 Some(IpAddr::V6(src)) => builder = builder.pref_source(src),
                 Some(IpAddr::V4(_)) => return Err(mixed()),
@@ -141,10 +126,7 @@ mod tests {
     #[test]
     fn prefix_longer_than_address_is_rejected() {
         assert!(check_prefix_len(v4(198, 18, 0, 0), 32).is_ok());
-        assert!(matches!(
-            check_prefix_len(v4(198, 18, 0, 0), 33),
-            Err(NetlinkError::InvalidPrefixLen { max: 32, .. })
-        ));
+        assert!(matches!(check_prefix_len(v4(198, 18, 0, 0), 33), Err(NetlinkError::InvalidPrefixLen { max: 32, .. })));
         assert!(check_prefix_len(IpAddr::V6(Ipv6Addr::LOCALHOST), 128).is_ok());
         assert!(check_prefix_len(IpAddr::V6(Ipv6Addr::LOCALHOST), 129).is_err());
     }
@@ -158,33 +140,19 @@ mod tests {
             table: None,
             src: Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
         };
-        assert!(matches!(
-            route_message(&route),
-            Err(NetlinkError::MixedFamilies { .. })
-        ));
+        assert!(matches!(route_message(&route), Err(NetlinkError::MixedFamilies { .. })));
     }
 
     #[test]
     fn large_route_table_goes_in_attribute() {
-        let route = Route {
-            dst: v4(198, 18, 0, 0),
-            prefix_len: 24,
-            oif: 1,
-            table: Some(1000),
-            src: None,
-        };
+        let route = Route { dst: v4(198, 18, 0, 0), prefix_len: 24, oif: 1, table: Some(1000), src: None };
         let message = route_message(&route).expect("valid route");
         assert!(message.attributes.contains(&RouteAttribute::Table(1000)));
     }
 
     #[test]
     fn rule_is_a_lookup_rule() {
-        let rule = Rule {
-            from: v4(100, 64, 0, 0),
-            from_prefix_len: 10,
-            table: 1000,
-            priority: 100,
-        };
+        let rule = Rule { from: v4(100, 64, 0, 0), from_prefix_len: 10, table: 1000, priority: 100 };
         let message = rule_message(&rule).expect("valid rule");
         assert_eq!(message.header.action, RuleAction::ToTable);
         assert_eq!(message.header.table, RouteHeader::RT_TABLE_UNSPEC);

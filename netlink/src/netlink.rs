@@ -41,8 +41,7 @@ impl Netlink {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetlinkError::NoRuntime)?;
         // The third value receives multicast notifications; we subscribe to
         // none, so it is dropped.
-        let (connection, handle, _) =
-            rtnetlink::new_connection().map_err(|source| NetlinkError::Connect { source })?;
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(|source| NetlinkError::Connect { source })?;
         let connection = runtime.spawn(connection);
         Ok(Self { handle, connection })
     }
@@ -51,13 +50,8 @@ impl Netlink {
     ///
     /// A missing link is [`NetlinkError::LinkNotFound`].
     pub async fn link_index(&self, name: &str) -> Result<u32, NetlinkError> {
-        let lookup_failed = |source| NetlinkError::LinkLookup {
-            name: name.to_owned(),
-            source,
-        };
-        let not_found = || NetlinkError::LinkNotFound {
-            name: name.to_owned(),
-        };
+        let lookup_failed = |source| NetlinkError::LinkLookup { name: name.to_owned(), source };
+        let not_found = || NetlinkError::LinkNotFound { name: name.to_owned() };
         let mut links = self.handle.link().get().match_name(name).execute();
         match links.try_next().await {
             Ok(Some(link)) => Ok(link.header.index),
@@ -71,23 +65,13 @@ impl Netlink {
     /// Sets the link administratively up (`ip link set dev X up`).
     pub async fn set_link_up(&self, index: u32) -> Result<(), NetlinkError> {
         let message = LinkUnspec::new_with_index(index).up().build();
-        self.handle
-            .link()
-            .change(message)
-            .execute()
-            .await
-            .map_err(|source| NetlinkError::SetLinkUp { index, source })
+        self.handle.link().change(message).execute().await.map_err(|source| NetlinkError::SetLinkUp { index, source })
     }
 
     /// Sets the link MTU (`ip link set dev X mtu N`).
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
         let message = LinkUnspec::new_with_index(index).mtu(mtu).build();
-        self.handle
-            .link()
-            .change(message)
-            .execute()
-            .await
-            .map_err(|source| NetlinkError::SetMtu { index, mtu, source })
+        self.handle.link().change(message).execute().await.map_err(|source| NetlinkError::SetMtu { index, mtu, source })
     }
 
     /// Adds `addr/prefix_len` to link `index`.
@@ -95,12 +79,7 @@ impl Netlink {
     /// Idempotent: an address that is already there is success. IPv6
     /// addresses skip duplicate address detection so they are usable (e.g.
     /// as a route's preferred source) immediately.
-    pub async fn add_address(
-        &self,
-        index: u32,
-        addr: IpAddr,
-        prefix_len: u8,
-    ) -> Result<(), NetlinkError> {
+    pub async fn add_address(&self, index: u32, addr: IpAddr, prefix_len: u8) -> Result<(), NetlinkError> {
         check_prefix_len(addr, prefix_len)?;
         let mut request = self.handle.address().add(index, addr, prefix_len);
         skip_dad(request.message_mut());
@@ -117,22 +96,15 @@ impl Netlink {
     ///
     /// An address that is not there, or a link that no longer exists (so
     /// cannot carry the address), is success.
-    pub async fn del_address(
-        &self,
-        index: u32,
-        addr: IpAddr,
-        prefix_len: u8,
-    ) -> Result<(), NetlinkError> {
+    pub async fn del_address(&self, index: u32, addr: IpAddr, prefix_len: u8) -> Result<(), NetlinkError> {
         check_prefix_len(addr, prefix_len)?;
         let message = address_message(index, addr, prefix_len);
         let result = self.handle.address().del(message).execute().await;
-        ignore_errnos(result, &[libc::EADDRNOTAVAIL, libc::ENODEV]).map_err(|source| {
-            NetlinkError::DelAddress {
-                index,
-                addr,
-                prefix_len,
-                source,
-            }
+        ignore_errnos(result, &[libc::EADDRNOTAVAIL, libc::ENODEV]).map_err(|source| NetlinkError::DelAddress {
+            index,
+            addr,
+            prefix_len,
+            source,
         })
     }
 
@@ -146,10 +118,7 @@ impl Netlink {
     pub async fn add_route(&self, route: &Route) -> Result<(), NetlinkError> {
         let message = route_message(route)?;
         let result = self.handle.route().add(message).execute().await;
-        ignore_errnos(result, &[libc::EEXIST]).map_err(|source| NetlinkError::AddRoute {
-            route: route.clone(),
-            source,
-        })
+        ignore_errnos(result, &[libc::EEXIST]).map_err(|source| NetlinkError::AddRoute { route: route.clone(), source })
     }
 
     /// Deletes a route added by [`Netlink::add_route`]. An absent route is
@@ -159,12 +128,8 @@ impl Netlink {
         let result = self.handle.route().del(message).execute().await;
         // ESRCH: no such route (or no such table); ENODEV: the device, and
         // with it all its routes, is gone.
-        ignore_errnos(result, &[libc::ESRCH, libc::ENODEV]).map_err(|source| {
-            NetlinkError::DelRoute {
-                route: route.clone(),
-                source,
-            }
-        })
+        ignore_errnos(result, &[libc::ESRCH, libc::ENODEV])
+            .map_err(|source| NetlinkError::DelRoute { route: route.clone(), source })
     }
 
     /// Adds a `from PREFIX lookup TABLE priority N` rule. Idempotent.
@@ -173,10 +138,7 @@ impl Netlink {
         let mut request = self.handle.rule().add();
         *request.message_mut() = message;
         let result = request.execute().await;
-        ignore_errnos(result, &[libc::EEXIST]).map_err(|source| NetlinkError::AddRule {
-            rule: rule.clone(),
-            source,
-        })
+        ignore_errnos(result, &[libc::EEXIST]).map_err(|source| NetlinkError::AddRule { rule: rule.clone(), source })
     }
 
     /// Deletes a rule added by [`Netlink::add_rule`]. An absent rule is
@@ -184,19 +146,13 @@ impl Netlink {
     pub async fn del_rule(&self, rule: &Rule) -> Result<(), NetlinkError> {
         let message = rule_message(rule)?;
         let result = self.handle.rule().del(message).execute().await;
-        ignore_errnos(result, &[libc::ENOENT]).map_err(|source| NetlinkError::DelRule {
-            rule: rule.clone(),
-            source,
-        })
+        ignore_errnos(result, &[libc::ENOENT]).map_err(|source| NetlinkError::DelRule { rule: rule.clone(), source })
     }
 }
 
 /// Turns the kernel errnos that mean "already in the desired state" into
 /// success.
-fn ignore_errnos(
-    result: Result<(), rtnetlink::Error>,
-    benign: &[i32],
-) -> Result<(), rtnetlink::Error> {
+fn ignore_errnos(result: Result<(), rtnetlink::Error>, benign: &[i32]) -> Result<(), rtnetlink::Error> {
     match result {
         Err(e) if kernel_errno(&e).is_some_and(|errno| benign.contains(&errno)) => Ok(()),
         other => other,

@@ -52,11 +52,7 @@ impl fmt::Display for Route {
 impl fmt::Display for Rule {
     /// Formats like `ip rule`: `from 198.18.0.0/24 lookup 100 priority 1000`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "from {}/{} lookup {} priority {}",
-            self.from, self.from_prefix_len, self.table, self.priority
-        )
+        write!(f, "from {}/{} lookup {} priority {}", self.from, self.from_prefix_len, self.table, self.priority)
     }
 }
 
@@ -74,29 +70,15 @@ mod tests {
             table: Some(100),
             src: Some(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))),
         };
-        assert_eq!(
-            route.to_string(),
-            "198.18.0.0/24 dev index 3 table 100 src 198.18.0.1"
-        );
-        let plain = Route {
-            table: None,
-            src: None,
-            ..route
-        };
+        assert_eq!(route.to_string(), "198.18.0.0/24 dev index 3 table 100 src 198.18.0.1");
+        let plain = Route { table: None, src: None, ..route };
         assert_eq!(plain.to_string(), "198.18.0.0/24 dev index 3");
     }
 
     #[test]
     fn rule_display() {
-        let rule = Rule {
-            from: IpAddr::V4(Ipv4Addr::new(100, 64, 0, 0)),
-            from_prefix_len: 10,
-            table: 100,
-            priority: 1000,
-        };
-        assert_eq!(
-            rule.to_string(),
-            "from 100.64.0.0/10 lookup 100 priority 1000"
-        );
+        let rule =
+            Rule { from: IpAddr::V4(Ipv4Addr::new(100, 64, 0, 0)), from_prefix_len: 10, table: 100, priority: 1000 };
+        assert_eq!(rule.to_string(), "from 100.64.0.0/10 lookup 100 priority 1000");
     }
 }

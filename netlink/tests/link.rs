@@ -14,10 +14,7 @@ fn link_index_of_missing_link_is_a_clear_error() {
             matches!(&err, NetlinkError::LinkNotFound { name } if name == "rt-missing0"),
             "unexpected error: {err:?}"
         );
-        assert_eq!(
-            err.to_string(),
-            "network link \"rt-missing0\" does not exist"
-        );
+        assert_eq!(err.to_string(), "network link \"rt-missing0\" does not exist");
         assert!(!err.is_permission_denied());
     });
 }
@@ -55,17 +52,7 @@ fn operations_on_a_missing_link_index_name_the_object() {
     in_netns(|| async {
         let env = Env::new().await;
         let err = env.nl.set_mtu(9999, 1400).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                NetlinkError::SetMtu {
-                    index: 9999,
-                    mtu: 1400,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, NetlinkError::SetMtu { index: 9999, mtu: 1400, .. }), "{err:?}");
         assert_eq!(err.errno(), Some(libc::ENODEV));
         assert!(!err.is_permission_denied());
     });

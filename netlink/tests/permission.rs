@@ -27,19 +27,11 @@ fn unprivileged_add_is_reported_as_permission_denied() {
 
         drop_privileges_of_this_thread();
         // A socket opened after the drop carries the unprivileged credentials.
-        let nl = Netlink::connect()
-            .await
-            .expect("unprivileged users may open a netlink socket");
-        let err = nl
-            .add_address(index, v4(198, 18, 0, 1), 24)
-            .await
-            .unwrap_err();
+        let nl = Netlink::connect().await.expect("unprivileged users may open a netlink socket");
+        let err = nl.add_address(index, v4(198, 18, 0, 1), 24).await.unwrap_err();
 
         assert!(matches!(err, NetlinkError::AddAddress { .. }), "{err:?}");
-        assert!(
-            err.is_permission_denied(),
-            "expected EPERM/EACCES, got {err:?}"
-        );
+        assert!(err.is_permission_denied(), "expected EPERM/EACCES, got {err:?}");
         // Reading is unprivileged, and a lookup still works.
         assert_eq!(nl.link_index("rt-perm0").await.expect("lookup"), index);
     });

@@ -119,9 +119,12 @@ impl Dialer<'_> {
                 Some(refused) => anyhow::anyhow!("TLS handshake with {server} refused: {refused}"),
                 None => anyhow::Error::new(err).context(format!("TLS handshake with {server} failed")),
             })?;
-        transport::write_frame(&mut stream, &Frame::Hello { version: PROTOCOL_VERSION, virtual_ips: self.config.virtual_ips.clone() })
-            .await
-            .context("cannot send HELLO")?;
+        transport::write_frame(
+            &mut stream,
+            &Frame::Hello { version: PROTOCOL_VERSION, virtual_ips: self.config.virtual_ips.clone() },
+        )
+        .await
+        .context("cannot send HELLO")?;
         let (hs, early) = transport::read_handshake(&mut stream, HANDSHAKE_TIMEOUT).await.map_err(|err| match err {
             // TLS 1.3 clients finish their handshake before the server judges their key: a refusal
             // shows up here, as an alert on the first read.
@@ -136,7 +139,8 @@ impl Dialer<'_> {
         }
         let id = SessionId(session_id);
         let liveness = Liveness::from_idle_timeout(Duration::from_secs(self.config.tuning.idle_timeout_secs));
-        let (out, reader, writer) = transport::spawn_session_io(stream, id, self.engine.clone(), self.room.clone(), liveness);
+        let (out, reader, writer) =
+            transport::spawn_session_io(stream, id, self.engine.clone(), self.room.clone(), liveness);
         let (reply, answer) = oneshot::channel();
         let peer = PeerInfo {
             name: "server".into(),
@@ -145,7 +149,15 @@ impl Dialer<'_> {
             remote_address: Some(server),
         };
         self.engine
-            .send(EngineMsg::SessionUp { id, virtual_ips: self.config.virtual_ips.clone(), peer, out, reader, early, reply })
+            .send(EngineMsg::SessionUp {
+                id,
+                virtual_ips: self.config.virtual_ips.clone(),
+                peer,
+                out,
+                reader,
+                early,
+                reply,
+            })
             .await
             .context("the engine stopped")?;
         answer.await.context("the engine stopped")??;

@@ -3,8 +3,8 @@
 
 pub mod client;
 pub mod server;
-mod tun;
 mod transport;
+mod tun;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -44,8 +44,14 @@ pub enum EngineMsg {
         early: Vec<u8>,
         reply: oneshot::Sender<Result<(), SessionError>>,
     },
-    SessionBytes { id: SessionId, bytes: Vec<u8> },
-    SessionDown { id: SessionId, reason: String },
+    SessionBytes {
+        id: SessionId,
+        bytes: Vec<u8>,
+    },
+    SessionDown {
+        id: SessionId,
+        reason: String,
+    },
     Control(ControlRequest),
     /// Stop: reset the apps' connections, close the sessions, return.
     Shutdown,
@@ -221,7 +227,13 @@ fn handle_msg(
     }
 }
 
-fn feed(engine: &mut Engine, sessions: &mut BTreeMap<SessionId, SessionHandle>, id: SessionId, bytes: &[u8], clock: &Clock) {
+fn feed(
+    engine: &mut Engine,
+    sessions: &mut BTreeMap<SessionId, SessionHandle>,
+    id: SessionId,
+    bytes: &[u8],
+    clock: &Clock,
+) {
     if !sessions.contains_key(&id) {
         return; // Bytes that were in flight when the session ended.
     }
@@ -250,8 +262,7 @@ fn end_session(engine: &mut Engine, sessions: &mut BTreeMap<SessionId, SessionHa
 fn flush_sessions(engine: &mut Engine, sessions: &mut BTreeMap<SessionId, SessionHandle>, clock: &Clock) {
     let mut dead = Vec::new();
     for (&id, handle) in sessions.iter_mut() {
-        loop {
-            let Some(chunk) = handle.pending.take().or_else(|| engine.pop_session_output(id)) else { break };
+        while let Some(chunk) = handle.pending.take().or_else(|| engine.pop_session_output(id)) {
             match handle.out.try_send(chunk) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(chunk)) => {

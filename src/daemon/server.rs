@@ -28,8 +28,10 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     if config.exit {
         enable_forwarding()?;
     }
-    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
-    let tun = Arc::new(Tun::create(&config.tun.name, config.tun.mtu, &config.virtual_ips, &config.client_prefixes).await?);
+    let listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let tun =
+        Arc::new(Tun::create(&config.tun.name, config.tun.mtu, &config.virtual_ips, &config.client_prefixes).await?);
     tracing::info!(listen = %config.listen, tun = %config.tun.name, peers = config.peers.len(), exit = config.exit, "server up");
     let clock = Clock::new();
     let engine = Engine::new(engine_config(Role::Server, &config.tuning, config.tun.mtu), clock.now());
@@ -41,7 +43,11 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         tun: config.tun.name.clone(),
         virtual_ips: config.virtual_ips.clone(),
         started: StdInstant::now(),
-        known_peers: config.peers.iter().map(|p| (p.name.clone(), p.public_key.to_base64(), p.virtual_ips.clone())).collect(),
+        known_peers: config
+            .peers
+            .iter()
+            .map(|p| (p.name.clone(), p.public_key.to_base64(), p.virtual_ips.clone()))
+            .collect(),
         shared: shared.clone(),
     };
     let engine_task = tokio::spawn(run_engine(engine, tun.clone(), engine_rx, room.clone(), clock, source));
@@ -135,7 +141,8 @@ impl Accepted {
         };
         if version != PROTOCOL_VERSION {
             let reason = format!("server speaks protocol version {PROTOCOL_VERSION}, client {version}");
-            let _ = transport::write_frame(&mut stream, &Frame::Close { code: close_code::VERSION, reason: &reason }).await;
+            let _ =
+                transport::write_frame(&mut stream, &Frame::Close { code: close_code::VERSION, reason: &reason }).await;
             anyhow::bail!("peer {}: {reason}", peer.name);
         }
         let claimed: BTreeSet<IpAddr> = virtual_ips.iter().copied().collect();
@@ -145,12 +152,16 @@ impl Accepted {
                 "client claims virtual IPs {claimed:?} but the server gives peer {:?} {configured:?}",
                 peer.name
             );
-            let _ = transport::write_frame(&mut stream, &Frame::Close { code: close_code::VIRTUAL_IPS, reason: &reason }).await;
+            let _ =
+                transport::write_frame(&mut stream, &Frame::Close { code: close_code::VIRTUAL_IPS, reason: &reason })
+                    .await;
             anyhow::bail!("{reason}");
         }
-        transport::write_frame(&mut stream, &Frame::Welcome { version: PROTOCOL_VERSION, session_id: self.id.0 }).await?;
+        transport::write_frame(&mut stream, &Frame::Welcome { version: PROTOCOL_VERSION, session_id: self.id.0 })
+            .await?;
         let liveness = Liveness::from_idle_timeout(Duration::from_secs(self.config.tuning.idle_timeout_secs));
-        let (out, reader, _writer) = transport::spawn_session_io(stream, self.id, self.engine.clone(), self.room.clone(), liveness);
+        let (out, reader, _writer) =
+            transport::spawn_session_io(stream, self.id, self.engine.clone(), self.room.clone(), liveness);
         let (reply, answer) = oneshot::channel();
         let info = PeerInfo {
             name: peer.name.clone(),
@@ -159,7 +170,15 @@ impl Accepted {
             remote_address: Some(remote),
         };
         self.engine
-            .send(EngineMsg::SessionUp { id: self.id, virtual_ips: peer.virtual_ips.clone(), peer: info, out, reader, early, reply })
+            .send(EngineMsg::SessionUp {
+                id: self.id,
+                virtual_ips: peer.virtual_ips.clone(),
+                peer: info,
+                out,
+                reader,
+                early,
+                reply,
+            })
             .await
             .context("the engine stopped")?;
         answer.await.context("the engine stopped")??;

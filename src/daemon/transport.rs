@@ -127,10 +127,7 @@ where
     (out_tx, reader.abort_handle(), writer)
 }
 
-async fn reader<R: AsyncRead>(mut r: R, id: SessionId, engine: mpsc::Sender<EngineMsg>, idle: Duration)
-where
-    R: Unpin,
-{
+async fn reader<R: AsyncRead + Unpin>(mut r: R, id: SessionId, engine: mpsc::Sender<EngineMsg>, idle: Duration) {
     let mut buf = vec![0u8; 256 * 1024];
     let reason = loop {
         match tokio::time::timeout(idle, r.read(&mut buf)).await {

@@ -53,10 +53,7 @@ mod tests {
     #[test]
     fn udp_v4_endpoints_are_read() {
         let mut pkt = Vec::new();
-        PacketBuilder::ipv4([100, 64, 0, 2], [100, 64, 0, 1], 64)
-            .udp(5000, 53)
-            .write(&mut pkt, b"query")
-            .unwrap();
+        PacketBuilder::ipv4([100, 64, 0, 2], [100, 64, 0, 1], 64).udp(5000, 53).write(&mut pkt, b"query").unwrap();
         let info = datagram_info(&pkt).unwrap();
         assert_eq!(info.proto, DatagramProto::Udp);
         assert_eq!((info.src_port, info.dst_port), (5000, 53));
@@ -66,10 +63,7 @@ mod tests {
     #[test]
     fn tcp_and_garbage_are_not_datagrams() {
         let mut pkt = Vec::new();
-        PacketBuilder::ipv4([100, 64, 0, 2], [100, 64, 0, 1], 64)
-            .tcp(1, 2, 3, 4)
-            .write(&mut pkt, b"")
-            .unwrap();
+        PacketBuilder::ipv4([100, 64, 0, 2], [100, 64, 0, 1], 64).tcp(1, 2, 3, 4).write(&mut pkt, b"").unwrap();
         assert_eq!(datagram_info(&pkt), None);
         assert_eq!(datagram_info(&[0x45, 1, 2]), None);
         assert_eq!(datagram_info(&[]), None);

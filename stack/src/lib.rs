@@ -24,8 +24,8 @@ use std::net::{IpAddr, SocketAddr};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{
-    HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint, IpProtocol, Ipv4Address,
-    Ipv4Packet, Ipv6Address, Ipv6Packet, TcpPacket,
+    HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint, IpProtocol, Ipv4Address, Ipv4Packet, Ipv6Address,
+    Ipv6Packet, TcpPacket,
 };
 
 use device::QueueDevice;
@@ -231,9 +231,11 @@ impl Stack {
         }
         let mut socket = self.new_socket();
         let local = IpListenEndpoint { addr: Some(src.ip().into()), port: src.port() };
-        socket
-            .connect(self.iface.context(), IpEndpoint::from(dst), local)
-            .map_err(|e| StackError::Connect { src, dst, reason: e.to_string() })?;
+        socket.connect(self.iface.context(), IpEndpoint::from(dst), local).map_err(|e| StackError::Connect {
+            src,
+            dst,
+            reason: e.to_string(),
+        })?;
         let handle = self.sockets.add(socket);
         Ok(self.insert_flow(handle, src, dst, true))
     }

@@ -69,12 +69,7 @@ fn enter_private_netns() {
     // SAFETY: unshare takes no pointers; CLONE_NEWNET only affects the
     // calling thread's network namespace.
     let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    assert_eq!(
-        rc,
-        0,
-        "unshare(CLONE_NEWNET) failed: {}",
-        std::io::Error::last_os_error()
-    );
+    assert_eq!(rc, 0, "unshare(CLONE_NEWNET) failed: {}", std::io::Error::last_os_error());
 }
 
 /// The crate under test plus an independent rtnetlink handle to inspect the
@@ -99,17 +94,10 @@ impl Env {
     /// sandboxes without CONFIG_DUMMY) answer EOPNOTSUPP, and then one end
     /// of a veth pair (`{name}p` is the peer, left down) does the same job.
     pub async fn add_dummy(&self, name: &str) -> u32 {
-        let dummy = self
-            .inspect
-            .link()
-            .add(LinkDummy::new(name).build())
-            .execute()
-            .await;
+        let dummy = self.inspect.link().add(LinkDummy::new(name).build()).execute().await;
         match dummy {
             Ok(()) => {}
-            Err(rtnetlink::Error::NetlinkError(e))
-                if e.to_io().raw_os_error() == Some(libc::EOPNOTSUPP) =>
-            {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.to_io().raw_os_error() == Some(libc::EOPNOTSUPP) => {
                 let peer = format!("{name}p");
                 self.inspect
                     .link()
@@ -120,10 +108,7 @@ impl Env {
             }
             Err(e) => panic!("create dummy link {name}: {e}"),
         }
-        self.nl
-            .link_index(name)
-            .await
-            .expect("index of new scratch link")
+        self.nl.link_index(name).await.expect("index of new scratch link")
     }
 
     /// Creates a dummy link that is up, as routes need.
@@ -185,19 +170,10 @@ impl Env {
         let mut routes = Vec::new();
         // Without NETLINK_GET_STRICT_CHK the kernel ignores the table in the
         // request and dumps all tables; we filter on our side.
-        let requests = [
-            RouteMessageBuilder::<Ipv4Addr>::new().build(),
-            RouteMessageBuilder::<Ipv6Addr>::new().build(),
-        ];
+        let requests = [RouteMessageBuilder::<Ipv4Addr>::new().build(), RouteMessageBuilder::<Ipv6Addr>::new().build()];
         for request in requests {
-            let messages: Vec<_> = self
-                .inspect
-                .route()
-                .get(request)
-                .execute()
-                .try_collect()
-                .await
-                .expect("dump routes");
+            let messages: Vec<_> =
+                self.inspect.route().get(request).execute().try_collect().await.expect("dump routes");
             routes.extend(messages.iter().filter_map(parse_route));
         }
         routes
@@ -212,20 +188,11 @@ impl Env {
     pub async fn rules(&self) -> Vec<Rule> {
         let mut rules = Vec::new();
         for version in [IpVersion::V4, IpVersion::V6] {
-            let messages: Vec<_> = self
-                .inspect
-                .rule()
-                .get(version)
-                .execute()
-                .try_collect()
-                .await
-                .expect("dump rules");
+            let messages: Vec<_> = self.inspect.rule().get(version).execute().try_collect().await.expect("dump rules");
             // Only "lookup TABLE" rules count: a rule left at FR_ACT_UNSPEC
             // (rtnetlink's builder default) shows up in `ip rule` as
             // "lookup N none" and fails every lookup it matches.
-            let lookups = messages
-                .iter()
-                .filter(|m| m.header.action == RuleAction::ToTable);
+            let lookups = messages.iter().filter(|m| m.header.action == RuleAction::ToTable);
             rules.extend(lookups.filter_map(|m| {
                 let mut from = None;
                 let mut table = None;
@@ -238,12 +205,7 @@ impl Env {
                         _ => {}
                     }
                 }
-                Some(Rule {
-                    from: from?,
-                    from_prefix_len: m.header.src_len,
-                    table: table?,
-                    priority: priority?,
-                })
+                Some(Rule { from: from?, from_prefix_len: m.header.src_len, table: table?, priority: priority? })
             }));
         }
         rules
@@ -258,10 +220,7 @@ impl Env {
     /// The output interface the kernel picks for a packet from `src` to
     /// `dst` (`ip route get DST from SRC`), which exercises rules and tables.
     pub async fn route_get_oif(&self, dst: Ipv4Addr, src: Ipv4Addr) -> u32 {
-        let request = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst, 32)
-            .source_prefix(src, 32)
-            .build();
+        let request = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst, 32).source_prefix(src, 32).build();
         let reply = self
             .inspect
             .route()
@@ -285,10 +244,7 @@ impl Env {
 /// `route` with `table: None` spelled out as the main table, to compare with
 /// a kernel dump.
 pub fn with_explicit_table(route: &Route) -> Route {
-    Route {
-        table: Some(route.table.unwrap_or(MAIN_TABLE)),
-        ..route.clone()
-    }
+    Route { table: Some(route.table.unwrap_or(MAIN_TABLE)), ..route.clone() }
 }
 
 fn parse_route(message: &rtnetlink::packet_route::route::RouteMessage) -> Option<Route> {
@@ -310,13 +266,7 @@ fn parse_route(message: &rtnetlink::packet_route::route::RouteMessage) -> Option
             _ => {}
         }
     }
-    Some(Route {
-        dst: dst?,
-        prefix_len: message.header.destination_prefix_length,
-        oif: oif?,
-        table: Some(table),
-        src,
-    })
+    Some(Route { dst: dst?, prefix_len: message.header.destination_prefix_length, oif: oif?, table: Some(table), src })
 }
 
 fn ip_of(address: &RouteAddress) -> Option<IpAddr> {
