@@ -194,7 +194,7 @@ test_malformed_config_exits_2_with_line() {
     rc=$?
     [ $rc -eq 2 ] || fail "exit code $rc, expected 2 ($out)"
     echo "$out" | grep -q "line 1" || fail "no line number in: $out"
-    echo "exit 2: $out"
+    echo "exit 2: $(echo "$out" | head -n 1)"
 }
 
 test_no_privilege_says_so() {
