@@ -1,5 +1,6 @@
-//! The one clock of the daemons. Protocol code never reads time itself: the shell reads it here and
-//! passes it in, and tests pass their own.
+//! The clock of the protocol code. The engine and the stack never read time themselves: the shell
+//! reads it here and passes it in, and tests pass their own. (The shell's own timers, such as the
+//! relay's idle timeout and reconnect backoff, run on tokio's clock.)
 //!
 //! It counts suspended time too (CLOCK_BOOTTIME): a laptop that sleeps for an hour must see its timers
 //! as an hour late, not as if nothing happened.

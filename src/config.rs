@@ -47,8 +47,32 @@ impl FromStr for Prefix {
         if len > max {
             return Err(format!("prefix length {len} is longer than {max}"));
         }
-        Ok(Prefix { addr, len })
+        let prefix = Prefix { addr, len };
+        let network = prefix.network();
+        if network != addr {
+            // The kernel refuses such a route; say what was probably meant.
+            return Err(format!("{s} has host bits set; did you mean {network}/{len}?"));
+        }
+        Ok(prefix)
     }
+}
+
+impl Prefix {
+    /// The address with every bit past the prefix length cleared.
+    pub fn network(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => IpAddr::V4((u32::from(a) & mask_v4(self.len)).into()),
+            IpAddr::V6(a) => IpAddr::V6((u128::from(a) & mask_v6(self.len)).into()),
+        }
+    }
+}
+
+fn mask_v4(len: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
+}
+
+fn mask_v6(len: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)
 }
 
 impl fmt::Display for Prefix {
@@ -81,6 +105,8 @@ where
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TunConfig {
+    /// Default: `roam0` on the client, `roamsrv0` on the server.
+    #[serde(default)]
     pub name: String,
     /// Large by default: TCP is terminated locally, so the TUN need not match any physical path.
     #[serde(default = "default_mtu")]
@@ -150,7 +176,7 @@ pub struct ClientConfig {
 }
 
 fn default_client_tun() -> TunConfig {
-    TunConfig { name: "roam0".into(), mtu: default_mtu() }
+    TunConfig { name: String::new(), mtu: default_mtu() }
 }
 
 fn default_client_socket() -> PathBuf {
@@ -192,7 +218,7 @@ pub struct ServerConfig {
 }
 
 fn default_server_tun() -> TunConfig {
-    TunConfig { name: "roamsrv0".into(), mtu: default_mtu() }
+    TunConfig { name: String::new(), mtu: default_mtu() }
 }
 
 fn default_server_socket() -> PathBuf {
@@ -211,7 +237,10 @@ fn invalid(path: &Path, message: String) -> ConfigError {
     ConfigError::Invalid { path: path.into(), message }
 }
 
-fn check_tun(path: &Path, tun: &TunConfig) -> Result<(), ConfigError> {
+fn check_tun(path: &Path, tun: &mut TunConfig, default_name: &str) -> Result<(), ConfigError> {
+    if tun.name.is_empty() {
+        tun.name = default_name.into();
+    }
     if tun.name.is_empty() || tun.name.len() > 15 {
         return Err(invalid(
             path,
@@ -224,14 +253,44 @@ fn check_tun(path: &Path, tun: &TunConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Floors below which a budget or timeout makes the daemon useless (or spin).
+fn check_tuning(path: &Path, t: &Tuning) -> Result<(), ConfigError> {
+    let floors: [(&str, u64, u64); 6] = [
+        ("tuning.stream_window", t.stream_window, 16 * 1024),
+        ("tuning.tcp_buffer", t.tcp_buffer as u64, 16 * 1024),
+        ("tuning.session_out_budget", t.session_out_budget as u64, 128 * 1024),
+        ("tuning.max_tcp_flows", t.max_tcp_flows as u64, 1),
+        ("tuning.udp_idle_timeout_secs", t.udp_idle_timeout_secs, 1),
+        ("tuning.idle_timeout_secs", t.idle_timeout_secs, 3),
+    ];
+    for (key, value, floor) in floors {
+        if value < floor {
+            return Err(invalid(path, format!("{key} = {value} is below the minimum {floor}")));
+        }
+    }
+    Ok(())
+}
+
 impl ClientConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         Self::from_toml(path, &read(path)?)
     }
 
     pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let c: ClientConfig = parse(path, text)?;
-        check_tun(path, &c.tun)?;
+        let mut c: ClientConfig = parse(path, text)?;
+        check_tun(path, &mut c.tun, "roam0")?;
+        check_tuning(path, &c.tuning)?;
+        if let Some(p) = c.routes.iter().find(|p| prefix_contains(p, c.server.address.ip())) {
+            // The relay's own packets would enter the TUN they are meant to carry.
+            return Err(invalid(
+                path,
+                format!(
+                    "the server address {} lies inside the routed prefix {p}: the relay connection would loop \
+                     into the TUN. Route around it (e.g. 0.0.0.0/1 and 128.0.0.0/1 plus a host route to the server)",
+                    c.server.address.ip()
+                ),
+            ));
+        }
         if c.virtual_ips.is_empty() {
             return Err(invalid(path, "virtual_ips must name at least one address".into()));
         }
@@ -248,8 +307,9 @@ impl ServerConfig {
     }
 
     pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let c: ServerConfig = parse(path, text)?;
-        check_tun(path, &c.tun)?;
+        let mut c: ServerConfig = parse(path, text)?;
+        check_tun(path, &mut c.tun, "roamsrv0")?;
+        check_tuning(path, &c.tuning)?;
         if c.peers.is_empty() {
             return Err(invalid(
                 path,
@@ -294,14 +354,8 @@ impl ServerConfig {
 /// Whether `ip` lies inside `prefix`.
 pub fn prefix_contains(prefix: &Prefix, ip: IpAddr) -> bool {
     match (prefix.addr, ip) {
-        (IpAddr::V4(p), IpAddr::V4(a)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix.len)).unwrap_or(0);
-            u32::from(p) & mask == u32::from(a) & mask
-        }
-        (IpAddr::V6(p), IpAddr::V6(a)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(prefix.len)).unwrap_or(0);
-            u128::from(p) & mask == u128::from(a) & mask
-        }
+        (IpAddr::V4(p), IpAddr::V4(a)) => u32::from(p) & mask_v4(prefix.len) == u32::from(a) & mask_v4(prefix.len),
+        (IpAddr::V6(p), IpAddr::V6(a)) => u128::from(p) & mask_v6(prefix.len) == u128::from(a) & mask_v6(prefix.len),
         _ => false,
     }
 }
@@ -364,5 +418,30 @@ mod tests {
         let all: Prefix = "0.0.0.0/0".parse().unwrap();
         assert!(prefix_contains(&all, "198.18.0.1".parse().unwrap()));
         assert!("100.64.0.0/33".parse::<Prefix>().is_err());
+        let err = "100.64.0.1/10".parse::<Prefix>().unwrap_err();
+        assert!(err.contains("did you mean 100.64.0.0/10"), "{err}");
+    }
+
+    #[test]
+    fn a_route_that_would_carry_the_relay_itself_is_refused() {
+        let sk = PrivateKey::generate().unwrap().public_key();
+        let text = format!(
+            "private_key = \"{}\"\nvirtual_ips = [\"100.64.0.2\"]\nroutes = [\"0.0.0.0/0\"]\n\
+             [server]\naddress = \"198.18.1.1:7700\"\npublic_key = \"{sk}\"\n",
+            key()
+        );
+        let err = ClientConfig::from_toml(Path::new("c.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("198.18.1.1") && err.contains("loop"), "{err}");
+        let ok = text.replace("0.0.0.0/0", "100.64.0.0/10");
+        let c = ClientConfig::from_toml(Path::new("c.toml"), &ok).unwrap();
+        assert_eq!(c.tun.name, "roam0");
+    }
+
+    #[test]
+    fn tuning_below_its_floor_is_refused() {
+        let err = ServerConfig::from_toml(Path::new("s.toml"), &server_toml("\n[tuning]\nidle_timeout_secs = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tuning.idle_timeout_secs = 0"), "{err}");
     }
 }

@@ -193,7 +193,7 @@ pub fn render(status: &Status) -> String {
                 let _ = writeln!(s, "  connected:    {secs}s ago");
             }
             (Some(secs), n) => {
-                let _ = writeln!(s, "  connected:    {secs}s ago ({n} connects so far)");
+                let _ = writeln!(s, "  connected:    {secs}s ago (connection #{n})");
             }
             (None, _) => {}
         }

@@ -22,7 +22,8 @@
 //! ```
 //!
 //! * `type` (u8): one of the [`FrameType`] values. An unknown type is an
-//!   error ([`WireError::UnknownType`]); the receiver closes the connection.
+//!   error ([`WireError::UnknownType`]); the engine steps over such a frame by
+//!   its `body_len` and counts it, and the session goes on.
 //! * `flags` (u8): reserved, must be 0 ([`WireError::UnknownFlags`]).
 //! * `body_len` (u16): number of body bytes that follow the header, at most
 //!   [`MAX_BODY`].

@@ -19,7 +19,7 @@ use roamtun_stack::{Duration, FlowEvent, FlowId, Ingress, Instant, Stack, StackC
 use serde::Serialize;
 
 use super::packet::{datagram_info, DatagramInfo, DatagramProto};
-use super::stream::{RecvHalf, SendHalf, StreamError};
+use super::stream::{RecvHalf, SendHalf, StreamError, INITIAL_CREDIT};
 use crate::wire::{self, Frame, ResetCode};
 
 /// Names one relay session (one peer) inside an engine.
@@ -280,7 +280,7 @@ impl Engine {
             Stream {
                 flow,
                 phase: Phase::Opening,
-                send: SendHalf::new(window),
+                send: SendHalf::new(INITIAL_CREDIT),
                 recv: RecvHalf::new(window),
                 app_close_sent: false,
                 app_done: false,
@@ -385,8 +385,17 @@ impl Engine {
             Frame::Open { stream_id, src, dst } => self.peer_open(sid, stream_id, src, dst),
             Frame::OpenOk { stream_id } => self.peer_open_ok(sid, stream_id),
             Frame::Data { stream_id, offset, data } => {
-                self.counters_mut(sid).bytes_received += data.len() as u64;
-                let r = self.stream_mut(sid, stream_id).map(|s| s.recv.on_data(offset, data).map(|_| ()));
+                let Engine { stack, sessions, .. } = self;
+                let session = sessions.get_mut(&sid).expect("frames are handled for live sessions");
+                session.counters.bytes_received += data.len() as u64;
+                let r = session.streams.get_mut(&stream_id).map(|s| {
+                    let flow = s.flow;
+                    let open = s.phase == Phase::Open;
+                    // Straight into the app's socket when nothing waits before these bytes.
+                    s.recv
+                        .on_data_with(offset, data, |fresh| if open { stack.send(flow, fresh) } else { 0 })
+                        .map(|_| ())
+                });
                 self.after_stream_input(sid, stream_id, r, now);
             }
             Frame::Fin { stream_id, offset } => {
@@ -467,7 +476,7 @@ impl Engine {
                     Stream {
                         flow,
                         phase: Phase::Connecting,
-                        send: SendHalf::new(window),
+                        send: SendHalf::new(INITIAL_CREDIT),
                         recv: RecvHalf::new(window),
                         app_close_sent: false,
                         app_done: false,

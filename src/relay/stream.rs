@@ -9,6 +9,11 @@
 
 use std::collections::VecDeque;
 
+/// The credit every stream starts with in each direction, before the receiver's first CREDIT. A
+/// protocol constant, so the two daemons agree on it whatever windows they are configured with; the
+/// receiver grants its real window with its first CREDIT.
+pub const INITIAL_CREDIT: u64 = 64 * 1024;
+
 /// A violation of the stream rules by the peer; the stream is reset, the session goes on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StreamError {
@@ -91,14 +96,28 @@ pub struct RecvHalf {
 }
 
 impl RecvHalf {
-    /// `window` is the byte budget of this half; it is also the credit the peer starts with.
+    /// `window` is the byte budget of this half. The peer starts with [`INITIAL_CREDIT`] (or `window`
+    /// if smaller); [`RecvHalf::credit_due`] grants the rest at once.
     pub fn new(window: u64) -> Self {
-        RecvHalf { window, received: 0, consumed: 0, granted: window, pending: VecDeque::new(), fin: None }
+        let granted = INITIAL_CREDIT.min(window);
+        RecvHalf { window, received: 0, consumed: 0, granted, pending: VecDeque::new(), fin: None }
     }
 
     /// Accepts DATA at `offset`. Bytes that arrived before (a resend after a switch) are skipped, so each
     /// byte is delivered once. Returns how many new bytes were queued.
     pub fn on_data(&mut self, offset: u64, data: &[u8]) -> Result<usize, StreamError> {
+        self.on_data_with(offset, data, |_| 0)
+    }
+
+    /// Like [`RecvHalf::on_data`], but when nothing is pending the new bytes are first offered to
+    /// `deliver` (the app's socket), which returns how many it took; only the rest is queued. This saves
+    /// a copy on the hot path.
+    pub fn on_data_with(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        deliver: impl FnOnce(&[u8]) -> usize,
+    ) -> Result<usize, StreamError> {
         let end = offset + data.len() as u64;
         if offset > self.received {
             return Err(StreamError::Gap { offset, expected: self.received });
@@ -113,7 +132,9 @@ impl RecvHalf {
         }
         let skip = (self.received - offset).min(data.len() as u64) as usize;
         let fresh = &data[skip..];
-        self.pending.extend(fresh);
+        let taken = if self.pending.is_empty() && !fresh.is_empty() { deliver(fresh).min(fresh.len()) } else { 0 };
+        self.consumed += taken as u64;
+        self.pending.extend(&fresh[taken..]);
         self.received += fresh.len() as u64;
         Ok(fresh.len())
     }
@@ -171,6 +192,7 @@ mod tests {
     #[test]
     fn credit_is_granted_after_half_a_window_is_consumed() {
         let mut r = RecvHalf::new(100);
+        assert_eq!(r.credit_due(), None, "a window below INITIAL_CREDIT is granted whole at once");
         assert_eq!(r.on_data(0, &[1; 60]), Ok(60));
         assert_eq!(r.credit_due(), None);
         r.consume(49);
@@ -178,6 +200,27 @@ mod tests {
         r.consume(1);
         assert_eq!(r.credit_due(), Some((60, 150)));
         assert_eq!(r.credit_due(), None);
+    }
+
+    #[test]
+    fn a_large_window_is_granted_by_the_first_credit() {
+        let mut r = RecvHalf::new(1 << 20);
+        assert_eq!(
+            r.on_data(0, &vec![0; INITIAL_CREDIT as usize + 1]).unwrap_err(),
+            StreamError::CreditExceeded { end: INITIAL_CREDIT + 1, granted: INITIAL_CREDIT }
+        );
+        assert_eq!(r.credit_due(), Some((0, 1 << 20)));
+    }
+
+    #[test]
+    fn delivered_bytes_skip_the_queue() {
+        let mut r = RecvHalf::new(100);
+        assert_eq!(r.on_data_with(0, b"hello", |d| d.len() - 2), Ok(5));
+        assert_eq!(r.pending_len(), 2);
+        // With bytes pending, new ones queue behind them to keep the order.
+        assert_eq!(r.on_data_with(5, b"!", |_| panic!("must not deliver past pending bytes")), Ok(1));
+        let (a, b) = r.pending();
+        assert_eq!([a, b].concat(), b"lo!");
     }
 
     #[test]

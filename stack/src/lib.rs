@@ -44,6 +44,9 @@ pub struct StackConfig {
     pub tcp_tx_buffer: usize,
     /// Most TCP flows at once; a SYN beyond that is answered with a reset.
     pub max_flows: usize,
+    /// An originated connection whose handshake has not completed by then is given up
+    /// ([`FlowEvent::Closed`] with `reset`), so an unreachable destination does not hold a flow forever.
+    pub connect_timeout: Duration,
     /// Seed for initial sequence numbers and ports; tests pass a fixed one.
     pub random_seed: u64,
 }
@@ -55,6 +58,7 @@ impl Default for StackConfig {
             tcp_rx_buffer: 256 * 1024,
             tcp_tx_buffer: 256 * 1024,
             max_flows: 4096,
+            connect_timeout: Duration::from_secs(10),
             random_seed: 0x726f_616d_7475_6e00,
         }
     }
@@ -230,6 +234,8 @@ impl Stack {
             return Err(StackError::Connect { src, dst, reason: "a flow with these endpoints exists".into() });
         }
         let mut socket = self.new_socket();
+        // Only for the handshake: once connected, an idle app connection must not time out here.
+        socket.set_timeout(Some(self.config.connect_timeout));
         let local = IpListenEndpoint { addr: Some(src.ip().into()), port: src.port() };
         socket.connect(self.iface.context(), IpEndpoint::from(dst), local).map_err(|e| StackError::Connect {
             src,
@@ -262,9 +268,16 @@ impl Stack {
     }
 
     fn collect_events(&mut self) {
+        let before = self.events.len();
         for (&id, flow) in self.flows.iter_mut() {
             let socket = self.sockets.get::<tcp::Socket>(flow.handle);
             flow.observe(id, socket, &mut self.events);
+        }
+        for event in self.events.range(before..) {
+            if let FlowEvent::Connected(id) = event {
+                let handle = self.flows[id].handle;
+                self.sockets.get_mut::<tcp::Socket>(handle).set_timeout(None);
+            }
         }
     }
 

@@ -144,3 +144,32 @@ fn non_tcp_packets_are_left_to_the_caller() {
     assert_eq!(p.a.handle_packet(vec![0x45, 0, 0], p.now), Ingress::NotTcp);
     assert_eq!(p.a.handle_packet(Vec::new(), p.now), Ingress::NotTcp);
 }
+
+#[test]
+fn a_connect_nobody_answers_times_out() {
+    let mut p = Pair::new();
+    let fa = p.a.connect(addr("100.64.0.1:40004"), addr("198.18.9.9:80")).unwrap();
+    // Nobody answers: drop whatever a sends, let time pass.
+    for _ in 0..30 {
+        p.a.poll(p.now);
+        while p.a.pop_transmit().is_some() {}
+        p.now += roamtun_stack::Duration::from_secs(1);
+    }
+    p.a.poll(p.now);
+    assert_eq!(Pair::events(&mut p.a), vec![FlowEvent::Closed { flow: fa, reset: true }]);
+}
+
+#[test]
+fn an_idle_connected_flow_does_not_time_out() {
+    let mut p = Pair::new();
+    let fa = p.a.connect(addr("100.64.0.1:40005"), addr("100.64.0.2:22")).unwrap();
+    p.pump();
+    let (fb, _, _) = p.new_flows_at_b[0];
+    p.b.accept(fb).unwrap();
+    p.pump();
+    assert_eq!(Pair::events(&mut p.a), vec![FlowEvent::Connected(fa)]);
+    p.now += roamtun_stack::Duration::from_secs(600);
+    p.pump();
+    assert!(Pair::events(&mut p.a).is_empty(), "an idle connection was closed");
+    assert_eq!(p.a.send(fa, b"still here"), 10);
+}
