@@ -143,6 +143,24 @@ def refused(host, port, limit):
         return 1
 
 
+# ---- hold: keep a connection open and record how it ends ---------------------------------------------
+
+def hold(host, port, ready_file, out_file, timeout):
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.settimeout(timeout)
+        open(ready_file, "w").close()
+        try:
+            data = s.recv(1)
+            how = "eof" if not data else "data"
+        except ConnectionResetError:
+            how = "reset"
+        except socket.timeout:
+            how = "hang"
+    with open(out_file, "w") as f:
+        f.write(how + "\n")
+    return 0
+
+
 # ---- UDP echo with a bounded window; the count is reported -----------------------------------------
 
 def udp_echo_server(host, port, ready_file):
@@ -228,6 +246,9 @@ def main():
     q.add_argument("host"), q.add_argument("port", type=int), q.add_argument("--size", type=int, default=1 << 20)
     q = sub.add_parser("refused")
     q.add_argument("host"), q.add_argument("port", type=int), q.add_argument("--limit", type=float, default=1.0)
+    q = sub.add_parser("hold")
+    q.add_argument("host"), q.add_argument("port", type=int), q.add_argument("ready_file"), q.add_argument("out_file")
+    q.add_argument("--timeout", type=float, default=30)
     q = sub.add_parser("udp-client")
     q.add_argument("host"), q.add_argument("port", type=int)
     q.add_argument("--count", type=int, default=10000), q.add_argument("--window", type=int, default=32)
@@ -248,6 +269,8 @@ def main():
         return halfclose_client(a.host, a.port, a.size)
     elif a.cmd == "refused":
         return refused(a.host, a.port, a.limit)
+    elif a.cmd == "hold":
+        return hold(a.host, a.port, a.ready_file, a.out_file, a.timeout)
     elif a.cmd == "udp-echo-server":
         udp_echo_server(a.host, a.port, a.ready_file)
     elif a.cmd == "udp-client":

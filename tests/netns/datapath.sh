@@ -206,6 +206,27 @@ test_no_privilege_says_so() {
     echo "unprivileged start fails with: $out"
 }
 
+test_server_vanishes_client_retries_then_reconnects() {
+    # A connection open when the server goes: its app must see a reset, not a hang.
+    spawn "$WORK/apps.log" "$NS_C" $APPS hold 100.64.0.1 7000 "$WORK/hold.ready" "$WORK/hold.out"
+    wait_ready "$WORK/hold.ready"
+    kill -TERM "$SERVER_PID"
+    wait_for 10 "the server to exit" sh -c "! kill -0 $SERVER_PID" || fail "server did not exit"
+    wait_for 10 "the client to log a failed reconnect" grep -q "cannot reach the server" "$WORK/client.log" \
+        || fail "client did not report the unreachable server"
+    wait_for 10 "the held connection to end" test -s "$WORK/hold.out" || fail "the app's connection hangs"
+    [ "$(cat "$WORK/hold.out")" = reset ] || fail "the app's connection ended with $(cat "$WORK/hold.out"), expected a reset"
+    wait_for 10 "a second failed attempt (backoff)" sh -c "[ \$(grep -c 'cannot reach the server' '$WORK/client.log') -ge 2 ]" \
+        || fail "client did not retry"
+    spawn "$WORK/server.log" "$NS_S" "$ROAMTUN" server -c "$WORK/server.toml"
+    SERVER_PID=$LAST_PID
+    wait_for 20 "the client to reconnect" client_connected || fail "client did not reconnect"
+    local seen
+    seen=$(c $APPS ask-peer 100.64.0.1 7001) || fail "no TCP through the tunnel after the reconnect"
+    [ "$seen" = "100.64.0.2" ] || fail "after reconnect the server saw $seen"
+    echo "server stopped: the open app connection was reset; client logged $(grep -c 'cannot reach the server' "$WORK/client.log") retries with backoff, reconnected when it came back"
+}
+
 test_clean_shutdown_removes_tun_and_routes() {
     kill -TERM "$CLIENT_PID"
     wait_for 10 "client to exit" sh -c "! kill -0 $CLIENT_PID" || return 1
@@ -236,6 +257,7 @@ run test_status_reports_the_session
 run test_unknown_client_key_is_refused
 run test_malformed_config_exits_2_with_line
 run test_no_privilege_says_so
+run test_server_vanishes_client_retries_then_reconnects
 run test_clean_shutdown_removes_tun_and_routes
 
 echo "datapath: $PASSED passed, $FAILED failed"
