@@ -256,7 +256,7 @@ fn check_tun(path: &Path, tun: &mut TunConfig, default_name: &str) -> Result<(),
 /// Floors below which a budget or timeout makes the daemon useless (or spin).
 fn check_tuning(path: &Path, t: &Tuning) -> Result<(), ConfigError> {
     let floors: [(&str, u64, u64); 6] = [
-        ("tuning.stream_window", t.stream_window, 16 * 1024),
+        ("tuning.stream_window", t.stream_window, crate::relay::stream::INITIAL_CREDIT),
         ("tuning.tcp_buffer", t.tcp_buffer as u64, 16 * 1024),
         ("tuning.session_out_budget", t.session_out_budget as u64, 128 * 1024),
         ("tuning.max_tcp_flows", t.max_tcp_flows as u64, 1),

@@ -793,8 +793,6 @@ fn removing_a_session_resets_every_flow_it_carried() {
 
 /// The apps' kernels (roamtun_stack) must report the reset of an established connection as a reset.
 #[test]
-#[ignore = "bug in roamtun_stack Flow::observe: an RST on an established, idle connection is reported as \
-            FlowEvent::Closed { reset: false }"]
 fn removing_a_session_is_seen_by_the_apps_as_a_reset() {
     let mut n = Net::new();
     let flows = three_flows(&mut n);
@@ -808,8 +806,6 @@ fn removing_a_session_is_seen_by_the_apps_as_a_reset() {
 /// An app that resets its connection resets the far app's connection, and both engines forget the
 /// stream.
 #[test]
-#[ignore = "bug: the engine's stack reports the app's RST as a graceful close, so the engine relays FIN \
-            instead of RESET and its stream is never removed"]
 fn an_app_reset_resets_the_far_app() {
     let mut n = Net::new();
     let (fc, fs) = n.client_connects(40010);
@@ -837,4 +833,79 @@ fn close_from_the_peer_ends_the_session() {
     let mut n = Net::new();
     let r = n.server.engine.handle_session_bytes(SS, &encode(&[Frame::Close { code: 3, reason: "bye" }]), n.now);
     assert!(matches!(r, Err(SessionError::PeerClosed { code: 3, ref reason }) if reason == "bye"), "{r:?}");
+}
+
+/// A stream id the peer uses twice is a violation answered with RESET; RESET ends the stream on both
+/// sides, so the engine that sent it must not keep its own stream of that id either.
+#[test]
+fn a_duplicate_open_does_not_leave_half_a_stream() {
+    let mut n = Net::new();
+    let (_fc, fs) = n.client_connects(40020);
+    // The client (misbehaving) opens stream 1 again.
+    let open = Frame::Open { stream_id: 1, src: addr("100.64.0.2:40021"), dst: addr("100.64.0.1:80") };
+    n.server.engine.handle_session_bytes(SS, &encode(&[open]), n.now).unwrap();
+    n.step(Duration::from_millis(10));
+    assert_eq!(n.server.counters().streams_violated, 1);
+    assert_eq!(n.server.sent_frames.last(), Some(&Seen::Reset(1, ResetCode::Internal)));
+    assert_eq!(n.client.status().tcp_flows, 0, "the client applied the RESET to its stream 1");
+    assert_eq!(n.server.status().tcp_flows, 0, "the server sent RESET for stream 1 but kept it");
+    assert!(n.server.resets_to_app.contains(&(addr("100.64.0.2:40020"), addr("100.64.0.1:80"))));
+    // However it ends, the server app closing must not leave the stream behind.
+    n.server.app.close(fs);
+    for _ in 0..20 {
+        n.step(Duration::from_secs(1));
+    }
+    assert_eq!(n.server.status().tcp_flows, 0);
+}
+
+/// UDP is dropped, not queued without bound, when the link does not take it.
+#[test]
+fn udp_is_dropped_and_counted_when_the_session_queue_is_full() {
+    let mut config = engine_config(Role::Client, 11);
+    config.session_out_budget = 8 * 1024;
+    let mut n = Net::with(config, engine_config(Role::Server, 22), app_config(33), app_config(44));
+    let packet = udp((CLIENT_VIP, 5353), (SERVER_IP, 53), &[7; 1000]);
+    // The link is stalled: nothing is taken from the engine while the app sends 20 datagrams.
+    for _ in 0..20 {
+        n.client.engine.handle_tun_packet(packet.clone(), n.now);
+    }
+    let st = n.client.status();
+    assert!(st.queued_bytes <= 8 * 1024 + packet.len() + 4, "queued {} bytes", st.queued_bytes);
+    assert!(st.counters.datagrams_dropped > 0);
+    assert_eq!(st.counters.datagrams_sent + st.counters.datagrams_dropped, 20);
+    let sent = st.counters.datagrams_sent;
+    n.pump();
+    assert_eq!(n.server.datagrams.len() as u64, sent, "every datagram counted as sent arrived");
+    assert!(n.server.datagrams.iter().all(|d| *d == packet));
+    assert_eq!(n.server.counters().datagrams_received, sent);
+}
+
+/// A `stream_window` below the initial credit (16 KiB; the configuration refuses it, the engine raises
+/// it) still carries a burst: a sender must not start with more credit than the receiver honours.
+#[test]
+fn the_smallest_configurable_stream_window_carries_a_burst() {
+    let small = |role, seed| {
+        let mut c = engine_config(role, seed);
+        c.stream_window = 16 * 1024;
+        c
+    };
+    let mut n = Net::with(small(Role::Client, 11), small(Role::Server, 22), app_config(33), app_config(44));
+    let (fc, fs) = n.client_connects(40030);
+    let burst = pattern(200_000, 11);
+    let mut sent = 0;
+    let mut got = Vec::new();
+    n.drive("burst", |n| {
+        sent += n.client.app.send(fc, &burst[sent..]);
+        n.server.read(fs, &mut got);
+        got.len() == burst.len() || n.client.closed(fc).is_some() || n.server.closed(fs).is_some()
+    });
+    assert_eq!(
+        n.server.counters().streams_violated,
+        0,
+        "the server engine reset the stream; it sent {:?} after {} bytes",
+        n.server.sent_frames,
+        got.len()
+    );
+    assert_eq!((n.client.closed(fc), n.server.closed(fs)), (None, None));
+    assert!(got == burst);
 }

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use roamtun::relay::stream::{RecvHalf, SendHalf, StreamError};
+use roamtun::relay::stream::{RecvHalf, SendHalf, StreamError, INITIAL_CREDIT};
 
 /// A frame on its way from the sender to the receiver. DATA names a range of the stream's bytes.
 #[derive(Debug, Clone, Copy)]
@@ -27,8 +27,9 @@ enum Op {
     /// The sender sends one DATA of at most this many bytes within its credit; with nothing left to
     /// send, it sends FIN instead (once).
     Send(usize),
-    /// The next `n` frames towards the receiver arrive.
-    Deliver(usize),
+    /// The next `n` frames towards the receiver arrive. With `direct`, each goes through `on_data_with`
+    /// and the app's socket takes up to that many of the new bytes at once (the engine's hot path).
+    Deliver { n: usize, direct: Option<usize> },
     /// The app takes up to `n` bytes.
     Read(usize),
     /// The next `n` CREDIT frames reach the sender.
@@ -44,7 +45,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (1usize..1500).prop_map(Op::Send),
-        4 => (1usize..6).prop_map(Op::Deliver),
+        4 => (1usize..6, prop::option::of(0usize..1500)).prop_map(|(n, direct)| Op::Deliver { n, direct }),
         3 => (0usize..2000).prop_map(Op::Read),
         2 => (1usize..4).prop_map(Op::Credit),
         1 => (any::<Index>(), 1usize..3000, 1usize..800).prop_map(|(start, len, piece)| Op::Resend { start, len, piece }),
@@ -70,14 +71,17 @@ struct Model {
 
 impl Model {
     fn new(data: Vec<u8>, window: u64) -> Self {
+        // The receiver honours at least the protocol's initial credit, which every sender starts with.
+        let window = window.max(INITIAL_CREDIT);
+        let initial = INITIAL_CREDIT;
         Model {
             data,
             window,
-            send: SendHalf::new(window),
+            send: SendHalf::new(initial),
             recv: RecvHalf::new(window),
             forward: VecDeque::new(),
             back: VecDeque::new(),
-            credit_held: window,
+            credit_held: initial,
             app: Vec::new(),
             fin_delivered: false,
         }
@@ -110,7 +114,7 @@ impl Model {
         }
     }
 
-    fn deliver(&mut self, n: usize) -> Result<(), TestCaseError> {
+    fn deliver(&mut self, n: usize, direct: Option<usize>) -> Result<(), TestCaseError> {
         for _ in 0..n {
             let Some(frame) = self.forward.pop_front() else { break };
             match frame {
@@ -118,7 +122,26 @@ impl Model {
                     let before = self.recv.received();
                     let end = offset + len as u64;
                     let bytes = &self.data[offset as usize..end as usize];
-                    let fresh = self.recv.on_data(offset, bytes);
+                    let fresh = match direct {
+                        None => self.recv.on_data(offset, bytes),
+                        Some(take) => {
+                            let was_pending = self.recv.pending_len();
+                            let app = &mut self.app;
+                            let mut offered = None;
+                            let r = self.recv.on_data_with(offset, bytes, |new| {
+                                offered = Some(new.len());
+                                let k = take.min(new.len());
+                                app.extend_from_slice(&new[..k]);
+                                k
+                            });
+                            // Offered only the new bytes, only when none wait before them (order).
+                            if let Some(len) = offered {
+                                prop_assert_eq!(was_pending, 0, "offered bytes past pending ones");
+                                prop_assert_eq!(len as u64, end.saturating_sub(before), "offered the wrong bytes");
+                            }
+                            r
+                        }
+                    };
                     prop_assert_eq!(fresh, Ok(end.saturating_sub(before) as usize), "DATA {}..{} refused", offset, end);
                 }
                 Forward::Fin { offset } => {
@@ -166,7 +189,7 @@ impl Model {
             Op::Send(max) => {
                 self.send_piece(*max);
             }
-            Op::Deliver(n) => self.deliver(*n)?,
+            Op::Deliver { n, direct } => self.deliver(*n, *direct)?,
             Op::Read(n) => self.read(*n),
             Op::Credit(n) => self.credit(*n)?,
             Op::Resend { start, len, piece } => {
@@ -225,7 +248,7 @@ impl Model {
             while self.send_piece(piece) {}
             self.check()?;
             let n = self.forward.len();
-            self.deliver(n)?;
+            self.deliver(n, None)?;
             // Before the app reads the last bytes, FIN alone does not finish the stream.
             if self.recv.pending_len() > 0 {
                 prop_assert!(!self.recv.finished());
@@ -256,8 +279,10 @@ proptest! {
     /// exceeds its credit, and the stream finishes exactly when the app has taken every byte after FIN.
     #[test]
     fn every_byte_arrives_once_in_order_within_credit(
-        data in prop::collection::vec(any::<u8>(), 0..6000),
-        window in prop_oneof![1u64..16, 16u64..4096],
+        // Longer than the initial credit, so credit really limits the sender.
+        data in prop::collection::vec(any::<u8>(), 0..3 * INITIAL_CREDIT as usize),
+        // Below INITIAL_CREDIT the receiver raises the window to it.
+        window in prop_oneof![1 => 1u64..16, 4 => INITIAL_CREDIT..INITIAL_CREDIT * 3],
         ops in prop::collection::vec(op(), 0..150),
         final_piece in 1usize..2000,
     ) {
@@ -287,6 +312,8 @@ proptest! {
         back in any::<Index>(),
         over in 1u64..2000,
     ) {
+        // A window below the initial credit is raised to it by the receiver.
+        let window = window.max(INITIAL_CREDIT);
         let data: Vec<u8> = (0..window * 3).map(|i| (i % 251) as u8).collect();
         let mut r = RecvHalf::new(window);
         // Some bytes arrived (leaving at least two bytes of credit), the app took some, credit maybe moved.
@@ -294,7 +321,7 @@ proptest! {
         prop_assert_eq!(r.on_data(0, &data[..received as usize]), Ok(received as usize));
         let consumed = read.index(received as usize + 1);
         r.consume(consumed);
-        let granted = r.credit_due().map_or(window, |(_, max)| max);
+        let granted = r.credit_due().map_or(INITIAL_CREDIT, |(_, max)| max);
         prop_assert!(granted >= received + 2);
 
         // A gap: starts after the next expected byte, still within credit.

@@ -382,7 +382,7 @@ impl Engine {
             Frame::Close { code, reason } => {
                 return Err(SessionError::PeerClosed { code, reason: reason.to_string() });
             }
-            Frame::Open { stream_id, src, dst } => self.peer_open(sid, stream_id, src, dst),
+            Frame::Open { stream_id, src, dst } => self.peer_open(sid, stream_id, src, dst, now),
             Frame::OpenOk { stream_id } => self.peer_open_ok(sid, stream_id),
             Frame::Data { stream_id, offset, data } => {
                 let Engine { stack, sessions, .. } = self;
@@ -447,7 +447,7 @@ impl Engine {
         }
     }
 
-    fn peer_open(&mut self, sid: SessionId, stream_id: u32, src: SocketAddr, dst: SocketAddr) {
+    fn peer_open(&mut self, sid: SessionId, stream_id: u32, src: SocketAddr, dst: SocketAddr, now: Instant) {
         let role = self.config.role;
         let window = self.config.stream_window;
         let session = self.session_mut(sid);
@@ -462,7 +462,14 @@ impl Engine {
             // A client may only speak from its own virtual IPs.
             Role::Server => session.owns(src.ip()),
         };
-        if stream_id % 2 != peer_parity || session.streams.contains_key(&stream_id) || !allowed {
+        if session.streams.contains_key(&stream_id) {
+            // An OPEN for a live stream: the two sides no longer agree on it, so neither may keep it.
+            tracing::warn!(session = sid.0, stream = stream_id, "peer reopened a live stream; resetting it");
+            session.counters.streams_violated += 1;
+            self.reset_stream(sid, stream_id, ResetCode::Internal, now);
+            return;
+        }
+        if stream_id % 2 != peer_parity || !allowed {
             tracing::warn!(session = sid.0, stream = stream_id, %src, %dst, "refusing a stream the peer may not open");
             session.counters.streams_violated += 1;
             session.queue(&Frame::Reset { stream_id, code: ResetCode::Refused });

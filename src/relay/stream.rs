@@ -96,11 +96,11 @@ pub struct RecvHalf {
 }
 
 impl RecvHalf {
-    /// `window` is the byte budget of this half. The peer starts with [`INITIAL_CREDIT`] (or `window`
-    /// if smaller); [`RecvHalf::credit_due`] grants the rest at once.
+    /// `window` is the byte budget of this half, at least [`INITIAL_CREDIT`] (the credit the peer
+    /// starts with, which we must honour); [`RecvHalf::credit_due`] grants the rest at once.
     pub fn new(window: u64) -> Self {
-        let granted = INITIAL_CREDIT.min(window);
-        RecvHalf { window, received: 0, consumed: 0, granted, pending: VecDeque::new(), fin: None }
+        let window = window.max(INITIAL_CREDIT);
+        RecvHalf { window, received: 0, consumed: 0, granted: INITIAL_CREDIT, pending: VecDeque::new(), fin: None }
     }
 
     /// Accepts DATA at `offset`. Bytes that arrived before (a resend after a switch) are skipped, so each
@@ -191,14 +191,15 @@ mod tests {
 
     #[test]
     fn credit_is_granted_after_half_a_window_is_consumed() {
-        let mut r = RecvHalf::new(100);
-        assert_eq!(r.credit_due(), None, "a window below INITIAL_CREDIT is granted whole at once");
-        assert_eq!(r.on_data(0, &[1; 60]), Ok(60));
+        let w = INITIAL_CREDIT;
+        let mut r = RecvHalf::new(10);
+        assert_eq!(r.credit_due(), None, "a window below INITIAL_CREDIT is raised to it");
+        assert_eq!(r.on_data(0, &vec![1; 60_000]), Ok(60_000));
         assert_eq!(r.credit_due(), None);
-        r.consume(49);
+        r.consume(w as usize / 2 - 1);
         assert_eq!(r.credit_due(), None);
         r.consume(1);
-        assert_eq!(r.credit_due(), Some((60, 150)));
+        assert_eq!(r.credit_due(), Some((60_000, w + w / 2)));
         assert_eq!(r.credit_due(), None);
     }
 
@@ -226,7 +227,11 @@ mod tests {
     #[test]
     fn data_beyond_credit_or_with_a_gap_is_refused() {
         let mut r = RecvHalf::new(10);
-        assert_eq!(r.on_data(0, &[0; 11]), Err(StreamError::CreditExceeded { end: 11, granted: 10 }));
+        let over = vec![0; INITIAL_CREDIT as usize + 1];
+        assert_eq!(
+            r.on_data(0, &over),
+            Err(StreamError::CreditExceeded { end: INITIAL_CREDIT + 1, granted: INITIAL_CREDIT })
+        );
         assert_eq!(r.on_data(1, &[0; 2]), Err(StreamError::Gap { offset: 1, expected: 0 }));
     }
 

@@ -38,8 +38,9 @@ impl Flow {
         Flow { handle, local, remote, originated, established: false, app_fin: false, closed_reported: false }
     }
 
-    pub(crate) fn established_once(&self) -> bool {
-        self.established
+    /// The app sent FIN (not a reset) at some point.
+    pub(crate) fn app_fin(&self) -> bool {
+        self.app_fin
     }
 
     /// Compares the socket with what was reported and queues the differences.
@@ -56,8 +57,9 @@ impl Flow {
         }
         // These states are reached only through the app's FIN. The state is sampled at every poll and
         // our own FIN needs a poll to leave, so LastAck is always seen before Closed.
+        // (`may_recv` is false after a reset too, so it only counts while the socket is not Closed.)
         if matches!(state, State::CloseWait | State::LastAck | State::Closing | State::TimeWait)
-            || (self.established && !socket.may_recv())
+            || (self.established && state != State::Closed && !socket.may_recv())
         {
             self.app_fin = true;
         }

@@ -351,10 +351,9 @@ impl Stack {
 
     /// Whether the app closed its sending side and every byte it sent has been taken by [`Stack::recv`].
     pub fn app_finished_sending(&self, id: FlowId) -> bool {
-        self.flows.get(&id).is_some_and(|f| {
-            let s = self.sockets.get::<tcp::Socket>(f.handle);
-            f.established_once() && !s.may_recv() && s.recv_queue() == 0
-        })
+        // The flow's own record, not `may_recv`: after a reset the socket cannot receive either, but the
+        // app did not finish, it aborted.
+        self.flows.get(&id).is_some_and(|f| f.app_fin() && self.sockets.get::<tcp::Socket>(f.handle).recv_queue() == 0)
     }
 }
 
