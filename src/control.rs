@@ -113,6 +113,9 @@ pub async fn serve(
         std::fs::remove_file(path).map_err(bind_err)?;
     }
     let listener = UnixListener::bind(path).map_err(bind_err)?;
+    // Status shows peers and addresses, and later commands change routing: root and the group only.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
     Ok(tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };

@@ -11,12 +11,12 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_rustls::TlsConnector;
 
 use super::transport::{self, Handshake, HandshakeError, Liveness};
-use super::{engine_config, run_engine, EngineMsg, PeerInfo, SharedCounters, StatusSource, Tun};
+use super::{engine_config, EngineMsg, PeerInfo, SharedCounters, StatusSource, Tun};
 use crate::clock::Clock;
 use crate::config::ClientConfig;
 use crate::relay::engine::{Engine, Role, SessionId};
+use crate::tls;
 use crate::wire::{Frame, PROTOCOL_VERSION};
-use crate::{control, tls};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,8 +29,6 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
     tracing::info!(tun = %config.tun.name, virtual_ips = ?config.virtual_ips, routes = ?config.routes.iter().map(ToString::to_string).collect::<Vec<_>>(), "client TUN up");
     let clock = Clock::new();
     let engine = Engine::new(engine_config(Role::Client, &config.tuning, config.tun.mtu), clock.now());
-    let (engine_tx, engine_rx) = mpsc::channel(1024);
-    let room = Arc::new(Notify::new());
     let shared = Arc::new(SharedCounters::default());
     let source = StatusSource {
         role: Role::Client,
@@ -40,33 +38,11 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
         known_peers: vec![("server".into(), config.server.public_key.to_base64(), Vec::new())],
         shared: shared.clone(),
     };
-    let engine_task = tokio::spawn(run_engine(engine, tun.clone(), engine_rx, room.clone(), clock, source));
-
-    let result = async {
-        let (ctl_tx, ctl_rx) = mpsc::channel(16);
-        let control_task = control::serve(&config.control_socket, ctl_tx).await?;
-        super::forward_control(ctl_rx, engine_tx.clone());
-        let dialer = Dialer {
-            config: &config,
-            connector: TlsConnector::from(tls_config),
-            engine: engine_tx.clone(),
-            room,
-            shared,
-        };
-        tokio::select! {
-            _ = dialer.run() => {}
-            _ = super::shutdown_signal() => {}
-        }
-        control_task.abort();
-        anyhow::Ok(())
-    }
-    .await;
-
-    let _ = engine_tx.send(EngineMsg::Shutdown).await;
-    let _ = engine_task.await;
-    tun.remove().await;
-    let _ = std::fs::remove_file(&config.control_socket);
-    result
+    let connector = TlsConnector::from(tls_config);
+    super::serve(tun, engine, clock, source, &config.control_socket, |engine, room| async {
+        Dialer { config: &config, connector, engine, room, shared }.run().await
+    })
+    .await
 }
 
 struct Dialer<'a> {

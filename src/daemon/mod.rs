@@ -112,8 +112,8 @@ pub fn engine_config(role: Role, tuning: &Tuning, mtu: u16) -> EngineConfig {
 /// Most packets or messages handled per wake-up, so one busy source cannot starve the others.
 const BATCH: usize = 64;
 
-/// The engine task: runs until `msgs` closes (every sender dropped) or the TUN fails.
-pub async fn run_engine(
+/// The engine task: runs until told to stop, every sender is dropped, or the TUN fails.
+async fn run_engine(
     mut engine: Engine,
     tun: Arc<Tun>,
     mut msgs: mpsc::Receiver<EngineMsg>,
@@ -340,8 +340,47 @@ fn status(engine: &Engine, sessions: &BTreeMap<SessionId, SessionHandle>, source
     }
 }
 
+/// What both daemons share around their own work (`role_task`: dialing or accepting): the engine task
+/// on `tun`, the control socket, and the orderly shutdown on SIGINT/SIGTERM (apps' connections reset,
+/// sessions closed, routes and addresses removed, control socket deleted).
+pub async fn serve<F, Fut>(
+    tun: Arc<Tun>,
+    engine: Engine,
+    clock: Clock,
+    source: StatusSource,
+    control_socket: &std::path::Path,
+    role_task: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(mpsc::Sender<EngineMsg>, Arc<Notify>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    // Mostly relay reads of up to 64 KiB each: 128 of them bound what waits for the engine to 8 MiB;
+    // past that the readers stop and TCP slows the peers down.
+    let (engine_tx, engine_rx) = mpsc::channel(128);
+    let room = Arc::new(Notify::new());
+    let engine_task = tokio::spawn(run_engine(engine, tun.clone(), engine_rx, room.clone(), clock, source));
+    let result = async {
+        let (ctl_tx, ctl_rx) = mpsc::channel(16);
+        let control_task = crate::control::serve(control_socket, ctl_tx).await?;
+        forward_control(ctl_rx, engine_tx.clone());
+        tokio::select! {
+            _ = role_task(engine_tx.clone(), room) => {}
+            _ = shutdown_signal() => {}
+        }
+        control_task.abort();
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = engine_tx.send(EngineMsg::Shutdown).await;
+    let _ = engine_task.await;
+    tun.remove().await;
+    let _ = std::fs::remove_file(control_socket);
+    result
+}
+
 /// Resolves when SIGINT or SIGTERM arrives.
-pub async fn shutdown_signal() {
+async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -358,7 +397,7 @@ pub async fn shutdown_signal() {
 }
 
 /// Forwards control requests into the engine task's queue.
-pub fn forward_control(mut rx: mpsc::Receiver<ControlRequest>, engine: mpsc::Sender<EngineMsg>) {
+fn forward_control(mut rx: mpsc::Receiver<ControlRequest>, engine: mpsc::Sender<EngineMsg>) {
     tokio::spawn(async move {
         while let Some(req) = rx.recv().await {
             if engine.send(EngineMsg::Control(req)).await.is_err() {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
@@ -13,12 +13,12 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_rustls::TlsAcceptor;
 
 use super::transport::{self, close_code, Handshake, Liveness};
-use super::{engine_config, run_engine, EngineMsg, PeerInfo, SharedCounters, StatusSource, Tun};
+use super::{engine_config, EngineMsg, PeerInfo, SharedCounters, StatusSource, Tun};
 use crate::clock::Clock;
 use crate::config::ServerConfig;
 use crate::relay::engine::{Engine, Role, SessionId};
+use crate::tls;
 use crate::wire::{Frame, PROTOCOL_VERSION};
-use crate::{control, tls};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -35,8 +35,6 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     tracing::info!(listen = %config.listen, tun = %config.tun.name, peers = config.peers.len(), exit = config.exit, "server up");
     let clock = Clock::new();
     let engine = Engine::new(engine_config(Role::Server, &config.tuning, config.tun.mtu), clock.now());
-    let (engine_tx, engine_rx) = mpsc::channel(1024);
-    let room = Arc::new(Notify::new());
     let shared = Arc::new(SharedCounters::default());
     let source = StatusSource {
         role: Role::Server,
@@ -50,55 +48,49 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             .collect(),
         shared: shared.clone(),
     };
-    let engine_task = tokio::spawn(run_engine(engine, tun.clone(), engine_rx, room.clone(), clock, source));
     let config = Arc::new(config);
+    super::serve(tun, engine, clock, source, &config.control_socket, |engine, room| {
+        accept_loop(listener, acceptor, config.clone(), engine, room, shared)
+    })
+    .await
+}
 
-    let result = async {
-        let (ctl_tx, ctl_rx) = mpsc::channel(16);
-        let control_task = control::serve(&config.control_socket, ctl_tx).await?;
-        super::forward_control(ctl_rx, engine_tx.clone());
-        let next_session = Arc::new(AtomicU64::new(1));
-        let accept = async {
-            loop {
-                let (tcp, remote) = match listener.accept().await {
-                    Ok(conn) => conn,
-                    Err(err) => {
-                        // EMFILE and the like: wait a little instead of spinning.
-                        tracing::warn!(%err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let ctx = Accepted {
-                    config: config.clone(),
-                    acceptor: acceptor.clone(),
-                    engine: engine_tx.clone(),
-                    room: room.clone(),
-                    shared: shared.clone(),
-                    id: SessionId(next_session.fetch_add(1, Ordering::Relaxed)),
-                };
-                tokio::spawn(async move {
-                    if let Err(err) = ctx.serve(tcp, remote).await {
-                        ctx.shared.handshakes_refused.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%remote, error = %format!("{err:#}"), "client refused");
-                    }
-                });
+/// Accepts relay connections forever; each is authenticated in its own task.
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    config: Arc<ServerConfig>,
+    engine: mpsc::Sender<EngineMsg>,
+    room: Arc<Notify>,
+    shared: Arc<SharedCounters>,
+) {
+    let mut next_session = 1;
+    loop {
+        let (tcp, remote) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(err) => {
+                // EMFILE and the like: wait a little instead of spinning.
+                tracing::warn!(%err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
         };
-        tokio::select! {
-            _ = accept => {}
-            _ = super::shutdown_signal() => {}
-        }
-        control_task.abort();
-        anyhow::Ok(())
+        let ctx = Accepted {
+            config: config.clone(),
+            acceptor: acceptor.clone(),
+            engine: engine.clone(),
+            room: room.clone(),
+            shared: shared.clone(),
+            id: SessionId(next_session),
+        };
+        next_session += 1;
+        tokio::spawn(async move {
+            if let Err(err) = ctx.serve(tcp, remote).await {
+                ctx.shared.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%remote, error = %format!("{err:#}"), "client refused");
+            }
+        });
     }
-    .await;
-
-    let _ = engine_tx.send(EngineMsg::Shutdown).await;
-    let _ = engine_task.await;
-    tun.remove().await;
-    let _ = std::fs::remove_file(&config.control_socket);
-    result
 }
 
 /// Lets the kernel forward the clients' packets to destinations beyond this host (exit mode).
