@@ -25,11 +25,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let keys = config.peers.iter().map(|p| p.public_key).collect();
     let acceptor = TlsAcceptor::from(tls::server_config(&config.private_key, keys)?);
-    if config.exit {
-        enable_forwarding()?;
-    }
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    // Held until the end of `run`: restores the host's forwarding settings however the daemon stops.
+    let _forwarding = if config.exit { Some(Forwarding::enable()?) } else { None };
     let tun =
         Arc::new(Tun::create(&config.tun.name, config.tun.mtu, &config.virtual_ips, &config.client_prefixes).await?);
     tracing::info!(listen = %config.listen, tun = %config.tun.name, peers = config.peers.len(), exit = config.exit, "server up");
@@ -93,12 +92,34 @@ async fn accept_loop(
     }
 }
 
-/// Lets the kernel forward the clients' packets to destinations beyond this host (exit mode).
-fn enable_forwarding() -> anyhow::Result<()> {
-    for path in ["/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"] {
-        std::fs::write(path, "1").with_context(|| format!("exit mode: cannot enable forwarding in {path}"))?;
+/// Lets the kernel forward the clients' packets to destinations beyond this host (exit mode), and puts
+/// the previous settings back when dropped.
+struct Forwarding {
+    previous: Vec<(&'static str, String)>,
+}
+
+impl Forwarding {
+    const SYSCTLS: [&'static str; 2] = ["/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"];
+
+    fn enable() -> anyhow::Result<Self> {
+        let mut fwd = Forwarding { previous: Vec::new() };
+        for path in Self::SYSCTLS {
+            let before = std::fs::read_to_string(path).with_context(|| format!("exit mode: cannot read {path}"))?;
+            std::fs::write(path, "1").with_context(|| format!("exit mode: cannot enable forwarding in {path}"))?;
+            fwd.previous.push((path, before));
+        }
+        Ok(fwd)
     }
-    Ok(())
+}
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        for (path, before) in &self.previous {
+            if let Err(err) = std::fs::write(path, before.trim()) {
+                tracing::warn!(%path, %err, "cannot restore the forwarding setting");
+            }
+        }
+    }
 }
 
 struct Accepted {

@@ -219,7 +219,8 @@ test_server_vanishes_client_retries_then_reconnects() {
     wait_for 10 "a second failed attempt (backoff)" sh -c "[ \$(grep -c 'cannot reach the server' '$WORK/client.log') -ge 2 ]" \
         || fail "client did not retry"
     spawn "$WORK/server.log" "$NS_S" "$ROAMTUN" server -c "$WORK/server.toml"
-    SERVER_PID=$LAST_PID
+    # Cases run in subshells: later cases find the new server through this file.
+    echo "$LAST_PID" >"$WORK/server.pid"
     wait_for 20 "the client to reconnect" client_connected || fail "client did not reconnect"
     local seen
     seen=$(c $APPS ask-peer 100.64.0.1 7001) || fail "no TCP through the tunnel after the reconnect"
@@ -233,13 +234,22 @@ test_clean_shutdown_removes_tun_and_routes() {
     c ip link show roam0 >/dev/null 2>&1 && fail "roam0 still exists"
     c ip route | grep -q 100.64.0.0/10 && fail "route still installed"
     test -e "$WORK/client.sock" && fail "control socket left behind"
-    echo "after SIGTERM: roam0, its route and the control socket are gone"
+    [ "$(s cat /proc/sys/net/ipv4/ip_forward)" = 1 ] || fail "exit mode did not enable forwarding"
+    local server_pid
+    server_pid=$(cat "$WORK/server.pid")
+    kill -TERM "$server_pid"
+    wait_for 10 "server to exit" sh -c "! kill -0 $server_pid" || fail "server did not exit"
+    s ip link show roamsrv0 >/dev/null 2>&1 && fail "roamsrv0 still exists"
+    [ "$(s cat /proc/sys/net/ipv4/ip_forward)" = "$FORWARDING_BEFORE" ] || fail "server left ip_forward changed"
+    echo "after SIGTERM: roam0/roamsrv0, routes, control socket gone; forwarding back to $FORWARDING_BEFORE"
 }
 
 netns_topology
 setup_inet
 SERVER_EXTRA="exit = true" CLIENT_ROUTES='"100.64.0.0/10", "198.18.9.0/24"' netns_configs
+FORWARDING_BEFORE=$(s cat /proc/sys/net/ipv4/ip_forward)
 netns_start_daemons || { cat "$WORK"/*.log; exit 1; }
+echo "$SERVER_PID" >"$WORK/server.pid"
 start_servers || { echo "test servers did not start"; exit 1; }
 
 run test_curl_download_64MiB
