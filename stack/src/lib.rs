@@ -159,9 +159,18 @@ impl Stack {
                 result = Ingress::NewFlow { flow, src: seg.src, dst: seg.dst };
             }
         }
-        self.device.push_rx(packet);
+        if seg.fin && seg.payload_len > 0 {
+            let (data, fin) = split_fin(packet, &seg);
+            self.device.push_rx(data);
+            self.device.push_rx(fin);
+        } else {
+            self.device.push_rx(packet);
+        }
         while self.device.has_rx() {
             self.iface.poll_ingress_single(now, &mut self.device, &mut self.sockets);
+        }
+        if seg.rst {
+            self.keep_listener_from_reviving(seg.dst, seg.src);
         }
         if let Ingress::NewFlow { flow, .. } = result {
             // The SYN must have landed in the socket made for it: only that one listens on (dst, src).
@@ -174,6 +183,17 @@ impl Stack {
             }
         }
         result
+    }
+
+    /// smoltcp turns a socket in SYN-RECEIVED that gets a reset back into a listener, which would then
+    /// take the next SYN for the same endpoint from another app and mix two connections in one flow.
+    /// Our listeners are single-use: such a socket is closed instead (the flow ends with a reset).
+    fn keep_listener_from_reviving(&mut self, local: SocketAddr, remote: SocketAddr) {
+        let Some(flow) = self.by_tuple.get(&(local, remote)).and_then(|id| self.flows.get(id)) else { return };
+        let socket = self.sockets.get_mut::<tcp::Socket>(flow.handle);
+        if socket.state() == tcp::State::Listen {
+            socket.abort();
+        }
     }
 
     fn new_socket(&self) -> tcp::Socket<'static> {
@@ -363,10 +383,16 @@ struct TcpSeg {
     dst: SocketAddr,
     syn: bool,
     ack: bool,
+    rst: bool,
+    fin: bool,
+    /// Where the TCP header starts, how long it is, and how long the segment's payload is.
+    tcp_offset: usize,
+    tcp_header_len: usize,
+    payload_len: usize,
 }
 
 fn parse_tcp(packet: &[u8]) -> Option<TcpSeg> {
-    let (src_ip, dst_ip, payload): (IpAddr, IpAddr, &[u8]) = match packet.first()? >> 4 {
+    let (src_ip, dst_ip, tcp_offset, payload): (IpAddr, IpAddr, usize, &[u8]) = match packet.first()? >> 4 {
         4 => {
             let ip = Ipv4Packet::new_checked(packet).ok()?;
             if ip.next_header() != IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
@@ -374,7 +400,7 @@ fn parse_tcp(packet: &[u8]) -> Option<TcpSeg> {
             }
             let hl = usize::from(ip.header_len());
             let total = usize::from(ip.total_len());
-            (ip.src_addr().into(), ip.dst_addr().into(), packet.get(hl..total)?)
+            (ip.src_addr().into(), ip.dst_addr().into(), hl, packet.get(hl..total)?)
         }
         6 => {
             let ip = Ipv6Packet::new_checked(packet).ok()?;
@@ -382,7 +408,7 @@ fn parse_tcp(packet: &[u8]) -> Option<TcpSeg> {
                 return None;
             }
             let end = 40 + usize::from(ip.payload_len());
-            (ip.src_addr().into(), ip.dst_addr().into(), packet.get(40..end)?)
+            (ip.src_addr().into(), ip.dst_addr().into(), 40, packet.get(40..end)?)
         }
         _ => return None,
     };
@@ -395,5 +421,102 @@ fn parse_tcp(packet: &[u8]) -> Option<TcpSeg> {
         dst: SocketAddr::new(dst_ip, tcp.dst_port()),
         syn: tcp.syn(),
         ack: tcp.ack(),
+        rst: tcp.rst(),
+        fin: tcp.fin(),
+        tcp_offset,
+        tcp_header_len: usize::from(tcp.header_len()),
+        payload_len: payload.len() - usize::from(tcp.header_len()),
     })
+}
+
+/// Splits a segment carrying data and FIN into the data alone and a bare FIN right after it.
+///
+/// smoltcp 0.14 cuts a segment that ends past its receive window to the window, yet still acts on its
+/// FIN: the cut bytes are lost and the stream ends early. That happens here: with window scaling the
+/// right edge smoltcp advertises can move back by a few bytes, and the app's kernel may already have
+/// sent up to the old edge. Split, the FIN of a cut segment lands after a hole, which smoltcp ignores
+/// until the kernel resends the missing bytes with their FIN. smoltcp does not verify checksums on
+/// this device (see `device.rs`), so the rewritten headers need none.
+fn split_fin(packet: Vec<u8>, seg: &TcpSeg) -> (Vec<u8>, Vec<u8>) {
+    let mut data = packet;
+    let header_end = seg.tcp_offset + seg.tcp_header_len;
+    let mut fin = data[..header_end].to_vec();
+    // `parse_tcp` checked both headers, so the unchecked views below stay in bounds.
+    TcpPacket::new_unchecked(&mut data[seg.tcp_offset..]).set_fin(false);
+    {
+        let mut tcp = TcpPacket::new_unchecked(&mut fin[seg.tcp_offset..]);
+        let seq = tcp.seq_number() + seg.payload_len;
+        tcp.set_seq_number(seq);
+    }
+    let header_len = u16::try_from(header_end).expect("a TCP/IP header is shorter than 64 KiB");
+    if seg.src.is_ipv4() {
+        Ipv4Packet::new_unchecked(&mut fin[..]).set_total_len(header_len);
+    } else {
+        Ipv6Packet::new_unchecked(&mut fin[..]).set_payload_len(header_len - 40);
+    }
+    (data, fin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber};
+
+    fn segment(payload: &[u8], control: TcpControl) -> Vec<u8> {
+        let tcp = TcpRepr {
+            src_port: 40000,
+            dst_port: 80,
+            control,
+            seq_number: TcpSeqNumber(1000),
+            ack_number: Some(TcpSeqNumber(5)),
+            window_len: 1024,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload,
+        };
+        let src = Ipv4Address::new(100, 64, 0, 2);
+        let dst = Ipv4Address::new(100, 64, 0, 1);
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut buf = vec![0; ip.buffer_len() + tcp.buffer_len()];
+        let caps = ChecksumCapabilities::default();
+        ip.emit(&mut Ipv4Packet::new_unchecked(&mut buf[..]), &caps);
+        tcp.emit(&mut TcpPacket::new_unchecked(&mut buf[20..]), &src.into(), &dst.into(), &caps);
+        buf
+    }
+
+    #[test]
+    fn a_data_and_fin_segment_splits_into_data_then_a_bare_fin() {
+        let packet = segment(b"last bytes", TcpControl::Fin);
+        let seg = parse_tcp(&packet).unwrap();
+        assert!(seg.fin);
+        assert_eq!(seg.payload_len, 10);
+        let (data, fin) = split_fin(packet.clone(), &seg);
+        assert_eq!(data.len(), packet.len());
+        let d = parse_tcp(&data).unwrap();
+        assert!(!d.fin && d.payload_len == 10);
+        assert_eq!(TcpPacket::new_checked(&data[20..]).unwrap().payload(), b"last bytes");
+        let f = parse_tcp(&fin).unwrap();
+        assert!(f.fin && f.payload_len == 0);
+        let tcp = TcpPacket::new_checked(&fin[20..]).unwrap();
+        assert_eq!(tcp.seq_number(), TcpSeqNumber(1010));
+        assert_eq!(Ipv4Packet::new_checked(&fin[..]).unwrap().total_len() as usize, fin.len());
+    }
+
+    #[test]
+    fn segments_without_both_data_and_fin_are_not_split() {
+        let bare_fin = parse_tcp(&segment(b"", TcpControl::Fin)).unwrap();
+        assert!(bare_fin.fin && bare_fin.payload_len == 0);
+        let data = parse_tcp(&segment(b"abc", TcpControl::None)).unwrap();
+        assert!(!data.fin && data.payload_len == 3);
+    }
 }

@@ -173,3 +173,22 @@ fn an_idle_connected_flow_does_not_time_out() {
     assert!(Pair::events(&mut p.a).is_empty(), "an idle connection was closed");
     assert_eq!(p.a.send(fa, b"still here"), 10);
 }
+
+#[test]
+fn a_held_flow_reset_by_its_app_never_takes_another_apps_syn() {
+    let mut p = Pair::new();
+    let dst = addr("100.64.0.2:443");
+    let first = p.a.connect(addr("100.64.0.1:40006"), dst).unwrap();
+    p.pump();
+    let (held, _, _) = p.new_flows_at_b[0];
+    // The first app gives up while its SYN is held: its kernel sends RST.
+    p.a.abort(first, p.now).unwrap();
+    p.pump();
+    assert!(Pair::events(&mut p.b).contains(&FlowEvent::Closed { flow: held, reset: true }));
+    // A second app connects to the same destination: it must get a flow of its own.
+    let second_src = addr("100.64.0.1:40007");
+    p.a.connect(second_src, dst).unwrap();
+    p.pump();
+    assert_eq!(p.new_flows_at_b.len(), 2, "the second SYN was swallowed by the first flow's socket");
+    assert_eq!(p.new_flows_at_b[1].1, second_src);
+}

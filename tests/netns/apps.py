@@ -69,9 +69,11 @@ async def echo_clients(host, port, count, size, timeout):
         asyncio.gather(*(echo_one(host, port, size, i) for i in range(count)), return_exceptions=True), timeout)
     ok = sum(1 for r in results if r is not None and not isinstance(r, BaseException) and r[0])
     errors = [repr(r) for r in results if isinstance(r, BaseException)]
+    errors += [f"connection {i}: got {r[1]} bytes, wrong content" if r[1] == size else f"connection {i}: got {r[1]} of {size} bytes"
+               for i, r in enumerate(results) if not isinstance(r, BaseException) and not r[0]]
     secs = time.monotonic() - start
     log(f"echo: {ok}/{count} connections returned all {size} bytes intact in {secs:.1f}s"
-        + (f"; first error: {errors[0]}" if errors else ""))
+        + (f"; {len(errors)} failed, e.g. {errors[:3]}" if errors else ""))
     return 0 if ok == count else 1
 
 
