@@ -909,3 +909,36 @@ fn the_smallest_configurable_stream_window_carries_a_burst() {
     assert_eq!((n.client.closed(fc), n.server.closed(fs)), (None, None));
     assert!(got == burst);
 }
+
+/// One slow reader never blocks the others: while a server app reads nothing on one connection (its
+/// stream's credit runs out and its bytes wait in bounded buffers), another connection over the same
+/// session carries 2 MiB at full speed.
+#[test]
+fn a_stalled_stream_does_not_block_the_others() {
+    let mut n = Net::new();
+    let (stuck_c, stuck_s) = n.client_connects(40030);
+    let (busy_c, busy_s) = n.client_connects(40031);
+    let stuck_data = pattern(4 * 1024 * 1024, 30);
+    let mut stuck_written = 0;
+    // The stuck connection's app writes until it is pushed back.
+    n.drive("the unread connection fills up", |n| {
+        let w = n.client.app.send(stuck_c, &stuck_data[stuck_written..]);
+        stuck_written += w;
+        w == 0 && n.client.app.send_capacity(stuck_c) == 0
+    });
+    assert!(stuck_written < stuck_data.len(), "nothing pushed back on the unread connection");
+
+    // Meanwhile the other connection moves 2 MiB, intact, with the first one still unread.
+    let busy_data = pattern(2 * 1024 * 1024, 31);
+    let got = n.transfer((Which::Client, busy_c), (Which::Server, busy_s), &busy_data);
+    assert!(got == busy_data, "the second connection's bytes differ");
+
+    // And the stalled one resumes when its reader does.
+    let mut got = Vec::new();
+    n.drive("the stalled connection drains", |n| {
+        stuck_written += n.client.app.send(stuck_c, &stuck_data[stuck_written..]);
+        n.server.read(stuck_s, &mut got);
+        got.len() == stuck_data.len()
+    });
+    assert!(got == stuck_data, "the stalled connection's bytes differ");
+}
