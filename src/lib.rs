@@ -12,4 +12,5 @@ pub mod daemon;
 pub mod keys;
 pub mod relay;
 pub mod tls;
+pub mod transition;
 pub mod wire;
