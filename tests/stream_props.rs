@@ -384,3 +384,35 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Whatever the order of sends and acknowledgements, the replay buffer holds exactly the bytes
+    /// between the highest acknowledgement and the end of what was sent, and gives back any suffix of
+    /// them byte for byte.
+    #[test]
+    fn the_replay_buffer_returns_exactly_what_was_sent_and_not_acknowledged(
+        data in prop::collection::vec(any::<u8>(), 0..4000),
+        steps in prop::collection::vec((0usize..600, any::<prop::sample::Index>(), any::<prop::sample::Index>()), 1..60),
+    ) {
+        let mut replay = roamtun::relay::stream::ReplayBuffer::new();
+        let mut sent = 0usize;
+        let mut acked = 0usize;
+        for (len, ack, from) in steps {
+            let len = len.min(data.len() - sent);
+            replay.push(&data[sent..sent + len]);
+            sent += len;
+            // Acknowledgements may be old (reordered CREDIT frames) but never beyond what was sent.
+            let upto = ack.index(sent + 1);
+            replay.ack(upto as u64);
+            acked = acked.max(upto);
+            prop_assert_eq!(replay.len(), sent - acked);
+            prop_assert_eq!(replay.end(), sent as u64);
+            let from = acked + from.index(sent - acked + 1);
+            let (a, b) = replay.since(from as u64).unwrap();
+            prop_assert_eq!([a, b].concat(), data[from..sent].to_vec());
+            if acked > 0 {
+                prop_assert!(replay.since(acked as u64 - 1).is_none());
+            }
+        }
+    }
+}

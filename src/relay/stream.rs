@@ -185,6 +185,62 @@ impl RecvHalf {
     }
 }
 
+/// The bytes of one stream direction that were sent but are not acknowledged yet, kept so that they
+/// can be sent again on a new path after the old one was lost (the spec's "store the unsent packets").
+///
+/// Bounded without a limit of its own: the peer grants credit up to what its app consumed plus one
+/// window, and acknowledges at least what it consumed, so a sender never holds more than one window
+/// here. Not yet used by the engine (the transition protocol will).
+#[derive(Debug, Clone, Default)]
+pub struct ReplayBuffer {
+    /// Offset of the first byte kept.
+    start: u64,
+    bytes: VecDeque<u8>,
+}
+
+impl ReplayBuffer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Offset just past the last byte kept: the next byte sent gets this offset.
+    pub fn end(&self) -> u64 {
+        self.start + self.bytes.len() as u64
+    }
+
+    /// Bytes kept.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Keeps bytes just sent (at offset [`ReplayBuffer::end`]).
+    pub fn push(&mut self, data: &[u8]) {
+        self.bytes.extend(data);
+    }
+
+    /// The peer has every byte below `upto`: forget them. An older acknowledgement changes nothing.
+    pub fn ack(&mut self, upto: u64) {
+        let n = upto.saturating_sub(self.start).min(self.bytes.len() as u64);
+        self.bytes.drain(..n as usize);
+        self.start += n;
+    }
+
+    /// The bytes from `offset` to the end, to send again (as two slices), or None when `offset` is
+    /// outside what is kept: below it the peer already acknowledged, above it nothing was sent.
+    pub fn since(&self, offset: u64) -> Option<(&[u8], &[u8])> {
+        if offset < self.start || offset > self.end() {
+            return None;
+        }
+        let skip = (offset - self.start) as usize;
+        let (a, b) = self.bytes.as_slices();
+        Some(if skip <= a.len() { (&a[skip..], b) } else { (&[][..], &b[skip - a.len()..]) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,6 +312,26 @@ mod tests {
         r.consume(3);
         assert!(r.finished());
         assert!(r.on_data(3, b"x").is_err());
+    }
+
+    #[test]
+    fn the_replay_buffer_keeps_exactly_the_unacknowledged_bytes() {
+        let mut r = ReplayBuffer::new();
+        r.push(b"hello ");
+        r.push(b"world");
+        assert_eq!(r.end(), 11);
+        r.ack(3);
+        assert_eq!(r.len(), 8);
+        let (a, b) = r.since(6).unwrap();
+        assert_eq!([a, b].concat(), b"world");
+        assert!(r.since(2).is_none(), "acknowledged bytes are gone");
+        assert!(r.since(12).is_none(), "nothing was sent there");
+        assert_eq!(r.since(11).map(|(a, b)| a.len() + b.len()), Some(0));
+        r.ack(1);
+        assert_eq!(r.len(), 8, "an older acknowledgement changes nothing");
+        r.ack(100);
+        assert!(r.is_empty());
+        assert_eq!(r.end(), 11);
     }
 
     #[test]
