@@ -19,7 +19,7 @@ use roamtun_stack::{Duration, FlowEvent, FlowId, Ingress, Instant, Stack, StackC
 use serde::Serialize;
 
 use super::packet::{datagram_info, DatagramInfo, DatagramProto};
-use super::stream::{RecvHalf, SendHalf, StreamError, INITIAL_CREDIT};
+use super::stream::{RecvHalf, ReplayBuffer, SendHalf, StreamError, INITIAL_CREDIT};
 use crate::wire::{self, Frame, ResetCode};
 
 /// Names one relay session (one peer) inside an engine.
@@ -90,6 +90,8 @@ pub struct SessionCounters {
     /// Streams reset because the peer broke the stream rules (credit, offsets, unknown addresses).
     pub streams_violated: u64,
     pub tcp_streams_opened: u64,
+    /// Stream bytes sent again after a path was lost (they were in flight on it).
+    pub bytes_resent: u64,
 }
 
 /// What a session looks like from outside, for `roamtun status`.
@@ -126,9 +128,13 @@ enum Phase {
 
 struct Stream {
     flow: FlowId,
+    /// The app's endpoints as carried in OPEN (source, destination).
+    endpoints: (SocketAddr, SocketAddr),
     phase: Phase,
     send: SendHalf,
     recv: RecvHalf,
+    /// What was sent and not yet acknowledged, to send again after a path is lost.
+    replay: ReplayBuffer,
     /// We asked the stack to FIN the app (the peer finished and the app took every byte).
     app_close_sent: bool,
     /// The stack reported the TCP connection gracefully over.
@@ -143,6 +149,9 @@ struct Session {
     out_bytes: usize,
     streams: BTreeMap<u32, Stream>,
     next_stream_id: u32,
+    /// The highest stream id the peer opened so far (ids only grow), to tell a stream the peer
+    /// removed from one whose OPEN never arrived.
+    highest_peer_stream: Option<u32>,
     counters: SessionCounters,
 }
 
@@ -217,6 +226,7 @@ impl Engine {
                 out_bytes: 0,
                 streams: BTreeMap::new(),
                 next_stream_id: first_stream,
+                highest_peer_stream: None,
                 counters: SessionCounters::default(),
             },
         );
@@ -279,9 +289,11 @@ impl Engine {
             stream_id,
             Stream {
                 flow,
+                endpoints: (src, dst),
                 phase: Phase::Opening,
                 send: SendHalf::new(INITIAL_CREDIT),
                 recv: RecvHalf::new(window),
+                replay: ReplayBuffer::new(),
                 app_close_sent: false,
                 app_done: false,
             },
@@ -405,6 +417,7 @@ impl Engine {
             Frame::Credit { stream_id, received, max_offset } => {
                 if let Some(s) = self.stream_mut(sid, stream_id) {
                     s.send.on_credit(received, max_offset);
+                    s.replay.ack(s.send.acked());
                 }
             }
             Frame::Reset { stream_id, code } => self.peer_reset(sid, stream_id, code, now),
@@ -475,6 +488,7 @@ impl Engine {
             session.queue(&Frame::Reset { stream_id, code: ResetCode::Refused });
             return;
         }
+        session.highest_peer_stream = session.highest_peer_stream.max(Some(stream_id));
         match self.stack.connect(src, dst) {
             Ok(flow) => {
                 let session = self.session_mut(sid);
@@ -482,9 +496,11 @@ impl Engine {
                     stream_id,
                     Stream {
                         flow,
+                        endpoints: (src, dst),
                         phase: Phase::Connecting,
                         send: SendHalf::new(INITIAL_CREDIT),
                         recv: RecvHalf::new(window),
+                        replay: ReplayBuffer::new(),
                         app_close_sent: false,
                         app_done: false,
                     },
@@ -623,11 +639,30 @@ impl Engine {
                 if let Some((received, max_offset)) = stream.recv.credit_due() {
                     push_frame(out, out_bytes, &Frame::Credit { stream_id, received, max_offset });
                 }
-                // App → peer, within the peer's credit and our queue budget.
-                let room = budget.saturating_sub(*out_bytes).min(stream.send.allowance());
-                if room > 0 {
+                // App → peer, within the peer's credit and our queue budget. First what a lost path
+                // took with it (from the replay buffer), then new bytes from the app.
+                let mut room = budget.saturating_sub(*out_bytes).min(stream.send.allowance());
+                if room > 0 && stream.send.offset() < stream.replay.end() {
                     let mut offset = stream.send.offset();
+                    if let Some((a, b)) = stream.replay.since(offset) {
+                        for part in [a, b] {
+                            for piece in part[..part.len().min(room)].chunks(wire::MAX_DATA) {
+                                push_data(out, out_bytes, stream_id, offset, piece);
+                                offset += piece.len() as u64;
+                                room -= piece.len();
+                            }
+                        }
+                    }
+                    let n = (offset - stream.send.offset()) as usize;
+                    stream.send.on_sent(n);
+                    counters.bytes_resent += n as u64;
+                    progress |= n > 0;
+                }
+                if room > 0 && stream.send.offset() == stream.replay.end() {
+                    let mut offset = stream.send.offset();
+                    let replay = &mut stream.replay;
                     let n = stack.recv(flow, room, |chunk| {
+                        replay.push(chunk);
                         for piece in chunk.chunks(wire::MAX_DATA) {
                             push_data(out, out_bytes, stream_id, offset, piece);
                             offset += piece.len() as u64;
@@ -639,12 +674,15 @@ impl Engine {
                         progress = true;
                     }
                 }
-                if !stream.send.fin_sent() && stack.app_finished_sending(flow) {
+                let all_sent = stream.send.offset() == stream.replay.end();
+                if !stream.send.fin_sent() && all_sent && stack.app_finished_sending(flow) {
                     push_frame(out, out_bytes, &Frame::Fin { stream_id, offset: stream.send.offset() });
                     stream.send.on_fin_sent();
                     progress = true;
                 }
-                if stream.app_done && stream.send.fin_sent() && stream.app_close_sent {
+                // Forgotten only when nothing of it can be lost any more: a path lost now could otherwise
+                // take our last bytes or FIN with it, with no stream left to resend them.
+                if stream.app_done && stream.send.fin_acked() && stream.app_close_sent {
                     finished.push(stream_id);
                 }
             }
@@ -694,6 +732,78 @@ impl Engine {
     pub fn queue_frame(&mut self, sid: SessionId, frame: &Frame<'_>) -> Result<(), SessionError> {
         self.sessions.get_mut(&sid).ok_or(SessionError::NoSuchSession(sid))?.queue(frame);
         Ok(())
+    }
+
+    /// For every stream of a session: its id and the bytes received from the peer in order. After a
+    /// path is lost, the peer resends each stream from this offset ([`Engine::resume_session`]).
+    pub fn received_offsets(&self, sid: SessionId) -> Vec<(u32, u64)> {
+        self.sessions
+            .get(&sid)
+            .map_or_else(Vec::new, |s| s.streams.iter().map(|(id, st)| (*id, st.recv.received())).collect())
+    }
+
+    /// Continues a session on a new path after the old one was lost with whatever it carried.
+    /// `peer_received` is the peer's [`Engine::received_offsets`]. Everything queued for the old path
+    /// is dropped and regenerated: each stream resends from the offset the peer has (its replay buffer
+    /// holds those bytes) and grants its credit again; an OPEN or OPEN_OK that may have been lost is
+    /// repeated; a stream only one side still knows was reset on the other, so it is reset here too.
+    pub fn resume_session(&mut self, sid: SessionId, peer_received: &[(u32, u64)], now: Instant) {
+        let role = self.config.role;
+        let Some(session) = self.sessions.get_mut(&sid) else { return };
+        session.rx.clear();
+        session.out.clear();
+        session.out_bytes = 0;
+        let peer: BTreeMap<u32, u64> = peer_received.iter().copied().collect();
+        let ours_parity = match role {
+            Role::Client => 1,
+            Role::Server => 0,
+        };
+        let mut gone = Vec::new();
+        for (&id, stream) in session.streams.iter_mut() {
+            match peer.get(&id) {
+                Some(&received) => {
+                    stream.send.rewind(received);
+                    stream.replay.ack(stream.send.acked());
+                    let (received, max_offset) = stream.recv.current_grant();
+                    push_frame(
+                        &mut session.out,
+                        &mut session.out_bytes,
+                        &Frame::Credit { stream_id: id, received, max_offset },
+                    );
+                    if id % 2 != ours_parity && stream.phase == Phase::Open {
+                        push_frame(&mut session.out, &mut session.out_bytes, &Frame::OpenOk { stream_id: id });
+                    }
+                }
+                // Our OPEN was lost with the path: open it again.
+                None if id % 2 == ours_parity && stream.phase == Phase::Opening => {
+                    let (src, dst) = stream.endpoints;
+                    push_frame(&mut session.out, &mut session.out_bytes, &Frame::Open { stream_id: id, src, dst });
+                }
+                // The peer finished with it, which it does only after our FIN and with its own FIN
+                // acknowledged by us: it ends here as it would have.
+                None if stream.recv.fin_complete() && stream.send.fin_sent() => stream.send.on_peer_finished(),
+                // The peer no longer has it: its RESET was lost with the path.
+                None => gone.push(id),
+            }
+        }
+        for (&id, _) in peer.iter().filter(|(id, _)| !session.streams.contains_key(id)) {
+            // A stream of the peer's we never saw: its OPEN was lost and comes again. Any other we no
+            // longer have: our RESET was lost with the path.
+            let never_seen = id % 2 != ours_parity && session.highest_peer_stream.is_none_or(|h| id > h);
+            if !never_seen {
+                push_frame(
+                    &mut session.out,
+                    &mut session.out_bytes,
+                    &Frame::Reset { stream_id: id, code: ResetCode::Reset },
+                );
+            }
+        }
+        for id in gone {
+            if let Some(stream) = session.streams.remove(&id) {
+                self.flow_streams.remove(&stream.flow);
+                let _ = self.stack.abort(stream.flow, now);
+            }
+        }
     }
 
     pub fn session_ids(&self) -> Vec<SessionId> {

@@ -38,11 +38,14 @@ pub struct SendHalf {
     /// Everything below this offset is acknowledged by the peer.
     acked: u64,
     fin_sent: bool,
+    /// The peer acknowledged our FIN (a CREDIT whose `received` is one past the final size, as TCP
+    /// counts its FIN).
+    fin_acked: bool,
 }
 
 impl SendHalf {
     pub fn new(initial_credit: u64) -> Self {
-        SendHalf { offset: 0, max: initial_credit, acked: 0, fin_sent: false }
+        SendHalf { offset: 0, max: initial_credit, acked: 0, fin_sent: false, fin_acked: false }
     }
 
     /// Bytes we may send now.
@@ -69,10 +72,35 @@ impl SendHalf {
     pub fn on_credit(&mut self, received: u64, max_offset: u64) {
         self.max = self.max.max(max_offset);
         self.acked = self.acked.max(received.min(self.offset));
+        if self.fin_sent && received == self.offset + 1 {
+            self.fin_acked = true;
+        }
+    }
+
+    /// The peer has every byte and our FIN: nothing of this direction can be lost any more.
+    pub fn fin_acked(&self) -> bool {
+        self.fin_acked
+    }
+
+    /// The peer finished with the stream, which it does only after our FIN arrived.
+    pub fn on_peer_finished(&mut self) {
+        self.fin_acked = true;
     }
 
     pub fn fin_sent(&self) -> bool {
         self.fin_sent
+    }
+
+    /// After a path was lost: the peer says it has every byte below `to`. Sending continues from there
+    /// (the caller resends those bytes from its [`ReplayBuffer`]), and the FIN, if it was sent, must be
+    /// sent again after them. `to` beyond what was sent is ignored.
+    pub fn rewind(&mut self, to: u64) {
+        if to > self.offset {
+            return;
+        }
+        self.acked = self.acked.max(to);
+        self.offset = to.max(self.acked);
+        self.fin_sent = false;
     }
 
     pub fn on_fin_sent(&mut self) {
@@ -93,6 +121,8 @@ pub struct RecvHalf {
     /// Bytes in `consumed..received`.
     pending: VecDeque<u8>,
     fin: Option<u64>,
+    /// The FIN arrived (with every byte before it) and was not acknowledged yet.
+    fin_ack_due: bool,
 }
 
 impl RecvHalf {
@@ -100,7 +130,15 @@ impl RecvHalf {
     /// starts with, which we must honour); [`RecvHalf::credit_due`] grants the rest at once.
     pub fn new(window: u64) -> Self {
         let window = window.max(INITIAL_CREDIT);
-        RecvHalf { window, received: 0, consumed: 0, granted: INITIAL_CREDIT, pending: VecDeque::new(), fin: None }
+        RecvHalf {
+            window,
+            received: 0,
+            consumed: 0,
+            granted: INITIAL_CREDIT,
+            pending: VecDeque::new(),
+            fin: None,
+            fin_ack_due: false,
+        }
     }
 
     /// Accepts DATA at `offset`. Bytes that arrived before (a resend after a switch) are skipped, so each
@@ -145,6 +183,8 @@ impl RecvHalf {
             return Err(StreamError::FinalSize { fin: offset, end: self.received.max(self.fin.unwrap_or(0)) });
         }
         self.fin = Some(offset);
+        // Acknowledged (again: it may be a resend) once every byte before it is here.
+        self.fin_ack_due = true;
         Ok(())
     }
 
@@ -170,6 +210,11 @@ impl RecvHalf {
     /// A CREDIT to send, `(received, max_offset)`, once the app has taken half a window since the last
     /// grant: granting every byte would cost a frame per read, granting late would stall the sender.
     pub fn credit_due(&mut self) -> Option<(u64, u64)> {
+        if self.fin_ack_due && self.fin_complete() {
+            // `received` one past the final size acknowledges the FIN itself.
+            self.fin_ack_due = false;
+            return Some((self.received + 1, self.granted));
+        }
         let max = self.consumed + self.window;
         if max - self.granted >= self.window / 2 {
             self.granted = max;
@@ -177,6 +222,17 @@ impl RecvHalf {
         } else {
             None
         }
+    }
+
+    /// The credit last granted, as a CREDIT frame's `(received, max_offset)`: to grant it again when the
+    /// frame that carried it may have been lost with a path.
+    pub fn current_grant(&self) -> (u64, u64) {
+        (self.received + u64::from(self.fin_complete()), self.granted)
+    }
+
+    /// The FIN and every byte before it have arrived (the app may not have taken them all yet).
+    pub fn fin_complete(&self) -> bool {
+        self.fin == Some(self.received)
     }
 
     /// The peer sent FIN and the app has taken every byte: time to close the app's side.
