@@ -246,7 +246,7 @@ impl RecvHalf {
 ///
 /// Bounded without a limit of its own: the peer grants credit up to what its app consumed plus one
 /// window, and acknowledges at least what it consumed, so a sender never holds more than one window
-/// here. Not yet used by the engine (the transition protocol will).
+/// here. The engine resends from it in [`crate::relay::engine::Engine::resume_session`].
 #[derive(Debug, Clone, Default)]
 pub struct ReplayBuffer {
     /// Offset of the first byte kept.
