@@ -41,7 +41,7 @@ pub struct StreamOffset {
     pub received: u64,
 }
 
-/// One message of the transition protocol (spec [0118]–[0136]).
+/// One message of the transition protocol (spec \[0118\]–\[0136\]).
 ///
 /// `epoch` is always the epoch being switched *to*: a message whose epoch is not the one the receiver
 /// expects is a late or stray message and is ignored.

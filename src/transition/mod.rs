@@ -10,7 +10,7 @@
 //! engine must do: stop sending, resend a stream from an offset, resume on a path, expire the session)
 //! and [`poll_timeout`](ClientTransition::poll_timeout) (when to call `handle_timeout`, and why).
 //!
-//! # Planned switch (make-before-break, spec [0118]–[0127])
+//! # Planned switch (make-before-break, spec \[0118\]–\[0127\])
 //!
 //! The client daemon has already opened and authenticated the new path; the old one still works.
 //!
@@ -34,12 +34,12 @@
 //! after every stream byte it sent there: once both markers have crossed, nothing is in flight and the
 //! planned switch needs no resend (ALL_REDIRECTED carries an empty offset list).
 //!
-//! # Unexpected switch (spec [0132]–[0136])
+//! # Unexpected switch (spec \[0132\]–\[0136\])
 //!
 //! ```text
 //! CNAPT                                                      SNAPT
 //!   | old path lost: handle_path_lost                        | old path lost: handle_path_lost,
-//!   | CNAPT-1*..11*: stop sending; Event::ResumeNeeded       |   switch timeout armed ([0133])
+//!   | CNAPT-1*..11*: stop sending; Event::ResumeNeeded       |   switch timeout armed (\[0133\])
 //!   | shell opens a path, calls resume_on(path, offsets)     |
 //!   |==== SWITCH_UNEXPECTED{e', session, client offsets} ===>| SNAPT-1*..13*: Resend events
 //!   |<=== ALL_REDIRECTED{e', server offsets} ================| SNAPT-14*..16*: resume on new path
@@ -62,7 +62,7 @@
 //!   to an unexpected switch (on the already open new path); the server, without progress for
 //!   `step_timeout`, stops waiting for the planned steps and waits for SWITCH_UNEXPECTED under the
 //!   switch timeout.
-//! * **Switch timeout** ([0133]). The server, having lost the path (or given up a planned switch),
+//! * **Switch timeout** (\[0133\]). The server, having lost the path (or given up a planned switch),
 //!   expires the session `switch_timeout` (default 60 s) later unless a SWITCH_UNEXPECTED arrives.
 //!   The client gives up `client_give_up` after losing its path.
 //! * **A second switch requested during one is queued** (one slot; a newer request replaces the queued
@@ -91,7 +91,7 @@
 //! | CNAPT-1*..6* (suspend, stop forwarding, store unsent packets) | [`ClientTransition::handle_path_lost`]: [`Event::StopSending`], [`Event::ResumeNeeded`]; unsent bytes stay in the replay buffer |
 //! | CNAPT-7*..15* (destroy and recreate sockets, change address) | nothing to do beyond opening the new path (the shell) |
 //! | CNAPT-16*..17* | [`ClientTransition::resume_on`]: SWITCH_UNEXPECTED with the client's received offsets on the new path |
-//! | [0133] switch timeout | [`ServerTransition::handle_path_lost`] arms it; [`Event::SessionExpired`] when it elapses |
+//! | \[0133\] switch timeout | [`ServerTransition::handle_path_lost`] arms it; [`Event::SessionExpired`] when it elapses |
 //! | SNAPT-1*..6* | SWITCH_UNEXPECTED accepted; [`Event::StopSending`] on the old path |
 //! | SNAPT-7*..13* (destroy, update address, recreate sockets) | the server adopts the new path |
 //! | SNAPT-14* / CNAPT-21* | ALL_REDIRECTED with the server's received offsets sent / awaited |
@@ -126,7 +126,7 @@ pub struct TransitionConfig {
     pub retransmit_max: Duration,
     /// How long a planned step may go unanswered before the switch falls back to an unexpected one.
     pub step_timeout: Duration,
-    /// How long the server keeps a session whose path is lost ([0133]'s switch timeout).
+    /// How long the server keeps a session whose path is lost (\[0133\]'s switch timeout).
     pub switch_timeout: Duration,
     /// How long the client keeps trying to resume after losing its path.
     pub client_give_up: Duration,
@@ -147,9 +147,9 @@ impl Default for TransitionConfig {
 /// Planned (make-before-break) or unexpected (the old path was lost).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SwitchKind {
-    /// Spec [0118]–[0127].
+    /// Spec \[0118\]–\[0127\].
     Planned,
-    /// Spec [0132]–[0136], including a planned switch that fell back.
+    /// Spec \[0132\]–\[0136\], including a planned switch that fell back.
     Unexpected,
 }
 
@@ -215,7 +215,7 @@ pub enum TimerReason {
     Retransmit,
     /// A planned step went unanswered for too long.
     StepTimeout,
-    /// Server: the switch timeout of a lost path ([0133]).
+    /// Server: the switch timeout of a lost path (\[0133\]).
     SwitchTimeout,
     /// Client: the limit for resuming after a lost path.
     GiveUp,

@@ -24,7 +24,7 @@ enum State {
     Active,
     /// A planned switch to `target`, begun on the old path `path`.
     Planned { phase: Awaiting, target: Epoch, step_deadline: Instant },
-    /// [0133]: the path is lost (or a planned switch stalled); waiting for SWITCH_UNEXPECTED until
+    /// \[0133\]: the path is lost (or a planned switch stalled); waiting for SWITCH_UNEXPECTED until
     /// `switch_deadline`.
     AwaitingResume,
     /// The switch timeout elapsed; terminal.
@@ -91,7 +91,7 @@ impl ServerTransition {
         matches!(self.state, State::Expired)
     }
 
-    /// The relay connection `path` failed. If it is the session's path, [0133]: stop sending and arm
+    /// The relay connection `path` failed. If it is the session's path, \[0133\]: stop sending and arm
     /// the switch timeout; a SWITCH_UNEXPECTED before it resumes the session. Losing the old path while
     /// waiting for SWITCH_STEP2 is expected (the client closes it, CNAPT-21) but arms the timeout too.
     pub fn handle_path_lost(&mut self, path: PathId, now: Instant) {
