@@ -131,6 +131,9 @@ pub struct Tuning {
     pub udp_idle_timeout_secs: u64,
     /// A relay connection that carries nothing for this long is considered dead.
     pub idle_timeout_secs: u64,
+    /// Server: how long a session whose path is lost waits for its client to come back (spec
+    /// \[0133\]). Client: how long it keeps trying to resume before it gives the session up.
+    pub switch_timeout_secs: u64,
 }
 
 impl Default for Tuning {
@@ -142,6 +145,7 @@ impl Default for Tuning {
             max_tcp_flows: 4096,
             udp_idle_timeout_secs: 60,
             idle_timeout_secs: 30,
+            switch_timeout_secs: 60,
         }
     }
 }
@@ -169,6 +173,11 @@ pub struct ClientConfig {
     /// `0.0.0.0/0` for everything).
     #[serde(deserialize_with = "vec_from_str")]
     pub routes: Vec<Prefix>,
+    /// The interfaces the relay may use, in order of preference (e.g. `["wlan0", "wwan0"]`). The relay
+    /// is bound to one of them (SO_BINDTODEVICE), so it never follows a route into the TUN. Empty: the
+    /// kernel's routing picks, and a route covering the server is refused.
+    #[serde(default)]
+    pub uplinks: Vec<String>,
     #[serde(default = "default_client_socket")]
     pub control_socket: PathBuf,
     #[serde(default)]
@@ -255,13 +264,14 @@ fn check_tun(path: &Path, tun: &mut TunConfig, default_name: &str) -> Result<(),
 
 /// Floors below which a budget or timeout makes the daemon useless (or spin).
 fn check_tuning(path: &Path, t: &Tuning) -> Result<(), ConfigError> {
-    let floors: [(&str, u64, u64); 6] = [
+    let floors: [(&str, u64, u64); 7] = [
         ("tuning.stream_window", t.stream_window, crate::relay::stream::INITIAL_CREDIT),
         ("tuning.tcp_buffer", t.tcp_buffer as u64, 16 * 1024),
         ("tuning.session_out_budget", t.session_out_budget as u64, 128 * 1024),
         ("tuning.max_tcp_flows", t.max_tcp_flows as u64, 1),
         ("tuning.udp_idle_timeout_secs", t.udp_idle_timeout_secs, 1),
-        ("tuning.idle_timeout_secs", t.idle_timeout_secs, 3),
+        ("tuning.idle_timeout_secs", t.idle_timeout_secs, 1),
+        ("tuning.switch_timeout_secs", t.switch_timeout_secs, 1),
     ];
     for (key, value, floor) in floors {
         if value < floor {
@@ -280,13 +290,18 @@ impl ClientConfig {
         let mut c: ClientConfig = parse(path, text)?;
         check_tun(path, &mut c.tun, "roam0")?;
         check_tuning(path, &c.tuning)?;
-        if let Some(p) = c.routes.iter().find(|p| prefix_contains(p, c.server.address.ip())) {
+        if let Some(name) = c.uplinks.iter().find(|n| n.is_empty() || n.len() > 15 || n.contains('/')) {
+            return Err(invalid(path, format!("uplinks: {name:?} is not a Linux interface name")));
+        }
+        let unbound = c.uplinks.is_empty();
+        if let Some(p) = c.routes.iter().find(|p| unbound && prefix_contains(p, c.server.address.ip())) {
             // The relay's own packets would enter the TUN they are meant to carry.
             return Err(invalid(
                 path,
                 format!(
                     "the server address {} lies inside the routed prefix {p}: the relay connection would loop \
-                     into the TUN. Route around it (e.g. 0.0.0.0/1 and 128.0.0.0/1 plus a host route to the server)",
+                     into the TUN. Name the uplinks (uplinks = [\"eth0\", …]) so the relay is bound to them, or route \
+                     around it (e.g. 0.0.0.0/1 and 128.0.0.0/1 plus a host route to the server)",
                     c.server.address.ip()
                 ),
             ));
@@ -435,6 +450,13 @@ mod tests {
         let ok = text.replace("0.0.0.0/0", "100.64.0.0/10");
         let c = ClientConfig::from_toml(Path::new("c.toml"), &ok).unwrap();
         assert_eq!(c.tun.name, "roam0");
+        // Bound to named uplinks, the relay cannot follow the route into the TUN: system-wide is fine.
+        let bound = text.replace("routes =", "uplinks = [\"wlan0\", \"wwan0\"]\nroutes =");
+        let c = ClientConfig::from_toml(Path::new("c.toml"), &bound).unwrap();
+        assert_eq!(c.uplinks, ["wlan0", "wwan0"]);
+        let bad = text.replace("routes =", "uplinks = [\"a/b\"]\nroutes =");
+        let err = ClientConfig::from_toml(Path::new("c.toml"), &bad).unwrap_err().to_string();
+        assert!(err.contains("\"a/b\" is not a Linux interface name"), "{err}");
     }
 
     #[test]

@@ -17,12 +17,17 @@ use crate::relay::engine::{SessionCounters, TunCounters};
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    /// Client: move the session to this uplink now (a planned switch). Answered when it is done.
+    Switch {
+        uplink: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     Status(Status),
+    Switched(SwitchRecord),
     Error { message: String },
 }
 
@@ -44,6 +49,49 @@ pub struct Status {
     pub tun_counters: TunCounters,
     /// Server: TLS handshakes refused (unknown key, bad hello).
     pub handshakes_refused: u64,
+    /// Client: its uplinks (the configured ones, in order of preference).
+    #[serde(default)]
+    pub uplinks: Vec<UplinkStatus>,
+}
+
+/// One uplink of the client.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UplinkStatus {
+    pub name: String,
+    /// "active" (the session uses it), "standby" (up with an address), "down" or "absent".
+    pub state: String,
+    pub addresses: Vec<IpAddr>,
+}
+
+/// One finished uplink switch of a session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwitchRecord {
+    /// "planned" or "unexpected".
+    pub kind: String,
+    /// The uplinks left and taken (client; the server knows addresses only, see `remote_address`).
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// The session's epoch after the switch.
+    pub epoch: u32,
+    /// When it finished (Unix time, ms).
+    pub finished_unix_ms: u64,
+    /// From the first protocol step to the last.
+    pub duration_ms: f64,
+    /// How long no stream data went out (stop sending → resume): the pause the apps could see.
+    pub stall_ms: f64,
+    /// Stream bytes sent again because they were in flight on a lost path.
+    pub bytes_replayed: u64,
+    /// Datagrams held during the switch and sent after it, and those dropped (hold budget full).
+    pub datagrams_held: u64,
+    pub datagrams_dropped: u64,
+    /// The spec steps in order, with their time since the first one.
+    pub steps: Vec<SwitchStep>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwitchStep {
+    pub step: String,
+    pub at_ms: f64,
 }
 
 /// One relay peer: the server for a client, each connected or configured client for a server.
@@ -66,6 +114,20 @@ pub struct PeerStatus {
     /// How many times the relay connection was (re)established.
     pub connects: u64,
     pub last_error: Option<String>,
+    /// The session id (shared by both daemons) and its epoch (+1 per switch).
+    #[serde(default)]
+    pub session: Option<u64>,
+    #[serde(default)]
+    pub epoch: Option<u32>,
+    /// A switch is in progress (or the path is lost and not yet resumed).
+    #[serde(default)]
+    pub switching: bool,
+    /// Frames that arrived on a path the session had left (late frames of an old epoch), dropped.
+    #[serde(default)]
+    pub stale_frames_dropped: u64,
+    /// The last switches, oldest first.
+    #[serde(default)]
+    pub switches: Vec<SwitchRecord>,
 }
 
 /// A request from the socket, with where to send the answer.
@@ -179,8 +241,16 @@ pub fn render(status: &Status) -> String {
     if status.role == "server" {
         let _ = writeln!(s, "  refused:      {} handshakes", status.handshakes_refused);
     }
+    for u in &status.uplinks {
+        let addrs: Vec<String> = u.addresses.iter().map(ToString::to_string).collect();
+        let _ = writeln!(s, "  uplink {:<8} {:<8} {}", u.name, u.state, addrs.join(", "));
+    }
     for p in &status.peers {
-        let state = if p.connected { "connected" } else { "not connected" };
+        let state = match (p.connected, p.switching) {
+            (_, true) => "switching",
+            (true, false) => "connected",
+            (false, false) => "not connected",
+        };
         let _ = writeln!(s, "peer {} ({state})", p.name);
         let _ = writeln!(s, "  public key:   {}", p.public_key);
         if !p.virtual_ips.is_empty() {
@@ -224,8 +294,31 @@ pub fn render(status: &Status) -> String {
         if let Some(err) = &p.last_error {
             let _ = writeln!(s, "  last error:   {err}");
         }
+        if let (Some(session), Some(epoch)) = (p.session, p.epoch) {
+            let _ = writeln!(s, "  session:      {session:#x}, epoch {epoch}");
+        }
+        for sw in p.switches.iter().rev() {
+            let _ = writeln!(s, "  switch:       {}", render_switch(sw));
+        }
     }
     s
+}
+
+/// One line per switch: what a person wants to know first.
+pub fn render_switch(sw: &SwitchRecord) -> String {
+    format!(
+        "{} {} -> {} (epoch {}): stall {:.1} ms, {} steps in {:.1} ms, {} replayed, {} datagrams held, {} dropped",
+        sw.kind,
+        sw.from.as_deref().unwrap_or("?"),
+        sw.to.as_deref().unwrap_or("?"),
+        sw.epoch,
+        sw.stall_ms,
+        sw.steps.len(),
+        sw.duration_ms,
+        bytes(sw.bytes_replayed),
+        sw.datagrams_held,
+        sw.datagrams_dropped
+    )
 }
 
 fn bytes(n: u64) -> String {

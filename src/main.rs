@@ -44,6 +44,17 @@ enum Command {
         #[arg(short, long, value_name = "PATH")]
         socket: Option<PathBuf>,
     },
+    /// Move the client's session to another uplink now (a planned, make-before-break switch); returns
+    /// when the switch is done.
+    Switch {
+        /// The uplink (interface) to use, e.g. wwan0.
+        uplink: String,
+        /// Print the switch record as JSON (keys in docs/status.md).
+        #[arg(long)]
+        json: bool,
+        #[arg(short, long, value_name = "PATH", default_value = "/run/roamtun/client.sock")]
+        socket: PathBuf,
+    },
     /// Print a new private key.
     Genkey,
     /// Read a private key on stdin and print its public key.
@@ -89,6 +100,7 @@ fn main() -> ExitCode {
             Ok(cfg) => run_daemon(roamtun::daemon::server::run(cfg)),
         },
         Command::Status { json, socket } => status(json, socket),
+        Command::Switch { uplink, json, socket } => switch(uplink, json, socket),
     }
 }
 
@@ -153,6 +165,33 @@ fn status(json: bool, socket: Option<PathBuf>) -> ExitCode {
         }
         Ok(Response::Error { message }) => {
             eprintln!("roamtun: the daemon says: {message}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+        Ok(other) => {
+            eprintln!("roamtun: unexpected answer from the daemon: {other:?}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+        Err(err) => fail(EXIT_FAILURE, &err),
+    }
+}
+
+fn switch(uplink: String, json: bool, socket: PathBuf) -> ExitCode {
+    match runtime().block_on(control::request(&socket, &Request::Switch { uplink })) {
+        Ok(Response::Switched(record)) => {
+            if json {
+                // Cannot fail: the record holds only strings and numbers.
+                println!("{}", serde_json::to_string_pretty(&record).expect("record serializes"));
+            } else {
+                println!("{}", control::render_switch(&record));
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Error { message }) => {
+            eprintln!("roamtun: {message}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+        Ok(other) => {
+            eprintln!("roamtun: unexpected answer from the daemon: {other:?}");
             ExitCode::from(EXIT_FAILURE)
         }
         Err(err) => fail(EXIT_FAILURE, &err),

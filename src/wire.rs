@@ -68,7 +68,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 ///
 /// The decoder does not check the version fields; the handshake code decides
 /// what to do with a peer that speaks another version.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Length of the frame header: `type: u8 | flags: u8 | body_len: u16`.
 pub const HEADER_LEN: usize = 4;
@@ -97,12 +97,21 @@ pub const FAMILY_V4: u8 = 4;
 /// Address family byte for IPv6 addresses (followed by 16 address bytes).
 pub const FAMILY_V6: u8 = 6;
 
+/// The length of the frame at the front of `data` as its header states it, if all of it is there.
+/// Frame boundaries need only the header: a frame whose body is malformed can still be stepped over,
+/// and a reader can cut a byte stream into whole frames without parsing them.
+pub fn frame_len(data: &[u8]) -> Option<usize> {
+    let header = data.get(..HEADER_LEN)?;
+    let len = HEADER_LEN + usize::from(u16::from_be_bytes([header[2], header[3]]));
+    (data.len() >= len).then_some(len)
+}
+
 /// The type byte of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum FrameType {
     /// 0x01, client→server, the first frame after the TLS handshake.
-    /// Body: `version: u16 | count: u8 | count × ip address`.
+    /// Body: `version: u16 | resume: u64 | count: u8 | count × ip address`.
     Hello = 0x01,
     /// 0x02, server→client, the answer to HELLO.
     /// Body: `version: u16 | session_id: u64` (10 bytes).
@@ -135,11 +144,14 @@ pub enum FrameType {
     Ping = 0x30,
     /// 0x31, answer to PING, echoing its nonce. Body: `nonce: u64` (8 bytes).
     Pong = 0x31,
+    /// 0x40, one message of the transition protocol (SWITCH_STEP1 … ALL_REDIRECTED, SWITCH_UNEXPECTED).
+    /// Body: the message's own encoding (`crate::transition::ControlMessage`), non-empty.
+    Control = 0x40,
 }
 
 impl FrameType {
     /// All frame types, in type-byte order.
-    pub const ALL: [FrameType; 12] = [
+    pub const ALL: [FrameType; 13] = [
         FrameType::Hello,
         FrameType::Welcome,
         FrameType::Close,
@@ -152,6 +164,7 @@ impl FrameType {
         FrameType::Datagram,
         FrameType::Ping,
         FrameType::Pong,
+        FrameType::Control,
     ];
 
     /// Maps a type byte to a frame type; `None` for unassigned values.
@@ -169,6 +182,7 @@ impl FrameType {
             0x20 => FrameType::Datagram,
             0x30 => FrameType::Ping,
             0x31 => FrameType::Pong,
+            0x40 => FrameType::Control,
             _ => return None,
         })
     }
@@ -193,6 +207,7 @@ impl FrameType {
             FrameType::Datagram => "DATAGRAM",
             FrameType::Ping => "PING",
             FrameType::Pong => "PONG",
+            FrameType::Control => "CONTROL",
         }
     }
 
@@ -205,7 +220,12 @@ impl FrameType {
             FrameType::Reset => Some(6),
             FrameType::Credit => Some(20),
             FrameType::Ping | FrameType::Pong => Some(8),
-            FrameType::Hello | FrameType::Close | FrameType::Open | FrameType::Data | FrameType::Datagram => None,
+            FrameType::Hello
+            | FrameType::Close
+            | FrameType::Open
+            | FrameType::Data
+            | FrameType::Datagram
+            | FrameType::Control => None,
         }
     }
 
@@ -217,14 +237,14 @@ impl FrameType {
         match self.fixed_body_len() {
             Some(len) => len,
             None => match self {
-                // version + count (zero addresses)
-                FrameType::Hello => 3,
+                // version + resume + count (zero addresses)
+                FrameType::Hello => 11,
                 // code, empty reason
                 FrameType::Close => 2,
                 // stream_id + proto + two IPv4 socket addresses
                 FrameType::Open => 4 + 1 + 2 * SOCKET_ADDR_V4_LEN,
                 FrameType::Data => DATA_OVERHEAD + 1,
-                FrameType::Datagram => 1,
+                FrameType::Datagram | FrameType::Control => 1,
                 _ => 0,
             },
         }
@@ -461,7 +481,7 @@ impl Header {
             None => {
                 let empty_payload_len = match frame_type {
                     FrameType::Data => Some(DATA_OVERHEAD),
-                    FrameType::Datagram => Some(0),
+                    FrameType::Datagram | FrameType::Control => Some(0),
                     _ => None,
                 };
                 if empty_payload_len == Some(got) {
@@ -495,10 +515,13 @@ impl Header {
 pub enum Frame<'a> {
     /// HELLO (0x01), client→server, the first frame after the TLS handshake.
     ///
-    /// Body: `version: u16 | count: u8 | count × (family: u8, addr: 4|16 bytes)`.
+    /// Body: `version: u16 | resume: u64 | count: u8 | count × (family: u8, addr: 4|16 bytes)`.
     Hello {
         /// Wire format version the client speaks ([`PROTOCOL_VERSION`]).
         version: u16,
+        /// The session this connection is to join (a new path of a session the client already has),
+        /// or 0 for a new session.
+        resume: u64,
         /// The virtual IPs (TUN addresses) the client claims, in order; at
         /// most 255. May be empty at the wire level.
         virtual_ips: Vec<IpAddr>,
@@ -608,6 +631,13 @@ pub enum Frame<'a> {
     Pong {
         /// The nonce of the PING being answered.
         nonce: u64,
+    },
+    /// CONTROL (0x40), one transition-protocol message, either direction.
+    ///
+    /// Body: the message in its own encoding (`crate::transition::ControlMessage`), non-empty.
+    Control {
+        /// The encoded message.
+        body: &'a [u8],
     },
 }
 
@@ -747,12 +777,13 @@ impl<'a> Frame<'a> {
         let frame = match frame_type {
             FrameType::Hello => {
                 let version = r.u16()?;
+                let resume = r.u64()?;
                 let count = r.u8()?;
                 let mut virtual_ips = Vec::with_capacity(usize::from(count));
                 for _ in 0..count {
                     virtual_ips.push(r.ip()?);
                 }
-                Frame::Hello { version, virtual_ips }
+                Frame::Hello { version, resume, virtual_ips }
             }
             FrameType::Welcome => Frame::Welcome { version: r.u16()?, session_id: r.u64()? },
             FrameType::Close => {
@@ -789,6 +820,13 @@ impl<'a> Frame<'a> {
                 }
                 Frame::Datagram { packet }
             }
+            FrameType::Control => {
+                let body = r.rest();
+                if body.is_empty() {
+                    return Err(WireError::EmptyPayload { frame_type });
+                }
+                Frame::Control { body }
+            }
             FrameType::Ping => Frame::Ping { nonce: r.u64()? },
             FrameType::Pong => Frame::Pong { nonce: r.u64()? },
         };
@@ -811,6 +849,7 @@ impl<'a> Frame<'a> {
             Frame::Datagram { .. } => FrameType::Datagram,
             Frame::Ping { .. } => FrameType::Ping,
             Frame::Pong { .. } => FrameType::Pong,
+            Frame::Control { .. } => FrameType::Control,
         }
     }
 
@@ -832,11 +871,12 @@ impl<'a> Frame<'a> {
     /// frames that [`encode`](Self::encode) rejects).
     pub fn body_len(&self) -> usize {
         match self {
-            Frame::Hello { virtual_ips, .. } => 3 + virtual_ips.iter().map(ip_len).sum::<usize>(),
+            Frame::Hello { virtual_ips, .. } => 11 + virtual_ips.iter().map(ip_len).sum::<usize>(),
             Frame::Close { reason, .. } => 2 + reason.len(),
             Frame::Open { src, dst, .. } => 4 + 1 + socket_addr_len(src) + socket_addr_len(dst),
             Frame::Data { data, .. } => DATA_OVERHEAD + data.len(),
             Frame::Datagram { packet } => packet.len(),
+            Frame::Control { body } => body.len(),
             // Fixed-size types.
             other => other.frame_type().fixed_body_len().unwrap_or(0),
         }
@@ -855,7 +895,7 @@ impl<'a> Frame<'a> {
                 return Err(WireError::TooManyAddresses(virtual_ips.len()));
             }
             Frame::Data { stream_id, offset, data } => check_data(stream_id, offset, data.len())?,
-            Frame::Datagram { packet: [] } => {
+            Frame::Datagram { packet: [] } | Frame::Control { body: [] } => {
                 return Err(WireError::EmptyPayload { frame_type });
             }
             _ => {}
@@ -876,8 +916,9 @@ impl<'a> Frame<'a> {
         out.reserve(HEADER_LEN + usize::from(body_len));
         Header { frame_type: self.frame_type(), body_len }.emit(out);
         match self {
-            Frame::Hello { version, virtual_ips } => {
+            Frame::Hello { version, resume, virtual_ips } => {
                 out.extend_from_slice(&version.to_be_bytes());
+                out.extend_from_slice(&resume.to_be_bytes());
                 // validate() guarantees the count fits.
                 out.push(virtual_ips.len() as u8);
                 for ip in virtual_ips {
@@ -918,6 +959,7 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&max_offset.to_be_bytes());
             }
             Frame::Datagram { packet } => out.extend_from_slice(packet),
+            Frame::Control { body } => out.extend_from_slice(body),
             Frame::Ping { nonce } | Frame::Pong { nonce } => out.extend_from_slice(&nonce.to_be_bytes()),
         }
         Ok(())
@@ -979,9 +1021,10 @@ mod tests {
         vec![
             Frame::Hello {
                 version: PROTOCOL_VERSION,
+                resume: 0,
                 virtual_ips: vec!["100.64.0.2".parse().unwrap(), "fd00:1234::2".parse().unwrap()],
             },
-            Frame::Hello { version: 7, virtual_ips: vec![] },
+            Frame::Hello { version: 7, resume: u64::MAX, virtual_ips: vec![] },
             Frame::Welcome { version: PROTOCOL_VERSION, session_id: 0xdead_beef_0123_4567 },
             Frame::Close { code: 42, reason: "server shutting down – bye" },
             Frame::Close { code: 0, reason: "" },
@@ -998,6 +1041,7 @@ mod tests {
             Frame::Credit { stream_id: 4, received: 10, max_offset: 1 << 20 },
             Frame::Datagram { packet: &[0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17] },
             Frame::Ping { nonce: 1 },
+            Frame::Control { body: &[1, 0, 0, 0, 7] },
             Frame::Pong { nonce: u64::MAX },
         ]
     }
@@ -1074,9 +1118,13 @@ mod tests {
 
     #[test]
     fn golden_hello_and_reset() {
-        let frame =
-            Frame::Hello { version: 1, virtual_ips: vec!["100.64.0.2".parse().unwrap(), "fd00::2".parse().unwrap()] };
-        let golden = hex("01 00 0019 | 0001 | 02 | 04 64400002 | 06 fd000000000000000000000000000002");
+        let frame = Frame::Hello {
+            version: 1,
+            resume: 5,
+            virtual_ips: vec!["100.64.0.2".parse().unwrap(), "fd00::2".parse().unwrap()],
+        };
+        let golden =
+            hex("01 00 0021 | 0001 | 0000000000000005 | 02 | 04 64400002 | 06 fd000000000000000000000000000002");
         assert_eq!(encode(&frame), golden);
         let frame = Frame::Reset { stream_id: 2, code: ResetCode::UnknownStream };
         assert_eq!(encode(&frame), hex("14 00 0006 | 00000002 | 0006"));
@@ -1121,7 +1169,7 @@ mod tests {
         let reason = "x".repeat(MAX_BODY - 2);
         assert_eq!(encode(&Frame::Close { code: 1, reason: &reason }).len(), MAX_FRAME);
         let virtual_ips = vec![IpAddr::V6(Ipv6Addr::LOCALHOST); MAX_HELLO_ADDRS];
-        let frame = Frame::Hello { version: 1, virtual_ips };
+        let frame = Frame::Hello { version: 1, resume: 0, virtual_ips };
         let bytes = encode(&frame);
         assert_eq!(Frame::decode(&bytes).unwrap().unwrap().0, frame);
     }
@@ -1129,9 +1177,9 @@ mod tests {
     #[test]
     fn err_unknown_type() {
         assert_eq!(decode_err(&[0x00]), WireError::UnknownType(0));
-        assert_eq!(decode_err(&hex("40 00 0000")), WireError::UnknownType(0x40));
+        assert_eq!(decode_err(&hex("41 00 0000")), WireError::UnknownType(0x41));
         assert_eq!(FrameType::try_from(0xff), Err(WireError::UnknownType(0xff)));
-        assert_eq!(WireError::UnknownType(0x40).to_string(), "unknown frame type 0x40");
+        assert_eq!(WireError::UnknownType(0x41).to_string(), "unknown frame type 0x41");
     }
 
     #[test]
@@ -1170,13 +1218,13 @@ mod tests {
         );
         // HELLO claiming two addresses but carrying one (truncated).
         assert_eq!(
-            decode_err(&hex("01 00 0008 | 0001 02 | 04 0a000001")),
-            WireError::BadLength { frame_type: FrameType::Hello, expected: 9, got: 8 }
+            decode_err(&hex("01 00 0010 | 0001 0000000000000000 02 | 04 0a000001")),
+            WireError::BadLength { frame_type: FrameType::Hello, expected: 17, got: 16 }
         );
         // HELLO with trailing bytes after its addresses.
         assert_eq!(
-            decode_err(&hex("01 00 0009 | 0001 01 | 04 0a000001 | ff")),
-            WireError::BadLength { frame_type: FrameType::Hello, expected: 8, got: 9 }
+            decode_err(&hex("01 00 0011 | 0001 0000000000000000 01 | 04 0a000001 | ff")),
+            WireError::BadLength { frame_type: FrameType::Hello, expected: 16, got: 17 }
         );
         // OPEN with a v6 dst that does not fit.
         assert_eq!(
@@ -1193,7 +1241,7 @@ mod tests {
     #[test]
     fn err_unknown_address_family() {
         assert_eq!(
-            decode_err(&hex("01 00 0008 | 0001 01 | 05 0a000001")),
+            decode_err(&hex("01 00 0010 | 0001 0000000000000000 01 | 05 0a000001")),
             WireError::UnknownAddressFamily { frame_type: FrameType::Hello, family: 5 }
         );
         let err = decode_err(&hex("10 00 0013 | 00000001 06 | 04 0a000002 9c40 | 00 0a000003 0050"));
@@ -1277,8 +1325,11 @@ mod tests {
 
     #[test]
     fn err_too_many_addresses() {
-        let frame =
-            Frame::Hello { version: 1, virtual_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST); MAX_HELLO_ADDRS + 1] };
+        let frame = Frame::Hello {
+            version: 1,
+            resume: 0,
+            virtual_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST); MAX_HELLO_ADDRS + 1],
+        };
         let mut out = Vec::new();
         assert_eq!(frame.encode(&mut out), Err(WireError::TooManyAddresses(256)));
         assert!(out.is_empty());

@@ -580,7 +580,7 @@ fn malformed_frames_are_skipped_and_the_session_and_streams_go_on() {
         // Non-zero flags; a fixed-size frame with the wrong length; a handshake frame out of place.
         feed(side, &[0x30, 0x01, 0, 8, 0, 0, 0, 0, 0, 0, 0, 9]);
         feed(side, &[0x14, 0, 0, 7, 0, 0, 0, 1, 0, 2, 0]);
-        feed(side, &encode(&[Frame::Hello { version: 1, virtual_ips: vec![vip()] }]));
+        feed(side, &encode(&[Frame::Hello { version: 1, resume: 0, virtual_ips: vec![vip()] }]));
         assert_eq!(side.counters().frames_malformed, before.frames_malformed + 4, "{which:?}");
         assert!(drain_frames(&mut side.engine, sid).is_empty(), "{which:?}: answered garbage");
 

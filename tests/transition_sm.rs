@@ -284,7 +284,7 @@ fn transition_planned_switch_every_step_in_order() {
     let client: Vec<Event> = pair.client_events.iter().map(|(_, e)| e.clone()).collect();
     assert_eq!(client[0], Event::StopSending { path: P0 });
     assert_eq!(client[1], Event::RetireOldPath { path: P0 });
-    assert_eq!(client[2], Event::ResumeOn { path: P1, epoch: Epoch(1) });
+    assert_eq!(client[2], Event::ResumeOn { path: P1, epoch: Epoch(1), replay: false });
     let Event::SwitchDone(cs) = &client[3] else { panic!("{client:?}") };
     assert_eq!((cs.kind, cs.epoch, cs.from, cs.to), (SwitchKind::Planned, Epoch(1), Some(P0), P1));
     assert_steps_in_order(
@@ -307,7 +307,7 @@ fn transition_planned_switch_every_step_in_order() {
     );
     let server: Vec<Event> = pair.server_events.iter().map(|(_, e)| e.clone()).collect();
     assert_eq!(server[0], Event::StopSending { path: P0 });
-    assert_eq!(server[1], Event::ResumeOn { path: P1, epoch: Epoch(1) });
+    assert_eq!(server[1], Event::ResumeOn { path: P1, epoch: Epoch(1), replay: false });
     let Event::SwitchDone(ss) = &server[2] else { panic!("{server:?}") };
     assert_eq!((ss.kind, ss.epoch, ss.from, ss.to), (SwitchKind::Planned, Epoch(1), Some(P0), P1));
     assert_steps_in_order(

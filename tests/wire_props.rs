@@ -9,7 +9,7 @@ use roamtun::wire::{Frame, FrameType, ResetCode, WireError, HEADER_LEN, MAX_BODY
 /// borrows it as a `Frame`.
 #[derive(Debug, Clone, PartialEq)]
 enum OwnedFrame {
-    Hello(u16, Vec<IpAddr>),
+    Hello(u16, u64, Vec<IpAddr>),
     Welcome(u16, u64),
     Close(u16, String),
     Open(u32, SocketAddr, SocketAddr),
@@ -21,12 +21,13 @@ enum OwnedFrame {
     Datagram(Vec<u8>),
     Ping(u64),
     Pong(u64),
+    Control(Vec<u8>),
 }
 
 impl OwnedFrame {
     fn from_frame(frame: &Frame<'_>) -> OwnedFrame {
         match frame {
-            Frame::Hello { version, virtual_ips } => OwnedFrame::Hello(*version, virtual_ips.clone()),
+            Frame::Hello { version, resume, virtual_ips } => OwnedFrame::Hello(*version, *resume, virtual_ips.clone()),
             Frame::Welcome { version, session_id } => OwnedFrame::Welcome(*version, *session_id),
             Frame::Close { code, reason } => OwnedFrame::Close(*code, reason.to_string()),
             Frame::Open { stream_id, src, dst } => OwnedFrame::Open(*stream_id, *src, *dst),
@@ -38,12 +39,15 @@ impl OwnedFrame {
             Frame::Datagram { packet } => OwnedFrame::Datagram(packet.to_vec()),
             Frame::Ping { nonce } => OwnedFrame::Ping(*nonce),
             Frame::Pong { nonce } => OwnedFrame::Pong(*nonce),
+            Frame::Control { body } => OwnedFrame::Control(body.to_vec()),
         }
     }
 
     fn as_frame(&self) -> Frame<'_> {
         match self {
-            OwnedFrame::Hello(version, ips) => Frame::Hello { version: *version, virtual_ips: ips.clone() },
+            OwnedFrame::Hello(version, resume, ips) => {
+                Frame::Hello { version: *version, resume: *resume, virtual_ips: ips.clone() }
+            }
             OwnedFrame::Welcome(version, session_id) => Frame::Welcome { version: *version, session_id: *session_id },
             OwnedFrame::Close(code, reason) => Frame::Close { code: *code, reason },
             OwnedFrame::Open(stream_id, src, dst) => Frame::Open { stream_id: *stream_id, src: *src, dst: *dst },
@@ -57,6 +61,7 @@ impl OwnedFrame {
             OwnedFrame::Datagram(packet) => Frame::Datagram { packet },
             OwnedFrame::Ping(nonce) => Frame::Ping { nonce: *nonce },
             OwnedFrame::Pong(nonce) => Frame::Pong { nonce: *nonce },
+            OwnedFrame::Control(body) => Frame::Control { body },
         }
     }
 }
@@ -91,7 +96,8 @@ fn payload_strategy() -> impl Strategy<Value = Vec<u8>> {
 /// Any frame that `encode` accepts.
 fn frame_strategy() -> impl Strategy<Value = OwnedFrame> {
     prop_oneof![
-        (any::<u16>(), proptest::collection::vec(ip_strategy(), 0..8)).prop_map(|(v, ips)| OwnedFrame::Hello(v, ips)),
+        (any::<u16>(), any::<u64>(), proptest::collection::vec(ip_strategy(), 0..8))
+            .prop_map(|(v, r, ips)| OwnedFrame::Hello(v, r, ips)),
         (any::<u16>(), any::<u64>()).prop_map(|(v, s)| OwnedFrame::Welcome(v, s)),
         (any::<u16>(), ".{0,40}").prop_map(|(c, r)| OwnedFrame::Close(c, r)),
         (any::<u32>(), socket_addr_strategy(), socket_addr_strategy())
@@ -108,6 +114,7 @@ fn frame_strategy() -> impl Strategy<Value = OwnedFrame> {
         payload_strategy().prop_map(OwnedFrame::Datagram),
         any::<u64>().prop_map(OwnedFrame::Ping),
         any::<u64>().prop_map(OwnedFrame::Pong),
+        payload_strategy().prop_map(OwnedFrame::Control),
     ]
 }
 
@@ -244,7 +251,7 @@ proptest! {
         match frame.frame_type() {
             // The last field is "rest of body": the extra bytes belong to it
             // (for CLOSE only if they keep the reason valid UTF-8).
-            FrameType::Close | FrameType::Data | FrameType::Datagram => {
+            FrameType::Close | FrameType::Data | FrameType::Datagram | FrameType::Control => {
                 if let Ok(Some((decoded, consumed))) = result {
                     prop_assert_eq!(consumed, bytes.len());
                     prop_assert_eq!(decoded.body_len(), frame.body_len() + extra.len());

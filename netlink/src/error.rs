@@ -93,6 +93,26 @@ pub enum NetlinkError {
         source: rtnetlink::Error,
     },
 
+    /// The uplink monitor could not join the link and address multicast
+    /// groups, so it would never hear about changes.
+    #[error("failed to subscribe to link and address notifications")]
+    Subscribe {
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("failed to list network links")]
+    DumpLinks {
+        #[source]
+        source: rtnetlink::Error,
+    },
+
+    #[error("failed to list addresses")]
+    DumpAddresses {
+        #[source]
+        source: rtnetlink::Error,
+    },
+
     /// Rejected before reaching the kernel: the prefix is longer than the
     /// address (more than 32 bits for IPv4, 128 for IPv6).
     #[error("invalid prefix {addr}/{prefix_len}: at most {max} bits for this address family")]
@@ -108,7 +128,7 @@ impl NetlinkError {
     /// True when the kernel refused the request for lack of privilege
     /// (`EPERM`/`EACCES`), i.e. the process lacks `CAP_NET_ADMIN`.
     pub fn is_permission_denied(&self) -> bool {
-        if let Self::Connect { source } = self {
+        if let Self::Connect { source } | Self::Subscribe { source } = self {
             return source.kind() == io::ErrorKind::PermissionDenied;
         }
         matches!(self.errno(), Some(libc::EPERM | libc::EACCES))
@@ -118,7 +138,7 @@ impl NetlinkError {
     /// kernel refusal rather than a local or transport problem.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Self::Connect { source } => source.raw_os_error(),
+            Self::Connect { source } | Self::Subscribe { source } => source.raw_os_error(),
             _ => self.rtnetlink_source().and_then(kernel_errno),
         }
     }
@@ -133,9 +153,12 @@ impl NetlinkError {
             | Self::AddRoute { source, .. }
             | Self::DelRoute { source, .. }
             | Self::AddRule { source, .. }
-            | Self::DelRule { source, .. } => Some(source),
+            | Self::DelRule { source, .. }
+            | Self::DumpLinks { source }
+            | Self::DumpAddresses { source } => Some(source),
             Self::NoRuntime
             | Self::Connect { .. }
+            | Self::Subscribe { .. }
             | Self::LinkNotFound { .. }
             | Self::InvalidPrefixLen { .. }
             | Self::MixedFamilies { .. } => None,

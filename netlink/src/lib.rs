@@ -9,7 +9,9 @@
 //!   preferred source);
 //! * add and delete source-based policy rules (`from PREFIX lookup TABLE`);
 //! * remember everything the daemon installed ([`Installed`]) so it can all
-//!   be removed again on shutdown.
+//!   be removed again on shutdown;
+//! * monitor links and their addresses ([`watch_uplinks`], over the sans-IO
+//!   [`UplinkTable`]) so the daemon knows which uplinks are usable.
 //!
 //! Adds are idempotent (an object that is already there is success) and
 //! deletes treat an absent object as success, so the daemon can re-run its
@@ -19,18 +21,22 @@
 //!
 //! * it never shells out to `ip` or any other tool;
 //! * it does not create or own the TUN device (the daemon does that);
-//! * it does not monitor netlink events, replace existing objects, or touch
-//!   sysctls, firewall rules or gateways (routes are device routes only);
+//! * it does not choose an uplink (the monitor only reports link state and
+//!   addresses) and does not monitor routes or rules;
+//! * it does not replace existing objects, or touch sysctls, firewall rules
+//!   or gateways (routes are device routes only);
 //! * it does not switch network namespaces: [`Netlink::connect`] works in the
 //!   namespace of the calling thread.
 
 mod error;
 mod installed;
 mod message;
+mod monitor;
 mod netlink;
 mod types;
 
 pub use error::NetlinkError;
 pub use installed::Installed;
+pub use monitor::{watch_uplinks, Uplink, UplinkTable};
 pub use netlink::Netlink;
 pub use types::{Route, Rule};

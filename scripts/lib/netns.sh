@@ -76,6 +76,22 @@ wait_for() {
 # Waits for a file an app creates once it listens.
 wait_ready() { wait_for 10 "$1 to be ready" test -e "$1"; }
 
+# The second uplink of a roaming device and a server address reachable over both (tests/netns/transition.sh):
+#
+#   wlan0 198.18.1.2/24 <== veth ==> up1 198.18.1.1/24      server address 198.18.0.1 (on its lo)
+#   wwan0 198.18.2.2/24 <== veth ==> up2 198.18.2.1/24
+#   client: default via 198.18.1.1 dev wlan0 metric 100, default via 198.18.2.1 dev wwan0 metric 200
+netns_second_uplink() {
+    ip link add wwan0 netns "$NS_C" type veth peer name up2 netns "$NS_S"
+    c ip addr add 198.18.2.2/24 dev wwan0
+    s ip addr add 198.18.2.1/24 dev up2
+    c ip link set wwan0 up
+    s ip link set up2 up
+    s ip addr add 198.18.0.1/32 dev lo
+    c ip route add default via 198.18.1.1 dev wlan0 metric 100
+    c ip route add default via 198.18.2.1 dev wwan0 metric 200
+}
+
 netns_topology() {
     ip netns add "$NS_C"
     ip netns add "$NS_S"
@@ -99,7 +115,7 @@ netns_configs() {
     CLIENT_PUB=$cp
     cat >"$WORK/server.toml" <<EOF
 private_key = "$sk"
-listen = "198.18.1.1:7700"
+listen = "${SERVER_ADDR:-198.18.1.1}:7700"
 virtual_ips = ["100.64.0.1"]
 client_prefixes = ["100.64.0.0/10"]
 control_socket = "$WORK/server.sock"
@@ -118,7 +134,7 @@ control_socket = "$WORK/client.sock"
 ${CLIENT_EXTRA:-}
 
 [server]
-address = "198.18.1.1:7700"
+address = "${SERVER_ADDR:-198.18.1.1}:7700"
 public_key = "$sp"
 EOF
     chmod 644 "$WORK"/*.toml

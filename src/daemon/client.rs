@@ -1,32 +1,44 @@
 //! The client daemon (the spec's CNAPT): a TUN with the stable virtual IPs, smoltcp terminating the
-//! apps' TCP, and one relay connection to the server, re-established with backoff when it fails.
+//! apps' TCP, and the relay paths to the server, each bound to one uplink. The engine task decides
+//! when a path is needed ([`DialRequest`]); the dialer here opens and authenticates it.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use anyhow::Context as _;
-use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_rustls::TlsConnector;
 
 use super::transport::{self, Handshake, HandshakeError, Liveness};
-use super::{engine_config, EngineMsg, PeerInfo, SharedCounters, StatusSource, Tun};
+use super::{
+    engine_config, transition_config, ClientHooks, DialRequest, EngineMsg, Join, PathInfo, PeerInfo, SharedCounters,
+    StatusSource, Tun, Uplinks,
+};
 use crate::clock::Clock;
 use crate::config::ClientConfig;
-use crate::relay::engine::{Engine, Role, SessionId};
+use crate::relay::engine::{Engine, Role};
 use crate::tls;
 use crate::wire::{Frame, PROTOCOL_VERSION};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const BACKOFF_FIRST: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Resuming is urgent (the apps are stalled), so the first retries come quickly.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
     let tls_config = tls::client_config(&config.private_key, config.server.public_key)?;
+    // Watch the uplinks before anything else, so the first path already knows which ones are usable.
+    let uplinks = match roamtun_netlink::watch_uplinks().await {
+        Ok((rx, _task)) => Some(rx),
+        Err(err) => {
+            tracing::warn!(%err, "cannot watch the uplinks over rtnetlink; link changes are noticed by the transport only");
+            None
+        }
+    };
     let tun = Arc::new(Tun::create(&config.tun.name, config.tun.mtu, &config.virtual_ips, &config.routes).await?);
-    tracing::info!(tun = %config.tun.name, virtual_ips = ?config.virtual_ips, routes = ?config.routes.iter().map(ToString::to_string).collect::<Vec<_>>(), "client TUN up");
+    tracing::info!(tun = %config.tun.name, virtual_ips = ?config.virtual_ips, routes = ?config.routes.iter().map(ToString::to_string).collect::<Vec<_>>(), uplinks = ?config.uplinks, "client TUN up");
     let clock = Clock::new();
     let engine = Engine::new(engine_config(Role::Client, &config.tuning, config.tun.mtu), clock.now());
     let shared = Arc::new(SharedCounters::default());
@@ -38,10 +50,22 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
         known_peers: vec![("server".into(), config.server.public_key.to_base64(), Vec::new())],
         shared: shared.clone(),
     };
+    // One request at a time is all the dialer ever has: a newer one replaces what it was doing.
+    let (dial_tx, dial_rx) = mpsc::channel(4);
+    let hooks = ClientHooks { dial: dial_tx, uplinks: uplinks.clone(), configured: config.uplinks.clone() };
     let connector = TlsConnector::from(tls_config);
-    super::serve(tun, engine, clock, source, &config.control_socket, |engine, room| async {
-        Dialer { config: &config, connector, engine, room, shared }.run().await
-    })
+    super::serve(
+        tun,
+        engine,
+        transition_config(&config.tuning),
+        clock,
+        source,
+        Some(hooks),
+        &config.control_socket,
+        |engine, room| async {
+            Dialer { config: &config, connector, engine, room, shared, uplinks }.run(dial_rx).await
+        },
+    )
     .await
 }
 
@@ -51,41 +75,103 @@ struct Dialer<'a> {
     engine: mpsc::Sender<EngineMsg>,
     room: Arc<Notify>,
     shared: Arc<SharedCounters>,
+    uplinks: Option<watch::Receiver<Uplinks>>,
 }
 
 impl Dialer<'_> {
-    /// Keeps one session with the server up, forever.
-    async fn run(&self) {
+    /// Serves the engine task's requests for paths, forever. A request for the session is retried
+    /// with backoff (and at once when an uplink changes) until a path is up; a `roamtun switch` is
+    /// tried once. A newer request replaces the one in progress.
+    async fn run(mut self, mut requests: mpsc::Receiver<DialRequest>) {
+        let Some(mut request) = requests.recv().await else { return };
         let mut backoff = BACKOFF_FIRST;
         loop {
-            match self.connect().await {
-                Ok(writer) => {
-                    let since = StdInstant::now();
-                    let _ = writer.await;
-                    tracing::warn!("relay connection to the server ended; reconnecting");
-                    // A session that lived a while was healthy: start over with a short wait.
-                    if since.elapsed() > BACKOFF_MAX {
+            let outcome = tokio::select! {
+                newer = requests.recv() => match newer {
+                    Some(newer) => {
+                        request = newer;
                         backoff = BACKOFF_FIRST;
+                        continue;
                     }
+                    None => return,
+                },
+                outcome = self.attempt(&request) => outcome,
+            };
+            match outcome {
+                Ok(()) => {}
+                Err(err) if request.uplink.is_some() => {
+                    let _ = self.engine.send(EngineMsg::DialFailed { error: format!("{err:#}") }).await;
                 }
                 Err(err) => {
-                    let msg = format!("{:#}", err);
+                    let msg = format!("{err:#}");
                     tracing::warn!(server = %self.config.server.address, error = %msg, retry_in_ms = backoff.as_millis() as u64, "cannot reach the server");
                     self.shared.note_error(msg);
+                    // Wait out the backoff, unless an uplink changes (a new address is worth a try now)
+                    // or the engine task asks for something else.
+                    let changed = async {
+                        match self.uplinks.as_mut() {
+                            Some(w) => {
+                                let _ = w.changed().await;
+                            }
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = changed => {}
+                        newer = requests.recv() => match newer {
+                            Some(newer) => {
+                                request = newer;
+                                backoff = BACKOFF_FIRST;
+                                continue;
+                            }
+                            None => return,
+                        },
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
                 }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            let Some(next) = requests.recv().await else { return };
+            request = next;
+            backoff = BACKOFF_FIRST;
         }
     }
 
-    /// Dials, authenticates and registers one session; returns the writer task, which ends with it.
-    async fn connect(&self) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    /// One round: the requested uplink, or every usable uplink in order of preference (the one that
+    /// just failed last). Unbound when no uplink is configured.
+    async fn attempt(&self, request: &DialRequest) -> anyhow::Result<()> {
+        let candidates: Vec<Option<String>> = if let Some(u) = &request.uplink {
+            vec![Some(u.clone())]
+        } else if self.config.uplinks.is_empty() {
+            vec![None]
+        } else {
+            let snapshot = self.uplinks.as_ref().map(|w| w.borrow().clone());
+            let usable = |name: &String| snapshot.as_ref().is_none_or(|s| s.get(name).is_some_and(|u| u.usable()));
+            let mut names: Vec<&String> = self.config.uplinks.iter().filter(|n| usable(n)).collect();
+            names.sort_by_key(|n| request.avoid.as_ref() == Some(*n));
+            if names.is_empty() {
+                anyhow::bail!("no usable uplink among {:?} (down or without an address)", self.config.uplinks);
+            }
+            names.into_iter().map(|n| Some(n.clone())).collect()
+        };
+        let mut errors = Vec::new();
+        for uplink in candidates {
+            match self.connect(uplink.as_deref(), request.resume).await {
+                Ok(()) => return Ok(()),
+                Err(err) => errors.push(format!("{}: {err:#}", uplink.as_deref().unwrap_or("any uplink"))),
+            }
+        }
+        anyhow::bail!("{}", errors.join("; "))
+    }
+
+    /// Dials over `uplink`, authenticates, joins `resume` (0: a new session) and hands the path to
+    /// the engine task.
+    async fn connect(&self, uplink: Option<&str>, resume: u64) -> anyhow::Result<()> {
         let server = self.config.server.address;
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(server))
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, dial(server, uplink))
             .await
-            .map_err(|_| anyhow::anyhow!("no answer from {server} within {CONNECT_TIMEOUT:?}"))?
-            .with_context(|| format!("cannot connect to {server}"))?;
+            .map_err(|_| anyhow::anyhow!("no answer from {server} within {CONNECT_TIMEOUT:?}"))??;
         tcp.set_nodelay(true)?;
         let local = tcp.local_addr()?;
         let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connector.connect(tls::server_name(), tcp))
@@ -95,12 +181,8 @@ impl Dialer<'_> {
                 Some(refused) => anyhow::anyhow!("TLS handshake with {server} refused: {refused}"),
                 None => anyhow::Error::new(err).context(format!("TLS handshake with {server} failed")),
             })?;
-        transport::write_frame(
-            &mut stream,
-            &Frame::Hello { version: PROTOCOL_VERSION, virtual_ips: self.config.virtual_ips.clone() },
-        )
-        .await
-        .context("cannot send HELLO")?;
+        let hello = Frame::Hello { version: PROTOCOL_VERSION, resume, virtual_ips: self.config.virtual_ips.clone() };
+        transport::write_frame(&mut stream, &hello).await.context("cannot send HELLO")?;
         let (hs, early) = transport::read_handshake(&mut stream, HANDSHAKE_TIMEOUT).await.map_err(|err| match err {
             // TLS 1.3 clients finish their handshake before the server judges their key: a refusal
             // shows up here, as an alert on the first read.
@@ -113,36 +195,27 @@ impl Dialer<'_> {
         if version != PROTOCOL_VERSION {
             anyhow::bail!("the server speaks protocol version {version}, we speak {PROTOCOL_VERSION}");
         }
-        let id = SessionId(session_id);
+        let path = self.shared.next_path();
         let liveness = Liveness::from_idle_timeout(Duration::from_secs(self.config.tuning.idle_timeout_secs));
-        let (out, reader, writer) =
-            transport::spawn_session_io(stream, id, self.engine.clone(), self.room.clone(), liveness);
-        let (reply, answer) = oneshot::channel();
-        let peer = PeerInfo {
-            name: "server".into(),
-            public_key: self.config.server.public_key.to_base64(),
-            local_address: Some(local),
-            remote_address: Some(server),
-        };
+        let io = transport::spawn_path_io(stream, path, early, self.engine.clone(), self.room.clone(), liveness);
+        let uplink = uplink.map(str::to_string).or_else(|| super::tun::interface_of(local.ip()));
+        tracing::debug!(%server, %local, ?uplink, session = session_id, ?path, "path authenticated");
+        let peer = PeerInfo { name: "server".into(), public_key: self.config.server.public_key.to_base64() };
+        let info = PathInfo { local: Some(local), remote: Some(server), uplink };
         self.engine
-            .send(EngineMsg::SessionUp {
-                id,
-                virtual_ips: self.config.virtual_ips.clone(),
-                peer,
-                out,
-                reader,
-                early,
-                reply,
-            })
+            .send(EngineMsg::PathUp { path, join: Join::Welcome { session: session_id }, peer, info, io })
             .await
-            .context("the engine stopped")?;
-        answer.await.context("the engine stopped")??;
-        self.shared.connects.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut e) = self.shared.last_error.lock() {
-            *e = None;
-        }
-        let uplink = super::tun::interface_of(local.ip()).unwrap_or_else(|| "?".into());
-        tracing::info!(%server, %local, %uplink, session = session_id, "connected to the server");
-        Ok(writer)
+            .context("the engine stopped")
     }
+}
+
+/// A TCP connection to `server`, bound to `uplink` when given: the kernel then routes it out of that
+/// interface only, whatever the main table says (also when the default route points into our TUN).
+async fn dial(server: std::net::SocketAddr, uplink: Option<&str>) -> anyhow::Result<TcpStream> {
+    let socket = if server.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let Some(name) = uplink {
+        socket.bind_device(Some(name.as_bytes())).with_context(|| format!("cannot bind the relay to {name}"))?;
+    }
+    let via = uplink.map(|u| format!(" over {u}")).unwrap_or_default();
+    socket.connect(server).await.with_context(|| format!("cannot connect to {server}{via}"))
 }

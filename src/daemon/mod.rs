@@ -1,25 +1,32 @@
 //! The tokio shell of both daemons: owns the TUN, the sockets and the clock, and feeds the sans-IO
-//! [`Engine`]. `client` and `server` add what differs: who dials whom.
+//! [`Engine`] and the transition state machines ([`crate::transition`]). `client` and `server` add
+//! what differs: who dials whom, over which uplink.
+//!
+//! A *session* (one client and its virtual IPs, its streams and their replay buffers) outlives its
+//! *paths* (authenticated TLS connections over one uplink each). The [`shell`] moves a session from
+//! one path to the next as the transition protocol says.
 
 pub mod client;
 pub mod server;
+mod shell;
 mod transport;
 mod tun;
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
-use tokio::sync::{mpsc, oneshot, Notify};
-use tokio::task::AbortHandle;
+use tokio::sync::{mpsc, Notify};
 
 use crate::clock::Clock;
 use crate::config::Tuning;
-use crate::control::{ControlRequest, PeerStatus, Request, Response, Status};
-use crate::relay::engine::{Engine, EngineConfig, Role, SessionError, SessionId};
+use crate::control::ControlRequest;
+use crate::relay::engine::{Engine, EngineConfig, Role};
+use crate::transition::{PathId, TransitionConfig};
 use roamtun_stack::{Duration, StackConfig};
 
+pub use transport::PathIo;
 pub use tun::{Tun, TunError};
 
 /// Who a session talks to, for status and logs.
@@ -27,43 +34,70 @@ pub use tun::{Tun, TunError};
 pub struct PeerInfo {
     pub name: String,
     pub public_key: String,
-    pub local_address: Option<SocketAddr>,
-    pub remote_address: Option<SocketAddr>,
+}
+
+/// Where one path runs.
+#[derive(Debug, Clone, Default)]
+pub struct PathInfo {
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+    /// The interface the path is bound to (client), or that holds `local`.
+    pub uplink: Option<String>,
+}
+
+/// What an authenticated path asks to join.
+#[derive(Debug, Clone)]
+pub enum Join {
+    /// Server: a client's HELLO. `resume` names the session the client continues on this path (0: a
+    /// new session); the shell answers WELCOME with the session the path joined.
+    Hello { resume: u64, virtual_ips: Vec<IpAddr> },
+    /// Client: the server's WELCOME put the path in this session.
+    Welcome { session: u64 },
+}
+
+/// A client's request for a new path, answered by [`EngineMsg::PathUp`] or [`EngineMsg::DialFailed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialRequest {
+    /// The session to continue (0: ask for a new one).
+    pub resume: u64,
+    /// `roamtun switch`: exactly this uplink, one attempt. Otherwise any usable uplink, until one works.
+    pub uplink: Option<String>,
+    /// The uplink that just failed: tried last.
+    pub avoid: Option<String>,
 }
 
 /// What the connection tasks tell the engine task.
 pub enum EngineMsg {
-    /// A relay connection is authenticated and ready to carry `virtual_ips`.
-    SessionUp {
-        id: SessionId,
-        virtual_ips: Vec<IpAddr>,
+    /// A relay connection is authenticated and its reader and writer run.
+    PathUp {
+        path: PathId,
+        join: Join,
         peer: PeerInfo,
-        out: mpsc::Sender<Vec<u8>>,
-        reader: AbortHandle,
-        /// Bytes that arrived behind the handshake.
-        early: Vec<u8>,
-        reply: oneshot::Sender<Result<(), SessionError>>,
+        info: PathInfo,
+        io: PathIo,
     },
-    SessionBytes {
-        id: SessionId,
+    /// Whole frames read from a path.
+    PathBytes {
+        path: PathId,
         bytes: Vec<u8>,
     },
-    SessionDown {
-        id: SessionId,
+    /// The body of a CONTROL frame (a transition message) read from a path.
+    PathControl {
+        path: PathId,
+        body: Vec<u8>,
+    },
+    /// A path failed or ended.
+    PathDown {
+        path: PathId,
         reason: String,
+    },
+    /// Client: a [`DialRequest`] for one uplink failed.
+    DialFailed {
+        error: String,
     },
     Control(ControlRequest),
     /// Stop: reset the apps' connections, close the sessions, return.
     Shutdown,
-}
-
-struct SessionHandle {
-    peer: PeerInfo,
-    out: mpsc::Sender<Vec<u8>>,
-    /// A chunk taken from the engine that the writer's channel had no room for yet.
-    pending: Option<Vec<u8>>,
-    reader: AbortHandle,
-    since: StdInstant,
 }
 
 /// Facts for the status that the engine task does not own.
@@ -80,9 +114,10 @@ pub struct StatusSource {
 /// Counters and notes written by connection tasks, read for status.
 #[derive(Default)]
 pub struct SharedCounters {
-    pub handshakes_refused: std::sync::atomic::AtomicU64,
-    pub connects: std::sync::atomic::AtomicU64,
+    pub handshakes_refused: AtomicU64,
+    pub connects: AtomicU64,
     pub last_error: std::sync::Mutex<Option<String>>,
+    next_path: AtomicU64,
 }
 
 impl SharedCounters {
@@ -90,6 +125,11 @@ impl SharedCounters {
         if let Ok(mut e) = self.last_error.lock() {
             *e = Some(err);
         }
+    }
+
+    /// A path id never used before in this daemon.
+    pub fn next_path(&self) -> PathId {
+        PathId(self.next_path.fetch_add(1, Ordering::Relaxed) + 1)
     }
 }
 
@@ -109,245 +149,38 @@ pub fn engine_config(role: Role, tuning: &Tuning, mtu: u16) -> EngineConfig {
     }
 }
 
-/// Most packets or messages handled per wake-up, so one busy source cannot starve the others.
-const BATCH: usize = 64;
-
-/// The engine task: runs until told to stop, every sender is dropped, or the TUN fails.
-async fn run_engine(
-    mut engine: Engine,
-    tun: Arc<Tun>,
-    mut msgs: mpsc::Receiver<EngineMsg>,
-    room: Arc<Notify>,
-    clock: Clock,
-    source: StatusSource,
-) {
-    let mut sessions: BTreeMap<SessionId, SessionHandle> = BTreeMap::new();
-    let mut buf = vec![0u8; 65536 + 64];
-    loop {
-        let wait = engine.poll_at(clock.now()).map_or(std::time::Duration::from_secs(3600), |at| clock.until(at));
-        let blocked = sessions.values().any(|s| s.pending.is_some());
-        tokio::select! {
-            msg = msgs.recv() => {
-                let mut next = msg;
-                let mut handled = 0;
-                let stop = loop {
-                    match next {
-                        // Every sender is gone, or we were told to stop.
-                        None | Some(EngineMsg::Shutdown) => break true,
-                        Some(msg) => handle_msg(&mut engine, &mut sessions, msg, &clock, &source),
-                    }
-                    handled += 1;
-                    if handled == BATCH {
-                        break false;
-                    }
-                    match msgs.try_recv() {
-                        Ok(msg) => next = Some(msg),
-                        Err(_) => break false,
-                    }
-                };
-                if stop {
-                    break;
-                }
-            }
-            r = tun.recv(&mut buf) => {
-                match r {
-                    Ok(n) => engine.handle_tun_packet(buf[..n].to_vec(), clock.now()),
-                    Err(err) => {
-                        tracing::error!(%err, "reading the TUN device failed; stopping");
-                        break;
-                    }
-                }
-                for _ in 1..BATCH {
-                    match tun.try_recv(&mut buf) {
-                        Ok(n) => engine.handle_tun_packet(buf[..n].to_vec(), clock.now()),
-                        Err(_) => break,
-                    }
-                }
-            }
-            _ = tokio::time::sleep(wait) => {}
-            _ = room.notified(), if blocked => {}
-        }
-        engine.poll(clock.now());
-        while let Some(packet) = engine.pop_tun_packet() {
-            if let Err(err) = tun.send(&packet).await {
-                // The kernel refused one packet (e.g. no buffer space); TCP retransmits, UDP is lossy.
-                tracing::debug!(%err, len = packet.len(), "writing a packet to the TUN failed");
-            }
-        }
-        flush_sessions(&mut engine, &mut sessions, &clock);
-    }
-    for (id, handle) in sessions {
-        handle.reader.abort();
-        engine.remove_session(id, clock.now());
-    }
-    // Send the resets of the removed sessions' flows before the TUN goes away.
-    while let Some(packet) = engine.pop_tun_packet() {
-        let _ = tun.send(&packet).await;
+pub fn transition_config(tuning: &Tuning) -> TransitionConfig {
+    TransitionConfig {
+        switch_timeout: Duration::from_secs(tuning.switch_timeout_secs),
+        client_give_up: Duration::from_secs(tuning.switch_timeout_secs),
+        ..TransitionConfig::default()
     }
 }
 
-fn handle_msg(
-    engine: &mut Engine,
-    sessions: &mut BTreeMap<SessionId, SessionHandle>,
-    msg: EngineMsg,
-    clock: &Clock,
-    source: &StatusSource,
-) {
-    match msg {
-        EngineMsg::SessionUp { id, virtual_ips, peer, out, reader, early, reply } => {
-            // One session per peer: a peer that reconnects replaces its old session.
-            let stale: Vec<SessionId> =
-                sessions.iter().filter(|(_, h)| h.peer.public_key == peer.public_key).map(|(id, _)| *id).collect();
-            for old in stale {
-                tracing::info!(peer = %peer.name, session = old.0, "peer reconnected; closing its previous session");
-                end_session(engine, sessions, old, clock);
-            }
-            let result = engine.add_session(id, virtual_ips);
-            if result.is_ok() {
-                tracing::info!(peer = %peer.name, session = id.0, remote = ?peer.remote_address, "session up");
-                sessions.insert(id, SessionHandle { peer, out, pending: None, reader, since: StdInstant::now() });
-                if !early.is_empty() {
-                    feed(engine, sessions, id, &early, clock);
-                }
-            }
-            let _ = reply.send(result);
-        }
-        EngineMsg::SessionBytes { id, bytes } => feed(engine, sessions, id, &bytes, clock),
-        EngineMsg::SessionDown { id, reason } => {
-            if sessions.contains_key(&id) {
-                tracing::info!(session = id.0, %reason, "session down");
-                end_session(engine, sessions, id, clock);
-            }
-        }
-        EngineMsg::Control(ControlRequest { request: Request::Status, reply }) => {
-            let _ = reply.send(Response::Status(status(engine, sessions, source)));
-        }
-        // Handled by the loop in run_engine.
-        EngineMsg::Shutdown => {}
-    }
+/// What the client side of the engine task needs beyond the server's.
+pub struct ClientHooks {
+    /// Where the engine task asks for paths.
+    pub dial: mpsc::Sender<DialRequest>,
+    /// The uplinks as rtnetlink reports them (`None`: not watched).
+    pub uplinks: Option<tokio::sync::watch::Receiver<Uplinks>>,
+    /// The configured uplinks, in order of preference (empty: the kernel's routing chooses).
+    pub configured: Vec<String>,
 }
 
-fn feed(
-    engine: &mut Engine,
-    sessions: &mut BTreeMap<SessionId, SessionHandle>,
-    id: SessionId,
-    bytes: &[u8],
-    clock: &Clock,
-) {
-    if !sessions.contains_key(&id) {
-        return; // Bytes that were in flight when the session ended.
-    }
-    if let Err(err) = engine.handle_session_bytes(id, bytes, clock.now()) {
-        tracing::warn!(session = id.0, %err, "ending session");
-        end_session(engine, sessions, id, clock);
-    }
-}
-
-fn end_session(engine: &mut Engine, sessions: &mut BTreeMap<SessionId, SessionHandle>, id: SessionId, clock: &Clock) {
-    if let Some(handle) = sessions.remove(&id) {
-        // Dropping `out` ends the writer, which closes the TLS stream; the reader is stopped here.
-        handle.reader.abort();
-    }
-    if let Some(counters) = engine.remove_session(id, clock.now()) {
-        tracing::info!(
-            session = id.0,
-            bytes_sent = counters.bytes_sent,
-            bytes_received = counters.bytes_received,
-            streams = counters.tcp_streams_opened,
-            "session closed; its connections were reset"
-        );
-    }
-}
-
-fn flush_sessions(engine: &mut Engine, sessions: &mut BTreeMap<SessionId, SessionHandle>, clock: &Clock) {
-    let mut dead = Vec::new();
-    for (&id, handle) in sessions.iter_mut() {
-        while let Some(chunk) = handle.pending.take().or_else(|| engine.pop_session_output(id)) {
-            match handle.out.try_send(chunk) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(chunk)) => {
-                    handle.pending = Some(chunk);
-                    break;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    dead.push(id);
-                    break;
-                }
-            }
-        }
-    }
-    for id in dead {
-        end_session(engine, sessions, id, clock);
-    }
-}
-
-fn status(engine: &Engine, sessions: &BTreeMap<SessionId, SessionHandle>, source: &StatusSource) -> Status {
-    use std::sync::atomic::Ordering::Relaxed;
-    let live = engine.session_status();
-    let mut peers = Vec::new();
-    for (name, key, vips) in &source.known_peers {
-        let session = sessions.iter().find(|(_, h)| &h.peer.public_key == key);
-        let mut p = PeerStatus {
-            name: name.clone(),
-            public_key: key.clone(),
-            connected: session.is_some(),
-            virtual_ips: vips.clone(),
-            local_address: None,
-            uplink: None,
-            remote_address: None,
-            connected_secs: None,
-            tcp_flows: 0,
-            udp_flows: 0,
-            queued_bytes: 0,
-            counters: Default::default(),
-            connects: 0,
-            last_error: None,
-        };
-        if let Some((id, h)) = session {
-            p.local_address = h.peer.local_address;
-            p.uplink = h.peer.local_address.and_then(|a| tun::interface_of(a.ip()));
-            p.remote_address = h.peer.remote_address;
-            p.connected_secs = Some(h.since.elapsed().as_secs());
-            if let Some(s) = live.iter().find(|s| s.id == *id) {
-                p.tcp_flows = s.tcp_flows;
-                p.udp_flows = s.udp_flows;
-                p.queued_bytes = s.queued_bytes;
-                p.counters = s.counters.clone();
-            }
-        }
-        if source.role == Role::Client {
-            p.connects = source.shared.connects.load(Relaxed);
-            p.last_error = source.shared.last_error.lock().ok().and_then(|e| e.clone());
-        }
-        peers.push(p);
-    }
-    Status {
-        role: match source.role {
-            Role::Client => "client".into(),
-            Role::Server => "server".into(),
-        },
-        version: env!("CARGO_PKG_VERSION").into(),
-        uptime_secs: source.started.elapsed().as_secs(),
-        tun: source.tun.clone(),
-        virtual_ips: source.virtual_ips.clone(),
-        tcp_flows: live.iter().map(|s| s.tcp_flows).sum(),
-        udp_flows: live.iter().map(|s| s.udp_flows).sum(),
-        bytes_sent: live.iter().map(|s| s.counters.bytes_sent).sum(),
-        bytes_received: live.iter().map(|s| s.counters.bytes_received).sum(),
-        peers,
-        tun_counters: engine.tun_counters().clone(),
-        handshakes_refused: source.shared.handshakes_refused.load(Relaxed),
-    }
-}
+/// Every interface rtnetlink reports, by name.
+pub type Uplinks = std::collections::BTreeMap<String, roamtun_netlink::Uplink>;
 
 /// What both daemons share around their own work (`role_task`: dialing or accepting): the engine task
 /// on `tun`, the control socket, and the orderly shutdown on SIGINT/SIGTERM (apps' connections reset,
 /// sessions closed, routes and addresses removed, control socket deleted).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<F, Fut>(
     tun: Arc<Tun>,
     engine: Engine,
+    transition: TransitionConfig,
     clock: Clock,
     source: StatusSource,
+    client: Option<ClientHooks>,
     control_socket: &std::path::Path,
     role_task: F,
 ) -> anyhow::Result<()>
@@ -359,7 +192,8 @@ where
     // past that the readers stop and TCP slows the peers down.
     let (engine_tx, engine_rx) = mpsc::channel(128);
     let room = Arc::new(Notify::new());
-    let engine_task = tokio::spawn(run_engine(engine, tun.clone(), engine_rx, room.clone(), clock, source));
+    let (shell, uplinks) = shell::Shell::new(engine, tun.clone(), clock, transition, source, client);
+    let engine_task = tokio::spawn(shell.run(uplinks, engine_rx, room.clone()));
     let result = async {
         let (ctl_tx, ctl_rx) = mpsc::channel(16);
         let control_task = crate::control::serve(control_socket, ctl_tx).await?;

@@ -9,14 +9,14 @@ use std::time::{Duration, Instant as StdInstant};
 
 use anyhow::Context as _;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, Notify};
 use tokio_rustls::TlsAcceptor;
 
 use super::transport::{self, close_code, Handshake, Liveness};
-use super::{engine_config, EngineMsg, PeerInfo, SharedCounters, StatusSource, Tun};
+use super::{engine_config, transition_config, EngineMsg, Join, PathInfo, PeerInfo, SharedCounters, StatusSource, Tun};
 use crate::clock::Clock;
 use crate::config::ServerConfig;
-use crate::relay::engine::{Engine, Role, SessionId};
+use crate::relay::engine::{Engine, Role};
 use crate::tls;
 use crate::wire::{Frame, PROTOCOL_VERSION};
 
@@ -48,7 +48,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         shared: shared.clone(),
     };
     let config = Arc::new(config);
-    super::serve(tun, engine, clock, source, &config.control_socket, |engine, room| {
+    let transition = transition_config(&config.tuning);
+    super::serve(tun, engine, transition, clock, source, None, &config.control_socket, |engine, room| {
         accept_loop(listener, acceptor, config.clone(), engine, room, shared)
     })
     .await
@@ -63,7 +64,6 @@ async fn accept_loop(
     room: Arc<Notify>,
     shared: Arc<SharedCounters>,
 ) {
-    let mut next_session = 1;
     loop {
         let (tcp, remote) = match listener.accept().await {
             Ok(conn) => conn,
@@ -80,9 +80,7 @@ async fn accept_loop(
             engine: engine.clone(),
             room: room.clone(),
             shared: shared.clone(),
-            id: SessionId(next_session),
         };
-        next_session += 1;
         tokio::spawn(async move {
             if let Err(err) = ctx.serve(tcp, remote).await {
                 ctx.shared.handshakes_refused.fetch_add(1, Ordering::Relaxed);
@@ -128,11 +126,11 @@ struct Accepted {
     engine: mpsc::Sender<EngineMsg>,
     room: Arc<Notify>,
     shared: Arc<SharedCounters>,
-    id: SessionId,
 }
 
 impl Accepted {
-    /// Authenticates one connection and hands it to the engine as a session.
+    /// Authenticates one connection and hands it to the engine task as a path; the engine task
+    /// answers WELCOME with the session the path joined.
     async fn serve(&self, tcp: TcpStream, remote: SocketAddr) -> anyhow::Result<()> {
         tcp.set_nodelay(true)?;
         let local = tcp.local_addr()?;
@@ -147,7 +145,7 @@ impl Accepted {
         let key = tls::peer_public_key(stream.get_ref().1).context("no client key after the handshake")?;
         let peer = self.config.peer_by_key(&key).context("client key vanished from the configuration")?;
         let (hs, early) = transport::read_handshake(&mut stream, HANDSHAKE_TIMEOUT).await?;
-        let Handshake::Hello { version, virtual_ips } = hs else {
+        let Handshake::Hello { version, resume, virtual_ips } = hs else {
             let reason = "expected HELLO";
             let _ = transport::write_frame(&mut stream, &Frame::Close { code: close_code::PROTOCOL, reason }).await;
             anyhow::bail!("peer {}: {reason}", peer.name);
@@ -170,32 +168,17 @@ impl Accepted {
                     .await;
             anyhow::bail!("{reason}");
         }
-        transport::write_frame(&mut stream, &Frame::Welcome { version: PROTOCOL_VERSION, session_id: self.id.0 })
-            .await?;
+        let path = self.shared.next_path();
         let liveness = Liveness::from_idle_timeout(Duration::from_secs(self.config.tuning.idle_timeout_secs));
-        let (out, reader, _writer) =
-            transport::spawn_session_io(stream, self.id, self.engine.clone(), self.room.clone(), liveness);
-        let (reply, answer) = oneshot::channel();
-        let info = PeerInfo {
-            name: peer.name.clone(),
-            public_key: key.to_base64(),
-            local_address: Some(local),
-            remote_address: Some(remote),
-        };
+        let io = transport::spawn_path_io(stream, path, early, self.engine.clone(), self.room.clone(), liveness);
+        let info = PathInfo { local: Some(local), remote: Some(remote), uplink: None };
+        let peer_info = PeerInfo { name: peer.name.clone(), public_key: key.to_base64() };
+        let join = Join::Hello { resume, virtual_ips: peer.virtual_ips.clone() };
         self.engine
-            .send(EngineMsg::SessionUp {
-                id: self.id,
-                virtual_ips: peer.virtual_ips.clone(),
-                peer: info,
-                out,
-                reader,
-                early,
-                reply,
-            })
+            .send(EngineMsg::PathUp { path, join, peer: peer_info, info, io })
             .await
             .context("the engine stopped")?;
-        answer.await.context("the engine stopped")??;
-        tracing::info!(peer = %peer.name, %remote, session = self.id.0, "client connected");
+        tracing::debug!(peer = %peer.name, %remote, ?path, resume, "client authenticated");
         Ok(())
     }
 }

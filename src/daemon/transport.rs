@@ -10,8 +10,8 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 
 use super::EngineMsg;
-use crate::relay::engine::SessionId;
-use crate::wire::{self, Frame, WireError};
+use crate::transition::PathId;
+use crate::wire::{self, Frame, FrameType, WireError};
 
 /// CLOSE codes of the handshake (docs/protocol.md).
 pub mod close_code {
@@ -21,6 +21,10 @@ pub mod close_code {
     pub const VIRTUAL_IPS: u16 = 2;
     /// The peer sent something other than the expected handshake frame.
     pub const PROTOCOL: u16 = 3;
+    /// The daemon is stopping: the session ends now, it is not an outage to wait out.
+    pub const SHUTDOWN: u16 = 4;
+    /// The server cannot start the session (e.g. its virtual IPs are taken).
+    pub const SESSION: u16 = 5;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +46,7 @@ pub enum HandshakeError {
 /// A handshake frame, owned.
 #[derive(Debug)]
 pub enum Handshake {
-    Hello { version: u16, virtual_ips: Vec<IpAddr> },
+    Hello { version: u16, resume: u64, virtual_ips: Vec<IpAddr> },
     Welcome { version: u16, session_id: u64 },
 }
 
@@ -58,7 +62,7 @@ pub async fn read_handshake<S: AsyncRead + Unpin>(
         loop {
             if let Some((frame, used)) = Frame::decode(&buf)? {
                 let hs = match frame {
-                    Frame::Hello { version, virtual_ips } => Handshake::Hello { version, virtual_ips },
+                    Frame::Hello { version, resume, virtual_ips } => Handshake::Hello { version, resume, virtual_ips },
                     Frame::Welcome { version, session_id } => Handshake::Welcome { version, session_id },
                     Frame::Close { code, reason } => {
                         return Err(HandshakeError::Refused { code, reason: reason.to_string() })
@@ -107,51 +111,124 @@ impl Liveness {
     }
 }
 
-/// Starts the reader and writer of an established session. Returns the writer's queue, a handle that
-/// stops the reader, and the writer task, which ends when the session does.
-pub fn spawn_session_io<S>(
+/// The tasks of one established path.
+pub struct PathIo {
+    /// The writer's queue: encoded frames, written in order.
+    pub out: mpsc::Sender<Vec<u8>>,
+    /// Stops the reader (the writer ends when `out` is dropped).
+    pub reader: AbortHandle,
+}
+
+/// Starts the reader and writer of an established path. `early` holds bytes that arrived behind the
+/// handshake. Both tasks report the end of the path to the engine task as [`EngineMsg::PathDown`].
+pub fn spawn_path_io<S>(
     stream: S,
-    id: SessionId,
+    path: PathId,
+    early: Vec<u8>,
     engine: mpsc::Sender<EngineMsg>,
     room: Arc<Notify>,
     liveness: Liveness,
-) -> (mpsc::Sender<Vec<u8>>, AbortHandle, tokio::task::JoinHandle<()>)
+) -> PathIo
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (r, w) = tokio::io::split(stream);
     // Up to 32 chunks of 64 KiB wait for the writer, on top of the engine's session_out_budget.
     let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(32);
-    let writer = tokio::spawn(writer(w, out_rx, room, liveness.ping_interval));
-    let reader = tokio::spawn(reader(r, id, engine, liveness.idle_timeout));
-    (out_tx, reader.abort_handle(), writer)
+    tokio::spawn(writer(w, path, out_rx, engine.clone(), room, liveness.ping_interval));
+    let reader = tokio::spawn(reader(r, path, early, engine, liveness.idle_timeout));
+    PathIo { out: out_tx, reader: reader.abort_handle() }
 }
 
-async fn reader<R: AsyncRead + Unpin>(mut r: R, id: SessionId, engine: mpsc::Sender<EngineMsg>, idle: Duration) {
+/// What the reader hands to the engine task: whole stream frames, or one transition message.
+#[derive(Debug, PartialEq, Eq)]
+enum Piece {
+    Frames(Vec<u8>),
+    Control(Vec<u8>),
+}
+
+/// Cuts the whole frames off the front of `buf` (a partial frame stays), taking each CONTROL frame
+/// out as its own piece so that the daemon acts on it exactly between the frames around it: an
+/// ALL_REDIRECTED must take effect before the stream bytes that follow it on the new path.
+fn take_frames(buf: &mut Vec<u8>, pieces: &mut Vec<Piece>) {
+    let (mut start, mut pos) = (0, 0);
+    while let Some(len) = wire::frame_len(&buf[pos..]) {
+        if buf[pos] == FrameType::Control.as_u8() {
+            if pos > start {
+                pieces.push(Piece::Frames(buf[start..pos].to_vec()));
+            }
+            pieces.push(Piece::Control(buf[pos + wire::HEADER_LEN..pos + len].to_vec()));
+            start = pos + len;
+        }
+        pos += len;
+    }
+    if start == 0 && pos == buf.len() && pos > 0 {
+        // The usual case: the read ended on a frame boundary; hand the buffer over without a copy.
+        pieces.push(Piece::Frames(std::mem::replace(buf, Vec::with_capacity(READ_SIZE))));
+        return;
+    }
+    let mut rest = Vec::with_capacity(READ_SIZE.max(buf.len() - pos));
+    rest.extend_from_slice(&buf[pos..]);
+    if pos > start {
+        buf.truncate(pos);
+        buf.drain(..start);
+        pieces.push(Piece::Frames(std::mem::take(buf)));
+    }
+    *buf = rest;
+}
+
+/// One read's worth: 64 KiB stays below malloc's mmap threshold and holds a whole frame.
+const READ_SIZE: usize = 64 * 1024;
+
+async fn reader<R: AsyncRead + Unpin>(
+    mut r: R,
+    path: PathId,
+    early: Vec<u8>,
+    engine: mpsc::Sender<EngineMsg>,
+    idle: Duration,
+) {
+    let mut buf = early;
+    buf.reserve(READ_SIZE);
+    let mut pieces = Vec::new();
     let reason = loop {
-        // A fresh buffer per read, handed over whole: no copy. 64 KiB stays below malloc's mmap threshold.
-        let mut buf = Vec::with_capacity(64 * 1024);
+        take_frames(&mut buf, &mut pieces);
+        for piece in pieces.drain(..) {
+            let msg = match piece {
+                Piece::Frames(bytes) => EngineMsg::PathBytes { path, bytes },
+                Piece::Control(body) => EngineMsg::PathControl { path, body },
+            };
+            // A bounded queue: when the engine is behind, we stop reading and TCP slows the peer.
+            if engine.send(msg).await.is_err() {
+                return;
+            }
+        }
+        if buf.capacity() - buf.len() < READ_SIZE / 4 {
+            buf.reserve(READ_SIZE);
+        }
         match tokio::time::timeout(idle, r.read_buf(&mut buf)).await {
             Err(_) => break format!("nothing received for {}s", idle.as_secs()),
             Ok(Err(err)) => break format!("read failed: {err}"),
             Ok(Ok(0)) => break "the peer closed the connection".to_string(),
-            Ok(Ok(_)) => {
-                // A bounded queue: when the engine is behind, we stop reading and TCP slows the peer.
-                if engine.send(EngineMsg::SessionBytes { id, bytes: buf }).await.is_err() {
-                    return;
-                }
-            }
+            Ok(Ok(_)) => {}
         }
     };
-    let _ = engine.send(EngineMsg::SessionDown { id, reason }).await;
+    let _ = engine.send(EngineMsg::PathDown { path, reason }).await;
 }
 
-async fn writer<W: AsyncWrite + Unpin>(mut w: W, mut out: mpsc::Receiver<Vec<u8>>, room: Arc<Notify>, ping: Duration) {
+async fn writer<W: AsyncWrite + Unpin>(
+    mut w: W,
+    path: PathId,
+    mut out: mpsc::Receiver<Vec<u8>>,
+    engine: mpsc::Sender<EngineMsg>,
+    room: Arc<Notify>,
+    ping: Duration,
+) {
     let mut nonce = 0u64;
+    let failed = |err: std::io::Error| EngineMsg::PathDown { path, reason: format!("write failed: {err}") };
     loop {
         let chunk = match tokio::time::timeout(ping, out.recv()).await {
             Ok(Some(chunk)) => chunk,
-            // The engine ended the session: say goodbye at the TLS level.
+            // The daemon closed the path: say goodbye at the TLS level.
             Ok(None) => break,
             Err(_) => {
                 nonce += 1;
@@ -162,19 +239,53 @@ async fn writer<W: AsyncWrite + Unpin>(mut w: W, mut out: mpsc::Receiver<Vec<u8>
             }
         };
         room.notify_one();
-        if w.write_all(&chunk).await.is_err() {
+        if let Err(err) = w.write_all(&chunk).await {
+            let _ = engine.send(failed(err)).await;
             return;
         }
         // Write what else is queued before flushing, so TLS records stay large.
         while let Ok(chunk) = out.try_recv() {
             room.notify_one();
-            if w.write_all(&chunk).await.is_err() {
+            if let Err(err) = w.write_all(&chunk).await {
+                let _ = engine.send(failed(err)).await;
                 return;
             }
         }
-        if w.flush().await.is_err() {
+        if let Err(err) = w.flush().await {
+            let _ = engine.send(failed(err)).await;
             return;
         }
     }
     let _ = w.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(f: &Frame<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        f.encode(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn whole_frames_pass_and_control_frames_are_taken_out_in_place() {
+        let ping = frame(&Frame::Ping { nonce: 1 });
+        let control = frame(&Frame::Control { body: &[9, 9] });
+        let data = frame(&Frame::Data { stream_id: 1, offset: 0, data: b"abc" });
+        let mut buf = [ping.clone(), control, data.clone(), data[..5].to_vec()].concat();
+        let mut pieces = Vec::new();
+        take_frames(&mut buf, &mut pieces);
+        assert_eq!(pieces, vec![Piece::Frames(ping.clone()), Piece::Control(vec![9, 9]), Piece::Frames(data.clone())]);
+        assert_eq!(buf, data[..5]);
+        buf.extend_from_slice(&data[5..]);
+        pieces.clear();
+        take_frames(&mut buf, &mut pieces);
+        assert_eq!(pieces, vec![Piece::Frames(data)]);
+        assert!(buf.is_empty());
+        pieces.clear();
+        take_frames(&mut buf, &mut pieces);
+        assert!(pieces.is_empty());
+    }
 }

@@ -305,7 +305,8 @@ impl ClientTransition {
         self.path = new_path;
         self.retransmit = None;
         self.state = State::Active;
-        self.events.push_back(Event::ResumeOn { path: new_path, epoch: target });
+        let replay = self.kind == SwitchKind::Unexpected;
+        self.events.push_back(Event::ResumeOn { path: new_path, epoch: target, replay });
         let timeline = std::mem::take(&mut self.timeline).0;
         tracing::info!(kind = ?self.kind, ?from, to = ?new_path, epoch = target.0, steps = timeline.len(), "uplink switch done");
         self.events.push_back(Event::SwitchDone(SwitchSummary {

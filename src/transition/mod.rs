@@ -201,7 +201,10 @@ pub enum Event {
     /// data: SNAPT-15*, CNAPT-22*.
     Resend { stream: u32, from: u64 },
     /// Send and receive stream data on `path` from now on; frames of older epochs are to be dropped.
-    ResumeOn { path: PathId, epoch: Epoch },
+    /// `replay`: the switch was unexpected, so what was in flight on the old path may be lost: every
+    /// stream continues from the peer's received offset (the [`Event::Resend`]s just before, none for
+    /// a stream the peer does not know). After a planned switch nothing was in flight (`false`).
+    ResumeOn { path: PathId, epoch: Epoch, replay: bool },
     /// The switch is complete.
     SwitchDone(SwitchSummary),
     /// The session is over: reset its flows and free its resources.

@@ -274,7 +274,8 @@ impl ServerTransition {
         self.path = new_path;
         self.state = State::Active;
         self.switch_deadline = None;
-        self.events.push_back(Event::ResumeOn { path: new_path, epoch });
+        let replay = self.kind == SwitchKind::Unexpected;
+        self.events.push_back(Event::ResumeOn { path: new_path, epoch, replay });
         let timeline = std::mem::take(&mut self.timeline).0;
         tracing::info!(session = self.session, kind = ?self.kind, ?from, to = ?new_path, epoch = epoch.0, "uplink switch done");
         self.events.push_back(Event::SwitchDone(SwitchSummary {

@@ -199,6 +199,208 @@ def udp_client(host, port, count, window, timeout):
     return 0 if len(seen) == count else 1
 
 
+# ---- roaming: a long bidirectional transfer, an interactive echo, a UDP stream ---------------------
+#
+# They run while the client switches uplinks and report what the apps saw: every byte (sha256 at both
+# ends), every echo, the longest pause, the kernel's retransmissions on the app's own TCP connection.
+
+def pattern(seed, size):
+    """The bytes of a transfer, in 1 MiB chunks: the same for sender and receiver."""
+    import random
+    rng = random.Random(seed)
+    left = size
+    while left:
+        n = min(left, 1 << 20)
+        yield rng.randbytes(n)
+        left -= n
+
+
+def paced_send(sock, seed, size, rate):
+    start = time.monotonic()
+    sent = 0
+    for chunk in pattern(seed, size):
+        for i in range(0, len(chunk), 65536):
+            sock.sendall(chunk[i:i + 65536])
+            sent += len(chunk[i:i + 65536])
+            if rate:
+                ahead = sent / rate - (time.monotonic() - start)
+                if ahead > 0:
+                    time.sleep(ahead)  # pacing, not synchronisation
+
+
+def tcp_retrans(sock):
+    # struct tcp_info: tcpi_total_retrans is the u32 at byte 100.
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return int.from_bytes(info[100:104], sys.byteorder)
+
+
+def bulk_server(host, port, ready_file):
+    """Per connection: a 24-byte header (size, seed, rate); then sends `size` bytes of pattern(seed+1)
+    while checking the `size` bytes of pattern(seed) it receives, and ends with the sha256 of what it
+    received (32 bytes) so the client verifies both directions."""
+    import threading
+    srv = socket.create_server((host, port), reuse_port=False)
+    open(ready_file, "w").close()
+    while True:
+        conn, _ = srv.accept()
+
+        def serve(conn):
+            with conn:
+                head = b""
+                while len(head) < 24:
+                    more = conn.recv(24 - len(head))
+                    if not more:
+                        return
+                    head += more
+                size, seed, rate = (int.from_bytes(head[i:i + 8], "big") for i in (0, 8, 16))
+                sender = threading.Thread(target=paced_send, args=(conn, seed + 1, size, rate))
+                sender.start()
+                h = hashlib.sha256()
+                got = 0
+                while got < size:
+                    data = conn.recv(1 << 20)
+                    if not data:
+                        break
+                    h.update(data)
+                    got += len(data)
+                sender.join()
+                expected = hashlib.sha256()
+                for chunk in pattern(seed, size):
+                    expected.update(chunk)
+                log(f"bulk-server: received {got}/{size} bytes, sha256 {'ok' if h.digest() == expected.digest() else 'MISMATCH'}")
+                conn.sendall(h.digest())
+                conn.shutdown(socket.SHUT_WR)
+                conn.recv(1)
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def bulk_client(host, port, size, seed, rate, timeout):
+    import threading
+    start = time.monotonic()
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.sendall(size.to_bytes(8, "big") + seed.to_bytes(8, "big") + rate.to_bytes(8, "big"))
+    failure = []
+
+    def send():
+        try:
+            paced_send(sock, seed, size, rate)
+        except OSError as e:
+            failure.append(f"send: {e}")
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    h = hashlib.sha256()
+    got = bytearray()
+    received = 0
+    last = time.monotonic()
+    max_gap = 0.0
+    trailer = b""
+    try:
+        while received < size or len(trailer) < 32:
+            data = sock.recv(1 << 20)
+            if not data:
+                break
+            now = time.monotonic()
+            max_gap = max(max_gap, now - last)
+            last = now
+            if received < size:
+                take = data[:size - received]
+                h.update(take)
+                received += len(take)
+                data = data[len(take):]
+            trailer += data
+    except OSError as e:
+        failure.append(f"recv: {e}")
+    sender.join()
+    retrans = tcp_retrans(sock)
+    sock.close()
+    expected = hashlib.sha256()
+    for chunk in pattern(seed + 1, size):
+        expected.update(chunk)
+    mine = expected.digest() == h.digest() and received == size
+    sent_digest = hashlib.sha256()
+    for chunk in pattern(seed, size):
+        sent_digest.update(chunk)
+    theirs = trailer[:32] == sent_digest.digest()
+    secs = time.monotonic() - start
+    log(f"bulk: {size >> 20} MiB each way in {secs:.1f}s; received {received} bytes sha256 {'ok' if mine else 'MISMATCH'}; "
+        f"server's sha256 of our bytes {'ok' if theirs else 'MISMATCH'}; longest pause {max_gap * 1000:.0f} ms; "
+        f"app TCP retransmissions {retrans}" + (f"; errors {failure}" if failure else ""))
+    return 0 if mine and theirs and not failure else 1
+
+
+def interactive(host, port, interval, stop_file, timeout):
+    """An echo every `interval` seconds, each reply checked, until `stop_file` exists."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    f = sock.makefile("rwb", buffering=0)
+    deadline = time.monotonic() + timeout
+    n = 0
+    worst = 0.0
+    while not os.path.exists(stop_file):
+        if time.monotonic() > deadline:
+            log(f"interactive: no stop after {timeout}s")
+            return 1
+        line = f"echo {n} {'z' * (n % 97)}\n".encode()
+        t = time.monotonic()
+        f.write(line)
+        reply = b""
+        while not reply.endswith(b"\n"):
+            more = f.read(len(line) - len(reply))
+            if not more:
+                log(f"interactive: connection closed after {n} echoes")
+                return 1
+            reply += more
+        rtt = time.monotonic() - t
+        worst = max(worst, rtt)
+        if reply != line:
+            log(f"interactive: echo {n} came back wrong: {reply[:40]!r}")
+            return 1
+        n += 1
+        time.sleep(max(0.0, interval - rtt))  # pacing, not synchronisation
+    retrans = tcp_retrans(sock)
+    sock.close()
+    log(f"interactive: {n} echoes all correct, slowest {worst * 1000:.0f} ms, app TCP retransmissions {retrans}")
+    return 0
+
+
+def udp_stream(host, port, rate, stop_file, timeout):
+    """Numbered datagrams at `rate` per second to a UDP echo server until `stop_file` exists; reports
+    how many came back. UDP may lose datagrams; the report says how many."""
+    import threading
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect((host, port))
+    s.settimeout(0.2)
+    seen = set()
+    done = threading.Event()
+
+    def receive():
+        while not done.is_set():
+            try:
+                data = s.recv(2048)
+            except socket.timeout:
+                continue
+            except OSError:
+                continue
+            seen.add(int.from_bytes(data[:4], "big"))
+
+    t = threading.Thread(target=receive)
+    t.start()
+    start = time.monotonic()
+    sent = 0
+    while not os.path.exists(stop_file) and time.monotonic() - start < timeout:
+        try:
+            s.send(sent.to_bytes(4, "big") + b"u" * 100)
+        except OSError:
+            pass  # no route for a moment: counted as lost
+        sent += 1
+        time.sleep(max(0.0, sent / rate - (time.monotonic() - start)))  # pacing
+    time.sleep(0.5)  # stragglers: the last echoes are still on their way
+    done.set()
+    t.join()
+    log(f"udp-stream: sent {sent}, echoed {len(seen)}, lost {sent - len(seen)}")
+    return 0
+
+
 # ---- HTTP: GET a file, PUT a body; the server answers PUT with the body's sha256 ------------------
 
 class Handler(http.server.SimpleHTTPRequestHandler):
@@ -233,7 +435,7 @@ def http_server(host, port, root, ready_file):
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ["echo-server", "peer-server", "halfclose-server", "udp-echo-server"]:
+    for name in ["echo-server", "peer-server", "halfclose-server", "udp-echo-server", "bulk-server"]:
         q = sub.add_parser(name)
         q.add_argument("host"), q.add_argument("port", type=int), q.add_argument("ready_file")
     q = sub.add_parser("http-server")
@@ -255,6 +457,17 @@ def main():
     q.add_argument("host"), q.add_argument("port", type=int)
     q.add_argument("--count", type=int, default=10000), q.add_argument("--window", type=int, default=32)
     q.add_argument("--timeout", type=float, default=60)
+    q = sub.add_parser("bulk-client")
+    q.add_argument("host"), q.add_argument("port", type=int)
+    q.add_argument("--size", type=int, default=256 << 20), q.add_argument("--seed", type=int, default=1)
+    q.add_argument("--rate", type=int, default=0, help="bytes/s each way, 0: as fast as possible")
+    q.add_argument("--timeout", type=float, default=300)
+    q = sub.add_parser("interactive")
+    q.add_argument("host"), q.add_argument("port", type=int), q.add_argument("stop_file")
+    q.add_argument("--interval", type=float, default=0.05), q.add_argument("--timeout", type=float, default=300)
+    q = sub.add_parser("udp-stream")
+    q.add_argument("host"), q.add_argument("port", type=int), q.add_argument("stop_file")
+    q.add_argument("--rate", type=float, default=200), q.add_argument("--timeout", type=float, default=300)
     a = p.parse_args()
 
     if a.cmd == "echo-server":
@@ -277,6 +490,14 @@ def main():
         udp_echo_server(a.host, a.port, a.ready_file)
     elif a.cmd == "udp-client":
         return udp_client(a.host, a.port, a.count, a.window, a.timeout)
+    elif a.cmd == "bulk-server":
+        bulk_server(a.host, a.port, a.ready_file)
+    elif a.cmd == "bulk-client":
+        return bulk_client(a.host, a.port, a.size, a.seed, a.rate, a.timeout)
+    elif a.cmd == "interactive":
+        return interactive(a.host, a.port, a.interval, a.stop_file, a.timeout)
+    elif a.cmd == "udp-stream":
+        return udp_stream(a.host, a.port, a.rate, a.stop_file, a.timeout)
     elif a.cmd == "http-server":
         http_server(a.host, a.port, a.root, a.ready_file)
     return 0

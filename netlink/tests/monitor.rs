@@ -1,0 +1,181 @@
+//! The uplink monitor against the real kernel, in a private namespace.
+//!
+//! ```text
+//!   private network namespace (one per test)
+//!   ┌──────────────────────────────────────────────────────────────┐
+//!   │  lo                                                          │
+//!   │  rt-mon0      dummy (or a veth whose peer stays down)        │
+//!   │  rt-mon-a ════ veth ════ rt-mon-b                            │
+//!   │  rt-burst0 … rt-burstN   created while the monitor is stalled│
+//!   │                                                              │
+//!   │  watch_uplinks() ◄── RTMGRP_LINK | IPV4_IFADDR | IPV6_IFADDR │
+//!   └──────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! Changes are made with rtnetlink, never `ip`, and every assertion waits
+//! (bounded) for the monitor to publish the expected state.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{in_netns, v4, Env};
+use roamtun_netlink::{watch_uplinks, Uplink};
+use rtnetlink::constants::RTMGRP_LINK;
+use rtnetlink::sys::protocols::NETLINK_ROUTE;
+use rtnetlink::sys::{Socket, SocketAddr};
+use rtnetlink::{LinkUnspec, LinkVeth};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+type Uplinks = BTreeMap<String, Uplink>;
+
+/// How long any single expected change may take to be published.
+const WAIT: Duration = Duration::from_secs(5);
+
+/// Waits until the published snapshot satisfies `condition` and returns it.
+async fn wait_for(uplinks: &mut watch::Receiver<Uplinks>, what: &str, condition: impl Fn(&Uplinks) -> bool) -> Uplinks {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        {
+            let current = uplinks.borrow_and_update();
+            if condition(&current) {
+                return current.clone();
+            }
+        }
+        match tokio::time::timeout_at(deadline, uplinks.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => panic!("uplink monitor stopped while waiting for {what}"),
+            Err(_) => panic!("no snapshot with {what} within {WAIT:?}; last one: {:#?}", *uplinks.borrow()),
+        }
+    }
+}
+
+async fn set_link_down(env: &Env, index: u32) {
+    let message = LinkUnspec::new_with_index(index).down().build();
+    env.inspect.link().change(message).execute().await.expect("set link down");
+}
+
+#[test]
+fn address_and_admin_state_changes_are_published() {
+    in_netns(|| async {
+        let env = Env::new().await;
+        let index = env.add_up_dummy("rt-mon0").await;
+        let (mut uplinks, _monitor) = watch_uplinks().await.expect("start uplink monitor");
+
+        // The first snapshot is a full dump, available at once.
+        let initial = uplinks.borrow().clone();
+        assert!(initial["lo"].addresses.is_empty(), "loopback addresses are host scope: {:?}", initial["lo"]);
+        let link = &initial["rt-mon0"];
+        assert_eq!((link.index, link.admin_up), (index, true));
+        assert!(link.addresses.is_empty() && !link.usable());
+
+        let addr = v4(198, 18, 0, 1);
+        env.nl.add_address(index, addr, 24).await.expect("add address");
+        let now = wait_for(&mut uplinks, "198.18.0.1 on rt-mon0", |u| u["rt-mon0"].addresses == [addr]).await;
+        // A dummy has carrier as soon as it is up; the veth fallback does not.
+        assert_eq!(now["rt-mon0"].usable(), now["rt-mon0"].lower_up);
+
+        set_link_down(&env, index).await;
+        let now = wait_for(&mut uplinks, "rt-mon0 down", |u| !u["rt-mon0"].admin_up).await;
+        assert!(!now["rt-mon0"].usable());
+        assert_eq!(now["rt-mon0"].addresses, [addr], "an IPv4 address stays on a link that is down");
+
+        env.nl.del_address(index, addr, 24).await.expect("delete address");
+        wait_for(&mut uplinks, "no address on rt-mon0", |u| u["rt-mon0"].addresses.is_empty()).await;
+    });
+}
+
+#[test]
+fn carrier_follows_the_veth_peer() {
+    in_netns(|| async {
+        let env = Env::new().await;
+        env.inspect.link().add(LinkVeth::new("rt-mon-a", "rt-mon-b").build()).execute().await.expect("create veth");
+        let a = env.nl.link_index("rt-mon-a").await.expect("index of rt-mon-a");
+        let b = env.nl.link_index("rt-mon-b").await.expect("index of rt-mon-b");
+        let (mut uplinks, _monitor) = watch_uplinks().await.expect("start uplink monitor");
+        env.nl.add_address(a, v4(198, 18, 1, 1), 24).await.expect("add address");
+
+        env.nl.set_link_up(a).await.expect("set rt-mon-a up");
+        let now = wait_for(&mut uplinks, "rt-mon-a up", |u| u["rt-mon-a"].admin_up).await;
+        assert!(!now["rt-mon-a"].lower_up, "no carrier while the peer is down");
+        assert!(!now["rt-mon-a"].usable());
+
+        env.nl.set_link_up(b).await.expect("set rt-mon-b up");
+        let now = wait_for(&mut uplinks, "carrier on rt-mon-a", |u| u["rt-mon-a"].lower_up).await;
+        assert!(now["rt-mon-a"].usable());
+
+        set_link_down(&env, b).await;
+        let now = wait_for(&mut uplinks, "carrier lost on rt-mon-a", |u| !u["rt-mon-a"].lower_up).await;
+        assert!(now["rt-mon-a"].admin_up && !now["rt-mon-a"].usable());
+    });
+}
+
+#[test]
+fn renamed_link_keeps_its_addresses_and_deleted_link_disappears() {
+    in_netns(|| async {
+        let env = Env::new().await;
+        let index = env.add_dummy("rt-mon0").await;
+        let addr = v4(198, 18, 2, 1);
+        env.nl.add_address(index, addr, 24).await.expect("add address");
+        let (mut uplinks, _monitor) = watch_uplinks().await.expect("start uplink monitor");
+        assert_eq!(uplinks.borrow()["rt-mon0"].addresses, [addr], "the first dump includes addresses");
+
+        // Renaming needs the link down, which add_dummy leaves it.
+        let rename = LinkUnspec::new_with_index(index).name("rt-mon1").build();
+        env.inspect.link().change(rename).execute().await.expect("rename link");
+        let now = wait_for(&mut uplinks, "rt-mon1", |u| u.contains_key("rt-mon1")).await;
+        assert!(!now.contains_key("rt-mon0"));
+        assert_eq!((now["rt-mon1"].index, &now["rt-mon1"].addresses[..]), (index, &[addr][..]));
+
+        env.inspect.link().del(index).execute().await.expect("delete link");
+        wait_for(&mut uplinks, "rt-mon1 gone", |u| !u.contains_key("rt-mon1")).await;
+    });
+}
+
+/// More links than a default-sized netlink receive buffer holds
+/// notifications for.
+const BURST: usize = 300;
+
+#[test]
+fn overflowed_event_socket_is_recovered_by_a_fresh_dump() {
+    in_netns(|| async {
+        let (mut uplinks, _monitor) = watch_uplinks().await.expect("start uplink monitor");
+        // A second subscriber with the default buffer, never read during the
+        // burst, proves the burst really overflows such a socket.
+        let mut probe = Socket::new(NETLINK_ROUTE).expect("open probe socket");
+        probe.bind(&SocketAddr::new(0, RTMGRP_LINK)).expect("subscribe probe socket");
+
+        // Blocking this thread stalls its current-thread runtime and so the
+        // monitor, while another thread (which inherits this thread's
+        // namespace) creates links.
+        std::thread::spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("burst runtime");
+            runtime.block_on(async {
+                let env = Env::new().await;
+                for i in 0..BURST {
+                    env.add_dummy(&format!("rt-burst{i}")).await;
+                }
+            });
+        })
+        .join()
+        .expect("burst thread");
+
+        let mut buffer = Vec::with_capacity(64 * 1024);
+        let overflow = probe.recv(&mut buffer, 0).expect_err("burst did not overflow the probe socket; raise BURST");
+        assert_eq!(overflow.raw_os_error(), Some(libc::ENOBUFS), "{overflow}");
+
+        let names: Vec<String> = (0..BURST).map(|i| format!("rt-burst{i}")).collect();
+        wait_for(&mut uplinks, "every burst link", |u| names.iter().all(|name| u.contains_key(name))).await;
+    });
+}
+
+#[test]
+fn monitor_stops_when_every_receiver_is_dropped() {
+    in_netns(|| async {
+        let (uplinks, monitor) = watch_uplinks().await.expect("start uplink monitor");
+        drop(uplinks);
+        tokio::time::timeout(WAIT, monitor).await.expect("monitor stops in time").expect("monitor did not panic");
+    });
+}

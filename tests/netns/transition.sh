@@ -1,0 +1,292 @@
+#!/usr/bin/env bash
+# Uplink switches with live sessions, in network namespaces with two uplinks:
+#
+#   ns client: roam0 100.64.0.2, roamtun client bound to wlan0 198.18.1.2 or wwan0 198.18.2.2
+#   ns server: roamtun server on 198.18.0.1:7700 (reachable over up1 and up2), roamsrv0 100.64.0.1
+#
+# Every case runs, during the switch, what a user would have open (tests/netns/apps.py):
+#   * a 256 MiB transfer in both directions at once, sha256-checked at both ends;
+#   * an interactive session from the client (an echo every 50 ms, every reply checked);
+#   * an interactive session the *server* side opened to the client's virtual IP;
+#   * a UDP stream whose losses are reported.
+# A case passes when all of them come through intact (no reset, no byte lost) and the daemon's status
+# records the switch. The apps' own TCP retransmission counts are reported (they should stay 0: the
+# apps talk to the local smoltcp stack, which never sees the outage).
+#
+# Each case prints one line; the file ends with "N passed, N failed". Run as root.
+set -u
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=../../scripts/lib/netns.sh
+. "$ROOT/scripts/lib/netns.sh"
+trap netns_cleanup EXIT
+SERVER_ADDR=198.18.0.1
+
+PASSED=0
+FAILED=0
+ONLY=${1:-}
+# 256 MiB each way by default; the bench and quick local runs may lower it.
+SIZE=${ROAMTUN_TRANSFER:-$((256 << 20))}
+
+run() {
+    local name=$1
+    [ -n "$ONLY" ] && [[ "$name" != *"$ONLY"* ]] && return
+    local rc start=$SECONDS
+    : >"$WORK/client.log"
+    : >"$WORK/server.log"
+    ("$name") >"$WORK/case.out" 2>&1
+    rc=$?
+    if [ $rc -eq 0 ]; then
+        PASSED=$((PASSED + 1))
+        printf 'ok   %-44s %3ds\n' "$name" $((SECONDS - start))
+        sed 's/^/     /' "$WORK/case.out" | grep -E '^     (bulk|interactive|udp-stream|switch|switches|reset|memory|detected)' || true
+    else
+        FAILED=$((FAILED + 1))
+        printf 'FAIL %-44s %3ds\n' "$name" $((SECONDS - start))
+        sed 's/^/     | /' "$WORK/case.out"
+        echo "     | --- client log (tail)"; tail -n 25 "$WORK/client.log" | sed 's/^/     | /'
+        echo "     | --- server log (tail)"; tail -n 25 "$WORK/server.log" | sed 's/^/     | /'
+    fi
+    teardown
+}
+
+fail() {
+    echo "$*"
+    exit 1
+}
+
+# Stops what the last case started and removes its namespaces; the next case starts afresh.
+teardown() {
+    local pid
+    for pid in $(cat "$PIDFILE"); do kill "$pid" 2>/dev/null || true; done
+    for pid in $(cat "$PIDFILE"); do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    : >"$PIDFILE"
+    local ns
+    for ns in "$NS_C" "$NS_S"; do
+        pids=$(ip netns pids "$ns" 2>/dev/null)
+        [ -n "$pids" ] && kill -9 $pids 2>/dev/null
+        ip netns del "$ns" 2>/dev/null || true
+    done
+    rm -f "$WORK"/*.ready "$WORK"/stop "$WORK"/*.sock
+}
+
+# setup [UPLINKS]: two uplinks, daemons up, connected over the first uplink.
+setup() {
+    netns_topology
+    netns_second_uplink
+    CLIENT_EXTRA="uplinks = [${1:-\"wlan0\", \"wwan0\"}]
+${CLIENT_TUNING:-}" SERVER_EXTRA="${SERVER_TUNING:-}" netns_configs
+    netns_start_daemons || fail "the daemons did not start"
+}
+
+# Starts the apps of every case; the transfer paced at RATE bytes/s each way.
+start_workload() {
+    local rate=$1
+    spawn "$WORK/apps.log" "$NS_S" $APPS bulk-server 100.64.0.1 7200 "$WORK/bulk.ready"
+    spawn "$WORK/apps.log" "$NS_S" $APPS echo-server 100.64.0.1 7000 "$WORK/echo.ready"
+    spawn "$WORK/apps.log" "$NS_S" $APPS udp-echo-server 100.64.0.1 7003 "$WORK/udp.ready"
+    spawn "$WORK/apps.log" "$NS_C" $APPS echo-server 100.64.0.2 7100 "$WORK/cecho.ready"
+    for f in bulk echo udp cecho; do wait_ready "$WORK/$f.ready" || fail "app $f did not start"; done
+    spawn "$WORK/bulk.out" "$NS_C" $APPS bulk-client 100.64.0.1 7200 --size "$SIZE" --rate "$rate" --timeout 240
+    BULK_PID=$LAST_PID
+    spawn "$WORK/interactive.out" "$NS_C" $APPS interactive 100.64.0.1 7000 "$WORK/stop" --timeout 240
+    INTER_PID=$LAST_PID
+    spawn "$WORK/sinteractive.out" "$NS_S" $APPS interactive 100.64.0.2 7100 "$WORK/stop" --timeout 240
+    SINTER_PID=$LAST_PID
+    spawn "$WORK/udp.out" "$NS_C" $APPS udp-stream 100.64.0.1 7003 "$WORK/stop" --timeout 240
+    UDP_PID=$LAST_PID
+}
+
+# The client's bytes received so far (all flows).
+client_received() { json_get "$WORK/client.sock" 's["bytes_received"]'; }
+
+# progress MiB: waits until the client has received MiB more than when called.
+progress() {
+    local base target
+    base=$(client_received)
+    target=$((base + ($1 << 20)))
+    wait_for 60 "$1 MiB more through the tunnel" sh -c "[ \$($ROAMTUN status --json --socket $WORK/client.sock | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"bytes_received\"])') -ge $target ]"
+}
+
+# Waits for every app; fails unless all of them verified what they got.
+finish_workload() {
+    local rc=0
+    wait "$BULK_PID" || rc=1
+    touch "$WORK/stop"
+    wait "$INTER_PID" || rc=1
+    wait "$SINTER_PID" || rc=1
+    wait "$UDP_PID" || true
+    echo "bulk:        $(tail -n 1 "$WORK/bulk.out")"
+    echo "interactive: client-opened: $(tail -n 1 "$WORK/interactive.out" | sed 's/^interactive: //')"
+    echo "interactive: server-opened: $(tail -n 1 "$WORK/sinteractive.out" | sed 's/^interactive: //')"
+    echo "udp-stream:  $(tail -n 1 "$WORK/udp.out" | sed 's/^udp-stream: //')"
+    grep -q "bulk-server: received $SIZE/$SIZE bytes, sha256 ok" "$WORK/apps.log" || { echo "the server side did not verify the transfer"; rc=1; }
+    [ $rc -eq 0 ] || fail "an app saw a failure"
+}
+
+# switch UPLINK: a planned switch through the control socket; prints the daemon's one-line summary.
+switch_to() {
+    local out
+    out=$(timeout 20 "$ROAMTUN" switch "$1" --socket "$WORK/client.sock" 2>&1) || fail "roamtun switch $1 failed: $out"
+    echo "switch:      $out"
+}
+
+# The client's current uplink and its switch history, from status.
+active_uplink() { json_get "$WORK/client.sock" 's["peers"][0]["uplink"]'; }
+switch_kinds() { json_get "$WORK/client.sock" '" ".join(w["kind"] + ":" + str(w["from"]) + ">" + str(w["to"]) for w in s["peers"][0]["switches"])'; }
+epoch() { json_get "$WORK/client.sock" 's["peers"][0]["epoch"]'; }
+
+# Waits for the client to be on a path of a later epoch than $EPOCH0 (taken before the event).
+resumed() { [ "$(epoch)" -gt "$EPOCH0" ] && client_connected; }
+wait_resumed() { wait_for 30 "the session to resume on a new path" resumed; }
+
+test_planned_switch_there_and_back() {
+    setup
+    start_workload $((24 << 20))
+    progress 32
+    switch_to wwan0
+    [ "$(active_uplink)" = wwan0 ] || fail "status says uplink $(active_uplink), not wwan0"
+    progress 32
+    switch_to wlan0
+    finish_workload
+    local kinds
+    kinds=$(switch_kinds)
+    echo "switches:    $kinds"
+    [ "$kinds" = "planned:wlan0>wwan0 planned:wwan0>wlan0" ] || fail "status shows switches '$kinds'"
+}
+
+test_link_down_mid_transfer() {
+    setup
+    start_workload $((32 << 20))
+    progress 32
+    EPOCH0=$(epoch)
+    c ip link set wlan0 down
+    wait_resumed
+    finish_workload
+    local kinds
+    kinds=$(switch_kinds)
+    echo "switches:    $kinds"
+    [ "$kinds" = "unexpected:wlan0>wwan0" ] || fail "status shows switches '$kinds'"
+}
+
+test_new_address_on_the_only_uplink() {
+    setup '"wlan0"'
+    c ip link set wwan0 down
+    start_workload $((32 << 20))
+    progress 32
+    EPOCH0=$(epoch)
+    # DHCP gives another address: the old one goes, a new one and the default route come.
+    c ip addr del 198.18.1.2/24 dev wlan0
+    c ip addr add 198.18.1.3/24 dev wlan0
+    c ip route add default via 198.18.1.1 dev wlan0 metric 100
+    wait_resumed
+    finish_workload
+    local kinds local_addr
+    kinds=$(switch_kinds)
+    local_addr=$(json_get "$WORK/client.sock" 's["peers"][0]["local_address"]')
+    echo "switches:    $kinds, now from $local_addr"
+    [ "$kinds" = "unexpected:wlan0>wlan0" ] || fail "status shows switches '$kinds'"
+    [[ "$local_addr" == 198.18.1.3:* ]] || fail "the session is on $local_addr, not the new address"
+}
+
+test_black_hole_transport_timeout() {
+    CLIENT_TUNING="[tuning]
+idle_timeout_secs = 3" SERVER_TUNING="[tuning]
+idle_timeout_secs = 3" setup
+    start_workload $((24 << 20))
+    progress 32
+    EPOCH0=$(epoch)
+    # Everything on wlan0 silently dropped, both ways; the link stays up with its address.
+    c nft -f - <<'EOF'
+table inet roamtun_blackhole {
+    chain in { type filter hook input priority 0; iifname "wlan0" drop; }
+    chain out { type filter hook output priority 0; oifname "wlan0" drop; }
+}
+EOF
+    local t0
+    t0=$(date +%s.%N)
+    wait_resumed
+    echo "detected:    back on a path $(python3 -c "import time; print(f'{time.time() - $t0:.1f}')") s after the black hole (transport timeout 3 s); $(json_get "$WORK/client.sock" '"%d bytes replayed" % s["peers"][0]["switches"][-1]["bytes_replayed"]')"
+    finish_workload
+    local kinds
+    kinds=$(switch_kinds)
+    echo "switches:    $kinds"
+    [ "$kinds" = "unexpected:wlan0>wwan0" ] || fail "status shows switches '$kinds'"
+}
+
+test_twenty_switches_in_thirty_seconds() {
+    setup
+    # Paced so the transfer outlasts the switches.
+    start_workload $((SIZE / 34))
+    progress 8
+    local i up=wwan0 t0=$SECONDS
+    for i in $(seq 20); do
+        switch_to "$up" >/dev/null
+        if [ "$up" = wwan0 ]; then up=wlan0; else up=wwan0; fi
+        sleep 1.2 # pacing: 20 switches spread over ~30 s, not a wait for an event
+    done
+    echo "switches:    20 planned switches in $((SECONDS - t0)) s, epoch now $(epoch)"
+    [ "$(epoch)" = 20 ] || fail "epoch $(epoch) after 20 switches"
+    finish_workload
+}
+
+test_system_wide_default_route_through_the_tun() {
+    CLIENT_ROUTES='"0.0.0.0/0"' setup
+    c ip route show default | grep -q "dev roam0" || fail "no default route into roam0: $(c ip route show default)"
+    start_workload $((32 << 20))
+    progress 32
+    switch_to wwan0
+    progress 16
+    EPOCH0=$(epoch)
+    c ip link set wwan0 down
+    wait_resumed
+    finish_workload
+    local kinds
+    kinds=$(switch_kinds)
+    echo "switches:    $kinds"
+    [ "$kinds" = "planned:wlan0>wwan0 unexpected:wwan0>wlan0" ] || fail "status shows switches '$kinds'"
+}
+
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+test_outage_beyond_the_switch_timeout() {
+    # The server notices the silence after the transport timeout (1 s), then waits the switch timeout.
+    CLIENT_TUNING="[tuning]
+idle_timeout_secs = 1
+switch_timeout_secs = 3" SERVER_TUNING="[tuning]
+idle_timeout_secs = 1
+switch_timeout_secs = 3" setup
+    local idle
+    idle=$(rss_kib "$SERVER_PID")
+    start_workload $((32 << 20))
+    progress 32
+    local t0
+    t0=$(date +%s.%N)
+    c ip link set wlan0 down
+    c ip link set wwan0 down
+    # The server-opened session must end with a reset once the switch timeout has passed.
+    wait "$SINTER_PID" && fail "the server-side app did not notice the session ending"
+    local took
+    took=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
+    echo "reset:       server-side app reset $took s after the outage began (transport timeout 1 s + switch timeout 3 s): $(tail -n 1 "$WORK/sinteractive.out")"
+    python3 -c "import sys; sys.exit(0 if $took <= 5 else 1)" || fail "the reset came after $took s, later than timeout + 2 s"
+    wait "$BULK_PID" && fail "the transfer cannot have completed"
+    touch "$WORK/stop"
+    wait "$INTER_PID"
+    local connected
+    connected=$(json_get "$WORK/server.sock" 's["peers"][0]["connected"] or s["peers"][0]["session"] is not None')
+    [ "$connected" = False ] || fail "the server still shows the session"
+    grep -q "did not come back within the switch timeout" "$WORK/server.log" || fail "the server log does not say why"
+    local after
+    after=$(rss_kib "$SERVER_PID")
+    echo "memory:      server RSS idle $idle KiB, after expiry $after KiB"
+    [ "$after" -le $((idle + 4096)) ] || fail "the server kept $((after - idle)) KiB after the session expired"
+}
+
+for t in $(declare -F | awk '{print $3}' | grep '^test_'); do
+    run "$t"
+done
+echo "transition: $PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]
