@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# Benchmark: the longest pause an app sees in the bytes it receives while the device changes uplinks,
+# for roamtun and, in the same run on the same links, plain TCP, MPTCP (a subflow on each uplink) and
+# wireguard-go (its endpoint re-set by a script, as a roaming client would). A benchmark, not a test:
+# it reports numbers and judges none.
+#
+#   ns client                                            ns server (198.18.0.1 on lo)
+#   wlan0 198.18.1.2/24 <==== veth ====> up1 198.18.1.1/24
+#   wwan0 198.18.2.2/24 <==== veth ====> up2 198.18.2.1/24
+#   default via wlan0 (metric 100), via wwan0 (metric 200)
+#
+# A server app streams to a client app (scripts/lib/handover.py), paced at 2 MB/s and at full speed;
+# the client records the longest gap between received bytes from the moment of the event:
+#   none      nothing happens: the stream's own longest gap, the floor of every other figure
+#   planned   a switch to the other uplink the user asked for (roamtun switch; for wireguard-go a
+#             route change plus endpoint re-set); MPTCP and plain TCP have no such thing (n/a)
+#   loss      the active uplink goes down while the other one works
+#   outage-D  every uplink down for D seconds (D = 0.5, 1, 2, 5), then back: pause - D is reported
+# Each event $HANDOVER_REPS times (default 20): p50 / p99 in ms, and how many never resumed within
+# the window. Run as root: sudo ./scripts/bench-handover.sh
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+if [ "$(id -u)" != 0 ]; then
+    echo "the benchmark needs root for network namespaces and TUN devices: sudo ./scripts/bench-handover.sh" >&2
+    exit 1
+fi
+REPS=${HANDOVER_REPS:-20}
+OUTAGES=${HANDOVER_OUTAGES:-"0.5 1 2 5"}
+RATES=${HANDOVER_RATES:-"2000000 0"}
+SYSTEMS=${HANDOVER_SYSTEMS:-"roamtun tcp mptcp wireguard"}
+WG_PORT=51820
+
+log() { echo "==> $*" >&2; }
+
+modprobe tun 2>/dev/null || true
+scripts/install-deps.sh --bench >&2
+log "building roamtun (release)"
+cargo build --release --quiet
+# shellcheck source=lib/netns.sh
+. "$ROOT/scripts/lib/netns.sh"
+HO="python3 $ROOT/scripts/lib/handover.py"
+WG_C="wgc-$$"
+WG_S="wgs-$$"
+SERVER_ADDR=198.18.0.1
+
+bench_cleanup() {
+    netns_cleanup
+    rm -f "/var/run/wireguard/$WG_C.sock" "/var/run/wireguard/$WG_S.sock"
+}
+trap bench_cleanup EXIT
+trap 'exit 130' INT TERM
+
+netns_topology
+netns_second_uplink
+
+# Puts an uplink back as it was: up, with its default route.
+restore() {
+    c ip link set wlan0 up
+    c ip link set wwan0 up
+    c ip route replace default via 198.18.1.1 dev wlan0 metric 100
+    c ip route replace default via 198.18.2.1 dev wwan0 metric 200
+    c ip route del default metric 50 2>/dev/null || true
+}
+
+declare -A TARGET PORT
+PORT=([roamtun]=7303 [tcp]=7300 [mptcp]=7301 [wireguard]=7302)
+
+setup_roamtun() {
+    CLIENT_EXTRA='uplinks = ["wlan0", "wwan0"]' netns_configs
+    netns_start_daemons
+    TARGET[roamtun]=100.64.0.1
+}
+
+setup_tcp() { TARGET[tcp]=$SERVER_ADDR; }
+
+setup_mptcp() {
+    c ip mptcp limits set subflow 2 add_addr_accepted 2
+    s ip mptcp limits set subflow 2 add_addr_accepted 2
+    c ip mptcp endpoint add 198.18.2.2 dev wwan0 subflow
+    TARGET[mptcp]=$SERVER_ADDR
+}
+
+setup_wireguard() {
+    mkdir -p /var/run/wireguard
+    wg genkey >"$WORK/wg-c.key"
+    wg genkey >"$WORK/wg-s.key"
+    spawn "$WORK/wireguard-server.log" "$NS_S" env WG_PROCESS_FOREGROUND=1 wireguard-go "$WG_S"
+    spawn "$WORK/wireguard-client.log" "$NS_C" env WG_PROCESS_FOREGROUND=1 wireguard-go "$WG_C"
+    wait_for 10 "wireguard-go control sockets" test -S "/var/run/wireguard/$WG_C.sock" -a -S "/var/run/wireguard/$WG_S.sock"
+    s wg set "$WG_S" listen-port "$WG_PORT" private-key "$WORK/wg-s.key" peer "$(wg pubkey <"$WORK/wg-c.key")" allowed-ips 100.65.0.2/32
+    c wg set "$WG_C" private-key "$WORK/wg-c.key" peer "$(wg pubkey <"$WORK/wg-s.key")" allowed-ips 100.65.0.1/32 endpoint "$SERVER_ADDR:$WG_PORT"
+    s ip addr add 100.65.0.1/24 dev "$WG_S"
+    c ip addr add 100.65.0.2/24 dev "$WG_C"
+    s ip link set "$WG_S" up
+    c ip link set "$WG_C" up
+    TARGET[wireguard]=100.65.0.1
+}
+
+# What a roaming wireguard client's script does after a link change: point the peer at the server
+# again, which drops the cached source address of the old uplink.
+wg_repoint() { c wg set "$WG_C" peer "$(wg pubkey <"$WORK/wg-s.key")" endpoint "$SERVER_ADDR:$WG_PORT"; }
+
+roamtun_uplink() { json_get "$WORK/client.sock" 's["peers"][0]["uplink"]'; }
+
+# event SYSTEM KIND: does the thing being measured (the client app already waits for the mark).
+event() {
+    local sys=$1 kind=$2 active other gw
+    case "$kind" in
+        none)
+            # The baseline: the longest gap of the undisturbed stream.
+            touch "$WORK/mark"
+            ;;
+        planned)
+            if [ "$sys" = roamtun ]; then
+                active=$(roamtun_uplink)
+                other=wwan0; [ "$active" = wwan0 ] && other=wlan0
+                touch "$WORK/mark"
+                timeout 20 "$ROAMTUN" switch "$other" --socket "$WORK/client.sock" >/dev/null
+            else
+                # wireguard-go: the route to the server moves to wwan0, the endpoint is re-set.
+                touch "$WORK/mark"
+                c ip route replace default via 198.18.2.1 dev wwan0 metric 50
+                wg_repoint
+            fi
+            ;;
+        loss)
+            active=wlan0
+            [ "$sys" = roamtun ] && active=$(roamtun_uplink)
+            touch "$WORK/mark"
+            c ip link set "$active" down
+            [ "$sys" = wireguard ] && wg_repoint
+            ;;
+        outage-*)
+            touch "$WORK/mark"
+            c ip link set wlan0 down
+            c ip link set wwan0 down
+            sleep "${kind#outage-}" # the outage itself
+            c ip link set wlan0 up
+            c ip link set wwan0 up
+            c ip route replace default via 198.18.1.1 dev wlan0 metric 100
+            c ip route replace default via 198.18.2.1 dev wwan0 metric 200
+            [ "$sys" = wireguard ] && wg_repoint
+            ;;
+    esac
+    return 0
+}
+
+# measure SYSTEM KIND RATE: one repetition; prints the pause in ms or "never".
+measure() {
+    local sys=$1 kind=$2 rate=$3 mptcp= window=6 at_least=0
+    [ "$sys" = mptcp ] && mptcp=--mptcp
+    case "$kind" in outage-*) at_least=${kind#outage-}; window=$(python3 -c "print($at_least + 6)") ;; esac
+    rm -f "$WORK/ready" "$WORK/mark" "$WORK/stop" "$WORK/gap"
+    # shellcheck disable=SC2086 # $mptcp is empty or one flag
+    spawn "$WORK/gap.log" "$NS_C" $HO gap-client "${TARGET[$sys]}" "${SRV_PORT}" $mptcp --ready "$WORK/ready" \
+        --mark "$WORK/mark" --stop "$WORK/stop" --out "$WORK/gap" --window "$window" --at-least "$at_least" --timeout 60
+    local pid=$LAST_PID
+    if ! wait_for 15 "the stream to flow" test -e "$WORK/ready"; then
+        kill "$pid" 2>/dev/null || true
+        echo never
+        return
+    fi
+    event "$sys" "$kind"
+    wait "$pid" || true
+    local gap
+    gap=$(cat "$WORK/gap" 2>/dev/null || echo never)
+    restore
+    # Let roamtun settle back on a path (the next repetition must start from a working session).
+    [ "$sys" = roamtun ] && wait_for 30 "roamtun to be connected" client_connected
+    case "$kind" in
+        outage-*) [ "$gap" != never ] && gap=$(python3 -c "print(f'{$gap - ${kind#outage-} * 1000:.1f}')") ;;
+    esac
+    echo "$gap"
+}
+
+# p50/p99 of the finite values, and how many never resumed.
+summary() {
+    python3 - "$@" <<'EOF'
+import sys
+vals = sys.argv[1:]
+nums = sorted(float(v) for v in vals if v not in ("never", "n/a"))
+never = sum(1 for v in vals if v == "never")
+def pct(p):
+    return nums[min(len(nums) - 1, int(round(p / 100 * (len(nums) - 1))))]
+if not nums:
+    print(f"never ({never}/{len(vals)})")
+else:
+    s = f"{pct(50):.0f} / {pct(99):.0f}"
+    print(s + (f" ({never} never)" if never else ""))
+EOF
+}
+
+declare -A RESULT
+KINDS="none planned loss"
+for d in $OUTAGES; do KINDS="$KINDS outage-$d"; done
+for sys in $SYSTEMS; do
+    log "setting up $sys"
+    "setup_$sys"
+    SRV_PORT=${PORT[$sys]}
+    for rate in $RATES; do
+        mptcp=
+        [ "$sys" = mptcp ] && mptcp=--mptcp
+        bind=$SERVER_ADDR
+        [ "$sys" = roamtun ] && bind=100.64.0.1
+        [ "$sys" = wireguard ] && bind=100.65.0.1
+        rm -f "$WORK/srv.ready"
+        # shellcheck disable=SC2086
+        spawn "$WORK/stream.log" "$NS_S" $HO stream-server "$bind" "$SRV_PORT" "$WORK/srv.ready" --rate "$rate" $mptcp
+        srv=$LAST_PID
+        wait_for 10 "stream server" test -e "$WORK/srv.ready"
+        for kind in $KINDS; do
+            if [ "$kind" = planned ] && { [ "$sys" = tcp ] || [ "$sys" = mptcp ]; }; then
+                RESULT[$sys,$rate,$kind]="n/a"
+                continue
+            fi
+            vals=()
+            for _ in $(seq "$REPS"); do vals+=("$(measure "$sys" "$kind" "$rate")"); done
+            RESULT[$sys,$rate,$kind]=$(summary "${vals[@]}")
+            log "$sys rate=$rate $kind: ${RESULT[$sys,$rate,$kind]} (${vals[*]})"
+        done
+        kill "$srv" 2>/dev/null || true
+        wait "$srv" 2>/dev/null || true
+        SRV_PORT=$((SRV_PORT + 10))
+    done
+    if [ "$sys" = roamtun ]; then
+        # Its daemons would otherwise react to the other systems' link changes.
+        kill "$CLIENT_PID" "$SERVER_PID" 2>/dev/null || true
+        wait "$CLIENT_PID" "$SERVER_PID" 2>/dev/null || true
+    fi
+done
+
+echo
+echo "Longest pause seen by the receiving app, ms, p50 / p99 over $REPS runs (outage rows: pause - outage)."
+for rate in $RATES; do
+    label="paced $((rate / 1000000)) MB/s"
+    [ "$rate" = 0 ] && label="full speed"
+    echo
+    echo "$label"
+    printf '| event |'; for sys in $SYSTEMS; do printf ' %s |' "$sys"; done; echo
+    printf '|---|'; for _ in $SYSTEMS; do printf -- '---:|'; done; echo
+    for kind in $KINDS; do
+        printf '| %s |' "$kind"
+        for sys in $SYSTEMS; do printf ' %s |' "${RESULT[$sys,$rate,$kind]:-n/a}"; done
+        echo
+    done
+done
+echo
+echo "$(nproc) CPUs, kernel $(uname -r), roamtun $(git rev-parse --short HEAD), $(date -u +%Y-%m-%d)"
