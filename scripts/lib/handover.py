@@ -70,7 +70,8 @@ def gap_client(host, port, mptcp, ready, mark, stop, window, at_least, out, time
             break
         # Done once the event is over (at least `at_least` s) and bytes have flowed without a pause
         # over 20 ms for a second.
-        if resumed and now - marked_at > at_least and calm_since is not None and now - calm_since > 1.0:
+        if (resumed and now - marked_at > at_least and now - last < 0.05 and calm_since is not None
+                and now - calm_since > 1.0):
             break
         try:
             data = sock.recv(1 << 20)
@@ -91,14 +92,13 @@ def gap_client(host, port, mptcp, ready, mark, stop, window, at_least, out, time
                 calm_since = now
             last = now
             resumed = True
-    # A stream that never came back, or whose last byte is older than the window, paused "forever".
+    # A stream with no byte in the last second of the window never came back; otherwise the pause
+    # still running at the end counts too.
     if marked_at is None:
         result = "no-mark"
-    elif not resumed:
-        result = "never"
     else:
         tail = time.monotonic() - last
-        result = "never" if tail > 1.0 and tail > worst else f"{worst * 1000:.1f}"
+        result = "never" if not resumed or tail > 1.0 else f"{max(worst, tail) * 1000:.1f}"
     with open(out, "w") as f:
         f.write(result + "\n")
     sock.close()

@@ -12,7 +12,7 @@ mod shell;
 mod transport;
 mod tun;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::clock::Clock;
 use crate::config::Tuning;
 use crate::control::ControlRequest;
+pub use crate::relay::core::{DialRequest, PathInfo, PeerInfo};
 use crate::relay::engine::{Engine, EngineConfig, Role};
 use crate::transition::{PathId, TransitionConfig};
 use roamtun_stack::{Duration, StackConfig};
@@ -29,41 +30,14 @@ use roamtun_stack::{Duration, StackConfig};
 pub use transport::PathIo;
 pub use tun::{Tun, TunError};
 
-/// Who a session talks to, for status and logs.
-#[derive(Debug, Clone)]
-pub struct PeerInfo {
-    pub name: String,
-    pub public_key: String,
-}
-
-/// Where one path runs.
-#[derive(Debug, Clone, Default)]
-pub struct PathInfo {
-    pub local: Option<SocketAddr>,
-    pub remote: Option<SocketAddr>,
-    /// The interface the path is bound to (client), or that holds `local`.
-    pub uplink: Option<String>,
-}
-
 /// What an authenticated path asks to join.
 #[derive(Debug, Clone)]
 pub enum Join {
     /// Server: a client's HELLO. `resume` names the session the client continues on this path (0: a
-    /// new session); the shell answers WELCOME with the session the path joined.
+    /// new session); the core answers WELCOME with the session the path joined.
     Hello { resume: u64, virtual_ips: Vec<IpAddr> },
     /// Client: the server's WELCOME put the path in this session.
     Welcome { session: u64 },
-}
-
-/// A client's request for a new path, answered by [`EngineMsg::PathUp`] or [`EngineMsg::DialFailed`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DialRequest {
-    /// The session to continue (0: ask for a new one).
-    pub resume: u64,
-    /// `roamtun switch`: exactly this uplink, one attempt. Otherwise any usable uplink, until one works.
-    pub uplink: Option<String>,
-    /// The uplink that just failed: tried last.
-    pub avoid: Option<String>,
 }
 
 /// What the connection tasks tell the engine task.

@@ -13,19 +13,7 @@ use super::EngineMsg;
 use crate::transition::PathId;
 use crate::wire::{self, Frame, FrameType, WireError};
 
-/// CLOSE codes of the handshake (docs/protocol.md).
-pub mod close_code {
-    /// The peer speaks another protocol version.
-    pub const VERSION: u16 = 1;
-    /// The client claimed virtual IPs the server does not give to its key.
-    pub const VIRTUAL_IPS: u16 = 2;
-    /// The peer sent something other than the expected handshake frame.
-    pub const PROTOCOL: u16 = 3;
-    /// The daemon is stopping: the session ends now, it is not an outage to wait out.
-    pub const SHUTDOWN: u16 = 4;
-    /// The server cannot start the session (e.g. its virtual IPs are taken).
-    pub const SESSION: u16 = 5;
-}
+pub use crate::relay::core::close_code;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {

@@ -1,0 +1,760 @@
+//! The sans-IO core of a daemon: the [`Engine`] (streams, datagrams, the TUN side), the transition
+//! state machine of each session ([`crate::transition`]), and the paths each session runs over. It
+//! opens no socket and reads no clock; the tokio shell (`daemon::shell`) feeds it what the TUN, the
+//! path readers and the timers deliver, and carries out its [`Action`]s. Tests drive two cores over
+//! simulated links (tests/roaming_sim.rs).
+//!
+//! What the core adds to the state machines is the path bookkeeping:
+//! * a session's stream frames go out on, and are accepted from, its *current* path only. A path
+//!   becomes current at [`Event::ResumeOn`]; bytes from any other path are late frames of an old
+//!   epoch and are dropped (counted as `stale_frames`).
+//! * each path has one output queue. Control messages (CONTROL frames) join the queue of the path the
+//!   machine names, behind whatever is already queued there, so a LAST_MESSAGE_BEFORE_REDIRECTION
+//!   follows every stream byte of its path and an ALL_REDIRECTED precedes every stream byte of the
+//!   new one.
+//! * [`Event::StopSending`] stops moving the engine's output to any path (the engine keeps producing
+//!   up to its out budget, then the apps see backpressure) and holds datagrams aside.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+
+use roamtun_stack::Instant;
+
+use crate::control::{SwitchRecord, SwitchStep};
+use crate::relay::engine::{Engine, Role, SessionCounters, SessionError, SessionId};
+use crate::transition::{
+    ClientTransition, ControlMessage, Event, ExpiryReason, PathId, ServerTransition, StreamOffset, SwitchKind,
+    SwitchSummary, TransitionConfig,
+};
+use crate::wire::{Frame, PROTOCOL_VERSION};
+
+/// Switches kept per session for `roamtun status`.
+const HISTORY: usize = 8;
+/// Chunks (of up to 64 KiB) a path's queue holds before the engine's output waits in the engine.
+const PATH_QUEUE: usize = 4;
+
+/// CLOSE codes (docs/protocol.md).
+pub mod close_code {
+    /// The peer speaks another protocol version.
+    pub const VERSION: u16 = 1;
+    /// The client claimed virtual IPs the server does not give to its key.
+    pub const VIRTUAL_IPS: u16 = 2;
+    /// The peer sent something other than the expected handshake frame.
+    pub const PROTOCOL: u16 = 3;
+    /// The daemon is stopping: the session ends now, it is not an outage to wait out.
+    pub const SHUTDOWN: u16 = 4;
+    /// The server cannot start the session (e.g. its virtual IPs are taken).
+    pub const SESSION: u16 = 5;
+}
+
+/// Who a session talks to, for status and logs.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub name: String,
+    pub public_key: String,
+}
+
+/// Where one path runs.
+#[derive(Debug, Clone, Default)]
+pub struct PathInfo {
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+    /// The interface the path is bound to (client), or that holds `local`.
+    pub uplink: Option<String>,
+}
+
+impl PathInfo {
+    /// How a path is named in switch records: its uplink, else (server) the client's address.
+    pub fn label(&self) -> String {
+        match (&self.uplink, self.remote) {
+            (Some(uplink), _) => uplink.clone(),
+            (None, Some(remote)) => remote.ip().to_string(),
+            (None, None) => "?".into(),
+        }
+    }
+}
+
+/// A client's request for a new path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialRequest {
+    /// The session to continue (0: ask for a new one).
+    pub resume: u64,
+    /// `roamtun switch`: exactly this uplink, one attempt. Otherwise any usable uplink, until one works.
+    pub uplink: Option<String>,
+    /// The uplink that just failed: tried last.
+    pub avoid: Option<String>,
+}
+
+/// What the shell must do for the core.
+#[derive(Debug)]
+pub enum Action {
+    /// Client: open a path (answered with [`RelayCore::client_path_up`]).
+    Dial(DialRequest),
+    /// Close a path: write `last` (its remaining queue, e.g. a CLOSE), then end the connection.
+    ClosePath { path: PathId, last: Vec<Vec<u8>> },
+    /// Client: the switch the user asked for is done, or failed.
+    SwitchDone(Result<SwitchRecord, String>),
+}
+
+/// The transition machine of a session, by role.
+enum Machine {
+    Client(ClientTransition),
+    Server(ServerTransition),
+}
+
+impl Machine {
+    fn poll_event(&mut self) -> Option<Event> {
+        match self {
+            Machine::Client(m) => m.poll_event(),
+            Machine::Server(m) => m.poll_event(),
+        }
+    }
+
+    fn poll_transmit(&mut self) -> Option<(PathId, ControlMessage)> {
+        match self {
+            Machine::Client(m) => m.poll_transmit(),
+            Machine::Server(m) => m.poll_transmit(),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            Machine::Client(m) => m.poll_timeout().map(|(at, _)| at),
+            Machine::Server(m) => m.poll_timeout().map(|(at, _)| at),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        match self {
+            Machine::Client(m) => m.handle_timeout(now),
+            Machine::Server(m) => m.handle_timeout(now),
+        }
+    }
+
+    fn handle_path_lost(&mut self, path: PathId, now: Instant) {
+        match self {
+            Machine::Client(m) => m.handle_path_lost(path, now),
+            Machine::Server(m) => m.handle_path_lost(path, now),
+        }
+    }
+
+    fn is_switching(&self) -> bool {
+        match self {
+            Machine::Client(m) => m.is_switching(),
+            Machine::Server(m) => m.is_switching(),
+        }
+    }
+
+    fn epoch(&self) -> u32 {
+        match self {
+            Machine::Client(m) => m.epoch().0,
+            Machine::Server(m) => m.epoch().0,
+        }
+    }
+}
+
+/// A switch between its first step and [`Event::SwitchDone`].
+struct Progress {
+    /// When stream data stopped going out (StopSending).
+    stopped: Instant,
+    from: Option<String>,
+    before: SessionCounters,
+    /// When stream data flowed again (ResumeOn).
+    resumed: Option<Instant>,
+}
+
+struct SessionState {
+    peer: PeerInfo,
+    machine: Machine,
+    /// Where stream frames go and come from; `None` until the first path of a client session.
+    current: Option<PathId>,
+    /// False between StopSending and ResumeOn.
+    sending: bool,
+    /// The peer's received offsets of an unexpected switch, gathered from [`Event::Resend`].
+    resends: Vec<(u32, u64)>,
+    progress: Option<Progress>,
+    history: VecDeque<(SwitchRecord, Instant)>,
+    since: Instant,
+    stale_frames: u64,
+    control_malformed: u64,
+}
+
+struct PathState {
+    session: SessionId,
+    info: PathInfo,
+    /// Encoded frames for the path's writer, in order.
+    out: VecDeque<Vec<u8>>,
+}
+
+/// One session as `roamtun status` shows it.
+pub struct SessionView<'a> {
+    pub id: SessionId,
+    pub peer: &'a PeerInfo,
+    /// The current path, if the session has one.
+    pub path: Option<&'a PathInfo>,
+    pub epoch: u32,
+    pub switching: bool,
+    pub stale_frames: u64,
+    pub control_malformed: u64,
+    /// Finished switches, oldest first, with when each finished.
+    pub switches: Vec<(&'a SwitchRecord, Instant)>,
+    pub since: Instant,
+}
+
+/// The sans-IO core of one daemon. See the module documentation.
+pub struct RelayCore {
+    engine: Engine,
+    transition: TransitionConfig,
+    sessions: BTreeMap<SessionId, SessionState>,
+    paths: BTreeMap<PathId, PathState>,
+    next_session: u64,
+    actions: VecDeque<Action>,
+    /// The path just lost and where it ran: the switch it starts records where it came from.
+    last_lost: Option<(PathId, String)>,
+    /// Client: sessions this side ended; a path that still joins one of them (a resume that was under
+    /// way) must not start it again with no streams.
+    abandoned: BTreeSet<u64>,
+    /// Client: the uplink a `roamtun switch` waits for.
+    switch_wanted: Option<String>,
+}
+
+impl RelayCore {
+    /// `first_session`: server session ids count up from here; pick it so that ids differ across
+    /// restarts (a client must never resume a stranger's session).
+    pub fn new(engine: Engine, transition: TransitionConfig, first_session: u64) -> Self {
+        RelayCore {
+            engine,
+            transition,
+            sessions: BTreeMap::new(),
+            paths: BTreeMap::new(),
+            next_session: first_session,
+            actions: VecDeque::new(),
+            last_lost: None,
+            abandoned: BTreeSet::new(),
+            switch_wanted: None,
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The TUN side goes straight to the engine.
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
+    fn role(&self) -> Role {
+        self.engine.role()
+    }
+
+    // ---- paths joining -------------------------------------------------------------------------
+
+    /// Server: a client's authenticated HELLO on `path`. It continues its session when `resume` names
+    /// it, else it starts a new one (ending any session of the same key: the client restarted or gave
+    /// up). WELCOME, naming the session, is the first frame queued on the path.
+    pub fn server_path_up(
+        &mut self,
+        path: PathId,
+        info: PathInfo,
+        peer: PeerInfo,
+        resume: u64,
+        virtual_ips: Vec<IpAddr>,
+        now: Instant,
+    ) {
+        let existing = self
+            .sessions
+            .iter()
+            .find(|(id, s)| id.0 == resume && resume != 0 && s.peer.public_key == peer.public_key)
+            .map(|(id, _)| *id);
+        let sid = match existing {
+            Some(sid) => {
+                tracing::info!(peer = %peer.name, session = sid.0, ?path, remote = ?info.remote, "client opened a new path");
+                sid
+            }
+            None => {
+                let stale: Vec<SessionId> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.peer.public_key == peer.public_key)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for old in stale {
+                    self.end_session(old, "the client started a new session", now);
+                }
+                self.next_session += 1;
+                let sid = SessionId(self.next_session);
+                if let Err(err) = self.engine.add_session(sid, virtual_ips) {
+                    tracing::warn!(peer = %peer.name, %err, "session refused");
+                    let reason = err.to_string();
+                    let close = encode(&Frame::Close { code: close_code::SESSION, reason: &reason });
+                    self.actions.push_back(Action::ClosePath { path, last: vec![close] });
+                    return;
+                }
+                if resume != 0 {
+                    tracing::info!(peer = %peer.name, resume, session = sid.0, "the client's session is gone (switch timeout or restart); a new one starts");
+                } else {
+                    tracing::info!(peer = %peer.name, session = sid.0, remote = ?info.remote, "session up");
+                }
+                let machine = Machine::Server(ServerTransition::new(self.transition, sid.0, path));
+                self.sessions.insert(sid, SessionState::new(peer, machine, Some(path), now));
+                sid
+            }
+        };
+        let welcome = encode(&Frame::Welcome { version: PROTOCOL_VERSION, session_id: sid.0 });
+        self.paths.insert(path, PathState { session: sid, info, out: VecDeque::from([welcome]) });
+    }
+
+    /// Client: a path the shell opened, in the session the server's WELCOME named. A new session
+    /// starts on it; a lost session resumes on it (SWITCH_UNEXPECTED); a `roamtun switch` waiting for
+    /// this uplink starts its planned switch on it.
+    pub fn client_path_up(
+        &mut self,
+        path: PathId,
+        info: PathInfo,
+        peer: PeerInfo,
+        session: u64,
+        virtual_ips: Vec<IpAddr>,
+        now: Instant,
+    ) {
+        let uplink = info.uplink.clone();
+        self.paths.insert(path, PathState { session: SessionId(session), info, out: VecDeque::new() });
+        if self.abandoned.contains(&session) {
+            tracing::info!(session, ?path, "a path joined a session we already ended; asking for a new session");
+            self.close_path(path);
+            self.dial(DialRequest { resume: 0, uplink: None, avoid: None });
+            return;
+        }
+        let current = self.sessions.keys().next().copied();
+        if let Some(old) = current.filter(|old| old.0 != session) {
+            tracing::warn!(
+                old = old.0,
+                new = session,
+                "the server no longer knows our session (switch timeout or restart); its connections are reset"
+            );
+            self.end_session(old, "the server lost the session", now);
+        }
+        let sid = SessionId(session);
+        let Some(state) = self.sessions.get_mut(&sid) else {
+            if let Err(err) = self.engine.add_session(sid, virtual_ips) {
+                tracing::error!(%err, "cannot start the session");
+                self.close_path(path);
+                return;
+            }
+            tracing::info!(session, ?path, uplink = ?uplink, "connected to the server");
+            let machine = Machine::Client(ClientTransition::new(self.transition, session, path));
+            self.sessions.insert(sid, SessionState::new(peer, machine, Some(path), now));
+            return;
+        };
+        let Machine::Client(machine) = &mut state.machine else { return };
+        let received = offsets(&self.engine, sid);
+        match machine.resume_on(path, &received, now) {
+            // CNAPT-16*..17*: SWITCH_UNEXPECTED goes out on the new path.
+            Ok(epoch) => tracing::info!(?path, uplink = ?uplink, epoch = epoch.0, "resuming the session on a new path"),
+            Err(_) if self.switch_wanted.is_some() && self.switch_wanted == uplink => {
+                // The user's planned switch: the new path is up and authenticated (make-before-break).
+                match machine.request_switch(path, now) {
+                    Ok(r) => tracing::info!(?path, uplink = ?uplink, request = ?r, "planned switch started"),
+                    Err(err) => self.switch_failed(err.to_string()),
+                }
+            }
+            Err(_) => {
+                tracing::debug!(?path, "a path nobody needs any more; closing it");
+                self.close_path(path);
+            }
+        }
+        self.drive(sid, now);
+    }
+
+    // ---- bytes and messages from paths ---------------------------------------------------------
+
+    /// Whole frames read from `path`.
+    pub fn path_bytes(&mut self, path: PathId, bytes: &[u8], now: Instant) {
+        let Some(sid) = self.paths.get(&path).map(|p| p.session) else { return };
+        let Some(state) = self.sessions.get_mut(&sid) else { return };
+        if state.current != Some(path) {
+            // Late frames of an older epoch: the stream offsets were settled without them.
+            state.stale_frames += 1;
+            return;
+        }
+        if let Err(err) = self.engine.handle_session_bytes(sid, bytes, now) {
+            match err {
+                SessionError::PeerClosed { .. } => {
+                    self.end_session(sid, &err.to_string(), now);
+                    if self.role() == Role::Client {
+                        // The peer ended the session on purpose (e.g. the server stopped): the apps
+                        // were reset; a new session serves the next ones.
+                        self.dial(DialRequest { resume: 0, uplink: None, avoid: None });
+                    }
+                }
+                other => tracing::warn!(session = sid.0, err = %other, "session input refused"),
+            }
+        }
+    }
+
+    /// The body of a CONTROL frame read from `path`.
+    pub fn path_control(&mut self, path: PathId, body: &[u8], now: Instant) {
+        let Some(sid) = self.paths.get(&path).map(|p| p.session) else { return };
+        let received = offsets(&self.engine, sid);
+        let Some(state) = self.sessions.get_mut(&sid) else { return };
+        let msg = match ControlMessage::decode(body) {
+            Ok(msg) => msg,
+            Err(err) => {
+                state.control_malformed += 1;
+                tracing::warn!(session = sid.0, ?path, %err, "malformed transition message dropped");
+                return;
+            }
+        };
+        tracing::debug!(session = sid.0, ?path, msg = msg.name(), epoch = msg.epoch().0, "transition message");
+        match &mut state.machine {
+            Machine::Client(m) => m.handle_message(path, msg, now),
+            Machine::Server(m) => m.handle_message(path, msg, &received, now),
+        }
+        self.drive(sid, now);
+    }
+
+    /// A path failed: its connection ended, its uplink went away, or it carried nothing for too long.
+    pub fn path_lost(&mut self, path: PathId, reason: &str, now: Instant) {
+        let Some(p) = self.paths.remove(&path) else { return };
+        let sid = p.session;
+        tracing::info!(session = sid.0, ?path, uplink = ?p.info.uplink, %reason, "path lost");
+        self.actions.push_back(Action::ClosePath { path, last: Vec::new() });
+        self.last_lost = Some((path, p.info.label()));
+        if let Some(state) = self.sessions.get_mut(&sid) {
+            state.machine.handle_path_lost(path, now);
+            self.drive(sid, now);
+        }
+    }
+
+    /// Client: `roamtun switch <uplink>`. The core asks for a path on `uplink` and switches to it once
+    /// it is up; [`Action::SwitchDone`] answers.
+    pub fn request_switch(&mut self, uplink: String) -> Result<(), String> {
+        if self.switch_wanted.is_some() {
+            return Err("another switch request is in progress".into());
+        }
+        let Some((&sid, state)) = self.sessions.iter().next() else {
+            return Err("no session with the server yet".into());
+        };
+        if state.machine.is_switching() {
+            return Err("the session is switching already; try again in a moment".into());
+        }
+        let on = state.current.and_then(|p| self.paths.get(&p)).and_then(|p| p.info.uplink.clone());
+        if on.as_deref() == Some(uplink.as_str()) {
+            return Err(format!("the session already uses {uplink}"));
+        }
+        self.switch_wanted = Some(uplink.clone());
+        self.dial(DialRequest { resume: sid.0, uplink: Some(uplink), avoid: None });
+        Ok(())
+    }
+
+    /// Client: the path for a `roamtun switch` could not be opened.
+    pub fn switch_failed(&mut self, error: String) {
+        if self.switch_wanted.take().is_some() {
+            self.actions.push_back(Action::SwitchDone(Err(error)));
+        }
+    }
+
+    // ---- the transition machines' outputs ------------------------------------------------------
+
+    /// Carries out what a session's machine asks for until it has nothing more to say.
+    fn drive(&mut self, sid: SessionId, now: Instant) {
+        loop {
+            let Some(state) = self.sessions.get_mut(&sid) else { return };
+            if let Some((path, msg)) = state.machine.poll_transmit() {
+                tracing::debug!(session = sid.0, ?path, msg = msg.name(), "transition message sent");
+                if let Some(p) = self.paths.get_mut(&path) {
+                    p.out.push_back(encode(&Frame::Control { body: &msg.to_bytes() }));
+                }
+                continue;
+            }
+            let Some(event) = state.machine.poll_event() else { return };
+            self.act(sid, event, now);
+        }
+    }
+
+    fn act(&mut self, sid: SessionId, event: Event, now: Instant) {
+        let Some(state) = self.sessions.get_mut(&sid) else { return };
+        match event {
+            Event::StopSending { path } => {
+                if state.current == Some(path) {
+                    state.sending = false;
+                }
+                self.engine.hold_datagrams(sid);
+                if state.progress.is_none() {
+                    let from =
+                        self.paths.get(&path).map(|p| p.info.label()).or_else(|| {
+                            self.last_lost.as_ref().filter(|(lost, _)| *lost == path).map(|(_, l)| l.clone())
+                        });
+                    let before = self.engine.session_counters(sid).unwrap_or_default();
+                    state.progress = Some(Progress { stopped: now, from, before, resumed: None });
+                }
+            }
+            Event::RetireOldPath { path } => self.close_path(path),
+            Event::ResumeNeeded { candidate } => {
+                let candidate = candidate.filter(|p| self.paths.contains_key(p));
+                let received = offsets(&self.engine, sid);
+                if let (Some(path), Machine::Client(m)) = (candidate, &mut state.machine) {
+                    if m.resume_on(path, &received, now).is_ok() {
+                        return;
+                    }
+                }
+                let avoid = state.progress.as_ref().and_then(|p| p.from.clone());
+                self.dial(DialRequest { resume: sid.0, uplink: None, avoid });
+            }
+            Event::Resend { stream, from } => state.resends.push((stream, from)),
+            Event::ResumeOn { path, epoch, replay } => {
+                state.current = Some(path);
+                state.sending = true;
+                let resends = std::mem::take(&mut state.resends);
+                if let Some(p) = state.progress.as_mut() {
+                    p.resumed = Some(now);
+                }
+                if replay {
+                    // What was queued for the old path is regenerated from the replay buffers.
+                    self.engine.resume_session(sid, &resends, now);
+                }
+                self.engine.release_datagrams(sid);
+                tracing::debug!(session = sid.0, ?path, epoch = epoch.0, replay, "session on its new path");
+                let others: Vec<PathId> =
+                    self.paths.iter().filter(|(id, p)| p.session == sid && **id != path).map(|(id, _)| *id).collect();
+                for old in others {
+                    self.close_path(old);
+                }
+            }
+            Event::SwitchDone(summary) => {
+                let record = self.record_switch(sid, summary, now);
+                if self.switch_wanted.take().is_some() {
+                    self.actions.push_back(Action::SwitchDone(Ok(record)));
+                }
+            }
+            Event::SessionExpired { reason } => {
+                let why = match reason {
+                    ExpiryReason::SwitchTimeout => "the client did not come back within the switch timeout",
+                    ExpiryReason::ClientGaveUp => "no path to the server within the switch timeout",
+                };
+                self.end_session(sid, why, now);
+                if self.role() == Role::Client {
+                    // The apps were reset; a new session serves the next ones once the server is back.
+                    self.dial(DialRequest { resume: 0, uplink: None, avoid: None });
+                }
+            }
+        }
+    }
+
+    fn record_switch(&mut self, sid: SessionId, summary: SwitchSummary, now: Instant) -> SwitchRecord {
+        let counters = self.engine.session_counters(sid).unwrap_or_default();
+        let to = self.paths.get(&summary.to).map(|p| p.info.label());
+        let state = self.sessions.get_mut(&sid).expect("a live session switched");
+        let progress = state.progress.take();
+        let before = progress.as_ref().map(|p| p.before.clone()).unwrap_or_default();
+        let first = summary.timeline.first().map_or(0, |e| e.at.total_micros());
+        let last = summary.timeline.last().map_or(0, |e| e.at.total_micros());
+        let ms = |micros: i64| micros as f64 / 1000.0;
+        let record = SwitchRecord {
+            kind: match summary.kind {
+                SwitchKind::Planned => "planned".into(),
+                SwitchKind::Unexpected => "unexpected".into(),
+            },
+            from: progress.as_ref().and_then(|p| p.from.clone()),
+            to,
+            epoch: summary.epoch.0,
+            // Filled in by the shell, which knows the wall clock.
+            finished_unix_ms: 0,
+            duration_ms: ms(last - first),
+            stall_ms: progress
+                .as_ref()
+                .and_then(|p| p.resumed.map(|r| ms(r.total_micros() - p.stopped.total_micros())))
+                .unwrap_or(0.0),
+            bytes_replayed: counters.bytes_resent - before.bytes_resent,
+            datagrams_held: counters.datagrams_held - before.datagrams_held,
+            datagrams_dropped: counters.datagrams_dropped_switching - before.datagrams_dropped_switching,
+            steps: summary
+                .timeline
+                .iter()
+                .map(|e| SwitchStep { step: e.step.to_string(), at_ms: ms(e.at.total_micros() - first) })
+                .collect(),
+        };
+        tracing::info!(
+            peer = %state.peer.name,
+            kind = %record.kind,
+            from = record.from.as_deref().unwrap_or("?"),
+            to = record.to.as_deref().unwrap_or("?"),
+            epoch = record.epoch,
+            stall_ms = format!("{:.1}", record.stall_ms),
+            bytes_replayed = record.bytes_replayed,
+            datagrams_held = record.datagrams_held,
+            datagrams_dropped = record.datagrams_dropped,
+            "uplink switch"
+        );
+        if state.history.len() == HISTORY {
+            state.history.pop_front();
+        }
+        state.history.push_back((record.clone(), now));
+        record
+    }
+
+    fn dial(&mut self, request: DialRequest) {
+        if self.role() == Role::Client {
+            self.actions.push_back(Action::Dial(request));
+        }
+    }
+
+    // ---- time and output -----------------------------------------------------------------------
+
+    /// When [`RelayCore::poll`] must run next at the latest.
+    pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
+        let machines = self.sessions.values().filter_map(|s| s.machine.poll_timeout()).min();
+        [self.engine.poll_at(now), machines].into_iter().flatten().min()
+    }
+
+    /// Runs the timers that are due and the engine, and moves the engine's output into the queues of
+    /// the sessions' current paths (a few chunks each; the rest waits in the engine, which then stops
+    /// reading the apps).
+    pub fn poll(&mut self, now: Instant) {
+        let due: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.machine.poll_timeout().is_some_and(|at| at <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for sid in due {
+            if let Some(state) = self.sessions.get_mut(&sid) {
+                state.machine.handle_timeout(now);
+            }
+            self.drive(sid, now);
+        }
+        self.engine.poll(now);
+        self.refill();
+    }
+
+    /// Moves the engine's output into the queues of the sessions' current paths, while they have room.
+    /// Returns whether anything moved.
+    pub fn refill(&mut self) -> bool {
+        let mut moved = false;
+        for (&sid, state) in &self.sessions {
+            let Some(path) = state.current.filter(|_| state.sending) else { continue };
+            let Some(p) = self.paths.get_mut(&path) else { continue };
+            while p.out.len() < PATH_QUEUE {
+                let Some(chunk) = self.engine.pop_session_output(sid) else { break };
+                p.out.push_back(chunk);
+                moved = true;
+            }
+        }
+        moved
+    }
+
+    /// The next chunk for `path`'s writer.
+    pub fn pop_path_output(&mut self, path: PathId) -> Option<Vec<u8>> {
+        self.paths.get_mut(&path)?.out.pop_front()
+    }
+
+    /// Puts back a chunk the writer had no room for; it goes first next time.
+    pub fn unpop_path_output(&mut self, path: PathId, chunk: Vec<u8>) {
+        if let Some(p) = self.paths.get_mut(&path) {
+            p.out.push_front(chunk);
+        }
+    }
+
+    /// The paths that have output queued.
+    pub fn paths_with_output(&self) -> Vec<PathId> {
+        self.paths.iter().filter(|(_, p)| !p.out.is_empty()).map(|(id, _)| *id).collect()
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Every path and where it runs.
+    pub fn paths(&self) -> impl Iterator<Item = (PathId, &PathInfo)> {
+        self.paths.iter().map(|(id, p)| (*id, &p.info))
+    }
+
+    /// The daemon stops: every path gets a CLOSE (so the peer ends the session now instead of waiting
+    /// for us to come back), every session ends.
+    pub fn shutdown(&mut self, now: Instant) {
+        let goodbye = encode(&Frame::Close { code: close_code::SHUTDOWN, reason: "the daemon is stopping" });
+        for p in self.paths.values_mut() {
+            p.out.push_back(goodbye.clone());
+        }
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.end_session(id, "the daemon is stopping", now);
+        }
+    }
+
+    /// Closes a path; what is queued for it still goes out.
+    fn close_path(&mut self, id: PathId) {
+        if let Some(p) = self.paths.remove(&id) {
+            self.actions.push_back(Action::ClosePath { path: id, last: p.out.into() });
+        }
+    }
+
+    fn end_session(&mut self, sid: SessionId, why: &str, now: Instant) {
+        let paths: Vec<PathId> = self.paths.iter().filter(|(_, p)| p.session == sid).map(|(id, _)| *id).collect();
+        for p in paths {
+            self.close_path(p);
+        }
+        let Some(state) = self.sessions.remove(&sid) else { return };
+        if self.role() == Role::Client {
+            self.abandoned.insert(sid.0);
+        }
+        if let Some(counters) = self.engine.remove_session(sid, now) {
+            tracing::info!(
+                peer = %state.peer.name,
+                session = sid.0,
+                reason = why,
+                bytes_sent = counters.bytes_sent,
+                bytes_received = counters.bytes_received,
+                streams = counters.tcp_streams_opened,
+                "session closed; its connections were reset"
+            );
+        }
+        if self.switch_wanted.is_some() {
+            self.switch_failed(format!("the session ended: {why}"));
+        }
+    }
+
+    // ---- status --------------------------------------------------------------------------------
+
+    pub fn sessions(&self) -> impl Iterator<Item = SessionView<'_>> {
+        self.sessions.iter().map(|(id, s)| SessionView {
+            id: *id,
+            peer: &s.peer,
+            path: s.current.and_then(|c| self.paths.get(&c)).map(|p| &p.info),
+            epoch: s.machine.epoch(),
+            switching: s.machine.is_switching(),
+            stale_frames: s.stale_frames,
+            control_malformed: s.control_malformed,
+            switches: s.history.iter().map(|(r, at)| (r, *at)).collect(),
+            since: s.since,
+        })
+    }
+}
+
+impl SessionState {
+    fn new(peer: PeerInfo, machine: Machine, current: Option<PathId>, now: Instant) -> Self {
+        SessionState {
+            peer,
+            machine,
+            current,
+            sending: true,
+            resends: Vec::new(),
+            progress: None,
+            history: VecDeque::new(),
+            since: now,
+            stale_frames: 0,
+            control_malformed: 0,
+        }
+    }
+}
+
+fn offsets(engine: &Engine, sid: SessionId) -> Vec<StreamOffset> {
+    engine.received_offsets(sid).into_iter().map(|(stream, received)| StreamOffset { stream, received }).collect()
+}
+
+fn encode(frame: &Frame<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frame.encoded_len());
+    // Cannot fail: handshake and control frames are far below the body limit.
+    frame.encode(&mut out).expect("control frame encodes");
+    out
+}
