@@ -262,6 +262,9 @@ fn check_tun(path: &Path, tun: &mut TunConfig, default_name: &str) -> Result<(),
     Ok(())
 }
 
+/// Streams per session whose offsets fit one CONTROL frame (SWITCH_UNEXPECTED: 17 bytes + 12 per stream).
+pub const MAX_TCP_FLOWS: usize = 5000;
+
 /// Floors below which a budget or timeout makes the daemon useless (or spin).
 fn check_tuning(path: &Path, t: &Tuning) -> Result<(), ConfigError> {
     let floors: [(&str, u64, u64); 7] = [
@@ -277,6 +280,16 @@ fn check_tuning(path: &Path, t: &Tuning) -> Result<(), ConfigError> {
         if value < floor {
             return Err(invalid(path, format!("{key} = {value} is below the minimum {floor}")));
         }
+    }
+    // An unexpected switch names every stream's offset in one CONTROL frame (12 bytes each).
+    if t.max_tcp_flows > MAX_TCP_FLOWS {
+        return Err(invalid(
+            path,
+            format!(
+                "tuning.max_tcp_flows = {} is above the maximum {MAX_TCP_FLOWS}: a switch lists every stream in one frame",
+                t.max_tcp_flows
+            ),
+        ));
     }
     Ok(())
 }
@@ -300,8 +313,8 @@ impl ClientConfig {
                 path,
                 format!(
                     "the server address {} lies inside the routed prefix {p}: the relay connection would loop \
-                     into the TUN. Name the uplinks (uplinks = [\"eth0\", …]) so the relay is bound to them, or route \
-                     around it (e.g. 0.0.0.0/1 and 128.0.0.0/1 plus a host route to the server)",
+                     into the TUN. Name the uplinks (uplinks = [\"eth0\", …]): the relay is then bound to them and \
+                     never follows a route into the TUN",
                     c.server.address.ip()
                 ),
             ));

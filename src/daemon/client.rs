@@ -140,13 +140,14 @@ impl Dialer<'_> {
 
     /// One round: the requested uplink, or every usable uplink in order of preference (the one that
     /// just failed last). Unbound when no uplink is configured.
-    async fn attempt(&self, request: &DialRequest) -> anyhow::Result<()> {
+    async fn attempt(&mut self, request: &DialRequest) -> anyhow::Result<()> {
         let candidates: Vec<Option<String>> = if let Some(u) = &request.uplink {
             vec![Some(u.clone())]
         } else if self.config.uplinks.is_empty() {
             vec![None]
         } else {
-            let snapshot = self.uplinks.as_ref().map(|w| w.borrow().clone());
+            // Marked seen: the backoff waits for the next change, not for this one.
+            let snapshot = self.uplinks.as_mut().map(|w| w.borrow_and_update().clone());
             let usable = |name: &String| snapshot.as_ref().is_none_or(|s| s.get(name).is_some_and(|u| u.usable()));
             let mut names: Vec<&String> = self.config.uplinks.iter().filter(|n| usable(n)).collect();
             names.sort_by_key(|n| request.avoid.as_ref() == Some(*n));

@@ -161,6 +161,8 @@ struct Progress {
     before: SessionCounters,
     /// When stream data flowed again (ResumeOn).
     resumed: Option<Instant>,
+    /// Stream bytes sent again because the lost path took them.
+    replayed: u64,
 }
 
 struct SessionState {
@@ -486,7 +488,7 @@ impl RelayCore {
                             self.last_lost.as_ref().filter(|(lost, _)| *lost == path).map(|(_, l)| l.clone())
                         });
                     let before = self.engine.session_counters(sid).unwrap_or_default();
-                    state.progress = Some(Progress { stopped: now, from, before, resumed: None });
+                    state.progress = Some(Progress { stopped: now, from, before, resumed: None, replayed: 0 });
                 }
             }
             Event::RetireOldPath { path } => self.close_path(path),
@@ -506,12 +508,15 @@ impl RelayCore {
                 state.current = Some(path);
                 state.sending = true;
                 let resends = std::mem::take(&mut state.resends);
+                let replayed = if replay {
+                    // What was queued for the old path is regenerated from the replay buffers.
+                    self.engine.resume_session(sid, &resends, now)
+                } else {
+                    0
+                };
                 if let Some(p) = state.progress.as_mut() {
                     p.resumed = Some(now);
-                }
-                if replay {
-                    // What was queued for the old path is regenerated from the replay buffers.
-                    self.engine.resume_session(sid, &resends, now);
+                    p.replayed = replayed;
                 }
                 self.engine.release_datagrams(sid);
                 tracing::debug!(session = sid.0, ?path, epoch = epoch.0, replay, "session on its new path");
@@ -565,7 +570,7 @@ impl RelayCore {
                 .as_ref()
                 .and_then(|p| p.resumed.map(|r| ms(r.total_micros() - p.stopped.total_micros())))
                 .unwrap_or(0.0),
-            bytes_replayed: counters.bytes_resent - before.bytes_resent,
+            bytes_replayed: progress.as_ref().map_or(0, |p| p.replayed),
             datagrams_held: counters.datagrams_held - before.datagrams_held,
             datagrams_dropped: counters.datagrams_dropped_switching - before.datagrams_dropped_switching,
             steps: summary

@@ -771,9 +771,13 @@ impl Engine {
     /// is dropped and regenerated: each stream resends from the offset the peer has (its replay buffer
     /// holds those bytes) and grants its credit again; an OPEN or OPEN_OK that may have been lost is
     /// repeated; a stream only one side still knows was reset on the other, so it is reset here too.
-    pub fn resume_session(&mut self, sid: SessionId, peer_received: &[(u32, u64)], now: Instant) {
+    ///
+    /// Returns how many stream bytes go out again (they were sent on the lost path and the peer does
+    /// not have them).
+    pub fn resume_session(&mut self, sid: SessionId, peer_received: &[(u32, u64)], now: Instant) -> u64 {
         let role = self.config.role;
-        let Some(session) = self.sessions.get_mut(&sid) else { return };
+        let Some(session) = self.sessions.get_mut(&sid) else { return 0 };
+        let mut replayed = 0;
         session.rx.clear();
         session.out.clear();
         session.out_bytes = 0;
@@ -786,7 +790,9 @@ impl Engine {
         for (&id, stream) in session.streams.iter_mut() {
             match peer.get(&id) {
                 Some(&received) => {
+                    let before = stream.send.offset();
                     stream.send.rewind(received);
+                    replayed += before - stream.send.offset();
                     stream.replay.ack(stream.send.acked());
                     let (received, max_offset) = stream.recv.current_grant();
                     push_frame(
@@ -828,6 +834,7 @@ impl Engine {
                 let _ = self.stack.abort(stream.flow, now);
             }
         }
+        replayed
     }
 
     /// From now until [`Engine::release_datagrams`], datagrams of this session wait aside (up to the

@@ -179,7 +179,10 @@ impl ClientTransition {
     /// A planned switch cannot finish: continue as an unexpected switch.
     fn fall_back(&mut self, candidate: Option<PathId>, give_up: Instant) {
         self.kind = SwitchKind::Unexpected;
-        self.events.push_back(Event::RetireOldPath { path: self.path });
+        // The old path is retired unless it is the one to resume on (the new path was the one lost).
+        if candidate != Some(self.path) {
+            self.events.push_back(Event::RetireOldPath { path: self.path });
+        }
         self.enter_lost(candidate, give_up);
     }
 

@@ -1,6 +1,6 @@
 //! The control messages of the transition protocol and their compact byte encoding.
 //!
-//! They travel inside a (future) control frame of the relay connection, so the encoding carries no
+//! They travel inside a CONTROL frame of the relay connection, so the encoding carries no
 //! length prefix of its own: the frame delimits it. Layout (all integers big-endian):
 //!
 //! | message | bytes |

@@ -1,0 +1,555 @@
+//! Deterministic simulation of two daemons' sans-IO cores ([`RelayCore`]) roaming between two uplinks
+//! with real-world timing: uplink A has a 20 ms round trip and 2 MB/s, uplink B 50 ms and 1 MB/s. The
+//! apps on both sides are TCP stacks (smoltcp) behind each core's TUN, as in tests/engine_pair.rs.
+//!
+//! ```text
+//!  client apps ⇄ TUN ⇄ RelayCore(client) ⇄ path over A or B ⇄ RelayCore(server) ⇄ TUN ⇄ server apps
+//! ```
+//!
+//! Every path is a simulated connection: a HELLO/TLS handshake of 1.5 round trips, WELCOME, then two
+//! pipes with delay, bandwidth and a bounded send buffer. During a bidirectional transfer on two
+//! connections the client switches: planned switches (`request_switch`) and sudden losses of the
+//! active uplink (everything in flight lost, the uplink unusable for up to 800 ms; the client notices
+//! within a few ms as from rtnetlink, the server only through its idle timeout or the client's
+//! SWITCH_UNEXPECTED). Every byte must arrive exactly once, in order, both ways, and both connections
+//! must end gracefully. Time is injected, 1 ms per round; nothing sleeps.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+
+use roamtun::relay::core::{Action, PathInfo, PeerInfo, RelayCore};
+use roamtun::relay::engine::{Engine, EngineConfig, Role};
+use roamtun::transition::{PathId, TransitionConfig};
+use roamtun::wire::{self, Frame, FrameType};
+use roamtun_stack::{FlowEvent, FlowId, Ingress, Instant, Stack, StackConfig};
+
+const CLIENT_VIP: [u8; 4] = [100, 64, 0, 2];
+
+fn vip() -> IpAddr {
+    IpAddr::from(CLIENT_VIP)
+}
+
+/// Deterministic, position-dependent bytes, so a misplaced or repeated byte is caught.
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32).map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8).collect()
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+}
+
+/// One uplink's character.
+#[derive(Clone, Copy)]
+struct Link {
+    name: &'static str,
+    one_way_us: i64,
+    bytes_per_ms: i64,
+}
+
+const A: Link = Link { name: "A", one_way_us: 10_000, bytes_per_ms: 2_000 };
+const B: Link = Link { name: "B", one_way_us: 25_000, bytes_per_ms: 1_000 };
+/// What a path's sender may have in flight (its socket buffer): more waits in the core.
+const SEND_BUFFER: usize = 256 * 1024;
+
+/// One direction of a path: serialization at the link's rate, then the one-way delay.
+#[derive(Default)]
+struct Pipe {
+    busy_until_us: i64,
+    queue: VecDeque<(i64, Vec<u8>)>,
+    queued: usize,
+}
+
+impl Pipe {
+    fn send(&mut self, link: Link, now_us: i64, bytes: Vec<u8>) {
+        let start = self.busy_until_us.max(now_us);
+        self.busy_until_us = start + bytes.len() as i64 * 1000 / link.bytes_per_ms;
+        self.queued += bytes.len();
+        self.queue.push_back((self.busy_until_us + link.one_way_us, bytes));
+    }
+
+    fn deliver(&mut self, now_us: i64) -> Vec<u8> {
+        let mut out = Vec::new();
+        while self.queue.front().is_some_and(|(at, _)| *at <= now_us) {
+            let (_, b) = self.queue.pop_front().unwrap();
+            self.queued -= b.len();
+            out.extend_from_slice(&b);
+        }
+        out
+    }
+}
+
+/// Cuts a byte stream into whole frames, CONTROL frames apart (what the daemon's path reader does).
+fn frames(buf: &mut Vec<u8>) -> Vec<(bool, Vec<u8>)> {
+    let mut out: Vec<(bool, Vec<u8>)> = Vec::new();
+    let mut pos = 0;
+    while let Some(len) = wire::frame_len(&buf[pos..]) {
+        let control = buf[pos] == FrameType::Control.as_u8();
+        let bytes =
+            if control { buf[pos + wire::HEADER_LEN..pos + len].to_vec() } else { buf[pos..pos + len].to_vec() };
+        match out.last_mut() {
+            Some((false, prev)) if !control => prev.extend_from_slice(&bytes),
+            _ => out.push((control, bytes)),
+        }
+        pos += len;
+    }
+    buf.drain(..pos);
+    out
+}
+
+struct SimPath {
+    id: PathId,
+    link: Link,
+    c2s: Pipe,
+    s2c: Pipe,
+    /// When the server sees the client's HELLO (after the TLS handshake).
+    hello_at_us: i64,
+    resume: u64,
+    server_joined: bool,
+    /// The client has read WELCOME and handed the path to its core.
+    client_joined: bool,
+    client_rx: Vec<u8>,
+    server_rx: Vec<u8>,
+    /// The uplink under it failed: nothing moves any more.
+    dead: bool,
+    client_closed: bool,
+    server_closed: bool,
+}
+
+struct Side {
+    core: RelayCore,
+    app: Stack,
+    events: Vec<FlowEvent>,
+    new_flows: Vec<FlowId>,
+}
+
+impl Side {
+    fn new(role: Role, seed: u64, now: Instant) -> Self {
+        let mut config = EngineConfig::new(role);
+        config.stack.random_seed = seed;
+        let transition = TransitionConfig::default();
+        Side {
+            core: RelayCore::new(Engine::new(config, now), transition, 1000),
+            app: Stack::new(StackConfig { random_seed: seed + 1, ..StackConfig::default() }, now),
+            events: Vec::new(),
+            new_flows: Vec::new(),
+        }
+    }
+
+    /// TUN packets both ways, the apps' and the core's timers.
+    fn step(&mut self, now: Instant) {
+        self.app.poll(now);
+        while let Some(p) = self.app.pop_transmit() {
+            self.core.engine_mut().handle_tun_packet(p, now);
+        }
+        self.core.poll(now);
+        while let Some(p) = self.core.engine_mut().pop_tun_packet() {
+            if let Ingress::NewFlow { flow, .. } = self.app.handle_packet(p, now) {
+                self.new_flows.push(flow);
+            }
+        }
+        self.events.extend(std::iter::from_fn(|| self.app.pop_event()));
+    }
+
+    fn closed(&self, flow: FlowId) -> Option<bool> {
+        self.events.iter().find_map(|e| match *e {
+            FlowEvent::Closed { flow: f, reset } if f == flow => Some(reset),
+            _ => None,
+        })
+    }
+}
+
+struct Sim {
+    now_us: i64,
+    client: Side,
+    server: Side,
+    paths: Vec<SimPath>,
+    next_path: u64,
+    /// Uplinks unusable until this time (µs), after a sudden loss.
+    down_until: [i64; 2],
+    /// A dial waiting for a usable uplink: (resume, wanted uplink, uplink to avoid).
+    pending_dial: Option<(u64, Option<&'static str>, Option<String>)>,
+    switch_results: Vec<Result<String, String>>,
+    /// Connections the server apps accepted, in order.
+    accepted: Vec<FlowId>,
+    switches_requested: usize,
+}
+
+fn link_index(name: &str) -> usize {
+    usize::from(name == "B")
+}
+
+impl Sim {
+    fn new(seed: u64) -> Self {
+        let now = Instant::from_millis(1_000_000);
+        let mut sim = Sim {
+            now_us: now.total_micros(),
+            client: Side::new(Role::Client, seed * 10 + 1, now),
+            server: Side::new(Role::Server, seed * 10 + 5, now),
+            paths: Vec::new(),
+            next_path: 1,
+            down_until: [0, 0],
+            pending_dial: None,
+            switch_results: Vec::new(),
+            accepted: Vec::new(),
+            switches_requested: 0,
+        };
+        sim.open_path(A, 0);
+        sim
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_micros(self.now_us)
+    }
+
+    fn open_path(&mut self, link: Link, resume: u64) {
+        let id = PathId(self.next_path);
+        self.next_path += 1;
+        self.paths.push(SimPath {
+            id,
+            link,
+            c2s: Pipe::default(),
+            s2c: Pipe::default(),
+            // TCP handshake, TLS 1.3 (one round trip), then HELLO: 1.5 round trips.
+            hello_at_us: self.now_us + 3 * link.one_way_us,
+            resume,
+            server_joined: false,
+            client_joined: false,
+            client_rx: Vec::new(),
+            server_rx: Vec::new(),
+            dead: false,
+            client_closed: false,
+            server_closed: false,
+        });
+    }
+
+    fn usable(&self, link: Link) -> bool {
+        self.now_us >= self.down_until[link_index(link.name)]
+    }
+
+    fn dial(&mut self, resume: u64, wanted: Option<&'static str>, avoid: Option<String>) {
+        let pick = match wanted {
+            Some(name) => [A, B].into_iter().find(|l| l.name == name).filter(|l| self.usable(*l)),
+            None => {
+                let mut order = [A, B];
+                if avoid.as_deref() == Some("A") {
+                    order.swap(0, 1);
+                }
+                order.into_iter().find(|l| self.usable(*l))
+            }
+        };
+        match (pick, wanted) {
+            (Some(link), _) => self.open_path(link, resume),
+            (None, Some(name)) => self.client.core.switch_failed(format!("{name} is down")),
+            (None, None) => self.pending_dial = Some((resume, None, avoid)),
+        }
+    }
+
+    fn info(link: Link, side: Role) -> PathInfo {
+        PathInfo { local: None, remote: None, uplink: (side == Role::Client).then(|| link.name.to_string()) }
+    }
+
+    /// One millisecond of the world.
+    fn round(&mut self) {
+        self.now_us += 1000;
+        let now = self.now();
+        if let Some((resume, wanted, avoid)) = self.pending_dial.take() {
+            self.dial(resume, wanted, avoid);
+        }
+        // Handshakes completing, bytes arriving.
+        for i in 0..self.paths.len() {
+            let p = &mut self.paths[i];
+            if p.dead {
+                continue;
+            }
+            if !p.server_joined && self.now_us >= p.hello_at_us {
+                p.server_joined = true;
+                let peer = PeerInfo { name: "laptop".into(), public_key: "k".into() };
+                let (id, link, resume) = (p.id, p.link, p.resume);
+                self.server.core.server_path_up(id, Self::info(link, Role::Server), peer, resume, vec![vip()], now);
+            }
+            let p = &mut self.paths[i];
+            let got = p.c2s.deliver(self.now_us);
+            p.server_rx.extend_from_slice(&got);
+            let got = p.s2c.deliver(self.now_us);
+            p.client_rx.extend_from_slice(&got);
+            if !p.client_joined {
+                if let Some((Frame::Welcome { session_id, .. }, used)) = Frame::decode(&p.client_rx).unwrap() {
+                    p.client_rx.drain(..used);
+                    p.client_joined = true;
+                    let (id, link) = (p.id, p.link);
+                    let peer = PeerInfo { name: "server".into(), public_key: "s".into() };
+                    self.client.core.client_path_up(
+                        id,
+                        Self::info(link, Role::Client),
+                        peer,
+                        session_id,
+                        vec![vip()],
+                        now,
+                    );
+                }
+            }
+            let p = &mut self.paths[i];
+            let id = p.id;
+            let to_server = frames(&mut p.server_rx);
+            let to_client = if p.client_joined { frames(&mut p.client_rx) } else { Vec::new() };
+            let (c2s_empty, s2c_empty) = (p.c2s.queue.is_empty(), p.s2c.queue.is_empty());
+            let (cc, sc) = (p.client_closed, p.server_closed);
+            for (control, bytes) in to_server {
+                if control {
+                    self.server.core.path_control(id, &bytes, now);
+                } else {
+                    self.server.core.path_bytes(id, &bytes, now);
+                }
+            }
+            for (control, bytes) in to_client {
+                if control {
+                    self.client.core.path_control(id, &bytes, now);
+                } else {
+                    self.client.core.path_bytes(id, &bytes, now);
+                }
+            }
+            // A side that closed the connection: the other sees the end once everything arrived.
+            if cc && c2s_empty {
+                self.server.core.path_lost(id, "the peer closed the connection", now);
+            }
+            if sc && s2c_empty {
+                self.client.core.path_lost(id, "the peer closed the connection", now);
+            }
+        }
+        self.client.step(now);
+        self.server.step(now);
+        for flow in std::mem::take(&mut self.server.new_flows) {
+            self.server.app.accept(flow).unwrap();
+            self.accepted.push(flow);
+        }
+        self.actions();
+        // Output into the pipes, as far as each sender's buffer has room.
+        for p in self.paths.iter_mut().filter(|p| !p.dead) {
+            if p.client_joined && !p.client_closed {
+                while p.c2s.queued < SEND_BUFFER {
+                    let Some(chunk) = self.client.core.pop_path_output(p.id) else { break };
+                    p.c2s.send(p.link, self.now_us, chunk);
+                }
+            }
+            if p.server_joined && !p.server_closed {
+                while p.s2c.queued < SEND_BUFFER {
+                    let Some(chunk) = self.server.core.pop_path_output(p.id) else { break };
+                    p.s2c.send(p.link, self.now_us, chunk);
+                }
+            }
+        }
+        self.client.core.refill();
+        self.server.core.refill();
+    }
+
+    fn actions(&mut self) {
+        while let Some(action) = self.client.core.poll_action() {
+            match action {
+                Action::Dial(req) => {
+                    let wanted = req.uplink.as_deref().map(|u| if u == "A" { "A" } else { "B" });
+                    self.dial(req.resume, wanted, req.avoid);
+                }
+                Action::ClosePath { path, last } => {
+                    if let Some(p) = self.paths.iter_mut().find(|p| p.id == path) {
+                        for chunk in last {
+                            p.c2s.send(p.link, self.now_us, chunk);
+                        }
+                        p.client_closed = true;
+                    }
+                }
+                Action::SwitchDone(r) => self.switch_results.push(r.map(|rec| rec.kind)),
+            }
+        }
+        while let Some(action) = self.server.core.poll_action() {
+            match action {
+                Action::Dial(_) | Action::SwitchDone(_) => unreachable!("the server neither dials nor switches"),
+                Action::ClosePath { path, last } => {
+                    if let Some(p) = self.paths.iter_mut().find(|p| p.id == path) {
+                        for chunk in last {
+                            p.s2c.send(p.link, self.now_us, chunk);
+                        }
+                        p.server_closed = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The uplink of the client's current path.
+    fn active(&self) -> Option<Link> {
+        let s = self.client.core.sessions().next()?;
+        let name = s.path?.uplink.clone()?;
+        Some(if name == "A" { A } else { B })
+    }
+
+    fn epoch(&self) -> u32 {
+        self.client.core.sessions().next().map_or(0, |s| s.epoch)
+    }
+
+    /// A switch is under way: the machine is in one, or a requested one waits for its path.
+    fn switching(&self) -> bool {
+        let requested = self.switch_results.len() < self.switches_requested;
+        requested || self.client.core.sessions().next().is_none_or(|s| s.switching || s.path.is_none())
+    }
+
+    /// The active uplink fails for `outage_ms`: everything in flight on its paths is lost. The client
+    /// notices after `client_ms` (rtnetlink); the server only by the client's SWITCH_UNEXPECTED.
+    fn lose_active(&mut self, outage_ms: i64, client_ms: i64) -> i64 {
+        let link = self.active().expect("a path to lose");
+        self.down_until[link_index(link.name)] = self.now_us + outage_ms * 1000;
+        let mut lost = Vec::new();
+        for p in self.paths.iter_mut().filter(|p| p.link.name == link.name && !p.dead) {
+            p.dead = true;
+            lost.push(p.id);
+        }
+        let notice_at = self.now_us + client_ms * 1000;
+        for _ in 0..client_ms {
+            self.round();
+        }
+        for id in lost {
+            let now = self.now();
+            self.client.core.path_lost(id, "uplink down", now);
+        }
+        notice_at
+    }
+}
+
+#[test]
+fn roaming_across_slow_links_loses_and_duplicates_nothing() {
+    for seed in 1..=40u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut sim = Sim::new(seed);
+        for _ in 0..2000 {
+            sim.round();
+            if !sim.switching() {
+                break;
+            }
+        }
+        assert_eq!(sim.active().map(|l| l.name), Some("A"), "seed {seed}: no session on A");
+        let vip_src = |port| SocketAddr::new(vip(), port);
+        let dst: SocketAddr = "100.64.0.1:80".parse().unwrap();
+        let c1 = sim.client.app.connect(vip_src(41000), dst).unwrap();
+        let c2 = sim.client.app.connect(vip_src(41001), dst).unwrap();
+        for _ in 0..2000 {
+            sim.round();
+            if sim.accepted.len() == 2 && [c1, c2].iter().all(|c| sim.client.events.contains(&FlowEvent::Connected(*c)))
+            {
+                break;
+            }
+        }
+        let server_flows = sim.accepted.clone();
+        assert_eq!(server_flows.len(), 2, "seed {seed}: the server apps did not get both connections");
+        // smoltcp flow ids count up on the server's app stack in SYN order: 41000 first.
+        let (s1, s2) = (server_flows[0], server_flows[1]);
+        let up1 = pattern(2_000_000, seed as u32);
+        let down1 = pattern(3_000_000, seed as u32 + 100);
+        let up2 = pattern(1_000_000, seed as u32 + 200);
+        let down2 = pattern(1_500_000, seed as u32 + 300);
+        let (mut su1, mut sd1, mut su2, mut sd2) = (0, 0, 0, 0);
+        let (mut gu1, mut gd1, mut gu2, mut gd2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut planned, mut lost) = (0, 0);
+        let mut next_event = sim.now_us + rng.range(100, 400) as i64 * 1000;
+        for round in 0.. {
+            assert!(round < 120_000, "seed {seed}: transfers did not finish in 120 s of simulated time");
+            su1 += sim.client.app.send(c1, &up1[su1..]);
+            sd1 += sim.server.app.send(s1, &down1[sd1..]);
+            su2 += sim.client.app.send(c2, &up2[su2..]);
+            sd2 += sim.server.app.send(s2, &down2[sd2..]);
+            sim.server.app.recv(s1, usize::MAX, |c| gu1.extend_from_slice(c));
+            sim.client.app.recv(c1, usize::MAX, |c| gd1.extend_from_slice(c));
+            sim.server.app.recv(s2, usize::MAX, |c| gu2.extend_from_slice(c));
+            sim.client.app.recv(c2, usize::MAX, |c| gd2.extend_from_slice(c));
+            if su1 == up1.len() {
+                sim.client.app.close(c1);
+            }
+            if sd1 == down1.len() {
+                sim.server.app.close(s1);
+            }
+            if su2 == up2.len() {
+                sim.client.app.close(c2);
+            }
+            if sd2 == down2.len() {
+                sim.server.app.close(s2);
+            }
+            let all_closed = [(&sim.client, c1), (&sim.server, s1), (&sim.client, c2), (&sim.server, s2)]
+                .iter()
+                .all(|(side, flow)| side.closed(*flow).is_some());
+            if all_closed {
+                break;
+            }
+            if sim.now_us >= next_event && !sim.switching() && planned + lost < 8 {
+                let other = if sim.active().unwrap().name == "A" { B } else { A };
+                // The first event is a sudden loss, the second a planned switch, then chance decides.
+                let plan = match planned + lost {
+                    0 => false,
+                    1 => true,
+                    _ => rng.next().is_multiple_of(2),
+                };
+                if plan && !sim.usable(other) {
+                    // Nowhere to go yet: try again a little later.
+                    next_event = sim.now_us + 100_000;
+                    continue;
+                }
+                if plan {
+                    let other = other.name;
+                    sim.client.core.request_switch(other.into()).expect("a switch starts");
+                    sim.switches_requested += 1;
+                    planned += 1;
+                } else {
+                    sim.lose_active(rng.range(0, 800) as i64, rng.range(1, 5) as i64);
+                    lost += 1;
+                }
+                next_event = sim.now_us + rng.range(150, 700) as i64 * 1000;
+            }
+            sim.round();
+        }
+        assert!(
+            gu1 == up1 && gd1 == down1 && gu2 == up2 && gd2 == down2,
+            "seed {seed}: bytes differ: got {} {} {} {} of {} {} {} {}",
+            gu1.len(),
+            gd1.len(),
+            gu2.len(),
+            gd2.len(),
+            up1.len(),
+            down1.len(),
+            up2.len(),
+            down2.len()
+        );
+        for (side, flow) in [(&sim.client, c1), (&sim.server, s1), (&sim.client, c2), (&sim.server, s2)] {
+            assert_eq!(side.closed(flow), Some(false), "seed {seed}: a connection did not end gracefully");
+        }
+        assert!(planned >= 1 && lost >= 1, "seed {seed}: only {planned} planned and {lost} sudden switches happened");
+        // Finish any switch in flight, then every switch is one epoch further.
+        for _ in 0..5000 {
+            if !sim.switching() {
+                break;
+            }
+            sim.round();
+        }
+        let history: Vec<String> = sim
+            .client
+            .core
+            .sessions()
+            .next()
+            .map(|s| {
+                s.switches.iter().map(|(r, _)| format!("{} {:?}>{:?} e{}", r.kind, r.from, r.to, r.epoch)).collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(sim.epoch(), planned + lost, "seed {seed}: {planned} planned + {lost} lost; switches {history:?}");
+        let planned_done = sim.switch_results.iter().filter(|r| r.as_deref() == Ok("planned")).count();
+        assert_eq!(planned_done, planned as usize, "seed {seed}: switch results {:?}", sim.switch_results);
+        let c = sim.client.core.engine().session_status()[0].counters.clone();
+        let s = sim.server.core.engine().session_status()[0].counters.clone();
+        assert_eq!(c.streams_violated + s.streams_violated, 0, "seed {seed}: a resend broke the stream rules");
+    }
+}
