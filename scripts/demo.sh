@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The live demo: builds roamtun, creates a client and a server network namespace joined by one veth
-# uplink, starts both daemons, moves a verified file both ways through the tunnel, shows `roamtun
-# status` and cleans everything up (also on failure or Ctrl-C).
+# The live demo: builds roamtun, creates a client and a server network namespace joined by two veth
+# uplinks, starts both daemons, moves a verified file both ways through the tunnel, then keeps a
+# transfer and an interactive session running while the client switches uplinks twice (a planned
+# switch, then the active link pulled down), shows `roamtun status` and cleans everything up (also on
+# failure or Ctrl-C).
 #
-#   ns client: curl -> roam0 100.64.0.2 (stable virtual IP) -> roamtun client -> wlan0 198.18.1.2
-#   ns server: roamtun server on 198.18.1.1:7700 -> roamsrv0 100.64.0.1 -> HTTP server
+#   ns client: apps -> roam0 100.64.0.2 (stable virtual IP) -> roamtun client -> wlan0 198.18.1.2
+#                                                                            or wwan0 198.18.2.2
+#   ns server: roamtun server on 198.18.0.1:7700 (over up1 and up2) -> roamsrv0 100.64.0.1 -> apps
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -20,9 +23,10 @@ cargo build --release --quiet
 . "$ROOT/scripts/lib/netns.sh"
 trap netns_cleanup EXIT
 
-echo "==> namespaces $NS_C (client) and $NS_S (server), uplink wlan0 198.18.1.2 <-> 198.18.1.1"
+echo "==> namespaces $NS_C (client) and $NS_S (server); uplinks wlan0 198.18.1.2 and wwan0 198.18.2.2"
 netns_topology
-netns_configs
+netns_second_uplink
+SERVER_ADDR=198.18.0.1 CLIENT_EXTRA='uplinks = ["wlan0", "wwan0"]' netns_configs
 netns_start_daemons
 echo "==> client connected; virtual IP 100.64.0.2 on roam0"
 
@@ -42,6 +46,28 @@ up=$(c curl -sS -T "$WORK/got" http://100.64.0.1:8080/upload)
 [ "$up" = "$want" ] || { echo "upload corrupted: server saw $up"; exit 1; }
 echo "==> uploaded 32 MiB, the server computed the same sha256"
 c ping -c 3 -i 0.2 -q 100.64.0.1 | tail -n 1 | sed 's/^/==> ping 100.64.0.1: /'
+
+echo
+echo "==> roaming: a 128 MiB transfer each way and an echo every 50 ms keep running while the client"
+echo "    switches uplinks (planned wlan0 -> wwan0, then wwan0 pulled down)"
+spawn "$WORK/apps.log" "$NS_S" $APPS bulk-server 100.64.0.1 7200 "$WORK/bulk.ready"
+spawn "$WORK/apps.log" "$NS_S" $APPS echo-server 100.64.0.1 7000 "$WORK/echo.ready"
+wait_ready "$WORK/bulk.ready"
+wait_ready "$WORK/echo.ready"
+spawn "$WORK/bulk.out" "$NS_C" $APPS bulk-client 100.64.0.1 7200 --size $((128 << 20)) --rate $((24 << 20)) --timeout 120
+bulk=$LAST_PID
+spawn "$WORK/echo.out" "$NS_C" $APPS interactive 100.64.0.1 7000 "$WORK/stop" --timeout 120
+echo_pid=$LAST_PID
+wait_progress 32
+echo "==> roamtun switch wwan0"
+"$ROAMTUN" switch wwan0 --socket "$WORK/client.sock" | sed 's/^/    /'
+wait_progress 32
+echo "==> ip link set wwan0 down (the active uplink disappears)"
+c ip link set wwan0 down
+wait "$bulk" || { cat "$WORK/bulk.out"; echo "the transfer failed"; exit 1; }
+touch "$WORK/stop"
+wait "$echo_pid" || { cat "$WORK/echo.out"; echo "the interactive session failed"; exit 1; }
+sed 's/^/==> /' "$WORK/bulk.out" "$WORK/echo.out"
 echo
 echo "==> roamtun status (client)"
 "$ROAMTUN" status --socket "$WORK/client.sock"
@@ -49,4 +75,4 @@ echo
 echo "==> roamtun status (server)"
 "$ROAMTUN" status --socket "$WORK/server.sock"
 echo
-echo "demo finished: transfers verified (download took ${down_secs}s); cleaning up"
+echo "demo finished: transfers verified (download took ${down_secs}s), the session survived both switches; cleaning up"

@@ -129,8 +129,10 @@ pub struct Tuning {
     pub session_out_budget: usize,
     pub max_tcp_flows: usize,
     pub udp_idle_timeout_secs: u64,
-    /// A relay connection that carries nothing for this long is considered dead.
-    pub idle_timeout_secs: u64,
+    /// Check: a path that receives nothing for this long is dead (the session moves or resumes).
+    pub dead_after_ms: u64,
+    /// Check: each side sends a PING after this long without sending; the PONG measures the RTT.
+    pub probe_interval_ms: u64,
     /// Server: how long a session whose path is lost waits for its client to come back (spec
     /// \[0133\]). Client: how long it keeps trying to resume before it gives the session up.
     pub switch_timeout_secs: u64,
@@ -144,7 +146,8 @@ impl Default for Tuning {
             session_out_budget: 2 * 1024 * 1024,
             max_tcp_flows: 4096,
             udp_idle_timeout_secs: 60,
-            idle_timeout_secs: 30,
+            dead_after_ms: 3000,
+            probe_interval_ms: 500,
             switch_timeout_secs: 60,
         }
     }
@@ -173,15 +176,84 @@ pub struct ClientConfig {
     /// `0.0.0.0/0` for everything).
     #[serde(deserialize_with = "vec_from_str")]
     pub routes: Vec<Prefix>,
-    /// The interfaces the relay may use, in order of preference (e.g. `["wlan0", "wwan0"]`). The relay
-    /// is bound to one of them (SO_BINDTODEVICE), so it never follows a route into the TUN. Empty: the
+    /// The interfaces the relay may use, in order of preference (e.g. `["wlan0", "wwan0"]`, or
+    /// `{ name = "wwan0", metered = true }` for an entry the decision task should spare). The relay is
+    /// bound to one of them (SO_BINDTODEVICE), so it never follows a route into the TUN. Empty: the
     /// kernel's routing picks, and a route covering the server is refused.
     #[serde(default)]
-    pub uplinks: Vec<String>,
+    pub uplinks: Vec<UplinkConfig>,
     #[serde(default = "default_client_socket")]
     pub control_socket: PathBuf,
     #[serde(default)]
     pub tuning: Tuning,
+    #[serde(default)]
+    pub decision: DecisionConfig,
+}
+
+/// The decision task's hysteresis (src/link/policy.rs has the rules).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecisionConfig {
+    /// Score points an uplink must gain over the active one before the session moves to it.
+    pub min_gain: f64,
+    /// No automatic switch sooner than this after the last one.
+    pub dwell_secs: u64,
+    /// An uplink that came back must stay healthy this long before the session moves back to it.
+    pub fail_back_after_secs: u64,
+}
+
+impl Default for DecisionConfig {
+    fn default() -> Self {
+        DecisionConfig { min_gain: 10.0, dwell_secs: 10, fail_back_after_secs: 30 }
+    }
+}
+
+/// One uplink of the client, in `uplinks` order (earlier is preferred).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(from = "UplinkEntry")]
+pub struct UplinkConfig {
+    pub name: String,
+    /// Paid by volume or capped: used only when no free uplink is healthy.
+    pub metered: bool,
+    /// Money per GiB (any currency; only comparisons matter).
+    pub cost_per_gib: f64,
+}
+
+/// An entry of `uplinks` as written: a bare interface name, or a table.
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "an interface name, or a table such as { name = \"wwan0\", metered = true, cost_per_gib = 2.5 }"
+)]
+enum UplinkEntry {
+    Name(String),
+    Table(UplinkTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UplinkTable {
+    name: String,
+    #[serde(default)]
+    metered: bool,
+    #[serde(default)]
+    cost_per_gib: f64,
+}
+
+impl From<UplinkEntry> for UplinkConfig {
+    fn from(e: UplinkEntry) -> Self {
+        match e {
+            UplinkEntry::Name(name) => UplinkConfig { name, metered: false, cost_per_gib: 0.0 },
+            UplinkEntry::Table(t) => UplinkConfig { name: t.name, metered: t.metered, cost_per_gib: t.cost_per_gib },
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The uplinks' names, in order of preference.
+    pub fn uplink_names(&self) -> Vec<String> {
+        self.uplinks.iter().map(|u| u.name.clone()).collect()
+    }
 }
 
 fn default_client_tun() -> TunConfig {
@@ -267,19 +339,31 @@ pub const MAX_TCP_FLOWS: usize = 5000;
 
 /// Floors below which a budget or timeout makes the daemon useless (or spin).
 fn check_tuning(path: &Path, t: &Tuning) -> Result<(), ConfigError> {
-    let floors: [(&str, u64, u64); 7] = [
+    let floors: [(&str, u64, u64); 8] = [
         ("tuning.stream_window", t.stream_window, crate::relay::stream::INITIAL_CREDIT),
         ("tuning.tcp_buffer", t.tcp_buffer as u64, 16 * 1024),
         ("tuning.session_out_budget", t.session_out_budget as u64, 128 * 1024),
         ("tuning.max_tcp_flows", t.max_tcp_flows as u64, 1),
         ("tuning.udp_idle_timeout_secs", t.udp_idle_timeout_secs, 1),
-        ("tuning.idle_timeout_secs", t.idle_timeout_secs, 1),
+        ("tuning.dead_after_ms", t.dead_after_ms, 50),
+        ("tuning.probe_interval_ms", t.probe_interval_ms, 10),
         ("tuning.switch_timeout_secs", t.switch_timeout_secs, 1),
     ];
     for (key, value, floor) in floors {
         if value < floor {
             return Err(invalid(path, format!("{key} = {value} is below the minimum {floor}")));
         }
+    }
+    // The peer must hear at least two probes before it may call a quiet path dead.
+    if t.probe_interval_ms * 2 > t.dead_after_ms {
+        return Err(invalid(
+            path,
+            format!(
+                "tuning.probe_interval_ms = {} must be at most half of tuning.dead_after_ms = {}: a quiet but \
+                 working path would be declared dead",
+                t.probe_interval_ms, t.dead_after_ms
+            ),
+        ));
     }
     // An unexpected switch names every stream's offset in one CONTROL frame (12 bytes each).
     if t.max_tcp_flows > MAX_TCP_FLOWS {
@@ -303,8 +387,15 @@ impl ClientConfig {
         let mut c: ClientConfig = parse(path, text)?;
         check_tun(path, &mut c.tun, "roam0")?;
         check_tuning(path, &c.tuning)?;
-        if let Some(name) = c.uplinks.iter().find(|n| n.is_empty() || n.len() > 15 || n.contains('/')) {
+        let names = c.uplink_names();
+        if let Some(name) = names.iter().find(|n| n.is_empty() || n.len() > 15 || n.contains('/')) {
             return Err(invalid(path, format!("uplinks: {name:?} is not a Linux interface name")));
+        }
+        if let Some(dup) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)).map(|(_, n)| n) {
+            return Err(invalid(path, format!("uplinks: {dup:?} is named twice")));
+        }
+        if let Some(u) = c.uplinks.iter().find(|u| u.cost_per_gib.is_nan() || u.cost_per_gib < 0.0) {
+            return Err(invalid(path, format!("uplinks: cost_per_gib of {:?} must be 0 or more", u.name)));
         }
         let unbound = c.uplinks.is_empty();
         if let Some(p) = c.routes.iter().find(|p| unbound && prefix_contains(p, c.server.address.ip())) {
@@ -466,7 +557,17 @@ mod tests {
         // Bound to named uplinks, the relay cannot follow the route into the TUN: system-wide is fine.
         let bound = text.replace("routes =", "uplinks = [\"wlan0\", \"wwan0\"]\nroutes =");
         let c = ClientConfig::from_toml(Path::new("c.toml"), &bound).unwrap();
-        assert_eq!(c.uplinks, ["wlan0", "wwan0"]);
+        assert_eq!(c.uplink_names(), ["wlan0", "wwan0"]);
+        // An entry may be a table with what the decision task needs.
+        let tables = text.replace(
+            "routes =",
+            "uplinks = [\"eth0\", { name = \"wwan0\", metered = true, cost_per_gib = 2.5 }]\nroutes =",
+        );
+        let c = ClientConfig::from_toml(Path::new("c.toml"), &tables).unwrap();
+        assert_eq!(c.uplinks[1], UplinkConfig { name: "wwan0".into(), metered: true, cost_per_gib: 2.5 });
+        let typo = tables.replace("metered =", "metred =");
+        let err = ClientConfig::from_toml(Path::new("c.toml"), &typo).unwrap_err().to_string();
+        assert!(err.contains("an interface name, or a table") && err.contains("line"), "{err}");
         let bad = text.replace("routes =", "uplinks = [\"a/b\"]\nroutes =");
         let err = ClientConfig::from_toml(Path::new("c.toml"), &bad).unwrap_err().to_string();
         assert!(err.contains("\"a/b\" is not a Linux interface name"), "{err}");
@@ -474,9 +575,16 @@ mod tests {
 
     #[test]
     fn tuning_below_its_floor_is_refused() {
-        let err = ServerConfig::from_toml(Path::new("s.toml"), &server_toml("\n[tuning]\nidle_timeout_secs = 0\n"))
+        let err = ServerConfig::from_toml(Path::new("s.toml"), &server_toml("\n[tuning]\ndead_after_ms = 0\n"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("tuning.idle_timeout_secs = 0"), "{err}");
+        assert!(err.contains("tuning.dead_after_ms = 0"), "{err}");
+        let err = ServerConfig::from_toml(
+            Path::new("s.toml"),
+            &server_toml("\n[tuning]\ndead_after_ms = 300\nprobe_interval_ms = 200\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("at most half of tuning.dead_after_ms = 300"), "{err}");
     }
 }

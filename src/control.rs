@@ -21,6 +21,10 @@ pub enum Request {
     Switch {
         uplink: String,
     },
+    /// Client: use this uplink whenever it is usable (`None`: back to the automatic choice).
+    Pin {
+        uplink: Option<String>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -28,6 +32,7 @@ pub enum Request {
 pub enum Response {
     Status(Status),
     Switched(SwitchRecord),
+    Done { message: String },
     Error { message: String },
 }
 
@@ -61,6 +66,20 @@ pub struct UplinkStatus {
     /// "active" (the session uses it), "standby" (up with an address), "down" or "absent".
     pub state: String,
     pub addresses: Vec<IpAddr>,
+    /// The smoothed round trip of the probes on the path over this uplink, if one is open.
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
+    /// The decision task's score (higher is better; null when unusable) and the reasons.
+    #[serde(default)]
+    pub score: Option<f64>,
+    #[serde(default)]
+    pub why: String,
+    #[serde(default)]
+    pub metered: bool,
+    #[serde(default)]
+    pub cost_per_gib: f64,
+    #[serde(default)]
+    pub pinned: bool,
 }
 
 /// One finished uplink switch of a session.
@@ -122,6 +141,9 @@ pub struct PeerStatus {
     /// A switch is in progress (or the path is lost and not yet resumed).
     #[serde(default)]
     pub switching: bool,
+    /// The smoothed round trip of the probes on the current path.
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
     /// Frames that arrived on a path the session had left (late frames of an old epoch), dropped.
     #[serde(default)]
     pub stale_frames_dropped: u64,
@@ -243,7 +265,11 @@ pub fn render(status: &Status) -> String {
     }
     for u in &status.uplinks {
         let addrs: Vec<String> = u.addresses.iter().map(ToString::to_string).collect();
-        let _ = writeln!(s, "  uplink {:<8} {:<8} {}", u.name, u.state, addrs.join(", "));
+        let rtt = u.rtt_ms.map(|r| format!(" rtt {r:.1} ms")).unwrap_or_default();
+        let score = u.score.map(|v| format!(" score {v:.0} ({})", u.why)).unwrap_or_default();
+        let pin = if u.pinned { " pinned" } else { "" };
+        let metered = if u.metered { " metered" } else { "" };
+        let _ = writeln!(s, "  uplink {:<8} {:<8} {}{rtt}{score}{metered}{pin}", u.name, u.state, addrs.join(", "));
     }
     for p in &status.peers {
         let state = match (p.connected, p.switching) {
@@ -259,7 +285,8 @@ pub fn render(status: &Status) -> String {
         }
         if let (Some(local), Some(remote)) = (p.local_address, p.remote_address) {
             let uplink = p.uplink.as_deref().unwrap_or("?");
-            let _ = writeln!(s, "  uplink:       {uplink} {local} -> {remote}");
+            let rtt = p.rtt_ms.map(|r| format!(", rtt {r:.1} ms")).unwrap_or_default();
+            let _ = writeln!(s, "  uplink:       {uplink} {local} -> {remote}{rtt}");
         }
         match (p.connected_secs, p.connects) {
             (Some(secs), 0) => {

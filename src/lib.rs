@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod keys;
+pub mod link;
 pub mod relay;
 pub mod tls;
 pub mod transition;

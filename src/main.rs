@@ -55,6 +55,17 @@ enum Command {
         #[arg(short, long, value_name = "PATH", default_value = "/run/roamtun/client.sock")]
         socket: PathBuf,
     },
+    /// Use this uplink whenever it is usable, whatever the decision task would choose.
+    Pin {
+        uplink: String,
+        #[arg(short, long, value_name = "PATH", default_value = "/run/roamtun/client.sock")]
+        socket: PathBuf,
+    },
+    /// Back to the automatic choice of uplink.
+    Unpin {
+        #[arg(short, long, value_name = "PATH", default_value = "/run/roamtun/client.sock")]
+        socket: PathBuf,
+    },
     /// Print a new private key.
     Genkey,
     /// Read a private key on stdin and print its public key.
@@ -101,6 +112,8 @@ fn main() -> ExitCode {
         },
         Command::Status { json, socket } => status(json, socket),
         Command::Switch { uplink, json, socket } => switch(uplink, json, socket),
+        Command::Pin { uplink, socket } => simple(&socket, Request::Pin { uplink: Some(uplink) }),
+        Command::Unpin { socket } => simple(&socket, Request::Pin { uplink: None }),
     }
 }
 
@@ -184,6 +197,25 @@ fn switch(uplink: String, json: bool, socket: PathBuf) -> ExitCode {
             } else {
                 println!("{}", control::render_switch(&record));
             }
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Error { message }) => {
+            eprintln!("roamtun: {message}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+        Ok(other) => {
+            eprintln!("roamtun: unexpected answer from the daemon: {other:?}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+        Err(err) => fail(EXIT_FAILURE, &err),
+    }
+}
+
+/// A request answered by one line.
+fn simple(socket: &std::path::Path, request: Request) -> ExitCode {
+    match runtime().block_on(control::request(socket, &request)) {
+        Ok(Response::Done { message }) => {
+            println!("{message}");
             ExitCode::SUCCESS
         }
         Ok(Response::Error { message }) => {

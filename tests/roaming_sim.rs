@@ -502,7 +502,7 @@ fn roaming_across_slow_links_loses_and_duplicates_nothing() {
                 }
                 if plan {
                     let other = other.name;
-                    sim.client.core.request_switch(other.into()).expect("a switch starts");
+                    sim.client.core.request_switch(other.into(), sim.now()).expect("a switch starts");
                     sim.switches_requested += 1;
                     planned += 1;
                 } else {

@@ -92,6 +92,17 @@ netns_second_uplink() {
     c ip route add default via 198.18.2.1 dev wwan0 metric 200
 }
 
+# A third, preferred uplink for the link manager's tests: eth0 198.18.3.2/24 <==> up3 198.18.3.1/24,
+# default via eth0 metric 50. Call after netns_second_uplink.
+netns_third_uplink() {
+    ip link add eth0 netns "$NS_C" type veth peer name up3 netns "$NS_S"
+    c ip addr add 198.18.3.2/24 dev eth0
+    s ip addr add 198.18.3.1/24 dev up3
+    c ip link set eth0 up
+    s ip link set up3 up
+    c ip route add default via 198.18.3.1 dev eth0 metric 50
+}
+
 netns_topology() {
     ip netns add "$NS_C"
     ip netns add "$NS_S"
@@ -159,4 +170,13 @@ netns_start_daemons() {
 # json_get SOCKET PYTHON_EXPR: evaluates an expression on the status dict `s`.
 json_get() {
     status_json "$1" | python3 -c "import json,sys; s=json.load(sys.stdin); print($2)"
+}
+
+client_received_at_least() { [ "$(json_get "$WORK/client.sock" 's["bytes_received"]')" -ge "$1" ]; }
+
+# wait_progress MIB: waits until the client has received MIB more (all flows) than when called.
+wait_progress() {
+    local target
+    target=$(($(json_get "$WORK/client.sock" 's["bytes_received"]') + ($1 << 20)))
+    wait_for 60 "$1 MiB more through the tunnel" client_received_at_least "$target"
 }

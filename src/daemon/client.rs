@@ -38,7 +38,7 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
         }
     };
     let tun = Arc::new(Tun::create(&config.tun.name, config.tun.mtu, &config.virtual_ips, &config.routes).await?);
-    tracing::info!(tun = %config.tun.name, virtual_ips = ?config.virtual_ips, routes = ?config.routes.iter().map(ToString::to_string).collect::<Vec<_>>(), uplinks = ?config.uplinks, "client TUN up");
+    tracing::info!(tun = %config.tun.name, virtual_ips = ?config.virtual_ips, routes = ?config.routes.iter().map(ToString::to_string).collect::<Vec<_>>(), uplinks = ?config.uplink_names(), "client TUN up");
     let clock = Clock::new();
     let engine = Engine::new(engine_config(Role::Client, &config.tuning, config.tun.mtu), clock.now());
     let shared = Arc::new(SharedCounters::default());
@@ -52,7 +52,12 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
     };
     // One request at a time is all the dialer ever has: a newer one replaces what it was doing.
     let (dial_tx, dial_rx) = mpsc::channel(4);
-    let hooks = ClientHooks { dial: dial_tx, uplinks: uplinks.clone(), configured: config.uplinks.clone() };
+    let hooks = ClientHooks {
+        dial: dial_tx,
+        uplinks: uplinks.clone(),
+        configured: config.uplinks.clone(),
+        decision: config.decision.clone(),
+    };
     let connector = TlsConnector::from(tls_config);
     super::serve(
         tun,
@@ -100,7 +105,8 @@ impl Dialer<'_> {
             match outcome {
                 Ok(()) => {}
                 Err(err) if request.uplink.is_some() => {
-                    let _ = self.engine.send(EngineMsg::DialFailed { error: format!("{err:#}") }).await;
+                    let failed = EngineMsg::DialFailed { error: format!("{err:#}"), standby: request.standby };
+                    let _ = self.engine.send(failed).await;
                 }
                 Err(err) => {
                     let msg = format!("{err:#}");
@@ -117,8 +123,10 @@ impl Dialer<'_> {
                         }
                     };
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = changed => {}
+                        _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(BACKOFF_MAX),
+                        // Something changed: the next failure (e.g. the route comes a moment after the
+                        // address) is retried soon again, not after a long backoff.
+                        _ = changed => backoff = BACKOFF_FIRST,
                         newer = requests.recv() => match newer {
                             Some(newer) => {
                                 request = newer;
@@ -128,7 +136,6 @@ impl Dialer<'_> {
                             None => return,
                         },
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
                 }
             }
@@ -149,10 +156,11 @@ impl Dialer<'_> {
             // Marked seen: the backoff waits for the next change, not for this one.
             let snapshot = self.uplinks.as_mut().map(|w| w.borrow_and_update().clone());
             let usable = |name: &String| snapshot.as_ref().is_none_or(|s| s.get(name).is_some_and(|u| u.usable()));
-            let mut names: Vec<&String> = self.config.uplinks.iter().filter(|n| usable(n)).collect();
+            let all = self.config.uplink_names();
+            let mut names: Vec<&String> = all.iter().filter(|n| usable(n)).collect();
             names.sort_by_key(|n| request.avoid.as_ref() == Some(*n));
             if names.is_empty() {
-                anyhow::bail!("no usable uplink among {:?} (down or without an address)", self.config.uplinks);
+                anyhow::bail!("no usable uplink among {all:?} (down or without an address)");
             }
             names.into_iter().map(|n| Some(n.clone())).collect()
         };
@@ -197,7 +205,7 @@ impl Dialer<'_> {
             anyhow::bail!("the server speaks protocol version {version}, we speak {PROTOCOL_VERSION}");
         }
         let path = self.shared.next_path();
-        let liveness = Liveness::from_idle_timeout(Duration::from_secs(self.config.tuning.idle_timeout_secs));
+        let liveness = Liveness::from_tuning(&self.config.tuning);
         let io = transport::spawn_path_io(stream, path, early, self.engine.clone(), self.room.clone(), liveness);
         let uplink = uplink.map(str::to_string).or_else(|| super::tun::interface_of(local.ip()));
         tracing::debug!(%server, %local, ?uplink, session = session_id, ?path, "path authenticated");

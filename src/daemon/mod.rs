@@ -60,6 +60,11 @@ pub enum EngineMsg {
         path: PathId,
         body: Vec<u8>,
     },
+    /// A PONG came back on a path after this round trip.
+    PathRtt {
+        path: PathId,
+        rtt: std::time::Duration,
+    },
     /// A path failed or ended.
     PathDown {
         path: PathId,
@@ -68,6 +73,8 @@ pub enum EngineMsg {
     /// Client: a [`DialRequest`] for one uplink failed.
     DialFailed {
         error: String,
+        /// It was a standby path (Search), which nobody waits for.
+        standby: bool,
     },
     Control(ControlRequest),
     /// Stop: reset the apps' connections, close the sessions, return.
@@ -138,7 +145,8 @@ pub struct ClientHooks {
     /// The uplinks as rtnetlink reports them (`None`: not watched).
     pub uplinks: Option<tokio::sync::watch::Receiver<Uplinks>>,
     /// The configured uplinks, in order of preference (empty: the kernel's routing chooses).
-    pub configured: Vec<String>,
+    pub configured: Vec<crate::config::UplinkConfig>,
+    pub decision: crate::config::DecisionConfig,
 }
 
 /// Every interface rtnetlink reports, by name.

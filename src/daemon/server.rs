@@ -169,7 +169,7 @@ impl Accepted {
             anyhow::bail!("{reason}");
         }
         let path = self.shared.next_path();
-        let liveness = Liveness::from_idle_timeout(Duration::from_secs(self.config.tuning.idle_timeout_secs));
+        let liveness = Liveness::from_tuning(&self.config.tuning);
         let io = transport::spawn_path_io(stream, path, early, self.engine.clone(), self.room.clone(), liveness);
         let info = PathInfo { local: Some(local), remote: Some(remote), uplink: None };
         let peer_info = PeerInfo { name: peer.name.clone(), public_key: key.to_base64() };

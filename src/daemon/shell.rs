@@ -10,13 +10,21 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::{ClientHooks, EngineMsg, Join, StatusSource, Tun, Uplinks};
 use crate::clock::Clock;
+use crate::config::UplinkConfig;
 use crate::control::{ControlRequest, PeerStatus, Request, Response, Status, UplinkStatus};
+use crate::link::policy::{Decision, Health, Policy, PolicyConfig, UplinkPolicy};
 use crate::relay::core::{Action, DialRequest, RelayCore};
 use crate::relay::engine::{Engine, Role};
 use crate::transition::{PathId, TransitionConfig};
+use roamtun_stack::{Duration, Instant};
+use std::collections::VecDeque;
 
 /// Most packets or messages handled per wake-up, so one busy source cannot starve the others.
 const BATCH: usize = 64;
+/// How often the decision task looks at the uplinks (and the longest the loop sleeps on a client).
+const DECISION_PERIOD: Duration = Duration::from_millis(100);
+/// How long a lost path counts against its uplink.
+const FAILURE_MEMORY: Duration = Duration::from_secs(60);
 
 /// The writing end and the reader of one path's connection.
 struct PathIo {
@@ -35,10 +43,25 @@ pub(super) struct Shell {
 
 struct ClientSide {
     dial: mpsc::Sender<DialRequest>,
+    /// The configured uplinks' names, best first.
     configured: Vec<String>,
+    costs: Vec<UplinkConfig>,
+    /// The decision task.
+    policy: Policy,
+    /// The uplink the session was on at the last decision.
+    last_active: Option<String>,
+    /// Paths lost per uplink, recently (a reliability signal for the decision task).
+    failures: BTreeMap<String, VecDeque<Instant>>,
+    last_decision: Option<Instant>,
+    /// The uplink of a `roamtun switch` under way: when the session gets there, it is the user's choice.
+    user_switch: Option<String>,
     uplinks: Uplinks,
     /// The `roamtun switch` being carried out.
     switch_reply: Option<(String, oneshot::Sender<Response>)>,
+    /// The uplink a standby path is being opened on (Search).
+    standby_dialing: Option<String>,
+    /// Uplinks where the last standby attempt failed: tried again after the next uplink change.
+    standby_failed: std::collections::BTreeSet<String>,
 }
 
 impl Shell {
@@ -55,7 +78,29 @@ impl Shell {
         let (client, watch) = match client {
             Some(hooks) => {
                 let uplinks = hooks.uplinks.as_ref().map(|w| w.borrow().clone()).unwrap_or_default();
-                let side = ClientSide { dial: hooks.dial, configured: hooks.configured, uplinks, switch_reply: None };
+                let mut policy = Policy::new(PolicyConfig {
+                    min_gain: hooks.decision.min_gain,
+                    dwell: Duration::from_secs(hooks.decision.dwell_secs),
+                    fail_back_after: Duration::from_secs(hooks.decision.fail_back_after_secs),
+                });
+                for (i, u) in hooks.configured.iter().enumerate() {
+                    let p = UplinkPolicy { priority: i as u32, cost_per_gib: u.cost_per_gib, metered: u.metered };
+                    policy.add_uplink(&u.name, p);
+                }
+                let side = ClientSide {
+                    dial: hooks.dial,
+                    configured: hooks.configured.iter().map(|u| u.name.clone()).collect(),
+                    costs: hooks.configured,
+                    policy,
+                    last_active: None,
+                    failures: BTreeMap::new(),
+                    last_decision: None,
+                    user_switch: None,
+                    uplinks,
+                    switch_reply: None,
+                    standby_dialing: None,
+                    standby_failed: Default::default(),
+                };
                 (Some(side), hooks.uplinks)
             }
             None => (None, None),
@@ -74,12 +119,17 @@ impl Shell {
         let tun = self.tun.clone();
         let mut buf = vec![0u8; 65536 + 64];
         if let Some(client) = &self.client {
-            let _ = client.dial.try_send(DialRequest { resume: 0, uplink: None, avoid: None });
+            let _ = client.dial.try_send(DialRequest { resume: 0, uplink: None, avoid: None, standby: false });
         }
         let mut blocked = false;
         loop {
             let now = self.clock.now();
-            let wait = self.core.poll_at(now).map_or(std::time::Duration::from_secs(3600), |at| self.clock.until(at));
+            let mut wait =
+                self.core.poll_at(now).map_or(std::time::Duration::from_secs(3600), |at| self.clock.until(at));
+            if self.client.as_ref().is_some_and(|c| !c.configured.is_empty()) {
+                // The decision task's timers (dwell, fail-back) are its own: look again soon.
+                wait = wait.min(std::time::Duration::from_millis(DECISION_PERIOD.total_millis()));
+            }
             let uplinks_changed = async {
                 match watch.as_mut() {
                     Some(w) => w.changed().await.is_ok(),
@@ -161,6 +211,11 @@ impl Shell {
         match msg {
             EngineMsg::PathUp { path, join, peer, info, io } => {
                 self.io.insert(path, PathIo { out: io.out, reader: io.reader });
+                if let Some(client) = self.client.as_mut() {
+                    if client.standby_dialing.is_some() && client.standby_dialing == info.uplink {
+                        client.standby_dialing = None;
+                    }
+                }
                 match join {
                     Join::Hello { resume, virtual_ips } => {
                         self.core.server_path_up(path, info, peer, resume, virtual_ips, now)
@@ -181,14 +236,44 @@ impl Shell {
                 if self.source.role == Role::Client {
                     self.source.shared.note_error(format!("path lost: {reason}"));
                 }
+                self.note_failure(path);
                 self.core.path_lost(path, &reason, now);
             }
-            EngineMsg::DialFailed { error } => self.core.switch_failed(error),
+            EngineMsg::PathRtt { path, rtt } => self.core.path_rtt(path, rtt),
+            EngineMsg::DialFailed { error, standby: true } => {
+                if let Some(client) = self.client.as_mut() {
+                    if let Some(uplink) = client.standby_dialing.take() {
+                        tracing::debug!(%uplink, %error, "no standby path on this uplink for now");
+                        client.standby_failed.insert(uplink);
+                    }
+                }
+            }
+            EngineMsg::DialFailed { error, standby: false } => self.core.switch_failed(error),
             EngineMsg::Control(ControlRequest { request, reply }) => match request {
                 Request::Status => {
                     let _ = reply.send(Response::Status(self.status()));
                 }
                 Request::Switch { uplink } => self.request_switch(uplink, reply),
+                Request::Pin { uplink } => {
+                    let answer = match self.client.as_mut() {
+                        None => Response::Error { message: "only the client has uplinks to pin".into() },
+                        Some(c) if uplink.as_ref().is_some_and(|u| !c.configured.contains(u)) => Response::Error {
+                            message: format!("{} is not a configured uplink", uplink.unwrap_or_default()),
+                        },
+                        Some(c) => {
+                            c.policy.pin(uplink.as_deref());
+                            // Decide at once: a pin moves the session now.
+                            c.last_decision = None;
+                            Response::Done {
+                                message: match uplink {
+                                    Some(u) => format!("pinned to {u}: used whenever it is usable"),
+                                    None => "unpinned: the decision task chooses".into(),
+                                },
+                            }
+                        }
+                    };
+                    let _ = reply.send(answer);
+                }
             },
             // Handled by the loop in run.
             EngineMsg::Shutdown => {}
@@ -215,9 +300,11 @@ impl Shell {
         }
         if let Some(client) = self.client.as_mut() {
             client.uplinks = snapshot;
+            client.standby_failed.clear();
         }
         let now = self.clock.now();
         for (id, reason) in lost {
+            self.note_failure(id);
             self.core.path_lost(id, &reason, now);
         }
     }
@@ -239,8 +326,11 @@ impl Shell {
             let _ = reply.send(refuse(format!("{uplink} is not usable now: {}", describe(u))));
             return;
         }
-        match self.core.request_switch(uplink.clone()) {
-            Ok(()) => client.switch_reply = Some((uplink, reply)),
+        match self.core.request_switch(uplink.clone(), self.clock.now()) {
+            Ok(()) => {
+                client.user_switch = Some(uplink.clone());
+                client.switch_reply = Some((uplink, reply));
+            }
             Err(message) => {
                 let _ = reply.send(refuse(format!("cannot switch to {uplink}: {message}")));
             }
@@ -253,7 +343,9 @@ impl Shell {
         while let Some(action) = self.core.poll_action() {
             match action {
                 Action::Dial(request) => {
-                    if let Some(client) = &self.client {
+                    if let Some(client) = self.client.as_mut() {
+                        // It replaces whatever the dialer was doing, a standby attempt included.
+                        client.standby_dialing = None;
                         if client.dial.try_send(request).is_err() {
                             tracing::warn!("the dialer is busy or gone; the request waits for its next round");
                         }
@@ -271,6 +363,11 @@ impl Shell {
                     }
                 }
                 Action::SwitchDone(result) => {
+                    if result.is_err() {
+                        if let Some(c) = self.client.as_mut() {
+                            c.user_switch = None;
+                        }
+                    }
                     let Some((uplink, reply)) = self.client.as_mut().and_then(|c| c.switch_reply.take()) else {
                         continue;
                     };
@@ -313,7 +410,88 @@ impl Shell {
         for path in dead {
             self.core.path_lost(path, "its writer stopped", now);
         }
+        self.search();
+        self.decide();
         blocked
+    }
+
+    /// Counts a lost path against its uplink's reliability.
+    fn note_failure(&mut self, path: PathId) {
+        let Some(uplink) = self.core.paths().find(|(id, _)| *id == path).and_then(|(_, i)| i.uplink.clone()) else {
+            return;
+        };
+        let now = self.clock.now();
+        if let Some(client) = self.client.as_mut() {
+            client.failures.entry(uplink).or_default().push_back(now);
+        }
+    }
+
+    /// The decision task, at most every 100 ms: feeds the policy what Check and Search know, tells
+    /// the core which standby to resume on, and starts a planned switch when the policy says so.
+    fn decide(&mut self) {
+        let now = self.clock.now();
+        let Some(client) = self.client.as_mut() else { return };
+        if client.configured.is_empty() || client.last_decision.is_some_and(|t| now < t + DECISION_PERIOD) {
+            return;
+        }
+        client.last_decision = Some(now);
+        let session = self.core.sessions().next().map(|s| (s.switching, s.path.and_then(|p| p.uplink.clone())));
+        let Some((switching, active)) = session else { return };
+        if let Some(now_on) = active.as_deref().filter(|a| client.last_active.as_deref() != Some(*a)) {
+            let by_user = client.user_switch.take().as_deref() == Some(now_on);
+            client.policy.switched(now_on, by_user, now);
+        }
+        client.last_active = active.clone();
+        for name in &client.configured {
+            let failures = client.failures.entry(name.clone()).or_default();
+            while failures.front().is_some_and(|t| now >= *t + FAILURE_MEMORY) {
+                failures.pop_front();
+            }
+            let health = Health {
+                // Up, with an address, and a path (current or warm standby) authenticated over it.
+                usable: client.uplinks.get(name).is_some_and(|u| u.usable()) && self.core.has_path_on(name),
+                rtt: self.core.uplink_rtt(name).map(|r| Duration::from_micros(r.as_micros() as u64)),
+                loss: 0.0,
+                failures: failures.len() as u32,
+            };
+            client.policy.observe(name, health, now);
+        }
+        let mut order = client.configured.clone();
+        order.sort_by(|a, b| {
+            let score = |n: &String| client.policy.score(n).map_or(f64::MIN, |(s, _)| s);
+            score(b).total_cmp(&score(a))
+        });
+        self.core.set_preference(order);
+        if switching || active.is_none() || client.switch_reply.is_some() {
+            return;
+        }
+        if let Decision::Switch { to, planned: true, why } = client.policy.decide(now) {
+            tracing::info!(%to, %why, "decision: planned switch");
+            if let Err(err) = self.core.request_switch(to.clone(), now) {
+                tracing::debug!(%to, %err, "the decided switch cannot start now");
+            }
+        }
+    }
+
+    /// Search: keeps a warm standby path on every usable configured uplink the session does not use,
+    /// one dial at a time, and never while a switch or another dial is under way.
+    fn search(&mut self) {
+        let Some(client) = self.client.as_mut() else { return };
+        if client.standby_dialing.is_some() {
+            return;
+        }
+        let usable: Vec<String> = client
+            .configured
+            .iter()
+            .filter(|u| client.uplinks.get(*u).is_some_and(|l| l.usable()) && !client.standby_failed.contains(*u))
+            .cloned()
+            .collect();
+        let Some(uplink) = self.core.standby_missing(&usable).first().map(|u| (*u).clone()) else { return };
+        let Some(session) = self.core.sessions().next().map(|s| s.id.0) else { return };
+        let request = DialRequest { resume: session, uplink: Some(uplink.clone()), avoid: None, standby: true };
+        if client.dial.try_send(request).is_ok() {
+            client.standby_dialing = Some(uplink);
+        }
     }
 
     // ---- status --------------------------------------------------------------------------------
@@ -346,6 +524,7 @@ impl Shell {
                 session: None,
                 epoch: None,
                 switching: false,
+                rtt_ms: None,
                 stale_frames_dropped: 0,
                 switches: Vec::new(),
             };
@@ -354,6 +533,7 @@ impl Shell {
                 p.session = Some(s.id.0);
                 p.epoch = Some(s.epoch);
                 p.switching = s.switching;
+                p.rtt_ms = s.rtt.map(|r| r.as_secs_f64() * 1000.0);
                 p.stale_frames_dropped = s.stale_frames;
                 p.switches = s
                     .switches
@@ -410,6 +590,7 @@ impl Shell {
     fn uplink_status(&self) -> Vec<UplinkStatus> {
         let Some(client) = &self.client else { return Vec::new() };
         let active: Option<String> = self.core.sessions().next().and_then(|s| s.path.and_then(|p| p.uplink.clone()));
+        let cost = |name: &str| client.costs.iter().find(|u| u.name == name);
         let names: Vec<String> =
             if client.configured.is_empty() { active.iter().cloned().collect() } else { client.configured.clone() };
         names
@@ -418,13 +599,22 @@ impl Shell {
                 let u = client.uplinks.get(&name);
                 let state = match u {
                     _ if active.as_deref() == Some(name.as_str()) => "active",
-                    Some(u) if u.usable() => "standby",
+                    _ if self.core.has_path_on(&name) => "standby",
+                    Some(u) if u.usable() => "up",
                     Some(_) => "down",
                     None => "absent",
                 };
+                let rtt_ms = self.core.uplink_rtt(&name).map(|r| r.as_secs_f64() * 1000.0);
+                let score = client.policy.score(&name);
                 UplinkStatus {
                     addresses: u.map(|u| u.addresses.clone()).unwrap_or_default(),
                     state: state.into(),
+                    rtt_ms,
+                    score: score.as_ref().map(|(s, _)| *s),
+                    why: score.map(|(_, why)| why).unwrap_or_default(),
+                    metered: cost(&name).is_some_and(|c| c.metered),
+                    cost_per_gib: cost(&name).map_or(0.0, |c| c.cost_per_gib),
+                    pinned: client.policy.pinned() == Some(name.as_str()),
                     name,
                 }
             })

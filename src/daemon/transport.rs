@@ -84,18 +84,21 @@ pub async fn write_frame<S: AsyncWrite + Unpin>(stream: &mut S, frame: &Frame<'_
     stream.flush().await
 }
 
-/// How the session tasks watch the connection.
+/// How a path's tasks watch it (the spec's Check activity on the path in use, and on any other open
+/// path): each side PINGs when it has sent nothing for `probe_interval`, the PONG gives the round
+/// trip, and a path that receives nothing at all (data, PING or PONG) for `dead_after` is dead.
 #[derive(Debug, Clone, Copy)]
 pub struct Liveness {
-    /// Nothing received for this long: the connection is dead.
-    pub idle_timeout: Duration,
-    /// Nothing sent for this long: send a PING so the peer's idle timer does not fire.
-    pub ping_interval: Duration,
+    pub dead_after: Duration,
+    pub probe_interval: Duration,
 }
 
 impl Liveness {
-    pub fn from_idle_timeout(idle_timeout: Duration) -> Self {
-        Liveness { idle_timeout, ping_interval: idle_timeout / 3 }
+    pub fn from_tuning(t: &crate::config::Tuning) -> Self {
+        Liveness {
+            dead_after: Duration::from_millis(t.dead_after_ms),
+            probe_interval: Duration::from_millis(t.probe_interval_ms),
+        }
     }
 }
 
@@ -123,16 +126,23 @@ where
     let (r, w) = tokio::io::split(stream);
     // Up to 32 chunks of 64 KiB wait for the writer, on top of the engine's session_out_budget.
     let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(32);
-    tokio::spawn(writer(w, path, out_rx, engine.clone(), room, liveness.ping_interval));
-    let reader = tokio::spawn(reader(r, path, early, engine, liveness.idle_timeout));
+    // PING nonces are microseconds since this instant, so a PONG tells its round trip by itself.
+    let epoch = tokio::time::Instant::now();
+    tokio::spawn(writer(w, path, out_rx, engine.clone(), room, liveness.probe_interval, epoch));
+    let pongs = out_tx.clone();
+    let reader = tokio::spawn(reader(r, path, early, engine, pongs, liveness.dead_after, epoch));
     PathIo { out: out_tx, reader: reader.abort_handle() }
 }
 
-/// What the reader hands to the engine task: whole stream frames, or one transition message.
+/// What the reader makes of the byte stream: whole stream frames for the engine, a transition
+/// message, or a probe of this path (answered or timed here: a probe belongs to the path it came on,
+/// whichever path the session's stream frames use).
 #[derive(Debug, PartialEq, Eq)]
 enum Piece {
     Frames(Vec<u8>),
     Control(Vec<u8>),
+    Ping(u64),
+    Pong(u64),
 }
 
 /// Cuts the whole frames off the front of `buf` (a partial frame stays), taking each CONTROL frame
@@ -141,11 +151,20 @@ enum Piece {
 fn take_frames(buf: &mut Vec<u8>, pieces: &mut Vec<Piece>) {
     let (mut start, mut pos) = (0, 0);
     while let Some(len) = wire::frame_len(&buf[pos..]) {
-        if buf[pos] == FrameType::Control.as_u8() {
+        let body = &buf[pos + wire::HEADER_LEN..pos + len];
+        let nonce = || u64::from_be_bytes(body.try_into().expect("an 8-byte body"));
+        let piece = match FrameType::from_u8(buf[pos]) {
+            Some(FrameType::Control) => Some(Piece::Control(body.to_vec())),
+            // A probe with a malformed body stays in the stream: the engine counts it.
+            Some(FrameType::Ping) if body.len() == 8 && buf[pos + 1] == 0 => Some(Piece::Ping(nonce())),
+            Some(FrameType::Pong) if body.len() == 8 && buf[pos + 1] == 0 => Some(Piece::Pong(nonce())),
+            _ => None,
+        };
+        if let Some(piece) = piece {
             if pos > start {
                 pieces.push(Piece::Frames(buf[start..pos].to_vec()));
             }
-            pieces.push(Piece::Control(buf[pos + wire::HEADER_LEN..pos + len].to_vec()));
+            pieces.push(piece);
             start = pos + len;
         }
         pos += len;
@@ -173,7 +192,9 @@ async fn reader<R: AsyncRead + Unpin>(
     path: PathId,
     early: Vec<u8>,
     engine: mpsc::Sender<EngineMsg>,
-    idle: Duration,
+    pongs: mpsc::Sender<Vec<u8>>,
+    dead_after: Duration,
+    epoch: tokio::time::Instant,
 ) {
     let mut buf = early;
     buf.reserve(READ_SIZE);
@@ -184,6 +205,16 @@ async fn reader<R: AsyncRead + Unpin>(
             let msg = match piece {
                 Piece::Frames(bytes) => EngineMsg::PathBytes { path, bytes },
                 Piece::Control(body) => EngineMsg::PathControl { path, body },
+                Piece::Ping(nonce) => {
+                    // No room: the writer is busy, and its bytes tell the peer the path lives anyway.
+                    let _ = pongs.try_send(encode(&Frame::Pong { nonce }));
+                    continue;
+                }
+                Piece::Pong(nonce) => {
+                    let now = epoch.elapsed().as_micros() as u64;
+                    let Some(rtt) = now.checked_sub(nonce) else { continue };
+                    EngineMsg::PathRtt { path, rtt: Duration::from_micros(rtt) }
+                }
             };
             // A bounded queue: when the engine is behind, we stop reading and TCP slows the peer.
             if engine.send(msg).await.is_err() {
@@ -193,8 +224,8 @@ async fn reader<R: AsyncRead + Unpin>(
         if buf.capacity() - buf.len() < READ_SIZE / 4 {
             buf.reserve(READ_SIZE);
         }
-        match tokio::time::timeout(idle, r.read_buf(&mut buf)).await {
-            Err(_) => break format!("nothing received for {}s", idle.as_secs()),
+        match tokio::time::timeout(dead_after, r.read_buf(&mut buf)).await {
+            Err(_) => break format!("nothing received for {} ms", dead_after.as_millis()),
             Ok(Err(err)) => break format!("read failed: {err}"),
             Ok(Ok(0)) => break "the peer closed the connection".to_string(),
             Ok(Ok(_)) => {}
@@ -210,21 +241,15 @@ async fn writer<W: AsyncWrite + Unpin>(
     engine: mpsc::Sender<EngineMsg>,
     room: Arc<Notify>,
     ping: Duration,
+    epoch: tokio::time::Instant,
 ) {
-    let mut nonce = 0u64;
     let failed = |err: std::io::Error| EngineMsg::PathDown { path, reason: format!("write failed: {err}") };
     loop {
         let chunk = match tokio::time::timeout(ping, out.recv()).await {
             Ok(Some(chunk)) => chunk,
             // The daemon closed the path: say goodbye at the TLS level.
             Ok(None) => break,
-            Err(_) => {
-                nonce += 1;
-                let mut ping = Vec::new();
-                // Cannot fail: a PING has a fixed, small body.
-                Frame::Ping { nonce }.encode(&mut ping).expect("PING encodes");
-                ping
-            }
+            Err(_) => encode(&Frame::Ping { nonce: epoch.elapsed().as_micros() as u64 }),
         };
         room.notify_one();
         if let Err(err) = w.write_all(&chunk).await {
@@ -247,6 +272,13 @@ async fn writer<W: AsyncWrite + Unpin>(
     let _ = w.shutdown().await;
 }
 
+fn encode(frame: &Frame<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frame.encoded_len());
+    // Cannot fail: PING and PONG have a fixed, small body.
+    frame.encode(&mut out).expect("probe encodes");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,12 +292,23 @@ mod tests {
     #[test]
     fn whole_frames_pass_and_control_frames_are_taken_out_in_place() {
         let ping = frame(&Frame::Ping { nonce: 1 });
+        let pong = frame(&Frame::Pong { nonce: 7 });
+        let credit = frame(&Frame::Credit { stream_id: 1, received: 0, max_offset: 9 });
         let control = frame(&Frame::Control { body: &[9, 9] });
         let data = frame(&Frame::Data { stream_id: 1, offset: 0, data: b"abc" });
-        let mut buf = [ping.clone(), control, data.clone(), data[..5].to_vec()].concat();
+        let mut buf = [credit.clone(), ping, control, pong, data.clone(), data[..5].to_vec()].concat();
         let mut pieces = Vec::new();
         take_frames(&mut buf, &mut pieces);
-        assert_eq!(pieces, vec![Piece::Frames(ping.clone()), Piece::Control(vec![9, 9]), Piece::Frames(data.clone())]);
+        assert_eq!(
+            pieces,
+            vec![
+                Piece::Frames(credit),
+                Piece::Ping(1),
+                Piece::Control(vec![9, 9]),
+                Piece::Pong(7),
+                Piece::Frames(data.clone())
+            ]
+        );
         assert_eq!(buf, data[..5]);
         buf.extend_from_slice(&data[5..]);
         pieces.clear();

@@ -83,6 +83,8 @@ pub struct DialRequest {
     pub uplink: Option<String>,
     /// The uplink that just failed: tried last.
     pub avoid: Option<String>,
+    /// A warm standby path on `uplink` (the spec's Search activity): one attempt, nothing waits on it.
+    pub standby: bool,
 }
 
 /// What the shell must do for the core.
@@ -184,6 +186,8 @@ struct SessionState {
 struct PathState {
     session: SessionId,
     info: PathInfo,
+    /// Smoothed round trip of the path's probes (RFC 6298 weights), µs.
+    srtt_us: Option<u64>,
     /// Encoded frames for the path's writer, in order.
     out: VecDeque<Vec<u8>>,
 }
@@ -192,8 +196,9 @@ struct PathState {
 pub struct SessionView<'a> {
     pub id: SessionId,
     pub peer: &'a PeerInfo,
-    /// The current path, if the session has one.
+    /// The current path, if the session has one, and its smoothed round trip.
     pub path: Option<&'a PathInfo>,
+    pub rtt: Option<std::time::Duration>,
     pub epoch: u32,
     pub switching: bool,
     pub stale_frames: u64,
@@ -218,6 +223,9 @@ pub struct RelayCore {
     abandoned: BTreeSet<u64>,
     /// Client: the uplink a `roamtun switch` waits for.
     switch_wanted: Option<String>,
+    /// Client: the uplinks best first, as the decision task ranks them: a lost session resumes on
+    /// the best standby path.
+    preference: Vec<String>,
 }
 
 impl RelayCore {
@@ -234,7 +242,13 @@ impl RelayCore {
             last_lost: None,
             abandoned: BTreeSet::new(),
             switch_wanted: None,
+            preference: Vec::new(),
         }
+    }
+
+    /// Client: the uplinks best first (the decision task's ranking).
+    pub fn set_preference(&mut self, order: Vec<String>) {
+        self.preference = order;
     }
 
     pub fn engine(&self) -> &Engine {
@@ -304,7 +318,7 @@ impl RelayCore {
             }
         };
         let welcome = encode(&Frame::Welcome { version: PROTOCOL_VERSION, session_id: sid.0 });
-        self.paths.insert(path, PathState { session: sid, info, out: VecDeque::from([welcome]) });
+        self.paths.insert(path, PathState { session: sid, info, srtt_us: None, out: VecDeque::from([welcome]) });
     }
 
     /// Client: a path the shell opened, in the session the server's WELCOME named. A new session
@@ -320,11 +334,11 @@ impl RelayCore {
         now: Instant,
     ) {
         let uplink = info.uplink.clone();
-        self.paths.insert(path, PathState { session: SessionId(session), info, out: VecDeque::new() });
+        self.paths.insert(path, PathState { session: SessionId(session), info, srtt_us: None, out: VecDeque::new() });
         if self.abandoned.contains(&session) {
             tracing::info!(session, ?path, "a path joined a session we already ended; asking for a new session");
             self.close_path(path);
-            self.dial(DialRequest { resume: 0, uplink: None, avoid: None });
+            self.dial(DialRequest { resume: 0, uplink: None, avoid: None, standby: false });
             return;
         }
         let current = self.sessions.keys().next().copied();
@@ -360,12 +374,59 @@ impl RelayCore {
                     Err(err) => self.switch_failed(err.to_string()),
                 }
             }
+            Err(_) if self.standby_wanted(sid, path) => {
+                // Search: an authenticated path on another uplink, kept warm (probed, not used) so a
+                // switch to it needs no handshake.
+                tracing::info!(?path, uplink = ?uplink, "standby path up");
+            }
             Err(_) => {
                 tracing::debug!(?path, "a path nobody needs any more; closing it");
                 self.close_path(path);
             }
         }
         self.drive(sid, now);
+    }
+
+    /// Whether `path` is the session's only path on its uplink (then it is worth keeping warm).
+    fn standby_wanted(&self, sid: SessionId, path: PathId) -> bool {
+        let Some(uplink) = self.paths.get(&path).and_then(|p| p.info.uplink.as_deref()) else { return false };
+        !self.paths.iter().any(|(id, p)| *id != path && p.session == sid && p.info.uplink.as_deref() == Some(uplink))
+    }
+
+    /// The smoothed probe round trip of the path on `uplink`, if one is open.
+    pub fn uplink_rtt(&self, uplink: &str) -> Option<std::time::Duration> {
+        self.paths
+            .values()
+            .filter(|p| p.info.uplink.as_deref() == Some(uplink))
+            .find_map(|p| p.srtt_us)
+            .map(std::time::Duration::from_micros)
+    }
+
+    /// Whether a path (current or standby) runs on `uplink`.
+    pub fn has_path_on(&self, uplink: &str) -> bool {
+        self.paths.values().any(|p| p.info.uplink.as_deref() == Some(uplink))
+    }
+
+    /// Client: the standby path of the session on `uplink`, if one is open.
+    fn standby_on(&self, sid: SessionId, uplink: &str) -> Option<PathId> {
+        let current = self.sessions.get(&sid).and_then(|s| s.current);
+        self.paths
+            .iter()
+            .find(|(id, p)| p.session == sid && Some(**id) != current && p.info.uplink.as_deref() == Some(uplink))
+            .map(|(id, _)| *id)
+    }
+
+    /// Client: the uplinks (of `candidates`) on which the session has no path, so a standby path
+    /// should be opened there; empty while a switch or a dial is under way.
+    pub fn standby_missing<'a>(&self, candidates: &'a [String]) -> Vec<&'a String> {
+        let Some((&sid, state)) = self.sessions.iter().next() else { return Vec::new() };
+        if state.machine.is_switching() || self.switch_wanted.is_some() || state.current.is_none() {
+            return Vec::new();
+        }
+        candidates
+            .iter()
+            .filter(|u| !self.paths.values().any(|p| p.session == sid && p.info.uplink.as_deref() == Some(u.as_str())))
+            .collect()
     }
 
     // ---- bytes and messages from paths ---------------------------------------------------------
@@ -386,7 +447,7 @@ impl RelayCore {
                     if self.role() == Role::Client {
                         // The peer ended the session on purpose (e.g. the server stopped): the apps
                         // were reset; a new session serves the next ones.
-                        self.dial(DialRequest { resume: 0, uplink: None, avoid: None });
+                        self.dial(DialRequest { resume: 0, uplink: None, avoid: None, standby: false });
                     }
                 }
                 other => tracing::warn!(session = sid.0, err = %other, "session input refused"),
@@ -428,9 +489,17 @@ impl RelayCore {
         }
     }
 
+    /// A probe of `path` came back after `rtt`.
+    pub fn path_rtt(&mut self, path: PathId, rtt: std::time::Duration) {
+        if let Some(p) = self.paths.get_mut(&path) {
+            let sample = rtt.as_micros() as u64;
+            p.srtt_us = Some(p.srtt_us.map_or(sample, |s| (7 * s + sample) / 8));
+        }
+    }
+
     /// Client: `roamtun switch <uplink>`. The core asks for a path on `uplink` and switches to it once
     /// it is up; [`Action::SwitchDone`] answers.
-    pub fn request_switch(&mut self, uplink: String) -> Result<(), String> {
+    pub fn request_switch(&mut self, uplink: String, now: Instant) -> Result<(), String> {
         if self.switch_wanted.is_some() {
             return Err("another switch request is in progress".into());
         }
@@ -445,7 +514,23 @@ impl RelayCore {
             return Err(format!("the session already uses {uplink}"));
         }
         self.switch_wanted = Some(uplink.clone());
-        self.dial(DialRequest { resume: sid.0, uplink: Some(uplink), avoid: None });
+        if let Some(path) = self.standby_on(sid, &uplink) {
+            // Search already opened and authenticated it: the planned switch starts now.
+            let Some(Machine::Client(m)) = self.sessions.get_mut(&sid).map(|s| &mut s.machine) else {
+                return Err("not a client session".into());
+            };
+            return match m.request_switch(path, now) {
+                Ok(_) => {
+                    self.drive(sid, now);
+                    Ok(())
+                }
+                Err(err) => {
+                    self.switch_wanted = None;
+                    Err(err.to_string())
+                }
+            };
+        }
+        self.dial(DialRequest { resume: sid.0, uplink: Some(uplink), avoid: None, standby: false });
         Ok(())
     }
 
@@ -493,19 +578,30 @@ impl RelayCore {
             }
             Event::RetireOldPath { path } => self.close_path(path),
             Event::ResumeNeeded { candidate } => {
-                let candidate = candidate.filter(|p| self.paths.contains_key(p));
+                // The path the machine names, else a warm standby on another uplink than the lost one.
+                let lost = state.progress.as_ref().and_then(|p| p.from.clone());
+                let rank = |u: &Option<String>| {
+                    u.as_ref().and_then(|u| self.preference.iter().position(|p| p == u)).unwrap_or(usize::MAX)
+                };
+                let standby = self
+                    .paths
+                    .iter()
+                    .filter(|(_, p)| p.session == sid && p.info.uplink.is_some() && p.info.uplink != lost)
+                    .min_by_key(|(id, p)| (rank(&p.info.uplink), **id))
+                    .map(|(id, _)| *id);
+                let candidate = candidate.filter(|p| self.paths.contains_key(p)).or(standby);
                 let received = offsets(&self.engine, sid);
+                let Some(state) = self.sessions.get_mut(&sid) else { return };
                 if let (Some(path), Machine::Client(m)) = (candidate, &mut state.machine) {
                     if m.resume_on(path, &received, now).is_ok() {
                         return;
                     }
                 }
-                let avoid = state.progress.as_ref().and_then(|p| p.from.clone());
-                self.dial(DialRequest { resume: sid.0, uplink: None, avoid });
+                self.dial(DialRequest { resume: sid.0, uplink: None, avoid: lost, standby: false });
             }
             Event::Resend { stream, from } => state.resends.push((stream, from)),
             Event::ResumeOn { path, epoch, replay } => {
-                state.current = Some(path);
+                let previous = state.current.replace(path);
                 state.sending = true;
                 let resends = std::mem::take(&mut state.resends);
                 let replayed = if replay {
@@ -520,9 +616,9 @@ impl RelayCore {
                 }
                 self.engine.release_datagrams(sid);
                 tracing::debug!(session = sid.0, ?path, epoch = epoch.0, replay, "session on its new path");
-                let others: Vec<PathId> =
-                    self.paths.iter().filter(|(id, p)| p.session == sid && **id != path).map(|(id, _)| *id).collect();
-                for old in others {
+                // The path left behind goes (late frames on it are of an old epoch); the client's other
+                // paths stay as warm standbys.
+                if let Some(old) = previous.filter(|old| *old != path) {
                     self.close_path(old);
                 }
             }
@@ -540,7 +636,7 @@ impl RelayCore {
                 self.end_session(sid, why, now);
                 if self.role() == Role::Client {
                     // The apps were reset; a new session serves the next ones once the server is back.
-                    self.dial(DialRequest { resume: 0, uplink: None, avoid: None });
+                    self.dial(DialRequest { resume: 0, uplink: None, avoid: None, standby: false });
                 }
             }
         }
@@ -726,6 +822,11 @@ impl RelayCore {
             id: *id,
             peer: &s.peer,
             path: s.current.and_then(|c| self.paths.get(&c)).map(|p| &p.info),
+            rtt: s
+                .current
+                .and_then(|c| self.paths.get(&c))
+                .and_then(|p| p.srtt_us)
+                .map(std::time::Duration::from_micros),
             epoch: s.machine.epoch(),
             switching: s.machine.is_switching(),
             stale_frames: s.stale_frames,
