@@ -204,7 +204,7 @@ pub struct DecisionConfig {
 
 impl Default for DecisionConfig {
     fn default() -> Self {
-        DecisionConfig { min_gain: 10.0, dwell_secs: 10, fail_back_after_secs: 30 }
+        DecisionConfig { min_gain: 5.0, dwell_secs: 10, fail_back_after_secs: 30 }
     }
 }
 

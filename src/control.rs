@@ -63,12 +63,15 @@ pub struct Status {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UplinkStatus {
     pub name: String,
-    /// "active" (the session uses it), "standby" (up with an address), "down" or "absent".
+    /// "active" (the session's path), "standby" (a warm path), "up" (usable, no path), "down" or "absent".
     pub state: String,
     pub addresses: Vec<IpAddr>,
     /// The smoothed round trip of the probes on the path over this uplink, if one is open.
     #[serde(default)]
     pub rtt_ms: Option<f64>,
+    /// The share of segments the relay connection over this uplink retransmitted lately (0.0–1.0).
+    #[serde(default)]
+    pub loss: Option<f64>,
     /// The decision task's score (higher is better; null when unusable) and the reasons.
     #[serde(default)]
     pub score: Option<f64>,
@@ -266,6 +269,8 @@ pub fn render(status: &Status) -> String {
     for u in &status.uplinks {
         let addrs: Vec<String> = u.addresses.iter().map(ToString::to_string).collect();
         let rtt = u.rtt_ms.map(|r| format!(" rtt {r:.1} ms")).unwrap_or_default();
+        let loss = u.loss.filter(|l| *l >= 0.005).map(|l| format!(" loss {:.0}%", l * 100.0)).unwrap_or_default();
+        let rtt = rtt + &loss;
         let score = u.score.map(|v| format!(" score {v:.0} ({})", u.why)).unwrap_or_default();
         let pin = if u.pinned { " pinned" } else { "" };
         let metered = if u.metered { " metered" } else { "" };

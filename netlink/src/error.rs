@@ -93,9 +93,9 @@ pub enum NetlinkError {
         source: rtnetlink::Error,
     },
 
-    /// The uplink monitor could not join the link and address multicast
-    /// groups, so it would never hear about changes.
-    #[error("failed to subscribe to link and address notifications")]
+    /// The uplink monitor could not join the link, address and route
+    /// multicast groups, so it would never hear about changes.
+    #[error("failed to subscribe to link, address and route notifications")]
     Subscribe {
         #[source]
         source: io::Error,
@@ -109,6 +109,12 @@ pub enum NetlinkError {
 
     #[error("failed to list addresses")]
     DumpAddresses {
+        #[source]
+        source: rtnetlink::Error,
+    },
+
+    #[error("failed to list routes")]
+    DumpRoutes {
         #[source]
         source: rtnetlink::Error,
     },
@@ -155,7 +161,8 @@ impl NetlinkError {
             | Self::AddRule { source, .. }
             | Self::DelRule { source, .. }
             | Self::DumpLinks { source }
-            | Self::DumpAddresses { source } => Some(source),
+            | Self::DumpAddresses { source }
+            | Self::DumpRoutes { source } => Some(source),
             Self::NoRuntime
             | Self::Connect { .. }
             | Self::Subscribe { .. }

@@ -10,8 +10,10 @@
 //! * add and delete source-based policy rules (`from PREFIX lookup TABLE`);
 //! * remember everything the daemon installed ([`Installed`]) so it can all
 //!   be removed again on shutdown;
-//! * monitor links and their addresses ([`watch_uplinks`], over the sans-IO
-//!   [`UplinkTable`]) so the daemon knows which uplinks are usable.
+//! * monitor links, their addresses and the main table's default routes
+//!   ([`watch_uplinks`], over the sans-IO [`UplinkTable`]) so the daemon
+//!   knows which uplinks are usable, notices a default route coming back,
+//!   and learns each uplink's gateways.
 //!
 //! Adds are idempotent (an object that is already there is success) and
 //! deletes treat an absent object as success, so the daemon can re-run its
@@ -21,8 +23,9 @@
 //!
 //! * it never shells out to `ip` or any other tool;
 //! * it does not create or own the TUN device (the daemon does that);
-//! * it does not choose an uplink (the monitor only reports link state and
-//!   addresses) and does not monitor routes or rules;
+//! * it does not choose an uplink (the monitor only reports link state,
+//!   addresses and default routes), and monitors no other routes (no
+//!   other table, no more specific prefix) and no rules;
 //! * it does not replace existing objects, or touch sysctls, firewall rules
 //!   or gateways (routes are device routes only);
 //! * it does not switch network namespaces: [`Netlink::connect`] works in the

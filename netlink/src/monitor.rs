@@ -1,24 +1,38 @@
 //! Which links could carry the tunnel right now, kept current from netlink
 //! notifications.
 //!
-//! [`UplinkTable`] is the sans-IO model: feed it every link and address
-//! message and it says whether the table changed. [`watch_uplinks`] is the
-//! tokio shell that feeds it from a dump and then from multicast events.
-//! Events are only a trigger: after a lost event (socket overflow) the whole
-//! table is dumped again rather than patched.
+//! [`UplinkTable`] is the sans-IO model: feed it every link, address and
+//! route message and it says whether the table changed. [`watch_uplinks`] is
+//! the tokio shell that feeds it from a dump and then from multicast events.
+//! Events are only a trigger: after a lost event (socket overflow), and after
+//! a default route was replaced in place (the event names the new route, not
+//! the one it replaced), the whole table is dumped again rather than patched.
+//!
+//! Of the routes, only the main table's default routes are modelled: through
+//! which links, and via which gateways, a host without a more specific route
+//! reaches anything. They usually come back a moment after a link's address
+//! (DHCP, a script), so a dialer that failed in between is woken by the
+//! snapshot in which the route appears. The kernel deletes some IPv4 routes
+//! without any notification — every route through a link that is taken
+//! down or loses its last IPv4 address, and every route whose preferred
+//! source address is deleted — so the table forgets those itself; otherwise
+//! the route added again afterwards would look like no change.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::pin::pin;
 
 use futures::{StreamExt, TryStreamExt};
-use rtnetlink::constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK};
-use rtnetlink::packet_core::NetlinkPayload;
+use rtnetlink::constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE, RTMGRP_LINK};
+use rtnetlink::packet_core::{NetlinkPayload, NLM_F_REPLACE};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteNextHop, RouteNextHopFlags, RouteType, RouteVia,
+};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::sys::{AsyncSocket, SocketAddr};
-use rtnetlink::Handle;
+use rtnetlink::{Handle, RouteMessageBuilder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, warn};
@@ -40,25 +54,47 @@ pub struct Uplink {
     /// running) and DAD-failed addresses are left out: a relay socket cannot
     /// use them to reach the server.
     pub addresses: Vec<IpAddr>,
+    /// Gateways of the main table's default routes (`0.0.0.0/0`, `::/0`)
+    /// that leave through this link, sorted and without duplicates. An IPv6
+    /// gateway is usually link-local (a router's `fe80::…`), which only
+    /// means something together with this link.
+    pub gateways: Vec<IpAddr>,
+    /// A default route of the main table leaves through this link, with or
+    /// without a gateway: a device route (`default dev wwan0`) counts.
+    pub has_default_route: bool,
 }
 
 impl Uplink {
     /// Up, with carrier and at least one address to send from.
+    ///
+    /// A default route is deliberately not required: a host route to the
+    /// server, or a policy rule into another table, may be all this link
+    /// needs, and neither is modelled here. A dial that fails with "network
+    /// unreachable" can wait for the next snapshot instead, which comes when
+    /// a default route appears ([`has_default_route`](Self::has_default_route)).
     pub fn usable(&self) -> bool {
         self.admin_up && self.lower_up && !self.addresses.is_empty()
     }
 }
 
-/// The kernel's links and their addresses, rebuilt from rtnetlink messages.
+/// The kernel's links, their addresses and the main table's default routes,
+/// rebuilt from rtnetlink messages.
 ///
-/// Addresses are keyed by interface index, so a renamed link keeps them, and
-/// an address heard of before its link is kept until the link shows up.
+/// Addresses and routes are keyed by interface index, so a renamed link
+/// keeps them, and one heard of before its link is kept until the link shows
+/// up.
 #[derive(Debug, Clone, Default)]
 pub struct UplinkTable {
     links: BTreeMap<u32, LinkState>,
-    /// (address, prefix length): the same address may be configured twice
-    /// with different prefixes, and deleting one must not hide the other.
-    addresses: BTreeMap<u32, BTreeSet<(IpAddr, u8)>>,
+    /// Every address by (address, prefix length), with whether a relay
+    /// socket can bind it: the same address may be configured twice with
+    /// different prefixes, and deleting one must not hide the other.
+    /// Unbindable ones are kept because whether a link has any IPv4 address
+    /// left decides whether the kernel flushed its IPv4 routes.
+    addresses: BTreeMap<u32, BTreeMap<(IpAddr, u8), bool>>,
+    /// Default routes of the main table by output interface, with their
+    /// preferred source address (`RTA_PREFSRC`); never an empty map.
+    routes: BTreeMap<u32, BTreeMap<DefaultRoute, Option<IpAddr>>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,30 +104,88 @@ struct LinkState {
     lower_up: bool,
 }
 
+/// A main-table default route as seen from one of its output interfaces.
+///
+/// Together with that interface, this is what tells two default routes
+/// apart: one link may have several (say one per family, or a fallback with
+/// a higher metric), and deleting one must keep the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct DefaultRoute {
+    family: Family,
+    /// `RTA_PRIORITY`, the metric of `ip route`.
+    metric: u32,
+    /// `None` for a device route.
+    gateway: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Family {
+    V4,
+    V6,
+}
+
+/// One output interface of a default route: a plain route has one, a
+/// multipath route one per live nexthop.
+#[derive(Debug, Clone, Copy)]
+struct DefaultRouteHop {
+    oif: u32,
+    route: DefaultRoute,
+    prefsrc: Option<IpAddr>,
+}
+
+/// Kernel's main routing table id.
+const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
+
 impl UplinkTable {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Applies one `RTM_NEWLINK`/`RTM_DELLINK`/`RTM_NEWADDR`/`RTM_DELADDR`
-    /// (other messages are ignored) and returns whether the
-    /// [`snapshot`](Self::snapshot) changed; the kernel repeats unchanged
-    /// state often, and that is not a change.
+    /// Applies one `RTM_NEWLINK`/`RTM_DELLINK`/`RTM_NEWADDR`/`RTM_DELADDR`/
+    /// `RTM_NEWROUTE`/`RTM_DELROUTE` (other messages are ignored) and returns
+    /// whether the [`snapshot`](Self::snapshot) changed; the kernel repeats
+    /// unchanged state often, and that is not a change.
+    ///
+    /// Routes other than a default route (`/0`, unicast) of the main table
+    /// are ignored. An `RTM_NEWROUTE` that replaced another route
+    /// (`NLM_F_REPLACE`, a flag of the netlink header, not of this message)
+    /// is applied as a plain add, so the replaced route lingers: re-derive
+    /// the table from a dump then, as [`watch_uplinks`] does.
     pub fn apply(&mut self, message: &RouteNetlinkMessage) -> bool {
-        let index = match message {
-            RouteNetlinkMessage::NewLink(link) | RouteNetlinkMessage::DelLink(link) => link.header.index,
-            RouteNetlinkMessage::NewAddress(address) | RouteNetlinkMessage::DelAddress(address) => address.header.index,
-            _ => return false,
-        };
-        let before = self.uplink(index);
         match message {
-            RouteNetlinkMessage::NewLink(link) => self.new_link(link),
-            RouteNetlinkMessage::DelLink(link) => self.del_link(link),
-            RouteNetlinkMessage::NewAddress(address) => self.new_address(address),
-            RouteNetlinkMessage::DelAddress(address) => self.del_address(address),
-            _ => {}
+            RouteNetlinkMessage::NewLink(link) => self.update(&[link.header.index], |table| table.new_link(link)),
+            RouteNetlinkMessage::DelLink(link) => self.update(&[link.header.index], |table| table.del_link(link)),
+            RouteNetlinkMessage::NewAddress(address) => {
+                self.update(&[address.header.index], |table| table.new_address(address))
+            }
+            RouteNetlinkMessage::DelAddress(address) => {
+                let mut affected = vec![address.header.index];
+                // Routes that prefer this address as source may go with it.
+                if let Some((addr, _)) = address_key(address) {
+                    affected.extend(self.route_oifs(|_, _, prefsrc| prefsrc == Some(addr)));
+                }
+                self.update(&affected, |table| table.del_address(address))
+            }
+            RouteNetlinkMessage::NewRoute(route) => {
+                let hops = main_default_routes(route);
+                let affected: Vec<u32> = hops.iter().map(|hop| hop.oif).collect();
+                self.update(&affected, |table| {
+                    for hop in hops {
+                        table.routes.entry(hop.oif).or_default().insert(hop.route, hop.prefsrc);
+                    }
+                })
+            }
+            RouteNetlinkMessage::DelRoute(route) => {
+                let hops = main_default_routes(route);
+                let affected: Vec<u32> = hops.iter().map(|hop| hop.oif).collect();
+                self.update(&affected, |table| {
+                    for hop in hops {
+                        table.forget_routes(|oif, stored, _| oif == hop.oif && *stored == hop.route);
+                    }
+                })
+            }
+            _ => false,
         }
-        self.uplink(index) != before
     }
 
     /// Every known link by name.
@@ -99,13 +193,40 @@ impl UplinkTable {
         self.links.keys().filter_map(|&index| self.uplink(index)).map(|uplink| (uplink.name.clone(), uplink)).collect()
     }
 
+    /// Runs `change`, which may only touch links `affected`, and says
+    /// whether any of them now looks different.
+    fn update(&mut self, affected: &[u32], change: impl FnOnce(&mut Self)) -> bool {
+        let before: Vec<Option<Uplink>> = affected.iter().map(|&index| self.uplink(index)).collect();
+        change(self);
+        affected.iter().map(|&index| self.uplink(index)).ne(before)
+    }
+
     fn uplink(&self, index: u32) -> Option<Uplink> {
         let link = self.links.get(&index)?;
-        let mut addresses: Vec<IpAddr> =
-            self.addresses.get(&index).into_iter().flatten().map(|&(addr, _)| addr).collect();
+        let mut addresses: Vec<IpAddr> = self
+            .addresses
+            .get(&index)
+            .into_iter()
+            .flatten()
+            .filter(|(_, &bindable)| bindable)
+            .map(|(&(addr, _), _)| addr)
+            .collect();
         // Sorted by address first, so equal addresses are adjacent.
         addresses.dedup();
-        Some(Uplink { index, name: link.name.clone(), admin_up: link.admin_up, lower_up: link.lower_up, addresses })
+        let routes = self.routes.get(&index);
+        let mut gateways: Vec<IpAddr> = routes.into_iter().flatten().filter_map(|(route, _)| route.gateway).collect();
+        gateways.sort_unstable();
+        gateways.dedup();
+        Some(Uplink {
+            index,
+            name: link.name.clone(),
+            admin_up: link.admin_up,
+            lower_up: link.lower_up,
+            addresses,
+            gateways,
+            // Empty maps are removed, so any entry is a route.
+            has_default_route: routes.is_some(),
+        })
     }
 
     fn new_link(&mut self, link: &LinkMessage) {
@@ -119,42 +240,74 @@ impl UplinkTable {
             return;
         };
         let flags = link.header.flags;
-        let state =
-            LinkState { name, admin_up: flags.contains(LinkFlags::Up), lower_up: flags.contains(LinkFlags::LowerUp) };
-        self.links.insert(index, state);
+        let admin_up = flags.contains(LinkFlags::Up);
+        self.links.insert(index, LinkState { name, admin_up, lower_up: flags.contains(LinkFlags::LowerUp) });
+        if !admin_up {
+            // Taking a link down deletes every route through it; the kernel
+            // announces that for IPv6 routes but not for IPv4 ones. (Losing
+            // carrier only marks them "linkdown".)
+            self.forget_routes(|oif, _, _| oif == index);
+        }
     }
 
     fn del_link(&mut self, link: &LinkMessage) {
         if !is_plain_link(link) {
             return;
         }
-        self.links.remove(&link.header.index);
-        self.addresses.remove(&link.header.index);
+        let index = link.header.index;
+        self.links.remove(&index);
+        self.addresses.remove(&index);
+        self.routes.remove(&index);
     }
 
     fn new_address(&mut self, address: &AddressMessage) {
         let Some(key) = address_key(address) else { return };
-        if is_bindable(address, key.0) {
-            self.addresses.entry(address.header.index).or_default().insert(key);
-        } else {
-            // A known address can become unusable (e.g. DAD failed).
-            self.remove_address(address.header.index, key);
-        }
+        // A known address can become unusable (e.g. DAD failed).
+        let bindable = is_bindable(address, key.0);
+        self.addresses.entry(address.header.index).or_default().insert(key, bindable);
     }
 
     fn del_address(&mut self, address: &AddressMessage) {
-        if let Some(key) = address_key(address) {
-            self.remove_address(address.header.index, key);
+        let Some(key @ (addr, _)) = address_key(address) else { return };
+        let index = address.header.index;
+        let Some(addresses) = self.addresses.get_mut(&index) else { return };
+        if addresses.remove(&key).is_none() {
+            return;
+        }
+        let ipv4_left = addresses.keys().any(|(other, _)| other.is_ipv4());
+        if addresses.is_empty() {
+            self.addresses.remove(&index);
+        }
+        if addr.is_ipv4() {
+            // The kernel flushes these IPv4 routes silently (see the module
+            // documentation).
+            if !ipv4_left {
+                self.forget_routes(|oif, route, _| oif == index && route.family == Family::V4);
+            }
+            let still_local = self.addresses.values().flat_map(BTreeMap::keys).any(|&(other, _)| other == addr);
+            if !still_local {
+                self.forget_routes(|_, route, prefsrc| route.family == Family::V4 && prefsrc == Some(addr));
+            }
         }
     }
 
-    fn remove_address(&mut self, index: u32, key: (IpAddr, u8)) {
-        if let Some(set) = self.addresses.get_mut(&index) {
-            set.remove(&key);
-            if set.is_empty() {
-                self.addresses.remove(&index);
-            }
-        }
+    /// Output interfaces of the routes `selected` picks, given (output
+    /// interface, route, preferred source).
+    fn route_oifs(&self, selected: impl Fn(u32, &DefaultRoute, Option<IpAddr>) -> bool) -> Vec<u32> {
+        self.routes
+            .iter()
+            .filter(|&(&oif, routes)| routes.iter().any(|(route, &prefsrc)| selected(oif, route, prefsrc)))
+            .map(|(&oif, _)| oif)
+            .collect()
+    }
+
+    /// Drops the routes `forgotten` picks, given (output interface, route,
+    /// preferred source).
+    fn forget_routes(&mut self, forgotten: impl Fn(u32, &DefaultRoute, Option<IpAddr>) -> bool) {
+        self.routes.retain(|&oif, routes| {
+            routes.retain(|route, &mut prefsrc| !forgotten(oif, route, prefsrc));
+            !routes.is_empty()
+        });
     }
 }
 
@@ -210,12 +363,84 @@ fn is_bindable(address: &AddressMessage, addr: IpAddr) -> bool {
     !tentative && !flags.contains(AddressFlags::Dadfailed)
 }
 
-/// Legacy `RTMGRP_*` bitmask for `bind`: link changes and both address
-/// families.
-const UPLINK_GROUPS: u32 = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
+/// The main-table default routes `route` is about, one per output
+/// interface; none for any other route.
+fn main_default_routes(route: &RouteMessage) -> Vec<DefaultRouteHop> {
+    let header = &route.header;
+    let family = match header.address_family {
+        AddressFamily::Inet => Family::V4,
+        AddressFamily::Inet6 => Family::V6,
+        _ => return Vec::new(),
+    };
+    // Blackhole, unreachable, prohibit… default routes lead nowhere.
+    if header.destination_prefix_length != 0 || header.kind != RouteType::Unicast {
+        return Vec::new();
+    }
+    let mut table = u32::from(header.table);
+    let mut metric = 0;
+    let mut oif = None;
+    let mut prefsrc = None;
+    let mut nexthops: &[RouteNextHop] = &[];
+    for attribute in &route.attributes {
+        match attribute {
+            // The 32-bit RTA_TABLE supersedes the 8-bit header field.
+            RouteAttribute::Table(id) => table = *id,
+            RouteAttribute::Priority(priority) => metric = *priority,
+            RouteAttribute::Oif(index) => oif = Some(*index),
+            RouteAttribute::PrefSource(addr) => prefsrc = route_ip(addr),
+            RouteAttribute::MultiPath(hops) => nexthops = hops.as_slice(),
+            _ => {}
+        }
+    }
+    if table != MAIN_TABLE {
+        return Vec::new();
+    }
+    let hop = |oif, attributes: &[RouteAttribute]| DefaultRouteHop {
+        oif,
+        route: DefaultRoute { family, metric, gateway: gateway(attributes) },
+        prefsrc,
+    };
+    // The kernel describes a single nexthop with RTA_OIF and RTA_GATEWAY,
+    // several with RTA_MULTIPATH. A dead nexthop (its link went down) is
+    // not a way out.
+    let single = oif.map(|oif| hop(oif, &route.attributes));
+    let live = nexthops.iter().filter(|nexthop| !nexthop.flags.contains(RouteNextHopFlags::Dead));
+    single.into_iter().chain(live.map(|nexthop| hop(nexthop.interface_index, &nexthop.attributes))).collect()
+}
 
-/// Starts watching the links and addresses of the calling thread's network
-/// namespace.
+/// `RTA_GATEWAY`, or `RTA_VIA` (an IPv4 route via an IPv6 gateway).
+fn gateway(attributes: &[RouteAttribute]) -> Option<IpAddr> {
+    attributes.iter().find_map(|attribute| match attribute {
+        RouteAttribute::Gateway(addr) => route_ip(addr),
+        RouteAttribute::Via(RouteVia::Inet(v4)) => Some(IpAddr::V4(*v4)),
+        RouteAttribute::Via(RouteVia::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    })
+}
+
+fn route_ip(address: &RouteAddress) -> Option<IpAddr> {
+    match address {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+/// An `RTM_NEWROUTE` event that replaced a main-table default route in
+/// place: it names the new route only, and the one it replaced (same metric,
+/// perhaps another link and gateway) is gone without an event of its own.
+fn replaces_a_default_route(netlink_flags: u16, message: &RouteNetlinkMessage) -> bool {
+    let RouteNetlinkMessage::NewRoute(route) = message else { return false };
+    netlink_flags & NLM_F_REPLACE != 0 && !main_default_routes(route).is_empty()
+}
+
+/// Legacy `RTMGRP_*` bitmask for `bind`: link changes, and addresses and
+/// routes of both families.
+const UPLINK_GROUPS: u32 =
+    RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE;
+
+/// Starts watching the links, addresses and default routes of the calling
+/// thread's network namespace.
 ///
 /// Returns once the first full snapshot is in the receiver. The task
 /// publishes a new snapshot on every real change; it ends when every
@@ -270,28 +495,44 @@ async fn run(
             error!("netlink event socket failed; uplink monitor stops");
             return;
         };
-        let changed = match message.payload {
-            NetlinkPayload::InnerMessage(message) => table.apply(&message),
+        let netlink_flags = message.header.flags;
+        let redump_reason = match message.payload {
+            NetlinkPayload::InnerMessage(inner) if replaces_a_default_route(netlink_flags, &inner) => {
+                debug!("a default route was replaced in place; dumping links, addresses and routes again");
+                Some("replaced default route")
+            }
+            NetlinkPayload::InnerMessage(inner) => {
+                if table.apply(&inner) {
+                    publish(&updates, table.snapshot());
+                }
+                None
+            }
             // ENOBUFS: the kernel dropped events, so the table may be wrong
             // in ways no later event will fix.
             NetlinkPayload::Overrun(_) => {
-                warn!("netlink event socket overflowed; dumping links and addresses again");
-                let mut fresh = UplinkTable::new();
-                if let Err(e) = dump(&handle, &mut fresh).await {
-                    error!(error = %e, "re-dump after overflow failed; uplink monitor stops");
-                    return;
-                }
-                table = fresh;
-                *updates.borrow() != table.snapshot()
+                warn!("netlink event socket overflowed; dumping links, addresses and routes again");
+                Some("overflow")
             }
-            _ => false,
+            _ => None,
         };
-        if changed {
+        if let Some(reason) = redump_reason {
+            let mut fresh = UplinkTable::new();
+            if let Err(e) = dump(&handle, &mut fresh).await {
+                error!(error = %e, reason, "re-dump failed; uplink monitor stops");
+                return;
+            }
+            table = fresh;
             let snapshot = table.snapshot();
-            debug!(uplinks = ?summary(&snapshot), "uplinks changed");
-            updates.send_replace(snapshot);
+            if *updates.borrow() != snapshot {
+                publish(&updates, snapshot);
+            }
         }
     }
+}
+
+fn publish(updates: &watch::Sender<BTreeMap<String, Uplink>>, snapshot: BTreeMap<String, Uplink>) {
+    debug!(uplinks = ?summary(&snapshot), "uplinks changed");
+    updates.send_replace(snapshot);
 }
 
 /// Usable uplink names, for logs.
@@ -299,7 +540,8 @@ fn summary(snapshot: &BTreeMap<String, Uplink>) -> Vec<&str> {
     snapshot.values().filter(|uplink| uplink.usable()).map(|uplink| uplink.name.as_str()).collect()
 }
 
-/// Feeds every link, then every address (both families), into `table`.
+/// Feeds every link, then every address, then every route (addresses and
+/// routes of both families) into `table`.
 async fn dump(handle: &Handle, table: &mut UplinkTable) -> Result<(), NetlinkError> {
     let mut links = pin!(handle.link().get().execute());
     while let Some(link) = links.try_next().await.map_err(|source| NetlinkError::DumpLinks { source })? {
@@ -308,6 +550,16 @@ async fn dump(handle: &Handle, table: &mut UplinkTable) -> Result<(), NetlinkErr
     let mut addresses = pin!(handle.address().get().execute());
     while let Some(address) = addresses.try_next().await.map_err(|source| NetlinkError::DumpAddresses { source })? {
         table.apply(&RouteNetlinkMessage::NewAddress(address));
+    }
+    // One dump per family; each covers every table (the kernel ignores the
+    // table in a dump request unless strict checking is on), and the table
+    // keeps only the main one.
+    let requests = [RouteMessageBuilder::<Ipv4Addr>::new().build(), RouteMessageBuilder::<Ipv6Addr>::new().build()];
+    for request in requests {
+        let mut routes = pin!(handle.route().get(request).execute());
+        while let Some(route) = routes.try_next().await.map_err(|source| NetlinkError::DumpRoutes { source })? {
+            table.apply(&RouteNetlinkMessage::NewRoute(route));
+        }
     }
     Ok(())
 }
@@ -327,10 +579,11 @@ mod tests {
     use super::*;
     use crate::message::address_message;
     use rtnetlink::packet_route::address::AddressHeaderFlags;
-    use rtnetlink::LinkUnspec;
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use rtnetlink::packet_route::route::RouteScope;
+    use rtnetlink::{LinkUnspec, RouteNextHopBuilder};
 
     const ETH0: u32 = 2;
+    const WLAN0: u32 = 3;
 
     fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
         IpAddr::V4(Ipv4Addr::new(a, b, c, d))
@@ -360,6 +613,24 @@ mod tests {
         RouteNetlinkMessage::DelAddress(address_message(index, addr, prefix_len))
     }
 
+    /// `default via GATEWAY dev OIF metric METRIC` in the main table.
+    fn default_via(oif: u32, gateway: Ipv4Addr, metric: u32) -> RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new().output_interface(oif).gateway(gateway).priority(metric).build()
+    }
+
+    /// `default dev OIF metric METRIC`: a device route, no gateway.
+    fn default_dev(oif: u32, metric: u32) -> RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new().output_interface(oif).scope(RouteScope::Link).priority(metric).build()
+    }
+
+    fn new_route(route: &RouteMessage) -> RouteNetlinkMessage {
+        RouteNetlinkMessage::NewRoute(route.clone())
+    }
+
+    fn del_route(route: &RouteMessage) -> RouteNetlinkMessage {
+        RouteNetlinkMessage::DelRoute(route.clone())
+    }
+
     fn running() -> LinkFlags {
         LinkFlags::Up | LinkFlags::LowerUp
     }
@@ -387,7 +658,9 @@ mod tests {
                 name: "eth0".into(),
                 admin_up: true,
                 lower_up: true,
-                addresses: vec![v4(198, 18, 0, 2)]
+                addresses: vec![v4(198, 18, 0, 2)],
+                gateways: vec![],
+                has_default_route: false,
             }
         );
         assert!(uplink.usable());
@@ -522,9 +795,226 @@ mod tests {
     #[test]
     fn other_messages_are_ignored() {
         let mut table = table_with_eth0();
-        let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build();
-        assert!(!table.apply(&RouteNetlinkMessage::NewRoute(route)));
         assert!(!table.apply(&RouteNetlinkMessage::GetLink(link(ETH0, "eth0", LinkFlags::empty()))));
+        assert!(!table.apply(&RouteNetlinkMessage::GetRoute(default_via(ETH0, Ipv4Addr::new(198, 18, 0, 1), 0))));
+        // A default route that names no output interface leaves through no
+        // link we know of.
+        assert!(!table.apply(&new_route(&RouteMessageBuilder::<Ipv4Addr>::new().build())));
         assert!(eth0(&table).usable());
+    }
+
+    #[test]
+    fn default_route_via_a_gateway_is_published() {
+        let mut table = table_with_eth0();
+        let route = default_via(ETH0, Ipv4Addr::new(198, 18, 0, 1), 0);
+        assert!(table.apply(&new_route(&route)));
+        let uplink = eth0(&table);
+        assert_eq!(uplink.gateways, vec![v4(198, 18, 0, 1)]);
+        assert!(uplink.has_default_route && uplink.usable());
+        assert!(!table.apply(&new_route(&route)), "the same route again is no change");
+
+        // An IPv6 router is announced by its link-local address.
+        let router = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+        let v6_route = RouteMessageBuilder::<Ipv6Addr>::new().output_interface(ETH0).gateway(router).build();
+        assert!(table.apply(&new_route(&v6_route)));
+        assert_eq!(eth0(&table).gateways, vec![v4(198, 18, 0, 1), v6("fe80::1")]);
+
+        assert!(table.apply(&del_route(&route)));
+        assert!(table.apply(&del_route(&v6_route)));
+        let uplink = eth0(&table);
+        assert!(uplink.gateways.is_empty() && !uplink.has_default_route);
+        assert!(uplink.usable(), "a link without a default route may still reach the server");
+    }
+
+    #[test]
+    fn device_default_route_counts_without_a_gateway() {
+        let mut table = table_with_eth0();
+        assert!(table.apply(&new_route(&default_dev(ETH0, 0))));
+        let uplink = eth0(&table);
+        assert!(uplink.has_default_route && uplink.gateways.is_empty());
+    }
+
+    #[test]
+    fn only_the_main_table_counts() {
+        let mut table = table_with_eth0();
+        let gateway = Ipv4Addr::new(198, 18, 0, 1);
+        let custom = RouteMessageBuilder::<Ipv4Addr>::new().output_interface(ETH0).gateway(gateway).table_id(100);
+        assert!(!table.apply(&new_route(&custom.build())));
+        // Above 255: in the RTA_TABLE attribute, which overrides the header.
+        let large = RouteMessageBuilder::<Ipv4Addr>::new().output_interface(ETH0).gateway(gateway).table_id(51820);
+        assert!(!table.apply(&new_route(&large.build())));
+        assert!(!eth0(&table).has_default_route);
+
+        // The main table given by attribute only, as the kernel may.
+        let mut main = default_via(ETH0, gateway, 0);
+        main.header.table = RouteHeader::RT_TABLE_UNSPEC;
+        main.attributes.push(RouteAttribute::Table(MAIN_TABLE));
+        assert!(table.apply(&new_route(&main)));
+        assert_eq!(eth0(&table).gateways, vec![v4(198, 18, 0, 1)]);
+    }
+
+    #[test]
+    fn only_unicast_default_routes_count() {
+        let mut table = table_with_eth0();
+        let gateway = Ipv4Addr::new(198, 18, 0, 1);
+        let subnet = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::new(198, 19, 0, 0), 16)
+            .output_interface(ETH0)
+            .gateway(gateway);
+        assert!(!table.apply(&new_route(&subnet.build())));
+        let mut host = default_via(ETH0, gateway, 0);
+        host.header.destination_prefix_length = 32;
+        assert!(!table.apply(&new_route(&host)));
+        let mut unreachable = default_dev(ETH0, 0);
+        unreachable.header.kind = RouteType::Unreachable;
+        assert!(!table.apply(&new_route(&unreachable)));
+        assert!(!eth0(&table).has_default_route);
+    }
+
+    #[test]
+    fn deleting_one_of_two_metrics_keeps_the_other() {
+        let mut table = table_with_eth0();
+        let gateway = Ipv4Addr::new(198, 18, 0, 1);
+        assert!(table.apply(&new_route(&default_via(ETH0, gateway, 100))));
+        assert!(!table.apply(&new_route(&default_via(ETH0, gateway, 200))), "same gateway, shown once");
+        assert!(!table.apply(&del_route(&default_via(ETH0, gateway, 100))));
+        assert_eq!(eth0(&table).gateways, vec![v4(198, 18, 0, 1)]);
+        assert!(table.apply(&del_route(&default_via(ETH0, gateway, 200))));
+        assert!(!eth0(&table).has_default_route);
+
+        // Different gateways: each goes with its own route.
+        assert!(table.apply(&new_route(&default_via(ETH0, gateway, 100))));
+        assert!(table.apply(&new_route(&default_via(ETH0, Ipv4Addr::new(198, 18, 0, 254), 200))));
+        assert_eq!(eth0(&table).gateways, vec![v4(198, 18, 0, 1), v4(198, 18, 0, 254)]);
+        assert!(table.apply(&del_route(&default_via(ETH0, gateway, 100))));
+        assert_eq!(eth0(&table).gateways, vec![v4(198, 18, 0, 254)]);
+
+        // A device route stays when the gateway route beside it goes.
+        assert!(!table.apply(&new_route(&default_dev(ETH0, 300))));
+        assert!(table.apply(&del_route(&default_via(ETH0, Ipv4Addr::new(198, 18, 0, 254), 200))));
+        let uplink = eth0(&table);
+        assert!(uplink.has_default_route && uplink.gateways.is_empty());
+    }
+
+    #[test]
+    fn del_link_removes_its_routes() {
+        let mut table = table_with_eth0();
+        assert!(table.apply(&new_route(&default_via(ETH0, Ipv4Addr::new(198, 18, 0, 1), 0))));
+        assert!(table.apply(&RouteNetlinkMessage::DelLink(link(ETH0, "eth0", LinkFlags::empty()))));
+        assert!(table.apply(&new_link(ETH0, "eth1", running())));
+        let uplink = &table.snapshot()["eth1"];
+        assert!(!uplink.has_default_route && uplink.gateways.is_empty());
+    }
+
+    #[test]
+    fn route_before_its_link_is_kept() {
+        let mut table = UplinkTable::new();
+        assert!(!table.apply(&new_route(&default_via(ETH0, Ipv4Addr::new(198, 18, 0, 1), 0))));
+        assert!(table.apply(&new_link(ETH0, "eth0", running())));
+        assert_eq!(eth0(&table).gateways, vec![v4(198, 18, 0, 1)]);
+    }
+
+    #[test]
+    fn multipath_route_counts_for_each_live_nexthop() {
+        let mut table = table_with_eth0();
+        table.apply(&new_link(WLAN0, "wlan0", running()));
+        let nexthop = |oif, gateway| RouteNextHopBuilder::new_ipv4().interface(oif).via(gateway).unwrap().build();
+        let multipath = |hops| RouteMessageBuilder::<Ipv4Addr>::new().multipath(hops).build();
+        let both = multipath(vec![nexthop(ETH0, v4(198, 18, 0, 1)), nexthop(WLAN0, v4(198, 18, 1, 1))]);
+        assert!(table.apply(&new_route(&both)));
+        let snapshot = table.snapshot();
+        assert_eq!(snapshot["eth0"].gateways, vec![v4(198, 18, 0, 1)]);
+        assert_eq!(snapshot["wlan0"].gateways, vec![v4(198, 18, 1, 1)]);
+        assert!(table.apply(&del_route(&both)));
+        assert!(table.snapshot().values().all(|uplink| !uplink.has_default_route));
+
+        let mut dead = nexthop(WLAN0, v4(198, 18, 1, 1));
+        dead.flags = RouteNextHopFlags::Dead | RouteNextHopFlags::Linkdown;
+        assert!(table.apply(&new_route(&multipath(vec![nexthop(ETH0, v4(198, 18, 0, 1)), dead]))));
+        let snapshot = table.snapshot();
+        assert!(snapshot["eth0"].has_default_route && !snapshot["wlan0"].has_default_route);
+    }
+
+    /// The kernel flushes these IPv4 routes without an `RTM_DELROUTE`; the
+    /// same route added again must then be a change, or a dialer waiting for
+    /// it would never wake.
+    #[test]
+    fn routes_flushed_without_notice_are_forgotten() {
+        let via_gateway = default_via(ETH0, Ipv4Addr::new(198, 18, 0, 1), 0);
+
+        // Link taken down.
+        let mut table = table_with_eth0();
+        table.apply(&new_route(&via_gateway));
+        assert!(table.apply(&new_link(ETH0, "eth0", LinkFlags::empty())));
+        assert!(!eth0(&table).has_default_route);
+        assert!(table.apply(&new_link(ETH0, "eth0", running())));
+        assert!(table.apply(&new_route(&via_gateway)), "the route coming back is a change");
+
+        // Carrier lost: the kernel keeps the routes ("linkdown").
+        assert!(table.apply(&new_link(ETH0, "eth0", LinkFlags::Up)));
+        assert!(eth0(&table).has_default_route);
+
+        // Last IPv4 address deleted: IPv4 routes go, IPv6 ones stay.
+        let mut table = table_with_eth0();
+        table.apply(&new_route(&via_gateway));
+        let v6_device = RouteMessageBuilder::<Ipv6Addr>::new().output_interface(ETH0).build();
+        table.apply(&new_route(&v6_device));
+        assert!(table.apply(&new_address(ETH0, v6("2001:2::2"), 64)));
+        assert!(table.apply(&del_address(ETH0, v4(198, 18, 0, 2), 24)));
+        let uplink = eth0(&table);
+        assert!(uplink.has_default_route && uplink.gateways.is_empty(), "{uplink:?}");
+        assert!(table.apply(&new_route(&via_gateway)));
+
+        // An IPv4 address that cannot be bound still keeps the kernel's
+        // routes, and deleting an address that was never there flushes
+        // nothing.
+        let mut table = table_with_eth0();
+        table.apply(&new_route(&via_gateway));
+        let mut link_scope = address_message(ETH0, v4(198, 18, 0, 9), 24);
+        link_scope.header.scope = AddressScope::Link;
+        table.apply(&RouteNetlinkMessage::NewAddress(link_scope));
+        assert!(!table.apply(&del_address(ETH0, v4(198, 18, 0, 77), 24)));
+        assert!(table.apply(&del_address(ETH0, v4(198, 18, 0, 2), 24)));
+        assert!(eth0(&table).has_default_route);
+    }
+
+    #[test]
+    fn routes_go_with_their_preferred_source() {
+        let mut table = table_with_eth0();
+        table.apply(&new_link(WLAN0, "wlan0", running()));
+        table.apply(&new_address(ETH0, v4(198, 18, 0, 3), 24));
+        table.apply(&new_address(WLAN0, v4(198, 18, 1, 2), 24));
+        let with_source = |oif, gateway, src| {
+            RouteMessageBuilder::<Ipv4Addr>::new().output_interface(oif).gateway(gateway).pref_source(src).build()
+        };
+        table.apply(&new_route(&with_source(ETH0, Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2))));
+        // Preferring another link's address is allowed.
+        table.apply(&new_route(&with_source(WLAN0, Ipv4Addr::new(198, 18, 1, 1), Ipv4Addr::new(198, 18, 0, 2))));
+        table.apply(&new_route(&default_via(ETH0, Ipv4Addr::new(198, 18, 0, 254), 100)));
+
+        // Still configured with another prefix: nothing goes.
+        table.apply(&new_address(ETH0, v4(198, 18, 0, 2), 32));
+        assert!(!table.apply(&del_address(ETH0, v4(198, 18, 0, 2), 32)));
+
+        assert!(table.apply(&del_address(ETH0, v4(198, 18, 0, 2), 24)));
+        let snapshot = table.snapshot();
+        assert_eq!(snapshot["eth0"].gateways, vec![v4(198, 18, 0, 254)], "only routes preferring 198.18.0.2 go");
+        assert!(!snapshot["wlan0"].has_default_route, "on every link");
+    }
+
+    #[test]
+    fn only_a_replaced_default_route_needs_a_dump() {
+        let default = new_route(&default_via(ETH0, Ipv4Addr::new(198, 18, 0, 1), 0));
+        assert!(replaces_a_default_route(NLM_F_REPLACE, &default));
+        assert!(!replaces_a_default_route(0, &default));
+        let subnet = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::new(198, 19, 0, 0), 16)
+            .output_interface(ETH0)
+            .build();
+        assert!(!replaces_a_default_route(NLM_F_REPLACE, &new_route(&subnet)));
+        assert!(!replaces_a_default_route(
+            NLM_F_REPLACE,
+            &del_route(&default_via(ETH0, Ipv4Addr::new(198, 18, 0, 1), 0))
+        ));
     }
 }

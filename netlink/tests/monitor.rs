@@ -7,25 +7,33 @@
 //!   │  rt-mon0      dummy (or a veth whose peer stays down)        │
 //!   │  rt-mon-a ════ veth ════ rt-mon-b                            │
 //!   │  rt-burst0 … rt-burstN   created while the monitor is stalled│
+//!   │  rt-gw0  198.18.5.2/24   default via 198.18.5.1 (main table) │
+//!   │  rt-gw1  198.18.6.2/24   default via 198.18.6.1 (replace)    │
 //!   │                                                              │
 //!   │  watch_uplinks() ◄── RTMGRP_LINK | IPV4_IFADDR | IPV6_IFADDR │
+//!   │                      | IPV4_ROUTE | IPV6_ROUTE               │
 //!   └──────────────────────────────────────────────────────────────┘
 //! ```
 //!
 //! Changes are made with rtnetlink, never `ip`, and every assertion waits
-//! (bounded) for the monitor to publish the expected state.
+//! (bounded) for the monitor to publish the expected state. Route tests also
+//! check the kernel's own route dump where the kernel changes routes without
+//! a notification, so the monitor is compared with the truth, not with an
+//! assumption about the kernel.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use common::{in_netns, v4, Env};
 use roamtun_netlink::{watch_uplinks, Uplink};
 use rtnetlink::constants::RTMGRP_LINK;
+use rtnetlink::packet_route::route::{RouteMessage, RouteScope};
 use rtnetlink::sys::protocols::NETLINK_ROUTE;
 use rtnetlink::sys::{Socket, SocketAddr};
-use rtnetlink::{LinkUnspec, LinkVeth};
+use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -55,6 +63,24 @@ async fn wait_for(uplinks: &mut watch::Receiver<Uplinks>, what: &str, condition:
 async fn set_link_down(env: &Env, index: u32) {
     let message = LinkUnspec::new_with_index(index).down().build();
     env.inspect.link().change(message).execute().await.expect("set link down");
+}
+
+/// `default via GATEWAY dev OIF` in the main table, for add and delete.
+fn default_via(oif: u32, gateway: Ipv4Addr) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new().output_interface(oif).gateway(gateway).build()
+}
+
+/// An up scratch link with `addr/24`, so a gateway in that subnet is
+/// reachable.
+async fn link_with_subnet(env: &Env, name: &str, addr: Ipv4Addr) -> u32 {
+    let index = env.add_up_dummy(name).await;
+    env.nl.add_address(index, addr.into(), 24).await.expect("add address");
+    index
+}
+
+/// Whether the kernel's own dump has a default route through `oif`.
+async fn kernel_has_default_route(env: &Env, oif: u32) -> bool {
+    env.routes().await.iter().any(|route| route.oif == oif && route.prefix_len == 0)
 }
 
 #[test]
@@ -131,6 +157,92 @@ fn renamed_link_keeps_its_addresses_and_deleted_link_disappears() {
 
         env.inspect.link().del(index).execute().await.expect("delete link");
         wait_for(&mut uplinks, "rt-mon1 gone", |u| !u.contains_key("rt-mon1")).await;
+    });
+}
+
+#[test]
+fn default_routes_of_the_main_table_are_published() {
+    in_netns(|| async {
+        let env = Env::new().await;
+        let index = link_with_subnet(&env, "rt-gw0", Ipv4Addr::new(198, 18, 5, 2)).await;
+        let (mut uplinks, _monitor) = watch_uplinks().await.expect("start uplink monitor");
+        let initial = uplinks.borrow()["rt-gw0"].clone();
+        assert!(!initial.has_default_route && initial.gateways.is_empty(), "{initial:?}");
+
+        // Another table's default route comes first and is ignored: had it
+        // counted, 198.18.5.254 would be published with (or before) .1.
+        let mut other_table = default_via(index, Ipv4Addr::new(198, 18, 5, 254));
+        other_table.header.table = 100;
+        env.inspect.route().add(other_table).execute().await.expect("add default route to table 100");
+        let gateway = Ipv4Addr::new(198, 18, 5, 1);
+        env.inspect.route().add(default_via(index, gateway)).execute().await.expect("add default route");
+        let now = wait_for(&mut uplinks, "a default route on rt-gw0", |u| u["rt-gw0"].has_default_route).await;
+        assert_eq!(now["rt-gw0"].gateways, [v4(198, 18, 5, 1)]);
+
+        // A device route with a higher metric, as a fallback.
+        let device = || {
+            RouteMessageBuilder::<Ipv4Addr>::new().output_interface(index).scope(RouteScope::Link).priority(100).build()
+        };
+        env.inspect.route().add(device()).execute().await.expect("add device default route");
+        env.inspect.route().del(default_via(index, gateway)).execute().await.expect("delete default route");
+        let now = wait_for(&mut uplinks, "no gateway on rt-gw0", |u| u["rt-gw0"].gateways.is_empty()).await;
+        assert!(now["rt-gw0"].has_default_route, "the device route is still there: {:?}", now["rt-gw0"]);
+
+        env.inspect.route().del(device()).execute().await.expect("delete device default route");
+        wait_for(&mut uplinks, "no default route on rt-gw0", |u| !u["rt-gw0"].has_default_route).await;
+    });
+}
+
+/// The kernel flushes IPv4 routes when their link goes down or loses its
+/// last IPv4 address, without telling anyone; the route coming back must
+/// still be published, since that is what wakes a waiting dialer.
+#[test]
+fn default_route_flushed_without_notification_is_forgotten() {
+    in_netns(|| async {
+        let env = Env::new().await;
+        let addr = Ipv4Addr::new(198, 18, 5, 2);
+        let index = link_with_subnet(&env, "rt-gw0", addr).await;
+        let gateway = Ipv4Addr::new(198, 18, 5, 1);
+        env.inspect.route().add(default_via(index, gateway)).execute().await.expect("add default route");
+        let (mut uplinks, _monitor) = watch_uplinks().await.expect("start uplink monitor");
+        assert_eq!(uplinks.borrow()["rt-gw0"].gateways, [v4(198, 18, 5, 1)], "the first dump includes routes");
+
+        set_link_down(&env, index).await;
+        let now = wait_for(&mut uplinks, "rt-gw0 down", |u| !u["rt-gw0"].admin_up).await;
+        assert!(!kernel_has_default_route(&env, index).await, "the kernel kept the route after link down");
+        assert!(!now["rt-gw0"].has_default_route, "{:?}", now["rt-gw0"]);
+
+        // Address first, route a moment later, as after DHCP.
+        env.nl.set_link_up(index).await.expect("set rt-gw0 up");
+        wait_for(&mut uplinks, "rt-gw0 up", |u| u["rt-gw0"].admin_up).await;
+        env.inspect.route().add(default_via(index, gateway)).execute().await.expect("add default route again");
+        wait_for(&mut uplinks, "the default route back", |u| u["rt-gw0"].gateways == [v4(198, 18, 5, 1)]).await;
+
+        env.nl.del_address(index, addr.into(), 24).await.expect("delete address");
+        let now = wait_for(&mut uplinks, "no address on rt-gw0", |u| u["rt-gw0"].addresses.is_empty()).await;
+        assert!(!kernel_has_default_route(&env, index).await, "the kernel kept the route without an address");
+        assert!(!now["rt-gw0"].has_default_route, "{:?}", now["rt-gw0"]);
+    });
+}
+
+#[test]
+fn replaced_default_route_moves_to_the_new_link() {
+    in_netns(|| async {
+        let env = Env::new().await;
+        let first = link_with_subnet(&env, "rt-gw0", Ipv4Addr::new(198, 18, 5, 2)).await;
+        let second = link_with_subnet(&env, "rt-gw1", Ipv4Addr::new(198, 18, 6, 2)).await;
+        let (mut uplinks, _monitor) = watch_uplinks().await.expect("start uplink monitor");
+        let old = default_via(first, Ipv4Addr::new(198, 18, 5, 1));
+        env.inspect.route().add(old).execute().await.expect("add default route");
+        wait_for(&mut uplinks, "a default route on rt-gw0", |u| u["rt-gw0"].has_default_route).await;
+
+        // Same metric: the kernel swaps the routes and announces only the
+        // new one.
+        let new = default_via(second, Ipv4Addr::new(198, 18, 6, 1));
+        env.inspect.route().add(new).replace().execute().await.expect("replace default route");
+        let now = wait_for(&mut uplinks, "the default route on rt-gw1", |u| u["rt-gw1"].has_default_route).await;
+        assert_eq!(now["rt-gw1"].gateways, [v4(198, 18, 6, 1)]);
+        assert!(!now["rt-gw0"].has_default_route, "the replaced route lingers: {:?}", now["rt-gw0"]);
     });
 }
 

@@ -206,7 +206,8 @@ impl Dialer<'_> {
         }
         let path = self.shared.next_path();
         let liveness = Liveness::from_tuning(&self.config.tuning);
-        let io = transport::spawn_path_io(stream, path, early, self.engine.clone(), self.room.clone(), liveness);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(stream.get_ref().0);
+        let io = transport::spawn_path_io(stream, fd, path, early, self.engine.clone(), self.room.clone(), liveness);
         let uplink = uplink.map(str::to_string).or_else(|| super::tun::interface_of(local.ip()));
         tracing::debug!(%server, %local, ?uplink, session = session_id, ?path, "path authenticated");
         let peer = PeerInfo { name: "server".into(), public_key: self.config.server.public_key.to_base64() };

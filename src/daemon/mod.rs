@@ -65,6 +65,13 @@ pub enum EngineMsg {
         path: PathId,
         rtt: std::time::Duration,
     },
+    /// The relay socket's TCP counters on a path: the kernel's RTT and the smoothed share of
+    /// segments retransmitted (the path's loss, which TCP hides).
+    PathStats {
+        path: PathId,
+        tcp_rtt: std::time::Duration,
+        loss: f64,
+    },
     /// A path failed or ended.
     PathDown {
         path: PathId,

@@ -170,7 +170,8 @@ impl Accepted {
         }
         let path = self.shared.next_path();
         let liveness = Liveness::from_tuning(&self.config.tuning);
-        let io = transport::spawn_path_io(stream, path, early, self.engine.clone(), self.room.clone(), liveness);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(stream.get_ref().0);
+        let io = transport::spawn_path_io(stream, fd, path, early, self.engine.clone(), self.room.clone(), liveness);
         let info = PathInfo { local: Some(local), remote: Some(remote), uplink: None };
         let peer_info = PeerInfo { name: peer.name.clone(), public_key: key.to_base64() };
         let join = Join::Hello { resume, virtual_ips: peer.virtual_ips.clone() };

@@ -240,6 +240,7 @@ impl Shell {
                 self.core.path_lost(path, &reason, now);
             }
             EngineMsg::PathRtt { path, rtt } => self.core.path_rtt(path, rtt),
+            EngineMsg::PathStats { path, tcp_rtt, loss } => self.core.path_stats(path, tcp_rtt, loss),
             EngineMsg::DialFailed { error, standby: true } => {
                 if let Some(client) = self.client.as_mut() {
                     if let Some(uplink) = client.standby_dialing.take() {
@@ -451,7 +452,7 @@ impl Shell {
                 // Up, with an address, and a path (current or warm standby) authenticated over it.
                 usable: client.uplinks.get(name).is_some_and(|u| u.usable()) && self.core.has_path_on(name),
                 rtt: self.core.uplink_rtt(name).map(|r| Duration::from_micros(r.as_micros() as u64)),
-                loss: 0.0,
+                loss: self.core.uplink_loss(name).unwrap_or(0.0),
                 failures: failures.len() as u32,
             };
             client.policy.observe(name, health, now);
@@ -610,6 +611,7 @@ impl Shell {
                     addresses: u.map(|u| u.addresses.clone()).unwrap_or_default(),
                     state: state.into(),
                     rtt_ms,
+                    loss: self.core.uplink_loss(&name),
                     score: score.as_ref().map(|(s, _)| *s),
                     why: score.map(|(_, why)| why).unwrap_or_default(),
                     metered: cost(&name).is_some_and(|c| c.metered),

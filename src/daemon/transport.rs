@@ -114,6 +114,7 @@ pub struct PathIo {
 /// handshake. Both tasks report the end of the path to the engine task as [`EngineMsg::PathDown`].
 pub fn spawn_path_io<S>(
     stream: S,
+    tcp_fd: std::os::fd::RawFd,
     path: PathId,
     early: Vec<u8>,
     engine: mpsc::Sender<EngineMsg>,
@@ -130,7 +131,9 @@ where
     let epoch = tokio::time::Instant::now();
     tokio::spawn(writer(w, path, out_rx, engine.clone(), room, liveness.probe_interval, epoch));
     let pongs = out_tx.clone();
-    let reader = tokio::spawn(reader(r, path, early, engine, pongs, liveness.dead_after, epoch));
+    let watch =
+        Watch { tcp_fd, dead_after: liveness.dead_after, every: liveness.probe_interval.min(liveness.dead_after / 4) };
+    let reader = tokio::spawn(reader(r, path, early, engine, pongs, watch, epoch));
     PathIo { out: out_tx, reader: reader.abort_handle() }
 }
 
@@ -187,20 +190,34 @@ fn take_frames(buf: &mut Vec<u8>, pieces: &mut Vec<Piece>) {
 /// One read's worth: 64 KiB stays below malloc's mmap threshold and holds a whole frame.
 const READ_SIZE: usize = 64 * 1024;
 
+/// What the reader watches besides the bytes: silence, and the relay socket's own TCP counters (the
+/// kernel's RTT, and retransmissions per segment sent: the path's loss, which TCP hides from us).
+struct Watch {
+    /// The relay connection's socket; valid while the reader holds its read half.
+    tcp_fd: std::os::fd::RawFd,
+    dead_after: Duration,
+    every: Duration,
+}
+
 async fn reader<R: AsyncRead + Unpin>(
     mut r: R,
     path: PathId,
     early: Vec<u8>,
     engine: mpsc::Sender<EngineMsg>,
     pongs: mpsc::Sender<Vec<u8>>,
-    dead_after: Duration,
+    watch: Watch,
     epoch: tokio::time::Instant,
 ) {
     let mut buf = early;
     buf.reserve(READ_SIZE);
     let mut pieces = Vec::new();
+    let mut ticker = tokio::time::interval(watch.every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_rx = tokio::time::Instant::now();
+    let mut loss = LossMeter::default();
     let reason = loop {
         take_frames(&mut buf, &mut pieces);
+        let delivered = !pieces.is_empty();
         for piece in pieces.drain(..) {
             let msg = match piece {
                 Piece::Frames(bytes) => EngineMsg::PathBytes { path, bytes },
@@ -221,14 +238,31 @@ async fn reader<R: AsyncRead + Unpin>(
                 return;
             }
         }
+        if delivered {
+            // Time spent waiting for the engine above is not silence on the path.
+            last_rx = tokio::time::Instant::now();
+        }
         if buf.capacity() - buf.len() < READ_SIZE / 4 {
             buf.reserve(READ_SIZE);
         }
-        match tokio::time::timeout(dead_after, r.read_buf(&mut buf)).await {
-            Err(_) => break format!("nothing received for {} ms", dead_after.as_millis()),
-            Ok(Err(err)) => break format!("read failed: {err}"),
-            Ok(Ok(0)) => break "the peer closed the connection".to_string(),
-            Ok(Ok(_)) => {}
+        // read_buf is cancel safe: a tick loses no byte.
+        tokio::select! {
+            read = r.read_buf(&mut buf) => match read {
+                Err(err) => break format!("read failed: {err}"),
+                Ok(0) => break "the peer closed the connection".to_string(),
+                Ok(_) => last_rx = tokio::time::Instant::now(),
+            },
+            _ = ticker.tick() => {
+                if last_rx.elapsed() >= watch.dead_after {
+                    break format!("nothing received for {} ms", watch.dead_after.as_millis());
+                }
+                if let Some(info) = tcp_info(watch.tcp_fd) {
+                    let stats = EngineMsg::PathStats { path, tcp_rtt: info.rtt, loss: loss.update(&info) };
+                    if engine.send(stats).await.is_err() {
+                        return;
+                    }
+                }
+            }
         }
     };
     let _ = engine.send(EngineMsg::PathDown { path, reason }).await;
@@ -270,6 +304,54 @@ async fn writer<W: AsyncWrite + Unpin>(
         }
     }
     let _ = w.shutdown().await;
+}
+
+/// The fields of the kernel's `struct tcp_info` the Check activity uses.
+struct TcpInfo {
+    rtt: Duration,
+    total_retrans: u32,
+    segs_out: u32,
+}
+
+/// Reads TCP_INFO of a TCP socket (Linux ≥ 4.2 layout: tcpi_rtt at byte 68, tcpi_total_retrans at
+/// 100, tcpi_segs_out at 136).
+fn tcp_info(fd: std::os::fd::RawFd) -> Option<TcpInfo> {
+    let mut raw = [0u8; 144];
+    let mut len = raw.len() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `raw`, which we own; `fd` is the relay
+    // socket, kept open by the read half the caller holds.
+    let rc = unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, raw.as_mut_ptr().cast(), &mut len) };
+    if rc != 0 || (len as usize) < raw.len() {
+        return None;
+    }
+    let u32_at = |at: usize| u32::from_ne_bytes(raw[at..at + 4].try_into().expect("4 bytes"));
+    Some(TcpInfo {
+        rtt: Duration::from_micros(u64::from(u32_at(68))),
+        total_retrans: u32_at(100),
+        segs_out: u32_at(136),
+    })
+}
+
+/// Retransmitted segments per segment sent, smoothed; a sample needs enough segments to mean much.
+#[derive(Default)]
+struct LossMeter {
+    last: Option<(u32, u32)>,
+    loss: f64,
+}
+
+impl LossMeter {
+    fn update(&mut self, info: &TcpInfo) -> f64 {
+        let (retrans, segs) = self.last.unwrap_or((info.total_retrans, info.segs_out));
+        let sent = info.segs_out.wrapping_sub(segs);
+        if sent >= 20 {
+            let sample = f64::from(info.total_retrans.wrapping_sub(retrans)) / f64::from(sent);
+            self.loss = 0.8 * self.loss + 0.2 * sample.min(1.0);
+            self.last = Some((info.total_retrans, info.segs_out));
+        } else if self.last.is_none() {
+            self.last = Some((info.total_retrans, info.segs_out));
+        }
+        self.loss
+    }
 }
 
 fn encode(frame: &Frame<'_>) -> Vec<u8> {

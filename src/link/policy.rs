@@ -12,7 +12,7 @@
 //!    link). An uplink that has just come back must have stayed healthy for `fail_back_after` first.
 //!
 //! The score (higher is better) says why in words, for `roamtun status`:
-//! `100 − 10·priority − rtt/10 ms − 200·loss − 5·recent failures − 40 if metered − 2·cost per GiB`.
+//! `100 − 10·priority − rtt/10 ms − 200·loss − 2·recent failures (at most 10) − 40 if metered − 2·cost per GiB`.
 
 use std::collections::BTreeMap;
 
@@ -51,7 +51,7 @@ pub struct PolicyConfig {
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        PolicyConfig { min_gain: 10.0, dwell: Duration::from_secs(10), fail_back_after: Duration::from_secs(30) }
+        PolicyConfig { min_gain: 5.0, dwell: Duration::from_secs(10), fail_back_after: Duration::from_secs(30) }
     }
 }
 
@@ -144,7 +144,7 @@ impl Policy {
             take(rtt.total_millis() as f64 / 10.0, format!("rtt {} ms", rtt.total_millis()));
         }
         take(200.0 * e.health.loss, format!("loss {:.0}%", e.health.loss * 100.0));
-        take(5.0 * f64::from(e.health.failures), format!("{} recent failures", e.health.failures));
+        take(2.0 * f64::from(e.health.failures.min(5)), format!("{} recent failures", e.health.failures));
         if e.policy.metered {
             take(40.0, "metered".into());
         }
@@ -269,7 +269,7 @@ mod tests {
         let mut p = three();
         p.observe("eth0", down(), at(1));
         p.switched("wlan0", false, at(1));
-        // eth0 back: it scores 100 - 0.1 against wlan0's 88, more than min_gain 10... but only after
+        // eth0 back: it scores 100 - 0.1 against wlan0's 88, more than min_gain 5... but only after
         // it stayed healthy for fail_back_after (30 s).
         p.observe("eth0", healthy(1), at(2));
         assert_eq!(p.decide(at(20)), Decision::Stay, "fail-back before eth0 settled");
@@ -278,9 +278,9 @@ mod tests {
         // A gain below min_gain is not worth a switch.
         let mut q = three();
         q.add_uplink("eth1", UplinkPolicy { priority: 0, cost_per_gib: 0.0, metered: false });
-        q.observe("eth0", healthy(50), at(0));
+        q.observe("eth0", healthy(40), at(0));
         q.observe("eth1", healthy(1), at(0));
-        assert_eq!(q.decide(at(100)), Decision::Stay, "a 5-point gain moved the session");
+        assert_eq!(q.decide(at(100)), Decision::Stay, "a 4-point gain moved the session");
     }
 
     #[test]

@@ -188,6 +188,9 @@ struct PathState {
     info: PathInfo,
     /// Smoothed round trip of the path's probes (RFC 6298 weights), µs.
     srtt_us: Option<u64>,
+    /// The relay socket's own view: the kernel's smoothed RTT and the share of segments retransmitted.
+    tcp_rtt: Option<std::time::Duration>,
+    loss: Option<f64>,
     /// Encoded frames for the path's writer, in order.
     out: VecDeque<Vec<u8>>,
 }
@@ -318,7 +321,10 @@ impl RelayCore {
             }
         };
         let welcome = encode(&Frame::Welcome { version: PROTOCOL_VERSION, session_id: sid.0 });
-        self.paths.insert(path, PathState { session: sid, info, srtt_us: None, out: VecDeque::from([welcome]) });
+        self.paths.insert(
+            path,
+            PathState { session: sid, info, srtt_us: None, tcp_rtt: None, loss: None, out: VecDeque::from([welcome]) },
+        );
     }
 
     /// Client: a path the shell opened, in the session the server's WELCOME named. A new session
@@ -334,7 +340,17 @@ impl RelayCore {
         now: Instant,
     ) {
         let uplink = info.uplink.clone();
-        self.paths.insert(path, PathState { session: SessionId(session), info, srtt_us: None, out: VecDeque::new() });
+        self.paths.insert(
+            path,
+            PathState {
+                session: SessionId(session),
+                info,
+                srtt_us: None,
+                tcp_rtt: None,
+                loss: None,
+                out: VecDeque::new(),
+            },
+        );
         if self.abandoned.contains(&session) {
             tracing::info!(session, ?path, "a path joined a session we already ended; asking for a new session");
             self.close_path(path);
@@ -393,13 +409,17 @@ impl RelayCore {
         !self.paths.iter().any(|(id, p)| *id != path && p.session == sid && p.info.uplink.as_deref() == Some(uplink))
     }
 
-    /// The smoothed probe round trip of the path on `uplink`, if one is open.
+    /// The round trip of the path on `uplink`, if one is open: the larger of the probes' and the
+    /// kernel's (a busy path sends few probes; an idle one gives the kernel few samples).
     pub fn uplink_rtt(&self, uplink: &str) -> Option<std::time::Duration> {
-        self.paths
-            .values()
-            .filter(|p| p.info.uplink.as_deref() == Some(uplink))
-            .find_map(|p| p.srtt_us)
-            .map(std::time::Duration::from_micros)
+        let p = self.paths.values().find(|p| p.info.uplink.as_deref() == Some(uplink))?;
+        let probes = p.srtt_us.map(std::time::Duration::from_micros);
+        probes.max(p.tcp_rtt)
+    }
+
+    /// The share of segments the relay socket on `uplink` had to retransmit lately.
+    pub fn uplink_loss(&self, uplink: &str) -> Option<f64> {
+        self.paths.values().find(|p| p.info.uplink.as_deref() == Some(uplink))?.loss
     }
 
     /// Whether a path (current or standby) runs on `uplink`.
@@ -494,6 +514,14 @@ impl RelayCore {
         if let Some(p) = self.paths.get_mut(&path) {
             let sample = rtt.as_micros() as u64;
             p.srtt_us = Some(p.srtt_us.map_or(sample, |s| (7 * s + sample) / 8));
+        }
+    }
+
+    /// The relay socket's TCP counters on `path`.
+    pub fn path_stats(&mut self, path: PathId, tcp_rtt: std::time::Duration, loss: f64) {
+        if let Some(p) = self.paths.get_mut(&path) {
+            p.tcp_rtt = Some(tcp_rtt);
+            p.loss = Some(loss);
         }
     }
 

@@ -30,9 +30,9 @@ dwell_secs = 2
 fail_back_after_secs = 3
 min_gain = 5
 [tuning]
-dead_after_ms = 300
+dead_after_ms = '"${DEAD_AFTER:-300}"'
 probe_interval_ms = 100' SERVER_EXTRA='[tuning]
-dead_after_ms = 300
+dead_after_ms = '"${DEAD_AFTER:-300}"'
 probe_interval_ms = 100' netns_configs
     netns_start_daemons || fail "the daemons did not start"
     wait_for 10 "the session on eth0" on_uplink eth0 || fail "the session did not start on eth0"
@@ -124,6 +124,52 @@ test_pin_is_honoured_and_unpin_returns_to_the_automatic_choice() {
     kinds=$(switch_kinds)
     echo "switches:    $kinds"
     [ "$kinds" = "planned:eth0>wwan0 planned:wwan0>eth0" ] || fail "status shows switches '$kinds'"
+}
+
+test_loss_on_the_active_uplink_moves_to_a_better_one() {
+    # A lenient dead_after, so it is the measured loss that moves the session, not silence.
+    DEAD_AFTER=3000 setup
+    start_workload $((16 << 20))
+    progress 16
+    EPOCH0=$(epoch)
+    # 30 % of the packets on eth0's link dropped both ways, at the far end (as a lossy network would:
+    # a drop in the client's own output hook is a local send failure, not a loss TCP counts). TCP
+    # hides the loss from the apps and from us, but the relay socket's retransmissions show it (Check).
+    s nft -f - <<'NFT'
+table inet roamtun_lossy {
+    chain in { type filter hook input priority 0; iifname "up3" numgen random mod 100 < 30 drop; }
+    chain out { type filter hook output priority 0; oifname "up3" numgen random mod 100 < 30 drop; }
+}
+NFT
+    wait_for 30 "the session to leave the lossy eth0" resumed || fail "still on $(active_uplink): $(uplink_states)"
+    on_uplink wlan0 || fail "moved to $(active_uplink), not the free wlan0"
+    local kinds
+    kinds=$(switch_kinds)
+    echo "switches:    $kinds; eth0 now: $(json_get "$WORK/client.sock" '[u["why"] for u in s["uplinks"] if u["name"] == "eth0"][0]')"
+    [ "$kinds" = "planned:eth0>wlan0" ] || fail "expected a planned switch on measured loss, got '$kinds'"
+    finish_workload
+}
+
+test_a_flapping_link_causes_a_bounded_number_of_switches() {
+    setup
+    # Paced so the transfer outlasts a minute of flapping.
+    start_workload $((SIZE / 75))
+    progress 4
+    local i
+    for i in $(seq 15); do
+        c ip link set eth0 down
+        sleep 2 # the flapping itself: down 2 s, up 2 s, for a minute
+        c ip link set eth0 up
+        c ip route replace default via 198.18.3.1 dev eth0 metric 50
+        sleep 2
+    done
+    local n
+    n=$(json_get "$WORK/client.sock" 's["peers"][0]["epoch"]')
+    echo "switches:    $n switches in 60 s of eth0 flapping every 2 s: $(switch_kinds)"
+    # Each down moves the session off eth0 at most once; it never comes back while eth0 flaps (it is
+    # never healthy for fail_back_after_secs), so one switch, not fifteen.
+    [ "$n" -le 2 ] || fail "$n switches: the decision task followed the flapping"
+    finish_workload
 }
 
 for t in $(declare -F | awk '{print $3}' | grep '^test_'); do
