@@ -159,73 +159,60 @@ fn run_daemon(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> Exi
     }
 }
 
+/// Sends one request to the daemon at `socket`; `show` prints the answer it expects and returns
+/// true, or returns false for any other answer. The daemon's errors and the socket's are reported
+/// the same way for every command.
+fn ask(socket: &std::path::Path, request: &Request, show: impl FnOnce(&Response) -> bool) -> ExitCode {
+    match runtime().block_on(control::request(socket, request)) {
+        Ok(Response::Error { message }) => {
+            eprintln!("roamtun: {message}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+        Ok(answer) if show(&answer) => ExitCode::SUCCESS,
+        Ok(other) => {
+            eprintln!("roamtun: unexpected answer from the daemon: {other:?}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+        Err(err) => fail(EXIT_FAILURE, &err),
+    }
+}
+
 fn status(json: bool, socket: Option<PathBuf>) -> ExitCode {
     let paths = match socket {
         Some(p) => vec![p],
         None => vec![PathBuf::from("/run/roamtun/client.sock"), PathBuf::from("/run/roamtun/server.sock")],
     };
     let path = paths.iter().find(|p| p.exists()).unwrap_or(&paths[0]).clone();
-    let answer = runtime().block_on(control::request(&path, &Request::Status));
-    match answer {
-        Ok(Response::Status(status)) => {
-            if json {
-                // Cannot fail: Status holds only strings, numbers, lists and addresses.
-                println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
-            } else {
-                print!("{}", control::render(&status));
-            }
-            ExitCode::SUCCESS
+    ask(&path, &Request::Status, |answer| {
+        let Response::Status(status) = answer else { return false };
+        if json {
+            // Cannot fail: Status holds only strings, numbers, lists and addresses.
+            println!("{}", serde_json::to_string_pretty(status).expect("status serializes"));
+        } else {
+            print!("{}", control::render(status));
         }
-        Ok(Response::Error { message }) => {
-            eprintln!("roamtun: the daemon says: {message}");
-            ExitCode::from(EXIT_FAILURE)
-        }
-        Ok(other) => {
-            eprintln!("roamtun: unexpected answer from the daemon: {other:?}");
-            ExitCode::from(EXIT_FAILURE)
-        }
-        Err(err) => fail(EXIT_FAILURE, &err),
-    }
+        true
+    })
 }
 
 fn switch(uplink: String, json: bool, socket: PathBuf) -> ExitCode {
-    match runtime().block_on(control::request(&socket, &Request::Switch { uplink })) {
-        Ok(Response::Switched(record)) => {
-            if json {
-                // Cannot fail: the record holds only strings and numbers.
-                println!("{}", serde_json::to_string_pretty(&record).expect("record serializes"));
-            } else {
-                println!("{}", control::render_switch(&record));
-            }
-            ExitCode::SUCCESS
+    ask(&socket, &Request::Switch { uplink }, |answer| {
+        let Response::Switched(record) = answer else { return false };
+        if json {
+            // Cannot fail: the record holds only strings and numbers.
+            println!("{}", serde_json::to_string_pretty(record).expect("record serializes"));
+        } else {
+            println!("{}", control::render_switch(record));
         }
-        Ok(Response::Error { message }) => {
-            eprintln!("roamtun: {message}");
-            ExitCode::from(EXIT_FAILURE)
-        }
-        Ok(other) => {
-            eprintln!("roamtun: unexpected answer from the daemon: {other:?}");
-            ExitCode::from(EXIT_FAILURE)
-        }
-        Err(err) => fail(EXIT_FAILURE, &err),
-    }
+        true
+    })
 }
 
 /// A request answered by one line.
 fn simple(socket: &std::path::Path, request: Request) -> ExitCode {
-    match runtime().block_on(control::request(socket, &request)) {
-        Ok(Response::Done { message }) => {
-            println!("{message}");
-            ExitCode::SUCCESS
-        }
-        Ok(Response::Error { message }) => {
-            eprintln!("roamtun: {message}");
-            ExitCode::from(EXIT_FAILURE)
-        }
-        Ok(other) => {
-            eprintln!("roamtun: unexpected answer from the daemon: {other:?}");
-            ExitCode::from(EXIT_FAILURE)
-        }
-        Err(err) => fail(EXIT_FAILURE, &err),
-    }
+    ask(socket, &request, |answer| {
+        let Response::Done { message } = answer else { return false };
+        println!("{message}");
+        true
+    })
 }

@@ -467,9 +467,9 @@ impl Shell {
             return;
         }
         if let Decision::Switch { to, planned: true, why } = client.policy.decide(now) {
-            tracing::info!(%to, %why, "decision: planned switch");
-            if let Err(err) = self.core.request_switch(to.clone(), now) {
-                tracing::debug!(%to, %err, "the decided switch cannot start now");
+            match self.core.request_switch(to.clone(), now) {
+                Ok(()) => tracing::info!(%to, %why, "decision: planned switch"),
+                Err(err) => tracing::debug!(%to, %err, "the decided switch cannot start now"),
             }
         }
     }
