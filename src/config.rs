@@ -208,6 +208,23 @@ impl Default for DecisionConfig {
     }
 }
 
+/// The kinds of uplink roamtun tells apart.
+pub const UPLINK_KINDS: [&str; 3] = ["ethernet", "wifi", "wwan"];
+
+/// What sysfs says an interface is: Wi-Fi when it has a wireless or phy80211 entry, WWAN when its
+/// uevent says DEVTYPE=wwan, Ethernet otherwise (including virtual links).
+pub fn uplink_kind(name: &str) -> &'static str {
+    let dir = Path::new("/sys/class/net").join(name);
+    if dir.join("wireless").exists() || dir.join("phy80211").exists() {
+        return "wifi";
+    }
+    let uevent = std::fs::read_to_string(dir.join("uevent")).unwrap_or_default();
+    if uevent.lines().any(|l| l.trim() == "DEVTYPE=wwan") {
+        return "wwan";
+    }
+    "ethernet"
+}
+
 /// One uplink of the client, in `uplinks` order (earlier is preferred).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(from = "UplinkEntry")]
@@ -217,6 +234,8 @@ pub struct UplinkConfig {
     pub metered: bool,
     /// Money per GiB (any currency; only comparisons matter).
     pub cost_per_gib: f64,
+    /// "ethernet", "wifi" or "wwan"; by default what sysfs says.
+    pub kind: Option<String>,
 }
 
 /// An entry of `uplinks` as written: a bare interface name, or a table.
@@ -238,13 +257,17 @@ struct UplinkTable {
     metered: bool,
     #[serde(default)]
     cost_per_gib: f64,
+    #[serde(default)]
+    kind: Option<String>,
 }
 
 impl From<UplinkEntry> for UplinkConfig {
     fn from(e: UplinkEntry) -> Self {
         match e {
-            UplinkEntry::Name(name) => UplinkConfig { name, metered: false, cost_per_gib: 0.0 },
-            UplinkEntry::Table(t) => UplinkConfig { name: t.name, metered: t.metered, cost_per_gib: t.cost_per_gib },
+            UplinkEntry::Name(name) => UplinkConfig { name, metered: false, cost_per_gib: 0.0, kind: None },
+            UplinkEntry::Table(t) => {
+                UplinkConfig { name: t.name, metered: t.metered, cost_per_gib: t.cost_per_gib, kind: t.kind }
+            }
         }
     }
 }
@@ -393,6 +416,16 @@ impl ClientConfig {
         }
         if let Some(dup) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)).map(|(_, n)| n) {
             return Err(invalid(path, format!("uplinks: {dup:?} is named twice")));
+        }
+        if let Some(u) = c.uplinks.iter().find(|u| u.kind.as_deref().is_some_and(|k| !UPLINK_KINDS.contains(&k))) {
+            return Err(invalid(
+                path,
+                format!(
+                    "uplinks: kind {:?} of {:?} is not one of {UPLINK_KINDS:?}",
+                    u.kind.as_deref().unwrap_or(""),
+                    u.name
+                ),
+            ));
         }
         if let Some(u) = c.uplinks.iter().find(|u| u.cost_per_gib.is_nan() || u.cost_per_gib < 0.0) {
             return Err(invalid(path, format!("uplinks: cost_per_gib of {:?} must be 0 or more", u.name)));
@@ -564,7 +597,10 @@ mod tests {
             "uplinks = [\"eth0\", { name = \"wwan0\", metered = true, cost_per_gib = 2.5 }]\nroutes =",
         );
         let c = ClientConfig::from_toml(Path::new("c.toml"), &tables).unwrap();
-        assert_eq!(c.uplinks[1], UplinkConfig { name: "wwan0".into(), metered: true, cost_per_gib: 2.5 });
+        assert_eq!(c.uplinks[1], UplinkConfig { name: "wwan0".into(), metered: true, cost_per_gib: 2.5, kind: None });
+        let kind = tables.replace("cost_per_gib = 2.5", "kind = \"lte\"");
+        let err = ClientConfig::from_toml(Path::new("c.toml"), &kind).unwrap_err().to_string();
+        assert!(err.contains("kind \"lte\" of \"wwan0\" is not one of"), "{err}");
         let typo = tables.replace("metered =", "metred =");
         let err = ClientConfig::from_toml(Path::new("c.toml"), &typo).unwrap_err().to_string();
         assert!(err.contains("an interface name, or a table") && err.contains("line"), "{err}");

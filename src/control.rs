@@ -65,6 +65,9 @@ pub struct UplinkStatus {
     pub name: String,
     /// "active" (the session's path), "standby" (a warm path), "up" (usable, no path), "down" or "absent".
     pub state: String,
+    /// "ethernet", "wifi" or "wwan" (configured, or what sysfs says).
+    #[serde(default)]
+    pub kind: String,
     pub addresses: Vec<IpAddr>,
     /// The smoothed round trip of the probes on the path over this uplink, if one is open.
     #[serde(default)]
@@ -274,7 +277,14 @@ pub fn render(status: &Status) -> String {
         let score = u.score.map(|v| format!(" score {v:.0} ({})", u.why)).unwrap_or_default();
         let pin = if u.pinned { " pinned" } else { "" };
         let metered = if u.metered { " metered" } else { "" };
-        let _ = writeln!(s, "  uplink {:<8} {:<8} {}{rtt}{score}{metered}{pin}", u.name, u.state, addrs.join(", "));
+        let _ = writeln!(
+            s,
+            "  uplink {:<8} {:<8} {:<8} {}{rtt}{score}{metered}{pin}",
+            u.name,
+            u.kind,
+            u.state,
+            addrs.join(", ")
+        );
     }
     for p in &status.peers {
         let state = match (p.connected, p.switching) {

@@ -607,7 +607,11 @@ impl Shell {
                 };
                 let rtt_ms = self.core.uplink_rtt(&name).map(|r| r.as_secs_f64() * 1000.0);
                 let score = client.policy.score(&name);
+                let kind = cost(&name)
+                    .and_then(|c| c.kind.clone())
+                    .unwrap_or_else(|| crate::config::uplink_kind(&name).into());
                 UplinkStatus {
+                    kind,
                     addresses: u.map(|u| u.addresses.clone()).unwrap_or_default(),
                     state: state.into(),
                     rtt_ms,

@@ -24,7 +24,7 @@ setup() {
     netns_topology
     netns_second_uplink
     netns_third_uplink
-    CLIENT_EXTRA='uplinks = ["eth0", "wlan0", { name = "wwan0", metered = true, cost_per_gib = 5 }]
+    CLIENT_EXTRA='uplinks = ["eth0", "wlan0", { name = "wwan0", metered = true, cost_per_gib = 5, kind = "wwan" }]
 [decision]
 dwell_secs = 2
 fail_back_after_secs = 3
@@ -38,6 +38,10 @@ probe_interval_ms = 100' netns_configs
     wait_for 10 "the session on eth0" on_uplink eth0 || fail "the session did not start on eth0"
     # Search opens warm standby paths on the other uplinks.
     wait_for 10 "standby paths on wlan0 and wwan0" standbys_up || fail "no standby paths: $(uplink_states)"
+    # Kinds: from sysfs (veths are Ethernet to the kernel), or as configured.
+    local kinds
+    kinds=$(json_get "$WORK/client.sock" '" ".join(u["name"] + "=" + u["kind"] for u in s["uplinks"])')
+    [ "$kinds" = "eth0=ethernet wlan0=ethernet wwan0=wwan" ] || fail "uplink kinds: $kinds"
 }
 
 uplink_states() { json_get "$WORK/client.sock" '" ".join(u["name"] + "=" + u["state"] for u in s["uplinks"])'; }
