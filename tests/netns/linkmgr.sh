@@ -23,7 +23,7 @@ SERVER_ADDR=198.18.0.1
 setup() {
     netns_topology
     netns_second_uplink
-    netns_third_uplink
+    [ -n "${NO_ETH0:-}" ] || netns_third_uplink
     CLIENT_EXTRA='uplinks = ["eth0", "wlan0", { name = "wwan0", metered = true, cost_per_gib = 5, kind = "wwan" }]
 [decision]
 dwell_secs = 2
@@ -35,6 +35,7 @@ probe_interval_ms = 100' SERVER_EXTRA='[tuning]
 dead_after_ms = '"${DEAD_AFTER:-300}"'
 probe_interval_ms = 100' netns_configs
     netns_start_daemons || fail "the daemons did not start"
+    [ -n "${NO_ETH0:-}" ] && return
     wait_for 10 "the session on eth0" on_uplink eth0 || fail "the session did not start on eth0"
     # Search opens warm standby paths on the other uplinks.
     wait_for 10 "standby paths on wlan0 and wwan0" standbys_up || fail "no standby paths: $(uplink_states)"
@@ -174,6 +175,21 @@ test_a_flapping_link_causes_a_bounded_number_of_switches() {
     # never healthy for fail_back_after_secs), so one switch, not fifteen.
     [ "$n" -le 2 ] || fail "$n switches: the decision task followed the flapping"
     finish_workload
+}
+
+test_an_uplink_created_at_runtime_is_found_and_used() {
+    # Start without eth0: the session runs on wlan0.
+    NO_ETH0=1 setup
+    start_workload $((16 << 20))
+    progress 16
+    on_uplink wlan0 || fail "started on $(active_uplink)"
+    local t0
+    t0=$(now)
+    netns_third_uplink
+    wait_for 20 "the session on the new eth0" on_uplink eth0 || fail "eth0 not used: $(uplink_states)"
+    echo "switches:    $(switch_kinds): eth0 created, probed and used $(since "$t0") s later (fail_back_after_secs 3)"
+    finish_workload
+    [ "$(switch_kinds)" = "planned:wlan0>eth0" ] || fail "status shows switches '$(switch_kinds)'"
 }
 
 for t in $(declare -F | awk '{print $3}' | grep '^test_'); do
