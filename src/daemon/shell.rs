@@ -23,6 +23,9 @@ use std::collections::VecDeque;
 const BATCH: usize = 64;
 /// How often the decision task looks at the uplinks (and the longest the loop sleeps on a client).
 const DECISION_PERIOD: Duration = Duration::from_millis(100);
+/// A failed standby attempt on an uplink is repeated after this long (or at the next uplink change):
+/// a network that could not reach the server (a captive portal, a black hole) may have healed.
+const STANDBY_RETRY: Duration = Duration::from_secs(5);
 /// How long a lost path counts against its uplink.
 const FAILURE_MEMORY: Duration = Duration::from_secs(60);
 
@@ -60,8 +63,9 @@ struct ClientSide {
     switch_reply: Option<(String, oneshot::Sender<Response>)>,
     /// The uplink a standby path is being opened on (Search).
     standby_dialing: Option<String>,
-    /// Uplinks where the last standby attempt failed: tried again after the next uplink change.
-    standby_failed: std::collections::BTreeSet<String>,
+    /// Uplinks where the last standby attempt failed, and when: tried again after STANDBY_RETRY or the
+    /// next uplink change.
+    standby_failed: BTreeMap<String, Instant>,
 }
 
 impl Shell {
@@ -245,7 +249,7 @@ impl Shell {
                 if let Some(client) = self.client.as_mut() {
                     if let Some(uplink) = client.standby_dialing.take() {
                         tracing::debug!(%uplink, %error, "no standby path on this uplink for now");
-                        client.standby_failed.insert(uplink);
+                        client.standby_failed.insert(uplink, self.clock.now());
                     }
                 }
             }
@@ -477,6 +481,7 @@ impl Shell {
     /// Search: keeps a warm standby path on every usable configured uplink the session does not use,
     /// one dial at a time, and never while a switch or another dial is under way.
     fn search(&mut self) {
+        let now = self.clock.now();
         let Some(client) = self.client.as_mut() else { return };
         if client.standby_dialing.is_some() {
             return;
@@ -484,7 +489,10 @@ impl Shell {
         let usable: Vec<String> = client
             .configured
             .iter()
-            .filter(|u| client.uplinks.get(*u).is_some_and(|l| l.usable()) && !client.standby_failed.contains(*u))
+            .filter(|u| {
+                let failed_lately = client.standby_failed.get(*u).is_some_and(|at| now < *at + STANDBY_RETRY);
+                client.uplinks.get(*u).is_some_and(|l| l.usable()) && !failed_lately
+            })
             .cloned()
             .collect();
         let Some(uplink) = self.core.standby_missing(&usable).first().map(|u| (*u).clone()) else { return };

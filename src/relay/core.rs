@@ -409,12 +409,12 @@ impl RelayCore {
         !self.paths.iter().any(|(id, p)| *id != path && p.session == sid && p.info.uplink.as_deref() == Some(uplink))
     }
 
-    /// The round trip of the path on `uplink`, if one is open: the larger of the probes' and the
-    /// kernel's (a busy path sends few probes; an idle one gives the kernel few samples).
+    /// The round trip of the path on `uplink`, if one is open: the kernel's smoothed RTT of the relay
+    /// socket, else the probes'. The probes also time the daemons' own queues (a PONG waits behind
+    /// the peer's queued output), which says more about the daemon's load than about the uplink.
     pub fn uplink_rtt(&self, uplink: &str) -> Option<std::time::Duration> {
         let p = self.paths.values().find(|p| p.info.uplink.as_deref() == Some(uplink))?;
-        let probes = p.srtt_us.map(std::time::Duration::from_micros);
-        probes.max(p.tcp_rtt)
+        p.tcp_rtt.or(p.srtt_us.map(std::time::Duration::from_micros))
     }
 
     /// The share of segments the relay socket on `uplink` had to retransmit lately.

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Benchmark: how fast the client decides that its active uplink is gone, for roamtun only (MPTCP and
+# wireguard-go figures for the same events are in docs/benchmarks.md "Uplink switches").
+#
+#   link down   `ip link set wlan0 down`: rtnetlink reports it; time to the "path lost" decision
+#   black hole  nftables drops everything on wlan0, the link stays up: the Check probes (PING every
+#               probe_interval_ms) and the relay socket fall silent; time to the decision, with the
+#               session idle and under a paced transfer
+#
+# Two uplinks (tests/netns/transition.sh topology), `dead_after_ms = 150`, `probe_interval_ms = 30`.
+# The time of each event is taken just before the command that causes it; the time of the decision
+# is the timestamp of the client's "path lost" log line. Each event $DETECT_REPS times (default 20),
+# p50 / p99 in ms. Run as root: sudo ./scripts/bench-detection.sh
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+if [ "$(id -u)" != 0 ]; then
+    echo "the benchmark needs root for network namespaces and TUN devices: sudo ./scripts/bench-detection.sh" >&2
+    exit 1
+fi
+REPS=${DETECT_REPS:-20}
+log() { echo "==> $*" >&2; }
+modprobe tun 2>/dev/null || true
+scripts/install-deps.sh >&2
+cargo build --release --quiet
+# shellcheck source=lib/netns.sh
+. "$ROOT/scripts/lib/netns.sh"
+trap netns_cleanup EXIT
+trap 'exit 130' INT TERM
+SERVER_ADDR=198.18.0.1
+
+netns_topology
+netns_second_uplink
+tuning='[tuning]
+dead_after_ms = 150
+probe_interval_ms = 30'
+CLIENT_EXTRA="uplinks = [\"wlan0\", \"wwan0\"]
+[decision]
+dwell_secs = 1
+fail_back_after_secs = 1
+$tuning" SERVER_EXTRA="$tuning" netns_configs
+netns_start_daemons
+
+state() { json_get "$WORK/client.sock" '" ".join(u["name"] + "=" + u["state"] for u in s["uplinks"])'; }
+settled() { [ "$(state)" = "wlan0=active wwan0=standby" ]; }
+standby_on_wlan0() { [ "$(state)" = "wlan0=standby wwan0=active" ]; }
+lost_lines() { grep -c "path lost" "$WORK/client.log" || true; }
+# decision_ms T0 N: waits for the (N+1)th "path lost" line; prints its time minus T0 (ns since epoch).
+decision_ms() {
+    local t0=$1 n=$2
+    wait_for 10 "the path-lost decision" sh -c "[ \$(grep -c 'path lost' '$WORK/client.log') -gt $n ]"
+    grep "path lost" "$WORK/client.log" | sed -n "$((n + 1))p" | python3 -c "
+import sys, datetime
+ts = sys.stdin.read().split()[0].rstrip('Z')
+t = datetime.datetime.fromisoformat(ts).replace(tzinfo=datetime.timezone.utc).timestamp()
+print(f'{(t - $t0 / 1e9) * 1000:.1f}')"
+}
+blackhole() {
+    c nft -f - <<'NFT'
+table inet roamtun_bench_bh {
+    chain in { type filter hook input priority 0; iifname "wlan0" drop; }
+    chain out { type filter hook output priority 0; oifname "wlan0" drop; }
+}
+NFT
+}
+
+summary() {
+    python3 - "$@" <<'EOF'
+import sys
+v = sorted(float(x) for x in sys.argv[1:])
+pct = lambda p: v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
+print(f"{pct(50):.0f} / {pct(99):.0f} (min {v[0]:.0f}, max {v[-1]:.0f})")
+EOF
+}
+
+declare -A RESULT
+wait_for 20 "session on wlan0 with a standby on wwan0" settled
+for kind in link-down black-hole-idle black-hole-busy; do
+    if [ "$kind" = black-hole-busy ]; then
+        spawn "$WORK/apps.log" "$NS_S" $APPS bulk-server 100.64.0.1 7200 "$WORK/bulk.ready"
+        wait_ready "$WORK/bulk.ready"
+        spawn "$WORK/bulk.out" "$NS_C" $APPS bulk-client 100.64.0.1 7200 --size $((4 << 30)) --rate $((8 << 20)) --timeout 900
+    fi
+    vals=()
+    for _ in $(seq "$REPS"); do
+        n=$(lost_lines)
+        t0=$(date +%s%N)
+        case "$kind" in
+            link-down) c ip link set wlan0 down ;;
+            *) blackhole ;;
+        esac
+        vals+=("$(decision_ms "$t0" "$n")")
+        case "$kind" in
+            link-down)
+                c ip link set wlan0 up
+                c ip route replace default via 198.18.1.1 dev wlan0 metric 100
+                ;;
+            *) c nft delete table inet roamtun_bench_bh ;;
+        esac
+        # Back to the starting point: a standby path on wlan0 again, and the session moved there (by
+        # hand: the decision task rightly distrusts an uplink that failed several times a minute).
+        wait_for 30 "a standby path on wlan0 again" standby_on_wlan0
+        "$ROAMTUN" switch wlan0 --socket "$WORK/client.sock" >/dev/null
+        wait_for 30 "the session back on wlan0" settled
+    done
+    RESULT[$kind]=$(summary "${vals[@]}")
+    log "$kind: ${RESULT[$kind]} (${vals[*]})"
+done
+
+echo
+echo "Time from the event to the client's decision that the path is lost, ms, p50 / p99 over $REPS runs"
+echo "(dead_after_ms 150, probe_interval_ms 30):"
+echo
+echo "| event | decision ms |"
+echo "|---|---:|"
+for kind in link-down black-hole-idle black-hole-busy; do echo "| $kind | ${RESULT[$kind]} |"; done
+echo
+echo "$(nproc) CPUs, kernel $(uname -r), roamtun $(git rev-parse --short HEAD), $(date -u +%Y-%m-%d)"
