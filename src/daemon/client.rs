@@ -221,7 +221,40 @@ impl Dialer<'_> {
 
 /// A TCP connection to `server`, bound to `uplink` when given: the kernel then routes it out of that
 /// interface only, whatever the main table says (also when the default route points into our TUN).
+///
+/// A link that has just come back may lose the first SYN (its neighbour entries are being
+/// re-learned); the kernel would resend it only after its 1 s initial RTO. So when the first attempt
+/// has not connected after [`SYN_RETRY`], a second one starts beside it and the first to connect wins.
 async fn dial(server: std::net::SocketAddr, uplink: Option<&str>) -> anyhow::Result<TcpStream> {
+    let first = connect_once(server, uplink);
+    tokio::pin!(first);
+    tokio::select! {
+        r = &mut first => return r,
+        _ = tokio::time::sleep(SYN_RETRY) => {}
+    }
+    let second = connect_once(server, uplink);
+    tokio::pin!(second);
+    let (mut first_done, mut second_done) = (false, false);
+    let mut error = None;
+    while !(first_done && second_done) {
+        tokio::select! {
+            r = &mut first, if !first_done => match r {
+                Ok(tcp) => return Ok(tcp),
+                Err(err) => { first_done = true; error = Some(err); }
+            },
+            r = &mut second, if !second_done => match r {
+                Ok(tcp) => return Ok(tcp),
+                Err(err) => { second_done = true; error = Some(err); }
+            },
+        }
+    }
+    Err(error.expect("both attempts failed, so there is an error"))
+}
+
+/// How long the first connection attempt of a dial runs alone.
+const SYN_RETRY: Duration = Duration::from_millis(250);
+
+async fn connect_once(server: std::net::SocketAddr, uplink: Option<&str>) -> anyhow::Result<TcpStream> {
     let socket = if server.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     if let Some(name) = uplink {
         socket.bind_device(Some(name.as_bytes())).with_context(|| format!("cannot bind the relay to {name}"))?;
