@@ -92,6 +92,23 @@ where
     s.trim().parse().map_err(serde::de::Error::custom)
 }
 
+/// One socket address or a list of them (`"198.18.1.1:7700"` or `["198.18.1.1:7700", "[2001:2::1]:7700"]`).
+fn socket_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(SocketAddr),
+        Many(Vec<SocketAddr>),
+    }
+    match OneOrMany::deserialize(d) {
+        Ok(OneOrMany::One(a)) => Ok(vec![a]),
+        Ok(OneOrMany::Many(v)) => Ok(v),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected \"ip:port\" (\"[v6]:port\" for IPv6) or a list of them, e.g. [\"198.18.1.1:7700\", \"[2001:2::1]:7700\"]",
+        )),
+    }
+}
+
 fn vec_from_str<'de, D: Deserializer<'de>, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     T: FromStr,
@@ -156,8 +173,10 @@ impl Default for Tuning {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerPeer {
-    /// Where the server daemon listens, e.g. `198.18.1.1:7700`.
-    pub address: SocketAddr,
+    /// Where the server daemon listens, e.g. `198.18.1.1:7700`, or several addresses of it (one per
+    /// family, so that an IPv4-only and an IPv6-only uplink can both reach it), in order of preference.
+    #[serde(rename = "address", deserialize_with = "socket_addrs")]
+    pub addresses: Vec<SocketAddr>,
     #[serde(deserialize_with = "from_str")]
     pub public_key: PublicKey,
 }
@@ -301,7 +320,9 @@ pub struct PeerConfig {
 pub struct ServerConfig {
     #[serde(deserialize_with = "from_str")]
     pub private_key: PrivateKey,
-    pub listen: SocketAddr,
+    /// One address or several (e.g. one IPv4 and one IPv6 address) the relay listener binds.
+    #[serde(deserialize_with = "socket_addrs")]
+    pub listen: Vec<SocketAddr>,
     #[serde(default = "default_server_tun")]
     pub tun: TunConfig,
     /// The server's own addresses on its TUN (what client apps reach it at, e.g. `100.64.0.1`).
@@ -430,18 +451,26 @@ impl ClientConfig {
         if let Some(u) = c.uplinks.iter().find(|u| u.cost_per_gib.is_nan() || u.cost_per_gib < 0.0) {
             return Err(invalid(path, format!("uplinks: cost_per_gib of {:?} must be 0 or more", u.name)));
         }
+        if c.server.addresses.is_empty() {
+            return Err(invalid(path, "[server] address must name at least one address".into()));
+        }
+        if let Some(dup) = c.server.addresses.iter().enumerate().find(|(i, a)| c.server.addresses[..*i].contains(a)) {
+            return Err(invalid(path, format!("[server] address: {} is named twice", dup.1)));
+        }
         let unbound = c.uplinks.is_empty();
-        if let Some(p) = c.routes.iter().find(|p| unbound && prefix_contains(p, c.server.address.ip())) {
-            // The relay's own packets would enter the TUN they are meant to carry.
-            return Err(invalid(
-                path,
-                format!(
-                    "the server address {} lies inside the routed prefix {p}: the relay connection would loop \
-                     into the TUN. Name the uplinks (uplinks = [\"eth0\", …]): the relay is then bound to them and \
-                     never follows a route into the TUN",
-                    c.server.address.ip()
-                ),
-            ));
+        for server in &c.server.addresses {
+            if let Some(p) = c.routes.iter().find(|p| unbound && prefix_contains(p, server.ip())) {
+                // The relay's own packets would enter the TUN they are meant to carry.
+                return Err(invalid(
+                    path,
+                    format!(
+                        "the server address {} lies inside the routed prefix {p}: the relay connection would loop \
+                         into the TUN. Name the uplinks (uplinks = [\"eth0\", …]): the relay is then bound to them \
+                         and never follows a route into the TUN",
+                        server.ip()
+                    ),
+                ));
+            }
         }
         if c.virtual_ips.is_empty() {
             return Err(invalid(path, "virtual_ips must name at least one address".into()));
@@ -462,6 +491,12 @@ impl ServerConfig {
         let mut c: ServerConfig = parse(path, text)?;
         check_tun(path, &mut c.tun, "roamsrv0")?;
         check_tuning(path, &c.tuning)?;
+        if c.listen.is_empty() {
+            return Err(invalid(path, "listen must name at least one address".into()));
+        }
+        if let Some(dup) = c.listen.iter().enumerate().find(|(i, a)| c.listen[..*i].contains(a)) {
+            return Err(invalid(path, format!("listen: {} is named twice", dup.1)));
+        }
         if c.peers.is_empty() {
             return Err(invalid(
                 path,
@@ -607,6 +642,35 @@ mod tests {
         let bad = text.replace("routes =", "uplinks = [\"a/b\"]\nroutes =");
         let err = ClientConfig::from_toml(Path::new("c.toml"), &bad).unwrap_err().to_string();
         assert!(err.contains("\"a/b\" is not a Linux interface name"), "{err}");
+    }
+
+    #[test]
+    fn the_server_may_be_reached_at_one_address_per_family() {
+        let sk = PrivateKey::generate().unwrap().public_key();
+        let text = format!(
+            "private_key = \"{}\"\nvirtual_ips = [\"100.64.0.2\"]\nroutes = [\"100.64.0.0/10\"]\n\
+             [server]\naddress = [\"198.18.1.1:7700\", \"[2001:2::1]:7700\"]\npublic_key = \"{sk}\"\n",
+            key()
+        );
+        let c = ClientConfig::from_toml(Path::new("c.toml"), &text).unwrap();
+        let want: Vec<SocketAddr> = vec!["198.18.1.1:7700".parse().unwrap(), "[2001:2::1]:7700".parse().unwrap()];
+        assert_eq!(c.server.addresses, want);
+        let twice = text.replace("[2001:2::1]", "198.18.1.1");
+        let err = ClientConfig::from_toml(Path::new("c.toml"), &twice).unwrap_err().to_string();
+        assert!(err.contains("198.18.1.1:7700 is named twice"), "{err}");
+        let none = text.replace("[\"198.18.1.1:7700\", \"[2001:2::1]:7700\"]", "[]");
+        let err = ClientConfig::from_toml(Path::new("c.toml"), &none).unwrap_err().to_string();
+        assert!(err.contains("at least one address"), "{err}");
+        let host = text.replace("[\"198.18.1.1:7700\", \"[2001:2::1]:7700\"]", "\"server.example:7700\"");
+        let err = ClientConfig::from_toml(Path::new("c.toml"), &host).unwrap_err().to_string();
+        assert!(err.contains("expected \"ip:port\"") && err.contains("line 5"), "{err}");
+        // Unbound, the second address inside a routed prefix is refused like the first.
+        let looped = text.replace("100.64.0.0/10", "::/0");
+        let err = ClientConfig::from_toml(Path::new("c.toml"), &looped).unwrap_err().to_string();
+        assert!(err.contains("2001:2::1") && err.contains("loop"), "{err}");
+        let server = server_toml("")
+            .replace("listen = \"198.18.1.1:7700\"", "listen = [\"198.18.1.1:7700\", \"[2001:2::1]:7700\"]");
+        assert_eq!(ServerConfig::from_toml(Path::new("s.toml"), &server).unwrap().listen, want);
     }
 
     #[test]

@@ -116,9 +116,11 @@ netns_topology() {
 }
 
 # Writes $WORK/server.toml and $WORK/client.toml with fresh keys. Extra lines come from
-# SERVER_EXTRA / CLIENT_EXTRA / CLIENT_ROUTES.
+# SERVER_EXTRA / CLIENT_EXTRA / CLIENT_ROUTES. SERVER_ADDR is one address or a TOML list of "ip:port".
 netns_configs() {
-    local ck sk cp sp
+    local ck sk cp sp addr
+    addr="\"${SERVER_ADDR:-198.18.1.1}:7700\""
+    [[ "${SERVER_ADDR:-}" == \[* ]] && addr=$SERVER_ADDR
     ck=$("$ROAMTUN" genkey)
     sk=$("$ROAMTUN" genkey)
     cp=$(echo "$ck" | "$ROAMTUN" pubkey)
@@ -126,7 +128,7 @@ netns_configs() {
     CLIENT_PUB=$cp
     cat >"$WORK/server.toml" <<EOF
 private_key = "$sk"
-listen = "${SERVER_ADDR:-198.18.1.1}:7700"
+listen = $addr
 virtual_ips = ["100.64.0.1"]
 client_prefixes = ["100.64.0.0/10"]
 control_socket = "$WORK/server.sock"
@@ -145,7 +147,7 @@ control_socket = "$WORK/client.sock"
 ${CLIENT_EXTRA:-}
 
 [server]
-address = "${SERVER_ADDR:-198.18.1.1}:7700"
+address = $addr
 public_key = "$sp"
 EOF
     chmod 644 "$WORK"/*.toml

@@ -2,6 +2,7 @@
 //! apps' TCP, and the relay paths to the server, each bound to one uplink. The engine task decides
 //! when a path is needed ([`DialRequest`]); the dialer here opens and authenticates it.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
@@ -110,7 +111,7 @@ impl Dialer<'_> {
                 }
                 Err(err) => {
                     let msg = format!("{err:#}");
-                    tracing::warn!(server = %self.config.server.address, error = %msg, retry_in_ms = backoff.as_millis() as u64, "cannot reach the server");
+                    tracing::warn!(server = ?self.config.server.addresses, error = %msg, retry_in_ms = backoff.as_millis() as u64, "cannot reach the server");
                     self.shared.note_error(msg);
                     // Wait out the backoff, unless an uplink changes (a new address is worth a try now)
                     // or the engine task asks for something else.
@@ -146,15 +147,17 @@ impl Dialer<'_> {
     }
 
     /// One round: the requested uplink, or every usable uplink in order of preference (the one that
-    /// just failed last). Unbound when no uplink is configured.
+    /// just failed last). Unbound when no uplink is configured. Over each uplink, the server's addresses
+    /// of a family the uplink has an address of, in the configured order: an IPv6-only uplink reaches
+    /// the server at its IPv6 address.
     async fn attempt(&mut self, request: &DialRequest) -> anyhow::Result<()> {
+        // Marked seen: the backoff waits for the next change, not for this one.
+        let snapshot = self.uplinks.as_mut().map(|w| w.borrow_and_update().clone());
         let candidates: Vec<Option<String>> = if let Some(u) = &request.uplink {
             vec![Some(u.clone())]
         } else if self.config.uplinks.is_empty() {
             vec![None]
         } else {
-            // Marked seen: the backoff waits for the next change, not for this one.
-            let snapshot = self.uplinks.as_mut().map(|w| w.borrow_and_update().clone());
             let usable = |name: &String| snapshot.as_ref().is_none_or(|s| s.get(name).is_some_and(|u| u.usable()));
             let all = self.config.uplink_names();
             let mut names: Vec<&String> = all.iter().filter(|n| usable(n)).collect();
@@ -166,9 +169,17 @@ impl Dialer<'_> {
         };
         let mut errors = Vec::new();
         for uplink in candidates {
-            match self.connect(uplink.as_deref(), request.resume).await {
-                Ok(()) => return Ok(()),
-                Err(err) => errors.push(format!("{}: {err:#}", uplink.as_deref().unwrap_or("any uplink"))),
+            let known = uplink.as_ref().and_then(|name| snapshot.as_ref()?.get(name));
+            let servers = servers_for(&self.config.server.addresses, known.map(|u| u.addresses.as_slice()));
+            let over = uplink.as_deref().unwrap_or("any uplink");
+            if servers.is_empty() {
+                errors.push(format!("{over}: no address of the server's families {:?}", self.config.server.addresses));
+            }
+            for server in servers {
+                match self.connect(uplink.as_deref(), server, request.resume).await {
+                    Ok(()) => return Ok(()),
+                    Err(err) => errors.push(format!("{over}: {err:#}")),
+                }
             }
         }
         anyhow::bail!("{}", errors.join("; "))
@@ -176,8 +187,7 @@ impl Dialer<'_> {
 
     /// Dials over `uplink`, authenticates, joins `resume` (0: a new session) and hands the path to
     /// the engine task.
-    async fn connect(&self, uplink: Option<&str>, resume: u64) -> anyhow::Result<()> {
-        let server = self.config.server.address;
+    async fn connect(&self, uplink: Option<&str>, server: SocketAddr, resume: u64) -> anyhow::Result<()> {
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, dial(server, uplink))
             .await
             .map_err(|_| anyhow::anyhow!("no answer from {server} within {CONNECT_TIMEOUT:?}"))??;
@@ -219,13 +229,20 @@ impl Dialer<'_> {
     }
 }
 
+/// The server addresses worth dialling from an uplink with `local` addresses (unknown: all of them), in
+/// the configured order: those of a family the uplink has an address of.
+fn servers_for(servers: &[SocketAddr], local: Option<&[IpAddr]>) -> Vec<SocketAddr> {
+    let Some(local) = local else { return servers.to_vec() };
+    servers.iter().filter(|s| local.iter().any(|a| a.is_ipv4() == s.is_ipv4())).copied().collect()
+}
+
 /// A TCP connection to `server`, bound to `uplink` when given: the kernel then routes it out of that
 /// interface only, whatever the main table says (also when the default route points into our TUN).
 ///
 /// A link that has just come back may lose the first SYN (its neighbour entries are being
 /// re-learned); the kernel would resend it only after its 1 s initial RTO. So when the first attempt
 /// has not connected after [`SYN_RETRY`], a second one starts beside it and the first to connect wins.
-async fn dial(server: std::net::SocketAddr, uplink: Option<&str>) -> anyhow::Result<TcpStream> {
+async fn dial(server: SocketAddr, uplink: Option<&str>) -> anyhow::Result<TcpStream> {
     let first = connect_once(server, uplink);
     tokio::pin!(first);
     tokio::select! {
@@ -254,11 +271,29 @@ async fn dial(server: std::net::SocketAddr, uplink: Option<&str>) -> anyhow::Res
 /// How long the first connection attempt of a dial runs alone.
 const SYN_RETRY: Duration = Duration::from_millis(250);
 
-async fn connect_once(server: std::net::SocketAddr, uplink: Option<&str>) -> anyhow::Result<TcpStream> {
+async fn connect_once(server: SocketAddr, uplink: Option<&str>) -> anyhow::Result<TcpStream> {
     let socket = if server.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     if let Some(name) = uplink {
         socket.bind_device(Some(name.as_bytes())).with_context(|| format!("cannot bind the relay to {name}"))?;
     }
     let via = uplink.map(|u| format!(" over {u}")).unwrap_or_default();
     socket.connect(server).await.with_context(|| format!("cannot connect to {server}{via}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_uplink_dials_the_server_addresses_of_its_own_families() {
+        let v4: SocketAddr = "198.18.0.1:7700".parse().unwrap();
+        let v6: SocketAddr = "[2001:2::1]:7700".parse().unwrap();
+        let servers = [v4, v6];
+        let only_v6: [IpAddr; 1] = ["2001:2:0:4::2".parse().unwrap()];
+        let both: [IpAddr; 2] = ["198.18.1.2".parse().unwrap(), "2001:2:0:1::2".parse().unwrap()];
+        assert_eq!(servers_for(&servers, Some(&only_v6)), [v6]);
+        assert_eq!(servers_for(&servers, Some(&both)), [v4, v6], "the configured order is kept");
+        assert_eq!(servers_for(&servers, Some(&[])), Vec::<SocketAddr>::new());
+        assert_eq!(servers_for(&servers, None), [v4, v6], "an uplink we know nothing of tries them all");
+    }
 }

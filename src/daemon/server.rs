@@ -25,13 +25,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let keys = config.peers.iter().map(|p| p.public_key).collect();
     let acceptor = TlsAcceptor::from(tls::server_config(&config.private_key, keys)?);
-    let listener =
-        TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let mut listeners = Vec::new();
+    for addr in &config.listen {
+        listeners.push(TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?);
+    }
     // Held until the end of `run`: restores the host's forwarding settings however the daemon stops.
     let _forwarding = if config.exit { Some(Forwarding::enable()?) } else { None };
     let tun =
         Arc::new(Tun::create(&config.tun.name, config.tun.mtu, &config.virtual_ips, &config.client_prefixes).await?);
-    tracing::info!(listen = %config.listen, tun = %config.tun.name, peers = config.peers.len(), exit = config.exit, "server up");
+    tracing::info!(listen = ?config.listen, tun = %config.tun.name, peers = config.peers.len(), exit = config.exit, "server up");
     let clock = Clock::new();
     let engine = Engine::new(engine_config(Role::Server, &config.tuning, config.tun.mtu), clock.now());
     let shared = Arc::new(SharedCounters::default());
@@ -50,14 +52,14 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let transition = transition_config(&config.tuning);
     super::serve(tun, engine, transition, clock, source, None, &config.control_socket, |engine, room| {
-        accept_loop(listener, acceptor, config.clone(), engine, room, shared)
+        accept_loop(listeners, acceptor, config.clone(), engine, room, shared)
     })
     .await
 }
 
-/// Accepts relay connections forever; each is authenticated in its own task.
+/// Accepts relay connections on every listener, forever; each is authenticated in its own task.
 async fn accept_loop(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     acceptor: TlsAcceptor,
     config: Arc<ServerConfig>,
     engine: mpsc::Sender<EngineMsg>,
@@ -65,7 +67,8 @@ async fn accept_loop(
     shared: Arc<SharedCounters>,
 ) {
     loop {
-        let (tcp, remote) = match listener.accept().await {
+        let accepts = listeners.iter().map(|l| Box::pin(l.accept()));
+        let (tcp, remote) = match futures::future::select_all(accepts).await.0 {
             Ok(conn) => conn,
             Err(err) => {
                 // EMFILE and the like: wait a little instead of spinning.

@@ -4,6 +4,7 @@
 #   ns client: roam0 100.64.0.2; uplinks eth0 198.18.3.2 (free, preferred), wlan0 198.18.1.2 (free),
 #              wwan0 198.18.2.2 (metered); default routes via each (metrics 50, 100, 200)
 #   ns server: roamtun server on 198.18.0.1:7700, reachable over up3, up1 and up2
+#   (the IPv6 case: wlan0 IPv4 only, wwan0 IPv6 only, the server on 198.18.0.1 and 2001:2::1)
 #
 # Each case runs the apps of tests/netns/transition.sh (a transfer both ways with sha256 at both ends,
 # interactive sessions opened from both sides, a UDP stream) while the uplinks change, and checks
@@ -46,6 +47,8 @@ probe_interval_ms = 100' netns_configs
 }
 
 uplink_states() { json_get "$WORK/client.sock" '" ".join(u["name"] + "=" + u["state"] for u in s["uplinks"])'; }
+standby_on() { [ "$(json_get "$WORK/client.sock" '[u["state"] for u in s["uplinks"] if u["name"] == "'"$1"'"][0]')" = standby ]; }
+path_remote() { json_get "$WORK/client.sock" 's["peers"][0]["remote_address"]'; }
 standbys_up() { [ "$(uplink_states)" = "eth0=active wlan0=standby wwan0=standby" ]; }
 on_uplink() { [ "$(active_uplink)" = "$1" ]; }
 iface_bytes() { c cat "/sys/class/net/$1/statistics/tx_bytes" "/sys/class/net/$1/statistics/rx_bytes" | awk '{s+=$1} END {print s}'; }
@@ -190,6 +193,55 @@ test_an_uplink_created_at_runtime_is_found_and_used() {
     echo "switches:    $(switch_kinds): eth0 created, probed and used $(since "$t0") s later (fail_back_after_secs 3)"
     finish_workload
     [ "$(switch_kinds)" = "planned:wlan0>eth0" ] || fail "status shows switches '$(switch_kinds)'"
+}
+
+test_an_ipv6_only_uplink_replaces_an_ipv4_one() {
+    # wlan0 has IPv4 only, wwan0 IPv6 only (2001:2::/48, the IPv6 benchmarking prefix, inside the
+    # namespaces only); the server listens on one address of each family and the client knows both.
+    netns_topology
+    ip link add wwan0 netns "$NS_C" type veth peer name up2 netns "$NS_S"
+    c ip addr add 2001:2:0:2::2/64 dev wwan0 nodad
+    s ip addr add 2001:2:0:2::1/64 dev up2 nodad
+    c ip link set wwan0 up
+    s ip link set up2 up
+    s ip addr add 198.18.0.1/32 dev lo
+    s ip addr add 2001:2::1/128 dev lo
+    c ip route add default via 198.18.1.1 dev wlan0 metric 100
+    c ip -6 route add default via 2001:2:0:2::1 dev wwan0 metric 200
+    SERVER_ADDR='["198.18.0.1:7700", "[2001:2::1]:7700"]' CLIENT_EXTRA='uplinks = ["wlan0", "wwan0"]
+[decision]
+dwell_secs = 2
+fail_back_after_secs = 3
+[tuning]
+dead_after_ms = 300
+probe_interval_ms = 100' SERVER_EXTRA='[tuning]
+dead_after_ms = 300
+probe_interval_ms = 100' netns_configs
+    netns_start_daemons || fail "the daemons did not start"
+    wait_for 10 "the session on wlan0" on_uplink wlan0 || fail "the session did not start on wlan0"
+    wait_for 10 "a standby path on wwan0" standby_on wwan0 || fail "no standby path on wwan0: $(uplink_states)"
+    start_workload $((16 << 20))
+    progress 16
+    EPOCH0=$(epoch)
+    c ip link set wlan0 down
+    wait_resumed
+    on_uplink wwan0 || fail "the session went to $(active_uplink), not wwan0"
+    local remote
+    remote=$(path_remote)
+    echo "switches:    wlan0 (IPv4) down: the session resumed on wwan0, IPv6 path to $remote"
+    [ "$remote" = "[2001:2::1]:7700" ] || fail "the path over wwan0 goes to $remote"
+    progress 16
+    # And back: the IPv4 uplink returns and is preferred, a planned switch from IPv6 to IPv4.
+    c ip link set wlan0 up
+    c ip route replace default via 198.18.1.1 dev wlan0 metric 100
+    wait_for 20 "the fail-back to wlan0" on_uplink wlan0 || fail "no fail-back to wlan0: $(uplink_states)"
+    remote=$(path_remote)
+    [ "$remote" = "198.18.0.1:7700" ] || fail "the path over wlan0 goes to $remote"
+    finish_workload
+    local kinds
+    kinds=$(switch_kinds)
+    echo "switches:    $kinds"
+    [ "$kinds" = "unexpected:wlan0>wwan0 planned:wwan0>wlan0" ] || fail "status shows switches '$kinds'"
 }
 
 for t in $(declare -F | awk '{print $3}' | grep '^test_'); do
