@@ -15,9 +15,12 @@
 #   planned   a switch to the other uplink the user asked for (roamtun switch; for wireguard-go a
 #             route change plus endpoint re-set); MPTCP and plain TCP have no such thing (n/a)
 #   loss      the active uplink goes down while the other one works
+#   blackhole the network behind the active uplink silently drops everything (nftables on the server
+#             end of its veth; the link stays up) while the other one works
 #   outage-D  every uplink down for D seconds (D = 0.5, 1, 2, 5), then back: pause - D is reported
 # Each event $HANDOVER_REPS times (default 20): p50 / p99 in ms, and how many never resumed within
-# the window. Run as root: sudo ./scripts/bench-handover.sh
+# the window. HANDOVER_KINDS, _SYSTEMS, _RATES, _OUTAGES choose a part (e.g. HANDOVER_KINDS="loss
+# blackhole" HANDOVER_RATES=2000000). Run as root: sudo ./scripts/bench-handover.sh
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -26,7 +29,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 REPS=${HANDOVER_REPS:-20}
-OUTAGES=${HANDOVER_OUTAGES:-"0.5 1 2 5"}
+OUTAGES=${HANDOVER_OUTAGES-"0.5 1 2 5"}
 RATES=${HANDOVER_RATES:-"2000000 0"}
 SYSTEMS=${HANDOVER_SYSTEMS:-"roamtun tcp mptcp wireguard"}
 WG_PORT=51820
@@ -54,8 +57,9 @@ trap 'exit 130' INT TERM
 netns_topology
 netns_second_uplink
 
-# Puts an uplink back as it was: up, with its default route.
+# Puts the uplinks back as they were: up, with their default routes, nothing dropped.
 restore() {
+    s nft delete table inet roamtun_bench_bh 2>/dev/null || true
     c ip link set wlan0 up
     c ip link set wwan0 up
     c ip route replace default via 198.18.1.1 dev wlan0 metric 100
@@ -64,6 +68,7 @@ restore() {
 }
 
 declare -A TARGET PORT
+declare -A PEER_OF=([wlan0]=up1 [wwan0]=up2)
 PORT=([roamtun]=7303 [tcp]=7300 [mptcp]=7301 [wireguard]=7302)
 
 setup_roamtun() {
@@ -101,6 +106,9 @@ setup_wireguard() {
 # again, which drops the cached source address of the old uplink.
 wg_repoint() { c wg set "$WG_C" peer "$(wg pubkey <"$WORK/wg-s.key")" endpoint "$SERVER_ADDR:$WG_PORT"; }
 
+roamtun_settled() {
+    client_connected && [ "$(json_get "$WORK/client.sock" '" ".join(sorted(u["state"] for u in s["uplinks"]))')" = "active standby" ]
+}
 roamtun_uplink() { json_get "$WORK/client.sock" 's["peers"][0]["uplink"]'; }
 
 # event SYSTEM KIND: does the thing being measured (the client app already waits for the mark).
@@ -130,6 +138,18 @@ event() {
             touch "$WORK/mark"
             c ip link set "$active" down
             [ "$sys" = wireguard ] && wg_repoint
+            ;;
+        blackhole)
+            active=wlan0
+            [ "$sys" = roamtun ] && active=$(roamtun_uplink)
+            touch "$WORK/mark"
+            # At the far end, as a broken network would: the client's kernel sees nothing fail.
+            s nft -f - <<NFT
+table inet roamtun_bench_bh {
+    chain in { type filter hook input priority 0; iifname "${PEER_OF[$active]}" drop; }
+    chain out { type filter hook output priority 0; oifname "${PEER_OF[$active]}" drop; }
+}
+NFT
             ;;
         outage-*)
             touch "$WORK/mark"
@@ -167,7 +187,8 @@ measure() {
     gap=$(cat "$WORK/gap" 2>/dev/null || echo never)
     restore
     # Let roamtun settle back on a path (the next repetition must start from a working session).
-    [ "$sys" = roamtun ] && wait_for 30 "roamtun to be connected" client_connected
+    # And with a warm standby path on the other uplink again, as before the first one.
+    [ "$sys" = roamtun ] && wait_for 30 "roamtun connected with a standby path" roamtun_settled
     case "$kind" in
         outage-*) [ "$gap" != never ] && gap=$(python3 -c "print(f'{$gap - ${kind#outage-} * 1000:.1f}')") ;;
     esac
@@ -192,8 +213,9 @@ EOF
 }
 
 declare -A RESULT
-KINDS="none planned loss"
+KINDS="none planned loss blackhole"
 for d in $OUTAGES; do KINDS="$KINDS outage-$d"; done
+KINDS=${HANDOVER_KINDS:-$KINDS}
 for sys in $SYSTEMS; do
     log "setting up $sys"
     "setup_$sys"

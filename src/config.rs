@@ -150,6 +150,9 @@ pub struct Tuning {
     pub dead_after_ms: u64,
     /// Check: each side sends a PING after this long without sending; the PONG measures the RTT.
     pub probe_interval_ms: u64,
+    /// Check under traffic: a path whose sent bytes have waited this long for an acknowledgement (and
+    /// at least two round trips plus four deviations) is dead. At or above `dead_after_ms`: off.
+    pub stall_after_ms: u64,
     /// Server: how long a session whose path is lost waits for its client to come back (spec
     /// \[0133\]). Client: how long it keeps trying to resume before it gives the session up.
     pub switch_timeout_secs: u64,
@@ -165,6 +168,7 @@ impl Default for Tuning {
             udp_idle_timeout_secs: 60,
             dead_after_ms: 3000,
             probe_interval_ms: 500,
+            stall_after_ms: 100,
             switch_timeout_secs: 60,
         }
     }
@@ -383,7 +387,7 @@ pub const MAX_TCP_FLOWS: usize = 5000;
 
 /// Floors below which a budget or timeout makes the daemon useless (or spin).
 fn check_tuning(path: &Path, t: &Tuning) -> Result<(), ConfigError> {
-    let floors: [(&str, u64, u64); 8] = [
+    let floors: [(&str, u64, u64); 9] = [
         ("tuning.stream_window", t.stream_window, crate::relay::stream::INITIAL_CREDIT),
         ("tuning.tcp_buffer", t.tcp_buffer as u64, 16 * 1024),
         ("tuning.session_out_budget", t.session_out_budget as u64, 128 * 1024),
@@ -391,6 +395,8 @@ fn check_tuning(path: &Path, t: &Tuning) -> Result<(), ConfigError> {
         ("tuning.udp_idle_timeout_secs", t.udp_idle_timeout_secs, 1),
         ("tuning.dead_after_ms", t.dead_after_ms, 50),
         ("tuning.probe_interval_ms", t.probe_interval_ms, 10),
+        // Below a few scheduler ticks a busy but healthy path would look stalled.
+        ("tuning.stall_after_ms", t.stall_after_ms, 40),
         ("tuning.switch_timeout_secs", t.switch_timeout_secs, 1),
     ];
     for (key, value, floor) in floors {

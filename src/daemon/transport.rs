@@ -86,11 +86,15 @@ pub async fn write_frame<S: AsyncWrite + Unpin>(stream: &mut S, frame: &Frame<'_
 
 /// How a path's tasks watch it (the spec's Check activity on the path in use, and on any other open
 /// path): each side PINGs when it has sent nothing for `probe_interval`, the PONG gives the round
-/// trip, and a path that receives nothing at all (data, PING or PONG) for `dead_after` is dead.
+/// trip, and a path that receives nothing at all (data, PING or PONG) for `dead_after` is dead. Under
+/// traffic there is a quicker sign: bytes sent and not acknowledged by the peer's kernel for
+/// `stall_after` (and for at least two round trips plus four deviations, as a retransmission timer
+/// would allow, so a slow link is not mistaken for a dead one).
 #[derive(Debug, Clone, Copy)]
 pub struct Liveness {
     pub dead_after: Duration,
     pub probe_interval: Duration,
+    pub stall_after: Duration,
 }
 
 impl Liveness {
@@ -98,6 +102,7 @@ impl Liveness {
         Liveness {
             dead_after: Duration::from_millis(t.dead_after_ms),
             probe_interval: Duration::from_millis(t.probe_interval_ms),
+            stall_after: Duration::from_millis(t.stall_after_ms),
         }
     }
 }
@@ -131,8 +136,12 @@ where
     let epoch = tokio::time::Instant::now();
     tokio::spawn(writer(w, path, out_rx, engine.clone(), room, liveness.probe_interval, epoch));
     let pongs = out_tx.clone();
-    let watch =
-        Watch { tcp_fd, dead_after: liveness.dead_after, every: liveness.probe_interval.min(liveness.dead_after / 4) };
+    let watch = Watch {
+        tcp_fd,
+        dead_after: liveness.dead_after,
+        stall_after: liveness.stall_after,
+        every: liveness.probe_interval.min(liveness.dead_after / 4),
+    };
     let reader = tokio::spawn(reader(r, path, early, engine, pongs, watch, epoch));
     PathIo { out: out_tx, reader: reader.abort_handle() }
 }
@@ -196,8 +205,14 @@ struct Watch {
     /// The relay connection's socket; valid while the reader holds its read half.
     tcp_fd: std::os::fd::RawFd,
     dead_after: Duration,
+    stall_after: Duration,
+    /// How often the path's statistics (RTT, loss) go to the engine task.
     every: Duration,
 }
+
+/// How often the reader looks at the relay socket's acknowledgements: small against `stall_after`,
+/// so a stall is decided within a tick of it; one getsockopt per tick.
+const STALL_TICK: Duration = Duration::from_millis(10);
 
 async fn reader<R: AsyncRead + Unpin>(
     mut r: R,
@@ -211,10 +226,13 @@ async fn reader<R: AsyncRead + Unpin>(
     let mut buf = early;
     buf.reserve(READ_SIZE);
     let mut pieces = Vec::new();
-    let mut ticker = tokio::time::interval(watch.every);
+    let tick = if watch.stall_after < watch.dead_after { STALL_TICK.min(watch.every) } else { watch.every };
+    let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_rx = tokio::time::Instant::now();
+    let mut last_stats = last_rx;
     let mut loss = LossMeter::default();
+    let mut stall = AckStall::new(last_rx.into_std());
     let reason = loop {
         take_frames(&mut buf, &mut pieces);
         let delivered = !pieces.is_empty();
@@ -256,7 +274,13 @@ async fn reader<R: AsyncRead + Unpin>(
                 if last_rx.elapsed() >= watch.dead_after {
                     break format!("nothing received for {} ms", watch.dead_after.as_millis());
                 }
-                if let Some(info) = tcp_info(watch.tcp_fd) {
+                let Some(info) = tcp_info(watch.tcp_fd) else { continue };
+                let now = tokio::time::Instant::now();
+                if let Some(waited) = stall.dead(&info, watch.stall_after.min(watch.dead_after), now.into_std()) {
+                    break format!("{} bytes unacknowledged for {} ms", info.unacked_bytes(), waited.as_millis());
+                }
+                if now - last_stats >= watch.every {
+                    last_stats = now;
                     let stats = EngineMsg::PathStats { path, tcp_rtt: info.rtt, loss: loss.update(&info) };
                     if engine.send(stats).await.is_err() {
                         return;
@@ -307,14 +331,30 @@ async fn writer<W: AsyncWrite + Unpin>(
 }
 
 /// The fields of the kernel's `struct tcp_info` the Check activity uses.
+#[derive(Debug, Clone, Copy)]
 struct TcpInfo {
+    /// Segments sent and not yet acknowledged (`tcpi_unacked`).
+    unacked: u32,
+    snd_mss: u32,
+    /// Since the last acknowledgement arrived (`tcpi_last_ack_recv`, jiffies-coarse).
+    last_ack_recv: Duration,
     rtt: Duration,
+    rttvar: Duration,
     total_retrans: u32,
+    /// Bytes the peer has acknowledged so far (`tcpi_bytes_acked`).
+    bytes_acked: u64,
     segs_out: u32,
 }
 
-/// Reads TCP_INFO of a TCP socket (Linux ≥ 4.2 layout: tcpi_rtt at byte 68, tcpi_total_retrans at
-/// 100, tcpi_segs_out at 136).
+impl TcpInfo {
+    fn unacked_bytes(&self) -> u64 {
+        u64::from(self.unacked) * u64::from(self.snd_mss)
+    }
+}
+
+/// Reads TCP_INFO of a TCP socket (Linux ≥ 4.2 layout: tcpi_snd_mss at byte 16, tcpi_unacked at 24,
+/// tcpi_last_ack_recv at 56, tcpi_rtt at 68, tcpi_rttvar at 72, tcpi_total_retrans at 100,
+/// tcpi_bytes_acked at 120, tcpi_segs_out at 136).
 fn tcp_info(fd: std::os::fd::RawFd) -> Option<TcpInfo> {
     let mut raw = [0u8; 144];
     let mut len = raw.len() as libc::socklen_t;
@@ -326,10 +366,48 @@ fn tcp_info(fd: std::os::fd::RawFd) -> Option<TcpInfo> {
     }
     let u32_at = |at: usize| u32::from_ne_bytes(raw[at..at + 4].try_into().expect("4 bytes"));
     Some(TcpInfo {
+        unacked: u32_at(24),
+        snd_mss: u32_at(16),
+        last_ack_recv: Duration::from_millis(u64::from(u32_at(56))),
         rtt: Duration::from_micros(u64::from(u32_at(68))),
+        rttvar: Duration::from_micros(u64::from(u32_at(72))),
         total_retrans: u32_at(100),
+        bytes_acked: u64::from_ne_bytes(raw[120..128].try_into().expect("8 bytes")),
         segs_out: u32_at(136),
     })
+}
+
+/// How long the bytes in flight on the relay socket have waited for an acknowledgement: the quickest
+/// sign that a busy path has died (a black hole acknowledges nothing), long before silence would say
+/// so. Sans-IO: fed with TCP_INFO samples and the time they were taken.
+#[derive(Debug)]
+struct AckStall {
+    bytes_acked: u64,
+    /// Since when the bytes in flight have waited: the last sample that saw the acknowledged count
+    /// move or nothing in flight. An upper bound on the real wait, by one sampling tick.
+    waiting_since: std::time::Instant,
+}
+
+impl AckStall {
+    fn new(now: std::time::Instant) -> Self {
+        AckStall { bytes_acked: 0, waiting_since: now }
+    }
+
+    /// Whether the path is dead: bytes in flight that have waited at least `floor`, and at least two
+    /// round trips plus four deviations (the kernel's own last acknowledgement agreeing). Returns the
+    /// wait.
+    fn dead(&mut self, info: &TcpInfo, floor: Duration, now: std::time::Instant) -> Option<Duration> {
+        if info.unacked == 0 || info.bytes_acked != self.bytes_acked {
+            self.bytes_acked = info.bytes_acked;
+            self.waiting_since = now;
+            return None;
+        }
+        let waited = now.saturating_duration_since(self.waiting_since);
+        let limit = floor.max(2 * info.rtt + 4 * info.rttvar);
+        // The kernel's clock of the last acknowledgement guards against a reader that was not
+        // scheduled for a while and so saw no progress it would otherwise have seen.
+        (waited >= limit && info.last_ack_recv >= limit).then_some(waited)
+    }
 }
 
 /// Retransmitted segments per segment sent, smoothed; a sample needs enough segments to mean much.
@@ -364,6 +442,57 @@ fn encode(frame: &Frame<'_>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn info(unacked: u32, bytes_acked: u64, last_ack_ms: u64, rtt_ms: u64) -> TcpInfo {
+        TcpInfo {
+            unacked,
+            snd_mss: 1448,
+            last_ack_recv: Duration::from_millis(last_ack_ms),
+            rtt: Duration::from_millis(rtt_ms),
+            rttvar: Duration::from_millis(rtt_ms / 4),
+            total_retrans: 0,
+            bytes_acked,
+            segs_out: 0,
+        }
+    }
+
+    #[test]
+    fn a_busy_path_is_dead_when_its_bytes_go_unacknowledged() {
+        let t0 = std::time::Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let floor = Duration::from_millis(100);
+        let mut stall = AckStall::new(t0);
+        // Acknowledgements keep coming: never dead, however long it runs.
+        for i in 0..100u64 {
+            assert_eq!(stall.dead(&info(10, i * 1000, 0, 1), floor, ms(i * 10)), None);
+        }
+        // They stop (a black hole) at 990 ms; dead once 100 ms have passed, not before.
+        assert_eq!(stall.dead(&info(10, 99_000, 50, 1), floor, ms(1080)), None);
+        assert_eq!(stall.dead(&info(10, 99_000, 100, 1), floor, ms(1090)), Some(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn an_idle_path_or_a_slow_one_is_not_stalled() {
+        let t0 = std::time::Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let floor = Duration::from_millis(100);
+        let mut stall = AckStall::new(t0);
+        // Nothing in flight for 5 s, then a burst: the wait starts with the burst, although the
+        // kernel's last acknowledgement is 5 s old.
+        assert_eq!(stall.dead(&info(0, 500, 5000, 1), floor, ms(5000)), None);
+        assert_eq!(stall.dead(&info(4, 500, 5010, 1), floor, ms(5010)), None);
+        assert_eq!(stall.dead(&info(4, 500, 5090, 1), floor, ms(5090)), None);
+        assert!(stall.dead(&info(4, 500, 5100, 1), floor, ms(5100)).is_some());
+        // A 200 ms round trip: two of them plus four deviations (400 + 200 ms) before a stall counts.
+        let mut stall = AckStall::new(t0);
+        assert_eq!(stall.dead(&info(4, 0, 0, 200), floor, ms(0)), None);
+        assert_eq!(stall.dead(&info(4, 0, 590, 200), floor, ms(590)), None);
+        assert!(stall.dead(&info(4, 0, 600, 200), floor, ms(600)).is_some());
+        // The reader was not scheduled and saw no progress, but the kernel got an ACK 5 ms ago.
+        let mut stall = AckStall::new(t0);
+        assert_eq!(stall.dead(&info(4, 0, 0, 1), floor, ms(0)), None);
+        assert_eq!(stall.dead(&info(4, 0, 5, 1), floor, ms(300)), None);
+    }
 
     fn frame(f: &Frame<'_>) -> Vec<u8> {
         let mut out = Vec::new();
