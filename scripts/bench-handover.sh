@@ -65,6 +65,10 @@ restore() {
     c ip route replace default via 198.18.1.1 dev wlan0 metric 100
     c ip route replace default via 198.18.2.1 dev wwan0 metric 200
     c ip route del default metric 50 2>/dev/null || true
+    # wireguard-go keeps sending from the address that worked last (wwan0's after a loss on wlan0):
+    # re-point it so that the next event finds it on wlan0, the active uplink, like the others.
+    [ -n "${WG_UP:-}" ] && wg_repoint
+    return 0
 }
 
 declare -A TARGET PORT
@@ -100,6 +104,7 @@ setup_wireguard() {
     s ip link set "$WG_S" up
     c ip link set "$WG_C" up
     TARGET[wireguard]=100.65.0.1
+    WG_UP=1
 }
 
 # What a roaming wireguard client's script does after a link change: point the peer at the server

@@ -68,7 +68,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 ///
 /// The decoder does not check the version fields; the handshake code decides
 /// what to do with a peer that speaks another version.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Length of the frame header: `type: u8 | flags: u8 | body_len: u16`.
 pub const HEADER_LEN: usize = 4;
@@ -144,6 +144,10 @@ pub enum FrameType {
     Ping = 0x30,
     /// 0x31, answer to PING, echoing its nonce. Body: `nonce: u64` (8 bytes).
     Pong = 0x31,
+    /// 0x32, the sender's view of this path: the share of its segments the relay socket had to
+    /// retransmit lately, i.e. the loss on the way to the receiver, which the receiver cannot see.
+    /// Body: `loss_ppm: u32` (parts per million, at most 1 000 000; 4 bytes).
+    Report = 0x32,
     /// 0x40, one message of the transition protocol (SWITCH_STEP1 … ALL_REDIRECTED, SWITCH_UNEXPECTED).
     /// Body: the message's own encoding (`crate::transition::ControlMessage`), non-empty.
     Control = 0x40,
@@ -151,7 +155,7 @@ pub enum FrameType {
 
 impl FrameType {
     /// All frame types, in type-byte order.
-    pub const ALL: [FrameType; 13] = [
+    pub const ALL: [FrameType; 14] = [
         FrameType::Hello,
         FrameType::Welcome,
         FrameType::Close,
@@ -164,6 +168,7 @@ impl FrameType {
         FrameType::Datagram,
         FrameType::Ping,
         FrameType::Pong,
+        FrameType::Report,
         FrameType::Control,
     ];
 
@@ -182,6 +187,7 @@ impl FrameType {
             0x20 => FrameType::Datagram,
             0x30 => FrameType::Ping,
             0x31 => FrameType::Pong,
+            0x32 => FrameType::Report,
             0x40 => FrameType::Control,
             _ => return None,
         })
@@ -207,6 +213,7 @@ impl FrameType {
             FrameType::Datagram => "DATAGRAM",
             FrameType::Ping => "PING",
             FrameType::Pong => "PONG",
+            FrameType::Report => "REPORT",
             FrameType::Control => "CONTROL",
         }
     }
@@ -220,6 +227,7 @@ impl FrameType {
             FrameType::Reset => Some(6),
             FrameType::Credit => Some(20),
             FrameType::Ping | FrameType::Pong => Some(8),
+            FrameType::Report => Some(4),
             FrameType::Hello
             | FrameType::Close
             | FrameType::Open
@@ -439,6 +447,10 @@ pub enum WireError {
     /// addresses, which do not fit the `count: u8` field.
     #[error("HELLO frame has {0} virtual IPs, at most 255 fit")]
     TooManyAddresses(usize),
+
+    /// A REPORT whose loss is above one million parts per million, when decoding or encoding.
+    #[error("REPORT frame has loss {0} ppm, more than 1000000")]
+    LossOutOfRange(u32),
 }
 
 /// A validated frame header.
@@ -631,6 +643,13 @@ pub enum Frame<'a> {
     Pong {
         /// The nonce of the PING being answered.
         nonce: u64,
+    },
+    /// REPORT (0x32), the sender's retransmission rate on this path: the loss towards the receiver.
+    ///
+    /// Body: `loss_ppm: u32`, at most 1 000 000.
+    Report {
+        /// Retransmitted segments per million sent, lately.
+        loss_ppm: u32,
     },
     /// CONTROL (0x40), one transition-protocol message, either direction.
     ///
@@ -829,6 +848,13 @@ impl<'a> Frame<'a> {
             }
             FrameType::Ping => Frame::Ping { nonce: r.u64()? },
             FrameType::Pong => Frame::Pong { nonce: r.u64()? },
+            FrameType::Report => {
+                let loss_ppm = r.u32()?;
+                if loss_ppm > 1_000_000 {
+                    return Err(WireError::LossOutOfRange(loss_ppm));
+                }
+                Frame::Report { loss_ppm }
+            }
         };
         r.finish()?;
         Ok(frame)
@@ -849,6 +875,7 @@ impl<'a> Frame<'a> {
             Frame::Datagram { .. } => FrameType::Datagram,
             Frame::Ping { .. } => FrameType::Ping,
             Frame::Pong { .. } => FrameType::Pong,
+            Frame::Report { .. } => FrameType::Report,
             Frame::Control { .. } => FrameType::Control,
         }
     }
@@ -898,6 +925,7 @@ impl<'a> Frame<'a> {
             Frame::Datagram { packet: [] } | Frame::Control { body: [] } => {
                 return Err(WireError::EmptyPayload { frame_type });
             }
+            Frame::Report { loss_ppm } if loss_ppm > 1_000_000 => return Err(WireError::LossOutOfRange(loss_ppm)),
             _ => {}
         }
         let len = self.body_len();
@@ -961,6 +989,7 @@ impl<'a> Frame<'a> {
             Frame::Datagram { packet } => out.extend_from_slice(packet),
             Frame::Control { body } => out.extend_from_slice(body),
             Frame::Ping { nonce } | Frame::Pong { nonce } => out.extend_from_slice(&nonce.to_be_bytes()),
+            Frame::Report { loss_ppm } => out.extend_from_slice(&loss_ppm.to_be_bytes()),
         }
         Ok(())
     }
@@ -1043,6 +1072,7 @@ mod tests {
             Frame::Ping { nonce: 1 },
             Frame::Control { body: &[1, 0, 0, 0, 7] },
             Frame::Pong { nonce: u64::MAX },
+            Frame::Report { loss_ppm: 12_345 },
         ]
     }
 
@@ -1378,5 +1408,15 @@ mod tests {
             assert_eq!(frame.stream_id().is_some(), frame.frame_type().is_stream_frame(), "{frame:?}");
         }
         assert_eq!(Frame::OpenOk { stream_id: 9 }.stream_id(), Some(9));
+    }
+
+    #[test]
+    fn a_report_above_one_million_ppm_is_malformed_both_ways() {
+        let mut out = Vec::new();
+        Frame::Report { loss_ppm: 1_000_000 }.encode(&mut out).unwrap();
+        assert_eq!(Frame::decode(&out).unwrap().unwrap().0, Frame::Report { loss_ppm: 1_000_000 });
+        let err = Frame::Report { loss_ppm: 1_000_001 }.encode(&mut Vec::new()).unwrap_err();
+        assert_eq!(err, WireError::LossOutOfRange(1_000_001));
+        assert_eq!(decode_err(&hex("32 00 0004 000f4241")), WireError::LossOutOfRange(1_000_001));
     }
 }

@@ -21,6 +21,7 @@ enum OwnedFrame {
     Datagram(Vec<u8>),
     Ping(u64),
     Pong(u64),
+    Report(u32),
     Control(Vec<u8>),
 }
 
@@ -39,6 +40,7 @@ impl OwnedFrame {
             Frame::Datagram { packet } => OwnedFrame::Datagram(packet.to_vec()),
             Frame::Ping { nonce } => OwnedFrame::Ping(*nonce),
             Frame::Pong { nonce } => OwnedFrame::Pong(*nonce),
+            Frame::Report { loss_ppm } => OwnedFrame::Report(*loss_ppm),
             Frame::Control { body } => OwnedFrame::Control(body.to_vec()),
         }
     }
@@ -61,6 +63,7 @@ impl OwnedFrame {
             OwnedFrame::Datagram(packet) => Frame::Datagram { packet },
             OwnedFrame::Ping(nonce) => Frame::Ping { nonce: *nonce },
             OwnedFrame::Pong(nonce) => Frame::Pong { nonce: *nonce },
+            OwnedFrame::Report(loss_ppm) => Frame::Report { loss_ppm: *loss_ppm },
             OwnedFrame::Control(body) => Frame::Control { body },
         }
     }
@@ -114,6 +117,7 @@ fn frame_strategy() -> impl Strategy<Value = OwnedFrame> {
         payload_strategy().prop_map(OwnedFrame::Datagram),
         any::<u64>().prop_map(OwnedFrame::Ping),
         any::<u64>().prop_map(OwnedFrame::Pong),
+        (0..=1_000_000u32).prop_map(OwnedFrame::Report),
         payload_strategy().prop_map(OwnedFrame::Control),
     ]
 }

@@ -72,6 +72,11 @@ pub enum EngineMsg {
         tcp_rtt: std::time::Duration,
         loss: f64,
     },
+    /// The peer's REPORT on a path: the share of its segments it retransmits (the loss towards us).
+    PathPeerLoss {
+        path: PathId,
+        loss: f64,
+    },
     /// A path failed or ended.
     PathDown {
         path: PathId,

@@ -245,6 +245,7 @@ impl Shell {
             }
             EngineMsg::PathRtt { path, rtt } => self.core.path_rtt(path, rtt),
             EngineMsg::PathStats { path, tcp_rtt, loss } => self.core.path_stats(path, tcp_rtt, loss),
+            EngineMsg::PathPeerLoss { path, loss } => self.core.path_peer_loss(path, loss),
             EngineMsg::DialFailed { error, standby: true } => {
                 if let Some(client) = self.client.as_mut() {
                     if let Some(uplink) = client.standby_dialing.take() {

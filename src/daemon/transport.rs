@@ -155,6 +155,7 @@ enum Piece {
     Control(Vec<u8>),
     Ping(u64),
     Pong(u64),
+    Report(u32),
 }
 
 /// Cuts the whole frames off the front of `buf` (a partial frame stays), taking each CONTROL frame
@@ -170,6 +171,9 @@ fn take_frames(buf: &mut Vec<u8>, pieces: &mut Vec<Piece>) {
             // A probe with a malformed body stays in the stream: the engine counts it.
             Some(FrameType::Ping) if body.len() == 8 && buf[pos + 1] == 0 => Some(Piece::Ping(nonce())),
             Some(FrameType::Pong) if body.len() == 8 && buf[pos + 1] == 0 => Some(Piece::Pong(nonce())),
+            Some(FrameType::Report) if body.len() == 4 && buf[pos + 1] == 0 => {
+                Some(Piece::Report(u32::from_be_bytes(body.try_into().expect("a 4-byte body"))))
+            }
             _ => None,
         };
         if let Some(piece) = piece {
@@ -231,7 +235,12 @@ async fn reader<R: AsyncRead + Unpin>(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_rx = tokio::time::Instant::now();
     let mut last_stats = last_rx;
+    // Whether bytes were arriving back to back before the current silence, and whether that silence
+    // has had its PING.
+    let (mut busy, mut probed) = (false, false);
     let mut loss = LossMeter::default();
+    // The loss last sent to the peer in a REPORT.
+    let mut reported: Option<u32> = Some(0);
     let mut stall = AckStall::new(last_rx.into_std());
     let reason = loop {
         take_frames(&mut buf, &mut pieces);
@@ -250,6 +259,7 @@ async fn reader<R: AsyncRead + Unpin>(
                     let Some(rtt) = now.checked_sub(nonce) else { continue };
                     EngineMsg::PathRtt { path, rtt: Duration::from_micros(rtt) }
                 }
+                Piece::Report(ppm) => EngineMsg::PathPeerLoss { path, loss: f64::from(ppm.min(1_000_000)) / 1e6 },
             };
             // A bounded queue: when the engine is behind, we stop reading and TCP slows the peer.
             if engine.send(msg).await.is_err() {
@@ -268,11 +278,23 @@ async fn reader<R: AsyncRead + Unpin>(
             read = r.read_buf(&mut buf) => match read {
                 Err(err) => break format!("read failed: {err}"),
                 Ok(0) => break "the peer closed the connection".to_string(),
-                Ok(_) => last_rx = tokio::time::Instant::now(),
+                Ok(_) => {
+                    let now = tokio::time::Instant::now();
+                    busy = now - last_rx < watch.stall_after / 3;
+                    last_rx = now;
+                    probed = false;
+                }
             },
             _ = ticker.tick() => {
                 if last_rx.elapsed() >= watch.dead_after {
                     break format!("nothing received for {} ms", watch.dead_after.as_millis());
+                }
+                if busy && !probed && last_rx.elapsed() >= watch.stall_after / 3 {
+                    // Bytes were pouring in and have stopped. A receiver has nothing in flight for
+                    // the stall check to time, so put a PING in flight now instead of waiting for
+                    // the writer's next probe: a black hole is then decided at about a third of
+                    // stall_after plus stall_after, not at probe_interval plus stall_after.
+                    probed = pongs.try_send(encode(&Frame::Ping { nonce: epoch.elapsed().as_micros() as u64 })).is_ok();
                 }
                 let Some(info) = tcp_info(watch.tcp_fd) else { continue };
                 let now = tokio::time::Instant::now();
@@ -281,8 +303,17 @@ async fn reader<R: AsyncRead + Unpin>(
                 }
                 if now - last_stats >= watch.every {
                     last_stats = now;
-                    let stats = EngineMsg::PathStats { path, tcp_rtt: info.rtt, loss: loss.update(&info) };
-                    if engine.send(stats).await.is_err() {
+                    let loss = loss.update(&info);
+                    // The peer cannot see what we retransmit towards it: tell it when the figure
+                    // moves (by 0.1 % or more), in the writer's queue like a PONG. An idle path's
+                    // figure does not move, so a metered standby uplink pays nothing for it.
+                    let ppm = (loss * 1e6).round() as u32;
+                    if reported.is_none_or(|r: u32| r.abs_diff(ppm) >= 1000 || (ppm == 0) != (r == 0))
+                        && pongs.try_send(encode(&Frame::Report { loss_ppm: ppm })).is_ok()
+                    {
+                        reported = Some(ppm);
+                    }
+                    if engine.send(EngineMsg::PathStats { path, tcp_rtt: info.rtt, loss }).await.is_err() {
                         return;
                     }
                 }
@@ -434,7 +465,7 @@ impl LossMeter {
 
 fn encode(frame: &Frame<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(frame.encoded_len());
-    // Cannot fail: PING and PONG have a fixed, small body.
+    // Cannot fail: PING, PONG and REPORT have a fixed, small body (and a loss of at most 1).
     frame.encode(&mut out).expect("probe encodes");
     out
 }
@@ -507,7 +538,8 @@ mod tests {
         let credit = frame(&Frame::Credit { stream_id: 1, received: 0, max_offset: 9 });
         let control = frame(&Frame::Control { body: &[9, 9] });
         let data = frame(&Frame::Data { stream_id: 1, offset: 0, data: b"abc" });
-        let mut buf = [credit.clone(), ping, control, pong, data.clone(), data[..5].to_vec()].concat();
+        let report = frame(&Frame::Report { loss_ppm: 250_000 });
+        let mut buf = [credit.clone(), ping, control, pong, report, data.clone(), data[..5].to_vec()].concat();
         let mut pieces = Vec::new();
         take_frames(&mut buf, &mut pieces);
         assert_eq!(
@@ -517,6 +549,7 @@ mod tests {
                 Piece::Ping(1),
                 Piece::Control(vec![9, 9]),
                 Piece::Pong(7),
+                Piece::Report(250_000),
                 Piece::Frames(data.clone())
             ]
         );

@@ -191,6 +191,9 @@ struct PathState {
     /// The relay socket's own view: the kernel's smoothed RTT and the share of segments retransmitted.
     tcp_rtt: Option<std::time::Duration>,
     loss: Option<f64>,
+    /// The peer's REPORT: the share of its segments its relay socket retransmits, i.e. the loss on
+    /// the way towards us, which our own socket cannot see.
+    peer_loss: Option<f64>,
     /// Encoded frames for the path's writer, in order.
     out: VecDeque<Vec<u8>>,
 }
@@ -323,7 +326,15 @@ impl RelayCore {
         let welcome = encode(&Frame::Welcome { version: PROTOCOL_VERSION, session_id: sid.0 });
         self.paths.insert(
             path,
-            PathState { session: sid, info, srtt_us: None, tcp_rtt: None, loss: None, out: VecDeque::from([welcome]) },
+            PathState {
+                session: sid,
+                info,
+                srtt_us: None,
+                tcp_rtt: None,
+                loss: None,
+                peer_loss: None,
+                out: VecDeque::from([welcome]),
+            },
         );
     }
 
@@ -348,6 +359,7 @@ impl RelayCore {
                 srtt_us: None,
                 tcp_rtt: None,
                 loss: None,
+                peer_loss: None,
                 out: VecDeque::new(),
             },
         );
@@ -417,9 +429,14 @@ impl RelayCore {
         p.tcp_rtt.or(p.srtt_us.map(std::time::Duration::from_micros))
     }
 
-    /// The share of segments the relay socket on `uplink` had to retransmit lately.
+    /// The loss on `uplink` lately: the share of segments the relay socket had to retransmit, in the
+    /// direction that loses more (ours, or the peer's as its REPORT says).
     pub fn uplink_loss(&self, uplink: &str) -> Option<f64> {
-        self.paths.values().find(|p| p.info.uplink.as_deref() == Some(uplink))?.loss
+        let p = self.paths.values().find(|p| p.info.uplink.as_deref() == Some(uplink))?;
+        match (p.loss, p.peer_loss) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Whether a path (current or standby) runs on `uplink`.
@@ -522,6 +539,13 @@ impl RelayCore {
         if let Some(p) = self.paths.get_mut(&path) {
             p.tcp_rtt = Some(tcp_rtt);
             p.loss = Some(loss);
+        }
+    }
+
+    /// The peer's REPORT on `path`: its retransmission rate, the loss towards us.
+    pub fn path_peer_loss(&mut self, path: PathId, loss: f64) {
+        if let Some(p) = self.paths.get_mut(&path) {
+            p.peer_loss = Some(loss.clamp(0.0, 1.0));
         }
     }
 

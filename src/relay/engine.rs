@@ -446,7 +446,8 @@ impl Engine {
             Frame::Reset { stream_id, code } => self.peer_reset(sid, stream_id, code, now),
             Frame::Datagram { packet } => self.datagram_from_peer(sid, packet, now),
             Frame::Ping { nonce } => self.session_mut(sid).queue(&Frame::Pong { nonce }),
-            Frame::Pong { .. } => {}
+            // The path reader takes well-formed ones out; these reached us anyway and mean nothing here.
+            Frame::Pong { .. } | Frame::Report { .. } => {}
             Frame::Hello { .. } | Frame::Welcome { .. } | Frame::Control { .. } => {
                 // Handshake and transition frames belong to the daemon around the engine (the path
                 // reader takes CONTROL out of the byte stream); here they are out of place.
