@@ -24,7 +24,7 @@ use std::pin::pin;
 
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE, RTMGRP_LINK};
-use rtnetlink::packet_core::{NetlinkPayload, NLM_F_REPLACE};
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REPLACE};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::route::{
@@ -54,6 +54,10 @@ pub struct Uplink {
     /// running) and DAD-failed addresses are left out: a relay socket cannot
     /// use them to reach the server.
     pub addresses: Vec<IpAddr>,
+    /// The same addresses with their prefix lengths (the networks this
+    /// link is directly on), sorted; an address configured with two
+    /// prefixes is here twice.
+    pub prefixes: Vec<(IpAddr, u8)>,
     /// Gateways of the main table's default routes (`0.0.0.0/0`, `::/0`)
     /// that leave through this link, sorted and without duplicates. An IPv6
     /// gateway is usually link-local (a router's `fe80::…`), which only
@@ -62,6 +66,11 @@ pub struct Uplink {
     /// A default route of the main table leaves through this link, with or
     /// without a gateway: a device route (`default dev wwan0`) counts.
     pub has_default_route: bool,
+    /// A main-table IPv4 default route without a gateway leaves through
+    /// this link (`default dev wwan0`, typical of point-to-point links).
+    pub device_default_v4: bool,
+    /// The same for IPv6.
+    pub device_default_v6: bool,
 }
 
 impl Uplink {
@@ -133,6 +142,18 @@ struct DefaultRouteHop {
     prefsrc: Option<IpAddr>,
 }
 
+/// What one netlink event did to an [`UplinkTable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// The snapshot is what it was (the kernel repeats itself often).
+    Unchanged,
+    /// The snapshot changed.
+    Changed,
+    /// The event could not be applied as a patch: rebuild the table from a
+    /// dump. The text says why, for logs.
+    NeedsDump(&'static str),
+}
+
 /// Kernel's main routing table id.
 const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
 
@@ -188,6 +209,23 @@ impl UplinkTable {
         }
     }
 
+    /// Applies one netlink event as the kernel delivered it, header and
+    /// all: the header says whether a route was replaced in place, and an
+    /// overrun means events were lost. Both leave the table unreliable in a
+    /// way no later event fixes, so they ask for a fresh dump
+    /// ([`EventOutcome::NeedsDump`]) instead of being applied.
+    pub fn apply_event(&mut self, event: &NetlinkMessage<RouteNetlinkMessage>) -> EventOutcome {
+        match &event.payload {
+            NetlinkPayload::InnerMessage(inner) if replaces_a_default_route(event.header.flags, inner) => {
+                EventOutcome::NeedsDump("replaced default route")
+            }
+            NetlinkPayload::InnerMessage(inner) if self.apply(inner) => EventOutcome::Changed,
+            // ENOBUFS: the kernel dropped events.
+            NetlinkPayload::Overrun(_) => EventOutcome::NeedsDump("overflow"),
+            _ => EventOutcome::Unchanged,
+        }
+    }
+
     /// Every known link by name.
     pub fn snapshot(&self) -> BTreeMap<String, Uplink> {
         self.links.keys().filter_map(|&index| self.uplink(index)).map(|uplink| (uplink.name.clone(), uplink)).collect()
@@ -203,29 +241,35 @@ impl UplinkTable {
 
     fn uplink(&self, index: u32) -> Option<Uplink> {
         let link = self.links.get(&index)?;
-        let mut addresses: Vec<IpAddr> = self
+        let prefixes: Vec<(IpAddr, u8)> = self
             .addresses
             .get(&index)
             .into_iter()
             .flatten()
             .filter(|(_, &bindable)| bindable)
-            .map(|(&(addr, _), _)| addr)
+            .map(|(&key, _)| key)
             .collect();
+        let mut addresses: Vec<IpAddr> = prefixes.iter().map(|&(addr, _)| addr).collect();
         // Sorted by address first, so equal addresses are adjacent.
         addresses.dedup();
         let routes = self.routes.get(&index);
         let mut gateways: Vec<IpAddr> = routes.into_iter().flatten().filter_map(|(route, _)| route.gateway).collect();
         gateways.sort_unstable();
         gateways.dedup();
+        let device_default =
+            |family| routes.into_iter().flatten().any(|(route, _)| route.family == family && route.gateway.is_none());
         Some(Uplink {
             index,
             name: link.name.clone(),
             admin_up: link.admin_up,
             lower_up: link.lower_up,
             addresses,
+            prefixes,
             gateways,
             // Empty maps are removed, so any entry is a route.
             has_default_route: routes.is_some(),
+            device_default_v4: device_default(Family::V4),
+            device_default_v6: device_default(Family::V6),
         })
     }
 
@@ -659,8 +703,11 @@ mod tests {
                 admin_up: true,
                 lower_up: true,
                 addresses: vec![v4(198, 18, 0, 2)],
+                prefixes: vec![(v4(198, 18, 0, 2), 24)],
                 gateways: vec![],
                 has_default_route: false,
+                device_default_v4: false,
+                device_default_v6: false,
             }
         );
         assert!(uplink.usable());
@@ -704,9 +751,12 @@ mod tests {
     #[test]
     fn same_address_with_two_prefixes_stays_until_both_are_gone() {
         let mut table = table_with_eth0();
-        assert!(!table.apply(&new_address(ETH0, v4(198, 18, 0, 2), 32)), "same address, shown once");
+        // A second network is a change (routing cares), the address is still shown once.
+        assert!(table.apply(&new_address(ETH0, v4(198, 18, 0, 2), 32)));
         assert_eq!(eth0(&table).addresses, vec![v4(198, 18, 0, 2)]);
-        assert!(!table.apply(&del_address(ETH0, v4(198, 18, 0, 2), 24)));
+        assert_eq!(eth0(&table).prefixes, vec![(v4(198, 18, 0, 2), 24), (v4(198, 18, 0, 2), 32)]);
+        assert!(table.apply(&del_address(ETH0, v4(198, 18, 0, 2), 24)));
+        assert_eq!(eth0(&table).addresses, vec![v4(198, 18, 0, 2)]);
         assert!(table.apply(&del_address(ETH0, v4(198, 18, 0, 2), 32)));
         assert!(eth0(&table).addresses.is_empty());
     }
@@ -832,6 +882,7 @@ mod tests {
         assert!(table.apply(&new_route(&default_dev(ETH0, 0))));
         let uplink = eth0(&table);
         assert!(uplink.has_default_route && uplink.gateways.is_empty());
+        assert!(uplink.device_default_v4 && !uplink.device_default_v6);
     }
 
     #[test]
@@ -890,7 +941,7 @@ mod tests {
         assert_eq!(eth0(&table).gateways, vec![v4(198, 18, 0, 254)]);
 
         // A device route stays when the gateway route beside it goes.
-        assert!(!table.apply(&new_route(&default_dev(ETH0, 300))));
+        assert!(table.apply(&new_route(&default_dev(ETH0, 300))), "a device default route is new");
         assert!(table.apply(&del_route(&default_via(ETH0, Ipv4Addr::new(198, 18, 0, 254), 200))));
         let uplink = eth0(&table);
         assert!(uplink.has_default_route && uplink.gateways.is_empty());
@@ -992,9 +1043,11 @@ mod tests {
         table.apply(&new_route(&with_source(WLAN0, Ipv4Addr::new(198, 18, 1, 1), Ipv4Addr::new(198, 18, 0, 2))));
         table.apply(&new_route(&default_via(ETH0, Ipv4Addr::new(198, 18, 0, 254), 100)));
 
-        // Still configured with another prefix: nothing goes.
+        // Still configured with another prefix: no route goes.
         table.apply(&new_address(ETH0, v4(198, 18, 0, 2), 32));
-        assert!(!table.apply(&del_address(ETH0, v4(198, 18, 0, 2), 32)));
+        let gateways = eth0(&table).gateways;
+        table.apply(&del_address(ETH0, v4(198, 18, 0, 2), 32));
+        assert_eq!(eth0(&table).gateways, gateways);
 
         assert!(table.apply(&del_address(ETH0, v4(198, 18, 0, 2), 24)));
         let snapshot = table.snapshot();
