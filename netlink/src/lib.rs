@@ -40,6 +40,6 @@ mod types;
 
 pub use error::NetlinkError;
 pub use installed::Installed;
-pub use monitor::{watch_uplinks, EventOutcome, Uplink, UplinkTable};
+pub use monitor::{watch_uplinks, watch_uplinks_counted, EventOutcome, MonitorStats, Uplink, UplinkTable};
 pub use netlink::Netlink;
 pub use types::{Route, Rule};

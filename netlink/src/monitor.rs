@@ -8,6 +8,13 @@
 //! a default route was replaced in place (the event names the new route, not
 //! the one it replaced), the whole table is dumped again rather than patched.
 //!
+//! Bursts are coalesced without a timer: one kernel operation (a link taken
+//! down drops its IPv6 addresses and routes with it) queues all its
+//! messages before it returns, so the monitor applies every message already
+//! read before it publishes, and publishes only a snapshot that differs from
+//! the last one. A link-down is thus one snapshot, out within a millisecond
+//! of the event, not one per message.
+//!
 //! Of the routes, only the main table's default routes are modelled: through
 //! which links, and via which gateways, a host without a more specific route
 //! reaches anything. They usually come back a moment after a link's address
@@ -21,7 +28,10 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use futures::channel::mpsc::TryRecvError;
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE, RTMGRP_LINK};
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REPLACE};
@@ -491,6 +501,32 @@ const UPLINK_GROUPS: u32 =
 /// receiver is dropped or the netlink socket fails (logged), and aborting it
 /// closes the socket.
 pub async fn watch_uplinks() -> Result<(watch::Receiver<BTreeMap<String, Uplink>>, JoinHandle<()>), NetlinkError> {
+    let (receiver, task, _) = watch_uplinks_counted().await?;
+    Ok((receiver, task))
+}
+
+/// Counters of a running uplink monitor, for tests and diagnostics.
+#[derive(Debug, Default)]
+pub struct MonitorStats {
+    events: AtomicU64,
+    published: AtomicU64,
+}
+
+impl MonitorStats {
+    /// Netlink messages received since the first dump.
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+
+    /// Snapshots published after the first one.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+}
+
+/// [`watch_uplinks`], plus the monitor's counters.
+pub async fn watch_uplinks_counted(
+) -> Result<(watch::Receiver<BTreeMap<String, Uplink>>, JoinHandle<()>, Arc<MonitorStats>), NetlinkError> {
     // Checked first: creating the socket registers it with the tokio
     // reactor, which panics outside a runtime.
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetlinkError::NoRuntime)?;
@@ -510,8 +546,9 @@ pub async fn watch_uplinks() -> Result<(watch::Receiver<BTreeMap<String, Uplink>
     dump(&handle, &mut table).await?;
     let (updates, receiver) = watch::channel(table.snapshot());
     debug!(uplinks = ?summary(&updates.borrow()), "uplink monitor started");
-    let task = runtime.spawn(run(table, handle, events, updates, connection));
-    Ok((receiver, task))
+    let stats = Arc::new(MonitorStats::default());
+    let task = runtime.spawn(run(table, handle, events, updates, connection, stats.clone()));
+    Ok((receiver, task, stats))
 }
 
 type Events = futures::channel::mpsc::UnboundedReceiver<(
@@ -526,57 +563,118 @@ async fn run(
     updates: watch::Sender<BTreeMap<String, Uplink>>,
     // Held so the connection stops with this task, however it ends.
     _connection: AbortOnDrop,
+    stats: Arc<MonitorStats>,
 ) {
     loop {
-        let event = tokio::select! {
+        let first = tokio::select! {
             () = updates.closed() => {
                 debug!("no uplink watchers left; monitor stops");
                 return;
             }
             event = events.next() => event,
         };
-        let Some((message, _)) = event else {
+        let Some(first) = first else {
             error!("netlink event socket failed; uplink monitor stops");
             return;
         };
-        let netlink_flags = message.header.flags;
-        let redump_reason = match message.payload {
-            NetlinkPayload::InnerMessage(inner) if replaces_a_default_route(netlink_flags, &inner) => {
-                debug!("a default route was replaced in place; dumping links, addresses and routes again");
-                Some("replaced default route")
-            }
-            NetlinkPayload::InnerMessage(inner) => {
-                if table.apply(&inner) {
-                    publish(&updates, table.snapshot());
-                }
-                None
-            }
-            // ENOBUFS: the kernel dropped events, so the table may be wrong
-            // in ways no later event will fix.
-            NetlinkPayload::Overrun(_) => {
+        let batch = next_batch(first, &mut events, &mut table).await;
+        stats.events.fetch_add(batch.events, Ordering::Relaxed);
+        if let Some(reason) = batch.needs_dump {
+            debug!(reason, "dumping links, addresses and routes again");
+            if reason == "overflow" {
                 warn!("netlink event socket overflowed; dumping links, addresses and routes again");
-                Some("overflow")
             }
-            _ => None,
-        };
-        if let Some(reason) = redump_reason {
             let mut fresh = UplinkTable::new();
             if let Err(e) = dump(&handle, &mut fresh).await {
                 error!(error = %e, reason, "re-dump failed; uplink monitor stops");
                 return;
             }
             table = fresh;
-            let snapshot = table.snapshot();
-            if *updates.borrow() != snapshot {
-                publish(&updates, snapshot);
-            }
+        }
+        // Also after a change that a later message of the burst undid (an
+        // address deleted and added again): equal snapshots are not news.
+        if publish(&updates, table.snapshot()) {
+            stats.published.fetch_add(1, Ordering::Relaxed);
+        }
+        if batch.socket_closed {
+            error!("netlink event socket failed; uplink monitor stops");
+            return;
         }
     }
 }
 
-fn publish(updates: &watch::Sender<BTreeMap<String, Uplink>>, snapshot: BTreeMap<String, Uplink>) {
-    debug!(uplinks = ?summary(&snapshot), "uplinks changed");
-    updates.send_replace(snapshot);
+/// At most this many messages are coalesced into one snapshot, so that a
+/// storm of events cannot delay the snapshot without bound.
+const MAX_BATCH: u64 = 1024;
+
+/// What a burst of events did to the table.
+struct Batch {
+    events: u64,
+    needs_dump: Option<&'static str>,
+    /// The event stream ended (after the messages of this batch).
+    socket_closed: bool,
+}
+
+/// Applies `first` and every message already read from the socket, so that
+/// one kernel operation (a link going down takes its IPv6 addresses and
+/// routes with it, all queued before the operation returns) becomes one
+/// snapshot.
+///
+/// There is no timer: waiting for more would delay a link-down, which must
+/// be acted on within milliseconds. Instead, after the channel is empty, the
+/// task yields once so the connection task can read whatever else the
+/// socket already holds (it reads until the socket would block), and stops
+/// at the first yield that brings nothing new.
+async fn next_batch(
+    first: (NetlinkMessage<RouteNetlinkMessage>, SocketAddr),
+    events: &mut Events,
+    table: &mut UplinkTable,
+) -> Batch {
+    let mut batch = Batch { events: 0, needs_dump: None, socket_closed: false };
+    let mut apply = |batch: &mut Batch, (message, _): (NetlinkMessage<RouteNetlinkMessage>, SocketAddr)| {
+        batch.events += 1;
+        // Once a dump is due, the dump will say everything; later messages
+        // need not be applied.
+        if batch.needs_dump.is_none() {
+            if let EventOutcome::NeedsDump(reason) = table.apply_event(&message) {
+                batch.needs_dump = Some(reason);
+            }
+        }
+    };
+    apply(&mut batch, first);
+    let mut yielded = false;
+    loop {
+        let before = batch.events;
+        while batch.events < MAX_BATCH {
+            match events.try_recv() {
+                Ok(event) => apply(&mut batch, event),
+                Err(TryRecvError::Closed) => {
+                    batch.socket_closed = true;
+                    return batch;
+                }
+                // Nothing more read yet.
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        if batch.events >= MAX_BATCH || (yielded && batch.events == before) {
+            return batch;
+        }
+        tokio::task::yield_now().await;
+        yielded = true;
+    }
+}
+
+/// Publishes `snapshot` unless it equals the current one; says whether it
+/// did.
+fn publish(updates: &watch::Sender<BTreeMap<String, Uplink>>, snapshot: BTreeMap<String, Uplink>) -> bool {
+    updates.send_if_modified(|current| {
+        if *current == snapshot {
+            return false;
+        }
+        debug!(uplinks = ?summary(&snapshot), "uplinks changed");
+        *current = snapshot;
+        true
+    })
 }
 
 /// Usable uplink names, for logs.

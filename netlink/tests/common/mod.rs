@@ -276,3 +276,37 @@ fn ip_of(address: &RouteAddress) -> Option<IpAddr> {
         _ => None,
     }
 }
+
+/// A second private network namespace, which lives as long as the returned
+/// file is open (the kernel deletes it with the last reference, also when a
+/// test fails).
+pub fn new_netns() -> std::fs::File {
+    std::thread::spawn(|| {
+        enter_private_netns();
+        std::fs::File::open("/proc/thread-self/ns/net").expect("open the new namespace")
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// Runs `task` to completion on a thread inside namespace `ns`, blocking
+/// the caller (and its runtime) meanwhile.
+pub fn block_on_in<F, Fut>(ns: &std::fs::File, task: F)
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: Future<Output = ()>,
+{
+    use std::os::fd::AsRawFd;
+    std::thread::scope(|scope| {
+        let thread = scope.spawn(|| {
+            // SAFETY: setns takes an open namespace fd we own for the call.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns failed: {}", std::io::Error::last_os_error());
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(task());
+        });
+        if let Err(panic) = thread.join() {
+            std::panic::resume_unwind(panic);
+        }
+    });
+}
