@@ -81,6 +81,12 @@ pub struct Uplink {
     pub device_default_v4: bool,
     /// The same for IPv6.
     pub device_default_v6: bool,
+    /// How often, since the monitor started, the kernel deleted this link's
+    /// IPv4 routes in every table without a notification (the link was taken
+    /// down, or lost its last IPv4 address). Whoever installs routes through
+    /// the link (per-uplink tables) must install them again when this grows:
+    /// a down-and-up within one burst leaves no other trace in the snapshot.
+    pub route_flushes: u64,
 }
 
 impl Uplink {
@@ -121,6 +127,7 @@ struct LinkState {
     name: String,
     admin_up: bool,
     lower_up: bool,
+    route_flushes: u64,
 }
 
 /// A main-table default route as seen from one of its output interfaces.
@@ -280,6 +287,7 @@ impl UplinkTable {
             has_default_route: routes.is_some(),
             device_default_v4: device_default(Family::V4),
             device_default_v6: device_default(Family::V6),
+            route_flushes: link.route_flushes,
         })
     }
 
@@ -295,7 +303,10 @@ impl UplinkTable {
         };
         let flags = link.header.flags;
         let admin_up = flags.contains(LinkFlags::Up);
-        self.links.insert(index, LinkState { name, admin_up, lower_up: flags.contains(LinkFlags::LowerUp) });
+        let route_flushes =
+            self.links.get(&index).map_or(0, |old| old.route_flushes + u64::from(old.admin_up && !admin_up));
+        let lower_up = flags.contains(LinkFlags::LowerUp);
+        self.links.insert(index, LinkState { name, admin_up, lower_up, route_flushes });
         if !admin_up {
             // Taking a link down deletes every route through it; the kernel
             // announces that for IPv6 routes but not for IPv4 ones. (Losing
@@ -336,6 +347,9 @@ impl UplinkTable {
             // The kernel flushes these IPv4 routes silently (see the module
             // documentation).
             if !ipv4_left {
+                if let Some(link) = self.links.get_mut(&index) {
+                    link.route_flushes += 1;
+                }
                 self.forget_routes(|oif, route, _| oif == index && route.family == Family::V4);
             }
             let still_local = self.addresses.values().flat_map(BTreeMap::keys).any(|&(other, _)| other == addr);
@@ -806,6 +820,7 @@ mod tests {
                 has_default_route: false,
                 device_default_v4: false,
                 device_default_v6: false,
+                route_flushes: 0,
             }
         );
         assert!(uplink.usable());
@@ -817,6 +832,8 @@ mod tests {
 
         assert!(table.apply(&new_link(ETH0, "eth0", LinkFlags::empty())));
         assert!(!eth0(&table).admin_up);
+        assert_eq!(eth0(&table).route_flushes, 1, "taking it down flushed its IPv4 routes");
+        assert!(!table.apply(&new_link(ETH0, "eth0", LinkFlags::empty())), "still down: no second flush");
 
         assert!(table.apply(&new_link(ETH0, "eth0", running())));
         assert!(eth0(&table).usable());

@@ -157,6 +157,7 @@ fn link_up_again_keeps_ipv4_but_not_the_routes() {
     let (_, rc0) = step(&replayed, "link_up_again");
     let rc0 = rc0.expect("rc0");
     assert!(rc0.usable());
+    assert_eq!(rc0.route_flushes, 1, "the link-down flushed the IPv4 routes");
     assert_eq!(rc0.addresses, [ip("198.18.0.2")], "the IPv6 address does not come back by itself");
     assert!(!rc0.has_default_route);
 
@@ -181,6 +182,7 @@ fn last_ipv4_address_removed_leaves_nothing_to_send_from() {
     let rc0 = rc0.expect("rc0");
     assert!(rc0.addresses.is_empty() && !rc0.usable());
     // The kernel flushed the IPv4 routes of the link silently.
+    assert_eq!(rc0.route_flushes, 2);
     assert!(!rc0.has_default_route && rc0.gateways.is_empty(), "{rc0:?}");
 }
 

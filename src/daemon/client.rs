@@ -59,7 +59,9 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
         decision: config.decision.clone(),
     };
     let connector = TlsConnector::from(tls_config);
-    super::serve(
+    // Removed again below, once serve has returned (signal or failure), like the TUN's routes.
+    let routing = crate::link::routing::start_if_enabled(&config, uplinks.clone()).await;
+    let result = super::serve(
         tun,
         engine,
         transition_config(&config.tuning),
@@ -71,7 +73,11 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
             Dialer { config: &config, connector, engine, room, shared, uplinks }.run(dial_rx).await
         },
     )
-    .await
+    .await;
+    if let Some(routing) = routing {
+        routing.stop().await;
+    }
+    result
 }
 
 struct Dialer<'a> {

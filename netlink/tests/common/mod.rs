@@ -257,8 +257,10 @@ fn parse_route(message: &rtnetlink::packet_route::route::RouteMessage) -> Option
     let mut oif = None;
     let mut table = u32::from(message.header.table);
     let mut src = None;
+    let mut gateway = None;
     for attribute in &message.attributes {
         match attribute {
+            RouteAttribute::Gateway(a) => gateway = ip_of(a),
             RouteAttribute::Destination(a) => dst = ip_of(a),
             RouteAttribute::Oif(index) => oif = Some(*index),
             RouteAttribute::Table(t) => table = *t,
@@ -266,7 +268,14 @@ fn parse_route(message: &rtnetlink::packet_route::route::RouteMessage) -> Option
             _ => {}
         }
     }
-    Some(Route { dst: dst?, prefix_len: message.header.destination_prefix_length, oif: oif?, table: Some(table), src })
+    Some(Route {
+        dst: dst?,
+        prefix_len: message.header.destination_prefix_length,
+        oif: oif?,
+        table: Some(table),
+        src,
+        gateway,
+    })
 }
 
 fn ip_of(address: &RouteAddress) -> Option<IpAddr> {
