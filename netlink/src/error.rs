@@ -67,14 +67,16 @@ pub enum NetlinkError {
 
     #[error("failed to add route {route}")]
     AddRoute {
-        route: Route,
+        // Boxed: a route with a source and a gateway would make every
+        // Result of this crate large.
+        route: Box<Route>,
         #[source]
         source: rtnetlink::Error,
     },
 
     #[error("failed to delete route {route}")]
     DelRoute {
-        route: Route,
+        route: Box<Route>,
         #[source]
         source: rtnetlink::Error,
     },
@@ -124,10 +126,10 @@ pub enum NetlinkError {
     #[error("invalid prefix {addr}/{prefix_len}: at most {max} bits for this address family")]
     InvalidPrefixLen { addr: IpAddr, prefix_len: u8, max: u8 },
 
-    /// Rejected before reaching the kernel: a route's preferred source is
-    /// not the same address family as its destination.
-    #[error("invalid route {route}: source and destination are different address families")]
-    MixedFamilies { route: Route },
+    /// Rejected before reaching the kernel: a route's preferred source or
+    /// gateway is not the same address family as its destination.
+    #[error("invalid route {route}: source or gateway and destination are different address families")]
+    MixedFamilies { route: Box<Route> },
 }
 
 impl NetlinkError {

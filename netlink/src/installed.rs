@@ -36,6 +36,16 @@ impl Installed {
         Self::default()
     }
 
+    /// The routes recorded, oldest first (for diffing against a plan).
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The rules recorded, oldest first.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
     /// True when nothing is recorded.
     pub fn is_empty(&self) -> bool {
         self.addresses.is_empty() && self.routes.is_empty() && self.rules.is_empty()

@@ -5,8 +5,8 @@
 //!
 //! * look up a link by name, bring it up, set its MTU;
 //! * add and delete IPv4/IPv6 addresses;
-//! * add and delete device routes (main or a custom table, optional
-//!   preferred source);
+//! * add and delete routes (main or a custom table, optional preferred
+//!   source, optional gateway), and list one table's routes;
 //! * add and delete source-based policy rules (`from PREFIX lookup TABLE`);
 //! * remember everything the daemon installed ([`Installed`]) so it can all
 //!   be removed again on shutdown;
@@ -26,8 +26,8 @@
 //! * it does not choose an uplink (the monitor only reports link state,
 //!   addresses and default routes), and monitors no other routes (no
 //!   other table, no more specific prefix) and no rules;
-//! * it does not replace existing objects, or touch sysctls, firewall rules
-//!   or gateways (routes are device routes only);
+//! * it does not replace existing objects, or touch sysctls or firewall
+//!   rules;
 //! * it does not switch network namespaces: [`Netlink::connect`] works in the
 //!   namespace of the calling thread.
 
@@ -40,6 +40,6 @@ mod types;
 
 pub use error::NetlinkError;
 pub use installed::Installed;
-pub use monitor::{watch_uplinks, Uplink, UplinkTable};
+pub use monitor::{watch_uplinks, watch_uplinks_counted, EventOutcome, MonitorStats, Uplink, UplinkTable};
 pub use netlink::Netlink;
 pub use types::{Route, Rule};

@@ -8,7 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
-use rtnetlink::packet_route::route::{RouteHeader, RouteMessage, RouteScope};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteType};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{AddressMessageBuilder, RouteMessageBuilder};
@@ -51,18 +51,24 @@ pub(crate) fn skip_dad(message: &mut AddressMessage) {
 /// The `RTM_NEWROUTE`/`RTM_DELROUTE` message for `route`.
 pub(crate) fn route_message(route: &Route) -> Result<RouteMessage, NetlinkError> {
     check_prefix_len(route.dst, route.prefix_len)?;
-    let mixed = || NetlinkError::MixedFamilies { route: route.clone() };
+    let mixed = || NetlinkError::MixedFamilies { route: Box::new(route.clone()) };
     let message = match route.dst {
         IpAddr::V4(dst) => {
-            // A gatewayless IPv4 route is on-link; `ip route add ... dev X`
-            // gives it scope link too, so it looks the same in `ip route`.
-            let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(dst, route.prefix_len)
-                .scope(RouteScope::Link);
+            let mut builder = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst, route.prefix_len);
             match route.src {
                 Some(IpAddr::V4(src)) => builder = builder.pref_source(src),
                 Some(IpAddr::V6(_)) => return Err(mixed()),
                 None => {}
+            }
+            match route.gateway {
+                // Scope universe, the builder's default: the kernel checks
+                // that the gateway itself is on-link.
+                Some(IpAddr::V4(gateway)) => builder = builder.gateway(gateway),
+                Some(IpAddr::V6(_)) => return Err(mixed()),
+                // A gatewayless IPv4 route is on-link; `ip route add ... dev
+                // X` gives it scope link too, so it looks the same in `ip
+                // route`.
+                None => builder = builder.scope(RouteScope::Link),
             }
             with_common(builder, route).build()
         }
@@ -73,10 +79,57 @@ pub(crate) fn route_message(route: &Route) -> Result<RouteMessage, NetlinkError>
                 Some(IpAddr::V4(_)) => return Err(mixed()),
                 None => {}
             }
+            match route.gateway {
+                Some(IpAddr::V6(gateway)) => builder = builder.gateway(gateway),
+                Some(IpAddr::V4(_)) => return Err(mixed()),
+                None => {}
+            }
             with_common(builder, route).build()
         }
     };
     Ok(message)
+}
+
+/// A kernel route message as a [`Route`] (table always `Some`), when it is
+/// a plain unicast route with one output interface.
+pub(crate) fn parse_route(message: &RouteMessage) -> Option<Route> {
+    if message.header.kind != RouteType::Unicast {
+        return None;
+    }
+    // The kernel leaves RTA_DST out of default (/0) routes.
+    let mut dst = match message.header.address_family {
+        AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    let mut oif = None;
+    let mut table = u32::from(message.header.table);
+    let mut src = None;
+    let mut gateway = None;
+    let ip = |address: &RouteAddress| match address {
+        RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
+        RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+        _ => None,
+    };
+    for attribute in &message.attributes {
+        match attribute {
+            RouteAttribute::Destination(a) => dst = ip(a)?,
+            RouteAttribute::Oif(index) => oif = Some(*index),
+            // The 32-bit RTA_TABLE supersedes the 8-bit header field.
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::PrefSource(a) => src = ip(a),
+            RouteAttribute::Gateway(a) => gateway = ip(a),
+            _ => {}
+        }
+    }
+    Some(Route {
+        dst,
+        prefix_len: message.header.destination_prefix_length,
+        oif: oif?,
+        table: Some(table),
+        src,
+        gateway,
+    })
 }
 
 /// Output interface and table, which do not depend on the address family.
@@ -117,7 +170,6 @@ pub(crate) fn rule_message(rule: &Rule) -> Result<RuleMessage, NetlinkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rtnetlink::packet_route::route::RouteAttribute;
 
     fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
         IpAddr::V4(Ipv4Addr::new(a, b, c, d))
@@ -139,15 +191,35 @@ mod tests {
             oif: 1,
             table: None,
             src: Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+            gateway: None,
         };
         assert!(matches!(route_message(&route), Err(NetlinkError::MixedFamilies { .. })));
+        let v6_gateway = Route { src: None, gateway: Some(IpAddr::V6(Ipv6Addr::LOCALHOST)), ..route };
+        assert!(matches!(route_message(&v6_gateway), Err(NetlinkError::MixedFamilies { .. })));
     }
 
     #[test]
     fn large_route_table_goes_in_attribute() {
-        let route = Route { dst: v4(198, 18, 0, 0), prefix_len: 24, oif: 1, table: Some(1000), src: None };
+        let route =
+            Route { dst: v4(198, 18, 0, 0), prefix_len: 24, oif: 1, table: Some(1000), src: None, gateway: None };
         let message = route_message(&route).expect("valid route");
         assert!(message.attributes.contains(&RouteAttribute::Table(1000)));
+    }
+
+    #[test]
+    fn parsed_route_is_what_was_built() {
+        let via = Route {
+            dst: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            prefix_len: 0,
+            oif: 7,
+            table: Some(52000),
+            src: None,
+            gateway: Some(IpAddr::V6("fd00:1::1".parse().expect("literal"))),
+        };
+        assert_eq!(parse_route(&route_message(&via).expect("valid")), Some(via.clone()));
+        let device =
+            Route { dst: v4(198, 18, 1, 0), prefix_len: 24, gateway: None, src: Some(v4(198, 18, 1, 2)), ..via };
+        assert_eq!(parse_route(&route_message(&device).expect("valid")), Some(device));
     }
 
     #[test]

@@ -8,6 +8,13 @@
 //! a default route was replaced in place (the event names the new route, not
 //! the one it replaced), the whole table is dumped again rather than patched.
 //!
+//! Bursts are coalesced without a timer: one kernel operation (a link taken
+//! down drops its IPv6 addresses and routes with it) queues all its
+//! messages before it returns, so the monitor applies every message already
+//! read before it publishes, and publishes only a snapshot that differs from
+//! the last one. A link-down is thus one snapshot, out within a millisecond
+//! of the event, not one per message.
+//!
 //! Of the routes, only the main table's default routes are modelled: through
 //! which links, and via which gateways, a host without a more specific route
 //! reaches anything. They usually come back a moment after a link's address
@@ -21,10 +28,13 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use futures::channel::mpsc::TryRecvError;
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE, RTMGRP_LINK};
-use rtnetlink::packet_core::{NetlinkPayload, NLM_F_REPLACE};
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REPLACE};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::route::{
@@ -54,6 +64,10 @@ pub struct Uplink {
     /// running) and DAD-failed addresses are left out: a relay socket cannot
     /// use them to reach the server.
     pub addresses: Vec<IpAddr>,
+    /// The same addresses with their prefix lengths (the networks this
+    /// link is directly on), sorted; an address configured with two
+    /// prefixes is here twice.
+    pub prefixes: Vec<(IpAddr, u8)>,
     /// Gateways of the main table's default routes (`0.0.0.0/0`, `::/0`)
     /// that leave through this link, sorted and without duplicates. An IPv6
     /// gateway is usually link-local (a router's `fe80::…`), which only
@@ -62,6 +76,17 @@ pub struct Uplink {
     /// A default route of the main table leaves through this link, with or
     /// without a gateway: a device route (`default dev wwan0`) counts.
     pub has_default_route: bool,
+    /// A main-table IPv4 default route without a gateway leaves through
+    /// this link (`default dev wwan0`, typical of point-to-point links).
+    pub device_default_v4: bool,
+    /// The same for IPv6.
+    pub device_default_v6: bool,
+    /// How often, since the monitor started, the kernel deleted this link's
+    /// IPv4 routes in every table without a notification (the link was taken
+    /// down, or lost its last IPv4 address). Whoever installs routes through
+    /// the link (per-uplink tables) must install them again when this grows:
+    /// a down-and-up within one burst leaves no other trace in the snapshot.
+    pub route_flushes: u64,
 }
 
 impl Uplink {
@@ -102,6 +127,7 @@ struct LinkState {
     name: String,
     admin_up: bool,
     lower_up: bool,
+    route_flushes: u64,
 }
 
 /// A main-table default route as seen from one of its output interfaces.
@@ -131,6 +157,18 @@ struct DefaultRouteHop {
     oif: u32,
     route: DefaultRoute,
     prefsrc: Option<IpAddr>,
+}
+
+/// What one netlink event did to an [`UplinkTable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// The snapshot is what it was (the kernel repeats itself often).
+    Unchanged,
+    /// The snapshot changed.
+    Changed,
+    /// The event could not be applied as a patch: rebuild the table from a
+    /// dump. The text says why, for logs.
+    NeedsDump(&'static str),
 }
 
 /// Kernel's main routing table id.
@@ -188,6 +226,23 @@ impl UplinkTable {
         }
     }
 
+    /// Applies one netlink event as the kernel delivered it, header and
+    /// all: the header says whether a route was replaced in place, and an
+    /// overrun means events were lost. Both leave the table unreliable in a
+    /// way no later event fixes, so they ask for a fresh dump
+    /// ([`EventOutcome::NeedsDump`]) instead of being applied.
+    pub fn apply_event(&mut self, event: &NetlinkMessage<RouteNetlinkMessage>) -> EventOutcome {
+        match &event.payload {
+            NetlinkPayload::InnerMessage(inner) if replaces_a_default_route(event.header.flags, inner) => {
+                EventOutcome::NeedsDump("replaced default route")
+            }
+            NetlinkPayload::InnerMessage(inner) if self.apply(inner) => EventOutcome::Changed,
+            // ENOBUFS: the kernel dropped events.
+            NetlinkPayload::Overrun(_) => EventOutcome::NeedsDump("overflow"),
+            _ => EventOutcome::Unchanged,
+        }
+    }
+
     /// Every known link by name.
     pub fn snapshot(&self) -> BTreeMap<String, Uplink> {
         self.links.keys().filter_map(|&index| self.uplink(index)).map(|uplink| (uplink.name.clone(), uplink)).collect()
@@ -203,29 +258,36 @@ impl UplinkTable {
 
     fn uplink(&self, index: u32) -> Option<Uplink> {
         let link = self.links.get(&index)?;
-        let mut addresses: Vec<IpAddr> = self
+        let prefixes: Vec<(IpAddr, u8)> = self
             .addresses
             .get(&index)
             .into_iter()
             .flatten()
             .filter(|(_, &bindable)| bindable)
-            .map(|(&(addr, _), _)| addr)
+            .map(|(&key, _)| key)
             .collect();
+        let mut addresses: Vec<IpAddr> = prefixes.iter().map(|&(addr, _)| addr).collect();
         // Sorted by address first, so equal addresses are adjacent.
         addresses.dedup();
         let routes = self.routes.get(&index);
         let mut gateways: Vec<IpAddr> = routes.into_iter().flatten().filter_map(|(route, _)| route.gateway).collect();
         gateways.sort_unstable();
         gateways.dedup();
+        let device_default =
+            |family| routes.into_iter().flatten().any(|(route, _)| route.family == family && route.gateway.is_none());
         Some(Uplink {
             index,
             name: link.name.clone(),
             admin_up: link.admin_up,
             lower_up: link.lower_up,
             addresses,
+            prefixes,
             gateways,
             // Empty maps are removed, so any entry is a route.
             has_default_route: routes.is_some(),
+            device_default_v4: device_default(Family::V4),
+            device_default_v6: device_default(Family::V6),
+            route_flushes: link.route_flushes,
         })
     }
 
@@ -241,7 +303,10 @@ impl UplinkTable {
         };
         let flags = link.header.flags;
         let admin_up = flags.contains(LinkFlags::Up);
-        self.links.insert(index, LinkState { name, admin_up, lower_up: flags.contains(LinkFlags::LowerUp) });
+        let route_flushes =
+            self.links.get(&index).map_or(0, |old| old.route_flushes + u64::from(old.admin_up && !admin_up));
+        let lower_up = flags.contains(LinkFlags::LowerUp);
+        self.links.insert(index, LinkState { name, admin_up, lower_up, route_flushes });
         if !admin_up {
             // Taking a link down deletes every route through it; the kernel
             // announces that for IPv6 routes but not for IPv4 ones. (Losing
@@ -282,6 +347,9 @@ impl UplinkTable {
             // The kernel flushes these IPv4 routes silently (see the module
             // documentation).
             if !ipv4_left {
+                if let Some(link) = self.links.get_mut(&index) {
+                    link.route_flushes += 1;
+                }
                 self.forget_routes(|oif, route, _| oif == index && route.family == Family::V4);
             }
             let still_local = self.addresses.values().flat_map(BTreeMap::keys).any(|&(other, _)| other == addr);
@@ -447,6 +515,32 @@ const UPLINK_GROUPS: u32 =
 /// receiver is dropped or the netlink socket fails (logged), and aborting it
 /// closes the socket.
 pub async fn watch_uplinks() -> Result<(watch::Receiver<BTreeMap<String, Uplink>>, JoinHandle<()>), NetlinkError> {
+    let (receiver, task, _) = watch_uplinks_counted().await?;
+    Ok((receiver, task))
+}
+
+/// Counters of a running uplink monitor, for tests and diagnostics.
+#[derive(Debug, Default)]
+pub struct MonitorStats {
+    events: AtomicU64,
+    published: AtomicU64,
+}
+
+impl MonitorStats {
+    /// Netlink messages received since the first dump.
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+
+    /// Snapshots published after the first one.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+}
+
+/// [`watch_uplinks`], plus the monitor's counters.
+pub async fn watch_uplinks_counted(
+) -> Result<(watch::Receiver<BTreeMap<String, Uplink>>, JoinHandle<()>, Arc<MonitorStats>), NetlinkError> {
     // Checked first: creating the socket registers it with the tokio
     // reactor, which panics outside a runtime.
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetlinkError::NoRuntime)?;
@@ -466,8 +560,9 @@ pub async fn watch_uplinks() -> Result<(watch::Receiver<BTreeMap<String, Uplink>
     dump(&handle, &mut table).await?;
     let (updates, receiver) = watch::channel(table.snapshot());
     debug!(uplinks = ?summary(&updates.borrow()), "uplink monitor started");
-    let task = runtime.spawn(run(table, handle, events, updates, connection));
-    Ok((receiver, task))
+    let stats = Arc::new(MonitorStats::default());
+    let task = runtime.spawn(run(table, handle, events, updates, connection, stats.clone()));
+    Ok((receiver, task, stats))
 }
 
 type Events = futures::channel::mpsc::UnboundedReceiver<(
@@ -482,57 +577,118 @@ async fn run(
     updates: watch::Sender<BTreeMap<String, Uplink>>,
     // Held so the connection stops with this task, however it ends.
     _connection: AbortOnDrop,
+    stats: Arc<MonitorStats>,
 ) {
     loop {
-        let event = tokio::select! {
+        let first = tokio::select! {
             () = updates.closed() => {
                 debug!("no uplink watchers left; monitor stops");
                 return;
             }
             event = events.next() => event,
         };
-        let Some((message, _)) = event else {
+        let Some(first) = first else {
             error!("netlink event socket failed; uplink monitor stops");
             return;
         };
-        let netlink_flags = message.header.flags;
-        let redump_reason = match message.payload {
-            NetlinkPayload::InnerMessage(inner) if replaces_a_default_route(netlink_flags, &inner) => {
-                debug!("a default route was replaced in place; dumping links, addresses and routes again");
-                Some("replaced default route")
-            }
-            NetlinkPayload::InnerMessage(inner) => {
-                if table.apply(&inner) {
-                    publish(&updates, table.snapshot());
-                }
-                None
-            }
-            // ENOBUFS: the kernel dropped events, so the table may be wrong
-            // in ways no later event will fix.
-            NetlinkPayload::Overrun(_) => {
+        let batch = next_batch(first, &mut events, &mut table).await;
+        stats.events.fetch_add(batch.events, Ordering::Relaxed);
+        if let Some(reason) = batch.needs_dump {
+            debug!(reason, "dumping links, addresses and routes again");
+            if reason == "overflow" {
                 warn!("netlink event socket overflowed; dumping links, addresses and routes again");
-                Some("overflow")
             }
-            _ => None,
-        };
-        if let Some(reason) = redump_reason {
             let mut fresh = UplinkTable::new();
             if let Err(e) = dump(&handle, &mut fresh).await {
                 error!(error = %e, reason, "re-dump failed; uplink monitor stops");
                 return;
             }
             table = fresh;
-            let snapshot = table.snapshot();
-            if *updates.borrow() != snapshot {
-                publish(&updates, snapshot);
-            }
+        }
+        // Also after a change that a later message of the burst undid (an
+        // address deleted and added again): equal snapshots are not news.
+        if publish(&updates, table.snapshot()) {
+            stats.published.fetch_add(1, Ordering::Relaxed);
+        }
+        if batch.socket_closed {
+            error!("netlink event socket failed; uplink monitor stops");
+            return;
         }
     }
 }
 
-fn publish(updates: &watch::Sender<BTreeMap<String, Uplink>>, snapshot: BTreeMap<String, Uplink>) {
-    debug!(uplinks = ?summary(&snapshot), "uplinks changed");
-    updates.send_replace(snapshot);
+/// At most this many messages are coalesced into one snapshot, so that a
+/// storm of events cannot delay the snapshot without bound.
+const MAX_BATCH: u64 = 1024;
+
+/// What a burst of events did to the table.
+struct Batch {
+    events: u64,
+    needs_dump: Option<&'static str>,
+    /// The event stream ended (after the messages of this batch).
+    socket_closed: bool,
+}
+
+/// Applies `first` and every message already read from the socket, so that
+/// one kernel operation (a link going down takes its IPv6 addresses and
+/// routes with it, all queued before the operation returns) becomes one
+/// snapshot.
+///
+/// There is no timer: waiting for more would delay a link-down, which must
+/// be acted on within milliseconds. Instead, after the channel is empty, the
+/// task yields once so the connection task can read whatever else the
+/// socket already holds (it reads until the socket would block), and stops
+/// at the first yield that brings nothing new.
+async fn next_batch(
+    first: (NetlinkMessage<RouteNetlinkMessage>, SocketAddr),
+    events: &mut Events,
+    table: &mut UplinkTable,
+) -> Batch {
+    let mut batch = Batch { events: 0, needs_dump: None, socket_closed: false };
+    let mut apply = |batch: &mut Batch, (message, _): (NetlinkMessage<RouteNetlinkMessage>, SocketAddr)| {
+        batch.events += 1;
+        // Once a dump is due, the dump will say everything; later messages
+        // need not be applied.
+        if batch.needs_dump.is_none() {
+            if let EventOutcome::NeedsDump(reason) = table.apply_event(&message) {
+                batch.needs_dump = Some(reason);
+            }
+        }
+    };
+    apply(&mut batch, first);
+    let mut yielded = false;
+    loop {
+        let before = batch.events;
+        while batch.events < MAX_BATCH {
+            match events.try_recv() {
+                Ok(event) => apply(&mut batch, event),
+                Err(TryRecvError::Closed) => {
+                    batch.socket_closed = true;
+                    return batch;
+                }
+                // Nothing more read yet.
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        if batch.events >= MAX_BATCH || (yielded && batch.events == before) {
+            return batch;
+        }
+        tokio::task::yield_now().await;
+        yielded = true;
+    }
+}
+
+/// Publishes `snapshot` unless it equals the current one; says whether it
+/// did.
+fn publish(updates: &watch::Sender<BTreeMap<String, Uplink>>, snapshot: BTreeMap<String, Uplink>) -> bool {
+    updates.send_if_modified(|current| {
+        if *current == snapshot {
+            return false;
+        }
+        debug!(uplinks = ?summary(&snapshot), "uplinks changed");
+        *current = snapshot;
+        true
+    })
 }
 
 /// Usable uplink names, for logs.
@@ -659,8 +815,12 @@ mod tests {
                 admin_up: true,
                 lower_up: true,
                 addresses: vec![v4(198, 18, 0, 2)],
+                prefixes: vec![(v4(198, 18, 0, 2), 24)],
                 gateways: vec![],
                 has_default_route: false,
+                device_default_v4: false,
+                device_default_v6: false,
+                route_flushes: 0,
             }
         );
         assert!(uplink.usable());
@@ -672,6 +832,8 @@ mod tests {
 
         assert!(table.apply(&new_link(ETH0, "eth0", LinkFlags::empty())));
         assert!(!eth0(&table).admin_up);
+        assert_eq!(eth0(&table).route_flushes, 1, "taking it down flushed its IPv4 routes");
+        assert!(!table.apply(&new_link(ETH0, "eth0", LinkFlags::empty())), "still down: no second flush");
 
         assert!(table.apply(&new_link(ETH0, "eth0", running())));
         assert!(eth0(&table).usable());
@@ -704,9 +866,12 @@ mod tests {
     #[test]
     fn same_address_with_two_prefixes_stays_until_both_are_gone() {
         let mut table = table_with_eth0();
-        assert!(!table.apply(&new_address(ETH0, v4(198, 18, 0, 2), 32)), "same address, shown once");
+        // A second network is a change (routing cares), the address is still shown once.
+        assert!(table.apply(&new_address(ETH0, v4(198, 18, 0, 2), 32)));
         assert_eq!(eth0(&table).addresses, vec![v4(198, 18, 0, 2)]);
-        assert!(!table.apply(&del_address(ETH0, v4(198, 18, 0, 2), 24)));
+        assert_eq!(eth0(&table).prefixes, vec![(v4(198, 18, 0, 2), 24), (v4(198, 18, 0, 2), 32)]);
+        assert!(table.apply(&del_address(ETH0, v4(198, 18, 0, 2), 24)));
+        assert_eq!(eth0(&table).addresses, vec![v4(198, 18, 0, 2)]);
         assert!(table.apply(&del_address(ETH0, v4(198, 18, 0, 2), 32)));
         assert!(eth0(&table).addresses.is_empty());
     }
@@ -832,6 +997,7 @@ mod tests {
         assert!(table.apply(&new_route(&default_dev(ETH0, 0))));
         let uplink = eth0(&table);
         assert!(uplink.has_default_route && uplink.gateways.is_empty());
+        assert!(uplink.device_default_v4 && !uplink.device_default_v6);
     }
 
     #[test]
@@ -890,7 +1056,7 @@ mod tests {
         assert_eq!(eth0(&table).gateways, vec![v4(198, 18, 0, 254)]);
 
         // A device route stays when the gateway route beside it goes.
-        assert!(!table.apply(&new_route(&default_dev(ETH0, 300))));
+        assert!(table.apply(&new_route(&default_dev(ETH0, 300))), "a device default route is new");
         assert!(table.apply(&del_route(&default_via(ETH0, Ipv4Addr::new(198, 18, 0, 254), 200))));
         let uplink = eth0(&table);
         assert!(uplink.has_default_route && uplink.gateways.is_empty());
@@ -992,9 +1158,11 @@ mod tests {
         table.apply(&new_route(&with_source(WLAN0, Ipv4Addr::new(198, 18, 1, 1), Ipv4Addr::new(198, 18, 0, 2))));
         table.apply(&new_route(&default_via(ETH0, Ipv4Addr::new(198, 18, 0, 254), 100)));
 
-        // Still configured with another prefix: nothing goes.
+        // Still configured with another prefix: no route goes.
         table.apply(&new_address(ETH0, v4(198, 18, 0, 2), 32));
-        assert!(!table.apply(&del_address(ETH0, v4(198, 18, 0, 2), 32)));
+        let gateways = eth0(&table).gateways;
+        table.apply(&del_address(ETH0, v4(198, 18, 0, 2), 32));
+        assert_eq!(eth0(&table).gateways, gateways);
 
         assert!(table.apply(&del_address(ETH0, v4(198, 18, 0, 2), 24)));
         let snapshot = table.snapshot();

@@ -1,13 +1,13 @@
 //! The [`Netlink`] handle and its operations.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use rtnetlink::{Handle, LinkUnspec};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use tokio::task::JoinHandle;
 
 use crate::error::{kernel_errno, NetlinkError};
-use crate::message::{address_message, check_prefix_len, route_message, rule_message, skip_dad};
+use crate::message::{address_message, check_prefix_len, parse_route, route_message, rule_message, skip_dad};
 use crate::types::{Route, Rule};
 
 /// A `NETLINK_ROUTE` socket bound to one network namespace.
@@ -118,7 +118,8 @@ impl Netlink {
     pub async fn add_route(&self, route: &Route) -> Result<(), NetlinkError> {
         let message = route_message(route)?;
         let result = self.handle.route().add(message).execute().await;
-        ignore_errnos(result, &[libc::EEXIST]).map_err(|source| NetlinkError::AddRoute { route: route.clone(), source })
+        ignore_errnos(result, &[libc::EEXIST])
+            .map_err(|source| NetlinkError::AddRoute { route: Box::new(route.clone()), source })
     }
 
     /// Deletes a route added by [`Netlink::add_route`]. An absent route is
@@ -129,7 +130,27 @@ impl Netlink {
         // ESRCH: no such route (or no such table); ENODEV: the device, and
         // with it all its routes, is gone.
         ignore_errnos(result, &[libc::ESRCH, libc::ENODEV])
-            .map_err(|source| NetlinkError::DelRoute { route: route.clone(), source })
+            .map_err(|source| NetlinkError::DelRoute { route: Box::new(route.clone()), source })
+    }
+
+    /// Every route of routing table `table` (both families), as [`Route`]s
+    /// with `table: Some(table)`. Routes the kernel decorates beyond what a
+    /// [`Route`] says (multipath, other route types) are left out.
+    ///
+    /// For callers that must not trust their own records: the kernel deletes
+    /// some routes without a notification (see the monitor's documentation).
+    pub async fn table_routes(&self, table: u32) -> Result<Vec<Route>, NetlinkError> {
+        let mut routes = Vec::new();
+        // Without strict checking the kernel ignores the table in a dump
+        // request and sends every table; filter here.
+        let requests = [RouteMessageBuilder::<Ipv4Addr>::new().build(), RouteMessageBuilder::<Ipv6Addr>::new().build()];
+        for request in requests {
+            let mut dump = self.handle.route().get(request).execute();
+            while let Some(message) = dump.try_next().await.map_err(|source| NetlinkError::DumpRoutes { source })? {
+                routes.extend(parse_route(&message).filter(|route| route.table == Some(table)));
+            }
+        }
+        Ok(routes)
     }
 
     /// Adds a `from PREFIX lookup TABLE priority N` rule. Idempotent.

@@ -3,10 +3,11 @@
 use std::fmt;
 use std::net::IpAddr;
 
-/// A device route: traffic to `dst/prefix_len` leaves through link `oif`.
+/// A route: traffic to `dst/prefix_len` leaves through link `oif`, to
+/// `gateway` when there is one (a device route otherwise).
 ///
-/// There is no gateway on purpose: roamtun only routes into its own
-/// point-to-point TUN device.
+/// Routes into roamtun's own point-to-point TUN have no gateway; the
+/// per-uplink tables copy an uplink's default gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Route {
     /// Destination network address (IPv4 or IPv6).
@@ -20,6 +21,9 @@ pub struct Route {
     /// Preferred source address (`RTA_PREFSRC`); must be the same family as
     /// `dst` and already configured on this host.
     pub src: Option<IpAddr>,
+    /// Next hop (`RTA_GATEWAY`), same family as `dst` and reachable on
+    /// `oif`; `None` for a device route.
+    pub gateway: Option<IpAddr>,
 }
 
 /// A policy rule: packets from `from/from_prefix_len` look up `table`.
@@ -38,7 +42,11 @@ pub struct Rule {
 impl fmt::Display for Route {
     /// Formats like `ip route`: `198.18.0.0/24 dev index 3 table 100 src 198.18.0.1`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{} dev index {}", self.dst, self.prefix_len, self.oif)?;
+        write!(f, "{}/{}", self.dst, self.prefix_len)?;
+        if let Some(gateway) = self.gateway {
+            write!(f, " via {gateway}")?;
+        }
+        write!(f, " dev index {}", self.oif)?;
         if let Some(table) = self.table {
             write!(f, " table {table}")?;
         }
@@ -69,10 +77,13 @@ mod tests {
             oif: 3,
             table: Some(100),
             src: Some(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))),
+            gateway: None,
         };
         assert_eq!(route.to_string(), "198.18.0.0/24 dev index 3 table 100 src 198.18.0.1");
-        let plain = Route { table: None, src: None, ..route };
+        let plain = Route { table: None, src: None, ..route.clone() };
         assert_eq!(plain.to_string(), "198.18.0.0/24 dev index 3");
+        let via = Route { gateway: Some(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 254))), ..plain };
+        assert_eq!(via.to_string(), "198.18.0.0/24 via 198.18.0.254 dev index 3");
     }
 
     #[test]

@@ -13,9 +13,9 @@ fn remove_all_removes_every_recorded_object() {
         let src4 = v4(198, 18, 0, 1);
         let src6 = v6("fd64::1");
         let routes = [
-            Route { dst: v4(198, 19, 0, 0), prefix_len: 16, oif: index, table: None, src: None },
-            Route { dst: v4(0, 0, 0, 0), prefix_len: 0, oif: index, table: Some(100), src: Some(src4) },
-            Route { dst: v6("fd64:2::"), prefix_len: 48, oif: index, table: Some(100), src: Some(src6) },
+            Route { dst: v4(198, 19, 0, 0), prefix_len: 16, oif: index, table: None, src: None, gateway: None },
+            Route { dst: v4(0, 0, 0, 0), prefix_len: 0, oif: index, table: Some(100), src: Some(src4), gateway: None },
+            Route { dst: v6("fd64:2::"), prefix_len: 48, oif: index, table: Some(100), src: Some(src6), gateway: None },
         ];
         let rules = [
             Rule { from: v4(198, 18, 0, 0), from_prefix_len: 24, table: 100, priority: 1000 },
@@ -61,7 +61,8 @@ fn remove_all_survives_a_vanished_link_and_keeps_going() {
         let env = Env::new().await;
         let index = env.add_up_dummy("rt-inst1").await;
         let rule = Rule { from: v4(198, 18, 0, 0), from_prefix_len: 24, table: 100, priority: 1000 };
-        let route = Route { dst: v4(198, 19, 0, 0), prefix_len: 16, oif: index, table: Some(100), src: None };
+        let route =
+            Route { dst: v4(198, 19, 0, 0), prefix_len: 16, oif: index, table: Some(100), src: None, gateway: None };
 
         let mut installed = Installed::new();
         installed.add_address(&env.nl, index, v4(198, 18, 0, 1), 24).await.expect("add address");
@@ -83,7 +84,7 @@ fn del_through_installed_forgets_the_object() {
     in_netns(|| async {
         let env = Env::new().await;
         let index = env.add_up_dummy("rt-inst2").await;
-        let route = Route { dst: v4(198, 19, 0, 0), prefix_len: 16, oif: index, table: None, src: None };
+        let route = Route { dst: v4(198, 19, 0, 0), prefix_len: 16, oif: index, table: None, src: None, gateway: None };
 
         let mut installed = Installed::new();
         installed.add_route(&env.nl, route.clone()).await.expect("add route");

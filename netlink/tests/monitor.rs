@@ -7,6 +7,8 @@
 //!   │  rt-mon0      dummy (or a veth whose peer stays down)        │
 //!   │  rt-mon-a ════ veth ════ rt-mon-b                            │
 //!   │  rt-burst0 … rt-burstN   created while the monitor is stalled│
+//!   │  rt-burst-a 198.18.7.2/24 fd00:7::2/64 ═ veth ═ rt-burst-b   │
+//!   │     (default via 198.18.7.1, fd00:7::1)   (peer namespace)   │
 //!   │  rt-gw0  198.18.5.2/24   default via 198.18.5.1 (main table) │
 //!   │  rt-gw1  198.18.6.2/24   default via 198.18.6.1 (replace)    │
 //!   │                                                              │
@@ -24,11 +26,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use common::{in_netns, v4, Env};
-use roamtun_netlink::{watch_uplinks, Uplink};
+use common::{block_on_in, in_netns, new_netns, v4, v6, Env};
+use roamtun_netlink::{watch_uplinks, watch_uplinks_counted, Uplink};
 use rtnetlink::constants::RTMGRP_LINK;
 use rtnetlink::packet_route::route::{RouteMessage, RouteScope};
 use rtnetlink::sys::protocols::NETLINK_ROUTE;
@@ -280,6 +283,70 @@ fn overflowed_event_socket_is_recovered_by_a_fresh_dump() {
 
         let names: Vec<String> = (0..BURST).map(|i| format!("rt-burst{i}")).collect();
         wait_for(&mut uplinks, "every burst link", |u| names.iter().all(|name| u.contains_key(name))).await;
+    });
+}
+
+/// Taking a link with addresses and default routes of both families down
+/// makes the kernel send a burst (the link, its IPv6 addresses, its IPv6
+/// routes, …). A watcher should see one new snapshot, published at once,
+/// and a message that changes nothing should publish nothing.
+#[test]
+fn a_link_down_burst_is_published_once_and_at_once() {
+    in_netns(|| async {
+        let env = Env::new().await;
+        // The peer lives in another namespace: it loses carrier too when
+        // rt-burst-a goes down, which the kernel announces later (from its
+        // link-watch work), a second, genuine change this test is not about.
+        env.inspect.link().add(LinkVeth::new("rt-burst-a", "rt-burst-b").build()).execute().await.expect("veth");
+        let a = env.nl.link_index("rt-burst-a").await.expect("index of rt-burst-a");
+        let b = env.nl.link_index("rt-burst-b").await.expect("index of rt-burst-b");
+        let peer_ns = new_netns();
+        let move_peer = LinkUnspec::new_with_index(b).setns_by_fd(peer_ns.as_raw_fd()).build();
+        env.inspect.link().change(move_peer).execute().await.expect("move rt-burst-b to the peer namespace");
+        block_on_in(&peer_ns, || async {
+            let peer = Env::new().await;
+            let b = peer.nl.link_index("rt-burst-b").await.expect("rt-burst-b in the peer namespace");
+            peer.nl.set_link_up(b).await.expect("set rt-burst-b up");
+        });
+        env.nl.set_link_up(a).await.expect("set rt-burst-a up");
+        env.nl.add_address(a, v4(198, 18, 7, 2), 24).await.expect("add IPv4 address");
+        env.nl.add_address(a, v6("fd00:7::2"), 64).await.expect("add IPv6 address");
+        env.inspect.route().add(default_via(a, Ipv4Addr::new(198, 18, 7, 1))).execute().await.expect("v4 default");
+        let gateway: Ipv6Addr = "fd00:7::1".parse().expect("IPv6 literal");
+        let v6_default = RouteMessageBuilder::<Ipv6Addr>::new().output_interface(a).gateway(gateway).build();
+        env.inspect.route().add(v6_default).execute().await.expect("v6 default");
+
+        let (mut uplinks, _monitor, stats) = watch_uplinks_counted().await.expect("start uplink monitor");
+        wait_for(&mut uplinks, "rt-burst-a usable with two gateways", |u| {
+            u["rt-burst-a"].usable() && u["rt-burst-a"].gateways.len() == 2
+        })
+        .await;
+        let (events_before, published_before) = (stats.events(), stats.published());
+
+        let started = Instant::now();
+        set_link_down(&env, a).await;
+        let now = wait_for(&mut uplinks, "rt-burst-a down", |u| !u["rt-burst-a"].admin_up).await;
+        let latency = started.elapsed();
+        // Everything the link-down caused is already in that one snapshot.
+        assert_eq!(now["rt-burst-a"].addresses, [v4(198, 18, 7, 2)], "IPv6 addresses go with the link");
+        assert!(!now["rt-burst-a"].has_default_route, "{:?}", now["rt-burst-a"]);
+        // Stragglers would arrive within microseconds; leave them plenty.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (events, published) = (stats.events() - events_before, stats.published() - published_before);
+        eprintln!("link down: {events} netlink messages, {published} snapshots published, seen after {latency:?}");
+        assert!(events >= 3, "the link-down was a burst of {events} messages");
+        assert_eq!(published, 1, "one burst, one snapshot ({events} messages)");
+
+        // A change outside the model (the MTU) is an event and no snapshot.
+        let mtu = LinkUnspec::new_with_index(a).mtu(1400).build();
+        env.inspect.link().change(mtu).execute().await.expect("set MTU");
+        let deadline = Instant::now() + WAIT;
+        while stats.events() == events_before + events && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(stats.events() > events_before + events, "the MTU change was heard");
+        assert_eq!(stats.published() - published_before, 1, "an unchanged table publishes nothing");
+        assert!(!uplinks.has_changed().expect("monitor alive"));
     });
 }
 

@@ -38,7 +38,7 @@ fn ipv4_route_in_main_table() {
     in_netns(|| async {
         let env = Env::new().await;
         let oif = env.add_up_dummy("rt-route4").await;
-        let route = Route { dst: v4(198, 19, 0, 0), prefix_len: 16, oif, table: None, src: None };
+        let route = Route { dst: v4(198, 19, 0, 0), prefix_len: 16, oif, table: None, src: None, gateway: None };
         add_twice_then_delete_twice(&env, &route).await;
     });
 }
@@ -50,11 +50,19 @@ fn ipv4_route_in_custom_tables_with_preferred_source() {
         let src = v4(198, 18, 0, 1);
         let oif = link_with_address(&env, "rt-route4s", src, 24).await;
         for table in [CUSTOM_TABLE, LARGE_TABLE] {
-            let route = Route { dst: v4(100, 64, 0, 0), prefix_len: 10, oif, table: Some(table), src: Some(src) };
+            let route = Route {
+                dst: v4(100, 64, 0, 0),
+                prefix_len: 10,
+                oif,
+                table: Some(table),
+                src: Some(src),
+                gateway: None,
+            };
             add_twice_then_delete_twice(&env, &route).await;
         }
         // A default route in its own table is how roamtun steers a source.
-        let default = Route { dst: v4(0, 0, 0, 0), prefix_len: 0, oif, table: Some(CUSTOM_TABLE), src: Some(src) };
+        let default =
+            Route { dst: v4(0, 0, 0, 0), prefix_len: 0, oif, table: Some(CUSTOM_TABLE), src: Some(src), gateway: None };
         add_twice_then_delete_twice(&env, &default).await;
     });
 }
@@ -64,7 +72,7 @@ fn ipv6_route_in_main_table() {
     in_netns(|| async {
         let env = Env::new().await;
         let oif = env.add_up_dummy("rt-route6").await;
-        let route = Route { dst: v6("fd64:1::"), prefix_len: 48, oif, table: None, src: None };
+        let route = Route { dst: v6("fd64:1::"), prefix_len: 48, oif, table: None, src: None, gateway: None };
         add_twice_then_delete_twice(&env, &route).await;
     });
 }
@@ -78,7 +86,8 @@ fn ipv6_route_in_custom_tables_with_preferred_source() {
         // DAD (a tentative address is refused as a preferred source).
         let oif = link_with_address(&env, "rt-route6s", src, 64).await;
         for table in [CUSTOM_TABLE, LARGE_TABLE] {
-            let route = Route { dst: v6("fd64:2::"), prefix_len: 48, oif, table: Some(table), src: Some(src) };
+            let route =
+                Route { dst: v6("fd64:2::"), prefix_len: 48, oif, table: Some(table), src: Some(src), gateway: None };
             add_twice_then_delete_twice(&env, &route).await;
         }
     });
@@ -88,9 +97,9 @@ fn ipv6_route_in_custom_tables_with_preferred_source() {
 fn route_through_a_missing_link_fails_with_context() {
     in_netns(|| async {
         let env = Env::new().await;
-        let route = Route { dst: v4(198, 19, 0, 0), prefix_len: 16, oif: 9999, table: None, src: None };
+        let route = Route { dst: v4(198, 19, 0, 0), prefix_len: 16, oif: 9999, table: None, src: None, gateway: None };
         let err = env.nl.add_route(&route).await.unwrap_err();
-        assert!(matches!(&err, NetlinkError::AddRoute { route: r, .. } if *r == route), "{err:?}");
+        assert!(matches!(&err, NetlinkError::AddRoute { route: r, .. } if **r == route), "{err:?}");
         assert_eq!(err.to_string(), "failed to add route 198.19.0.0/16 dev index 9999");
         assert_eq!(err.errno(), Some(libc::ENODEV));
         // Deleting it is fine: it does not exist.
@@ -103,7 +112,8 @@ fn route_with_mixed_families_is_rejected_before_the_kernel() {
     in_netns(|| async {
         let env = Env::new().await;
         let oif = env.add_up_dummy("rt-route-mix").await;
-        let route = Route { dst: v4(198, 19, 0, 0), prefix_len: 16, oif, table: None, src: Some(v6("fd64::1")) };
+        let route =
+            Route { dst: v4(198, 19, 0, 0), prefix_len: 16, oif, table: None, src: Some(v6("fd64::1")), gateway: None };
         let err = env.nl.add_route(&route).await.unwrap_err();
         assert!(matches!(err, NetlinkError::MixedFamilies { .. }), "{err:?}");
     });

@@ -62,7 +62,7 @@ fn rule_steers_its_source_into_its_table() {
         let dst = Ipv4Addr::new(198, 19, 0, 5);
         env.nl.add_address(uplink, src.into(), 24).await.expect("add source address");
         // Main table: everything via the uplink. Table 100: via the tunnel.
-        let main = Route { dst: v4(0, 0, 0, 0), prefix_len: 0, oif: uplink, table: None, src: None };
+        let main = Route { dst: v4(0, 0, 0, 0), prefix_len: 0, oif: uplink, table: None, src: None, gateway: None };
         let tunnelled = Route { oif: tunnel, table: Some(100), ..main.clone() };
         env.nl.add_route(&main).await.expect("add main default route");
         env.nl.add_route(&tunnelled).await.expect("add table 100 default route");

@@ -60,7 +60,9 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
         decision: config.decision.clone(),
     };
     let connector = TlsConnector::from(tls_config);
-    super::serve(
+    // Removed again below, once serve has returned (signal or failure), like the TUN's routes.
+    let routing = crate::link::routing::start_if_enabled(&config, uplinks.clone()).await;
+    let result = super::serve(
         tun,
         engine,
         transition_config(&config.tuning),
@@ -72,7 +74,11 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
             Dialer { config: &config, connector, engine, room, shared, uplinks }.run(dial_rx).await
         },
     )
-    .await
+    .await;
+    if let Some(routing) = routing {
+        routing.stop().await;
+    }
+    result
 }
 
 struct Dialer<'a> {
@@ -176,7 +182,15 @@ impl Dialer<'_> {
                 errors.push(format!("{over}: no address of the server's families {:?}", self.config.server.addresses));
             }
             for server in servers {
-                match self.connect(uplink.as_deref(), server, request.resume).await {
+                // With per-uplink tables, the uplink's `from` rule routes the relay only when its
+                // socket is bound to the uplink's address.
+                let source = match (&uplink, &snapshot) {
+                    (Some(name), Some(s)) if self.config.routing.per_uplink_tables => {
+                        crate::link::routing::source_address(s, name, server.ip())
+                    }
+                    _ => None,
+                };
+                match self.connect(uplink.as_deref(), server, source, request.resume).await {
                     Ok(()) => return Ok(()),
                     Err(err) => errors.push(format!("{over}: {err:#}")),
                 }
@@ -187,8 +201,14 @@ impl Dialer<'_> {
 
     /// Dials over `uplink`, authenticates, joins `resume` (0: a new session) and hands the path to
     /// the engine task.
-    async fn connect(&self, uplink: Option<&str>, server: SocketAddr, resume: u64) -> anyhow::Result<()> {
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, dial(server, uplink))
+    async fn connect(
+        &self,
+        uplink: Option<&str>,
+        server: SocketAddr,
+        source: Option<IpAddr>,
+        resume: u64,
+    ) -> anyhow::Result<()> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, dial(server, uplink, source))
             .await
             .map_err(|_| anyhow::anyhow!("no answer from {server} within {CONNECT_TIMEOUT:?}"))??;
         tcp.set_nodelay(true)?;
@@ -242,14 +262,14 @@ fn servers_for(servers: &[SocketAddr], local: Option<&[IpAddr]>) -> Vec<SocketAd
 /// A link that has just come back may lose the first SYN (its neighbour entries are being
 /// re-learned); the kernel would resend it only after its 1 s initial RTO. So when the first attempt
 /// has not connected after [`SYN_RETRY`], a second one starts beside it and the first to connect wins.
-async fn dial(server: SocketAddr, uplink: Option<&str>) -> anyhow::Result<TcpStream> {
-    let first = connect_once(server, uplink);
+async fn dial(server: SocketAddr, uplink: Option<&str>, source: Option<IpAddr>) -> anyhow::Result<TcpStream> {
+    let first = connect_once(server, uplink, source);
     tokio::pin!(first);
     tokio::select! {
         r = &mut first => return r,
         _ = tokio::time::sleep(SYN_RETRY) => {}
     }
-    let second = connect_once(server, uplink);
+    let second = connect_once(server, uplink, source);
     tokio::pin!(second);
     let (mut first_done, mut second_done) = (false, false);
     let mut error = None;
@@ -271,10 +291,13 @@ async fn dial(server: SocketAddr, uplink: Option<&str>) -> anyhow::Result<TcpStr
 /// How long the first connection attempt of a dial runs alone.
 const SYN_RETRY: Duration = Duration::from_millis(250);
 
-async fn connect_once(server: SocketAddr, uplink: Option<&str>) -> anyhow::Result<TcpStream> {
+async fn connect_once(server: SocketAddr, uplink: Option<&str>, source: Option<IpAddr>) -> anyhow::Result<TcpStream> {
     let socket = if server.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     if let Some(name) = uplink {
         socket.bind_device(Some(name.as_bytes())).with_context(|| format!("cannot bind the relay to {name}"))?;
+    }
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0)).with_context(|| format!("cannot bind the relay to {ip}"))?;
     }
     let via = uplink.map(|u| format!(" over {u}")).unwrap_or_default();
     socket.connect(server).await.with_context(|| format!("cannot connect to {server}{via}"))

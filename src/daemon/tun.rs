@@ -91,7 +91,7 @@ impl Tun {
             // Prefer our own virtual IP of the same family as the source, so apps that did not bind
             // use the stable address.
             let src = addresses.iter().find(|a| a.is_ipv4() == prefix.addr.is_ipv4()).copied();
-            let route = Route { dst: prefix.addr, prefix_len: prefix.len, oif: index, table: None, src };
+            let route = Route { dst: prefix.addr, prefix_len: prefix.len, oif: index, table: None, src, gateway: None };
             installed.add_route(&self.netlink, route).await?;
             tracing::debug!(tun = %self.name, %prefix, "route installed");
         }

@@ -6,6 +6,9 @@
 #   ns server: roamtun server on 198.18.0.1:7700, reachable over up3, up1 and up2
 #   (the IPv6 case: wlan0 IPv4 only, wwan0 IPv6 only, the server on 198.18.0.1 and 2001:2::1)
 #
+# The client keeps a routing table and a `from` rule per uplink ([routing] per_uplink_tables) and
+# binds each path to its uplink's address as well as to the interface.
+#
 # Each case runs the apps of tests/netns/transition.sh (a transfer both ways with sha256 at both ends,
 # interactive sessions opened from both sides, a UDP stream) while the uplinks change, and checks
 # what the decision task did from `roamtun status`. Decision timers are short here (dwell 2 s,
@@ -26,6 +29,8 @@ setup() {
     netns_second_uplink
     [ -n "${NO_ETH0:-}" ] || netns_third_uplink
     CLIENT_EXTRA='uplinks = ["eth0", "wlan0", { name = "wwan0", metered = true, cost_per_gib = 5, kind = "wwan" }]
+[routing]
+per_uplink_tables = true
 [decision]
 dwell_secs = 2
 fail_back_after_secs = 3
@@ -59,6 +64,9 @@ since() { python3 -c "import time; print(f'{time.time() - $1:.2f}')"; }
 
 test_black_hole_moves_to_the_next_free_uplink() {
     setup
+    # Per-uplink routing: each uplink's address has its own rule and table (eth0 first: 52000).
+    c ip rule show | grep -q "from 198.18.3.2 lookup 52000" || fail "no rule for eth0: $(c ip rule show)"
+    c ip route show table 52000 | grep -q "default via 198.18.3.1 dev eth0" || fail "table 52000: $(c ip route show table 52000)"
     start_workload $((32 << 20))
     progress 32
     EPOCH0=$(epoch)
@@ -212,6 +220,8 @@ test_an_ipv6_only_uplink_replaces_an_ipv4_one() {
     c ip route add default via 198.18.1.1 dev wlan0 metric 100
     c ip -6 route add default via 2001:2:0:2::1 dev wwan0 metric 200
     SERVER_ADDR='["198.18.0.1:7700", "[2001:2::1]:7700"]' CLIENT_EXTRA='uplinks = ["wlan0", "wwan0"]
+[routing]
+per_uplink_tables = true
 [decision]
 dwell_secs = 2
 fail_back_after_secs = 3
@@ -223,8 +233,8 @@ probe_interval_ms = 100' netns_configs
     netns_start_daemons || fail "the daemons did not start"
     wait_for 10 "the session on wlan0" on_uplink wlan0 || fail "the session did not start on wlan0"
     wait_for 10 "a standby path on wwan0" standby_on wwan0 || fail "no standby path on wwan0: $(uplink_states)"
-    start_workload $((16 << 20))
-    progress 16
+    start_workload $((8 << 20))
+    progress 8
     EPOCH0=$(epoch)
     c ip link set wlan0 down
     wait_resumed
@@ -232,8 +242,9 @@ probe_interval_ms = 100' netns_configs
     local remote
     remote=$(path_remote)
     echo "switches:    wlan0 (IPv4) down: the session resumed on wwan0, IPv6 path to $remote"
+    c ip -6 rule show | grep -q "from 2001:2:0:2::2 lookup 52001" || fail "no IPv6 rule for wwan0: $(c ip -6 rule show)"
     [ "$remote" = "[2001:2::1]:7700" ] || fail "the path over wwan0 goes to $remote"
-    progress 16
+    progress 4 || fail "the transfer does not move over wwan0"
     # And back: the IPv4 uplink returns and is preferred, a planned switch from IPv6 to IPv4.
     c ip link set wlan0 up
     c ip route replace default via 198.18.1.1 dev wlan0 metric 100

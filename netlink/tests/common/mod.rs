@@ -257,8 +257,10 @@ fn parse_route(message: &rtnetlink::packet_route::route::RouteMessage) -> Option
     let mut oif = None;
     let mut table = u32::from(message.header.table);
     let mut src = None;
+    let mut gateway = None;
     for attribute in &message.attributes {
         match attribute {
+            RouteAttribute::Gateway(a) => gateway = ip_of(a),
             RouteAttribute::Destination(a) => dst = ip_of(a),
             RouteAttribute::Oif(index) => oif = Some(*index),
             RouteAttribute::Table(t) => table = *t,
@@ -266,7 +268,14 @@ fn parse_route(message: &rtnetlink::packet_route::route::RouteMessage) -> Option
             _ => {}
         }
     }
-    Some(Route { dst: dst?, prefix_len: message.header.destination_prefix_length, oif: oif?, table: Some(table), src })
+    Some(Route {
+        dst: dst?,
+        prefix_len: message.header.destination_prefix_length,
+        oif: oif?,
+        table: Some(table),
+        src,
+        gateway,
+    })
 }
 
 fn ip_of(address: &RouteAddress) -> Option<IpAddr> {
@@ -275,4 +284,38 @@ fn ip_of(address: &RouteAddress) -> Option<IpAddr> {
         RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
         _ => None,
     }
+}
+
+/// A second private network namespace, which lives as long as the returned
+/// file is open (the kernel deletes it with the last reference, also when a
+/// test fails).
+pub fn new_netns() -> std::fs::File {
+    std::thread::spawn(|| {
+        enter_private_netns();
+        std::fs::File::open("/proc/thread-self/ns/net").expect("open the new namespace")
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// Runs `task` to completion on a thread inside namespace `ns`, blocking
+/// the caller (and its runtime) meanwhile.
+pub fn block_on_in<F, Fut>(ns: &std::fs::File, task: F)
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: Future<Output = ()>,
+{
+    use std::os::fd::AsRawFd;
+    std::thread::scope(|scope| {
+        let thread = scope.spawn(|| {
+            // SAFETY: setns takes an open namespace fd we own for the call.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns failed: {}", std::io::Error::last_os_error());
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(task());
+        });
+        if let Err(panic) = thread.join() {
+            std::panic::resume_unwind(panic);
+        }
+    });
 }
