@@ -4,7 +4,7 @@
 # run, when the app's data flows again after the same events, kinds "loss" and "blackhole").
 #
 #   link down   `ip link set wlan0 down`: rtnetlink reports it; time to the "path lost" decision
-#   black hole  nftables drops everything on wlan0, the link stays up. Idle: the Check probes (PING
+#   black hole  nftables drops everything behind wlan0 (at the far end), the link stays up. Idle: the Check probes (PING
 #               every probe_interval_ms) fall silent, decided after dead_after_ms. Under a paced
 #               transfer: the relay socket's bytes go unacknowledged, decided after stall_after_ms
 #
@@ -47,22 +47,34 @@ netns_start_daemons
 state() { json_get "$WORK/client.sock" '" ".join(u["name"] + "=" + u["state"] for u in s["uplinks"])'; }
 settled() { [ "$(state)" = "wlan0=active wwan0=standby" ]; }
 standby_on_wlan0() { [ "$(state)" = "wlan0=standby wwan0=active" ]; }
-lost_lines() { grep -c "path lost" "$WORK/client.log" || true; }
-# decision_ms T0 N: waits for the (N+1)th "path lost" line; prints its time minus T0 (ns since epoch).
+# decision_ms T0: waits for the client's first "path lost" line for wlan0 logged after T0 (ns since
+# the epoch); prints its time minus T0 in ms. Lines of earlier events, or of other paths, do not count.
 decision_ms() {
-    local t0=$1 n=$2
-    wait_for 10 "the path-lost decision" sh -c "[ \$(grep -c 'path lost' '$WORK/client.log') -gt $n ]"
-    grep "path lost" "$WORK/client.log" | sed -n "$((n + 1))p" | python3 -c "
-import sys, datetime
-ts = sys.stdin.read().split()[0].rstrip('Z')
-t = datetime.datetime.fromisoformat(ts).replace(tzinfo=datetime.timezone.utc).timestamp()
-print(f'{(t - $t0 / 1e9) * 1000:.1f}')"
+    python3 - "$WORK/client.log" "$1" <<'EOF'
+import datetime, re, sys, time
+log, t0 = sys.argv[1], int(sys.argv[2]) / 1e9
+deadline = time.time() + 10
+while time.time() < deadline:
+    for line in open(log, errors="replace"):
+        line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+        if "path lost" not in line or 'uplink=Some("wlan0")' not in line:
+            continue
+        ts = line.split()[0].rstrip("Z")
+        t = datetime.datetime.fromisoformat(ts).replace(tzinfo=datetime.timezone.utc).timestamp()
+        if t >= t0:
+            print(f"{(t - t0) * 1000:.1f}")
+            sys.exit(0)
+    time.sleep(0.05)
+sys.exit("no path-lost decision within 10 s")
+EOF
 }
+# A black hole in the network behind wlan0, as a broken access point or ISP would make one: the far
+# end (the server's up1) drops everything, so the client's kernel sees no local error at all.
 blackhole() {
-    c nft -f - <<'NFT'
+    s nft -f - <<'NFT'
 table inet roamtun_bench_bh {
-    chain in { type filter hook input priority 0; iifname "wlan0" drop; }
-    chain out { type filter hook output priority 0; oifname "wlan0" drop; }
+    chain in { type filter hook input priority 0; iifname "up1" drop; }
+    chain out { type filter hook output priority 0; oifname "up1" drop; }
 }
 NFT
 }
@@ -86,19 +98,18 @@ for kind in link-down black-hole-idle black-hole-busy; do
     fi
     vals=()
     for _ in $(seq "$REPS"); do
-        n=$(lost_lines)
         t0=$(date +%s%N)
         case "$kind" in
             link-down) c ip link set wlan0 down ;;
             *) blackhole ;;
         esac
-        vals+=("$(decision_ms "$t0" "$n")")
+        vals+=("$(decision_ms "$t0")")
         case "$kind" in
             link-down)
                 c ip link set wlan0 up
                 c ip route replace default via 198.18.1.1 dev wlan0 metric 100
                 ;;
-            *) c nft delete table inet roamtun_bench_bh ;;
+            *) s nft delete table inet roamtun_bench_bh ;;
         esac
         # Back to the starting point: a standby path on wlan0 again, and the session moved there (by
         # hand: the decision task rightly distrusts an uplink that failed several times a minute).

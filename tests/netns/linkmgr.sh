@@ -70,10 +70,12 @@ test_black_hole_moves_to_the_next_free_uplink() {
     start_workload $((32 << 20))
     progress 32
     EPOCH0=$(epoch)
-    c nft -f - <<'NFT'
+    # In the network behind eth0 (its far end, up3), as a broken access point would: the client's
+    # kernel sees no local error, only silence.
+    s nft -f - <<'NFT'
 table inet roamtun_blackhole {
-    chain in { type filter hook input priority 0; iifname "eth0" drop; }
-    chain out { type filter hook output priority 0; oifname "eth0" drop; }
+    chain in { type filter hook input priority 0; iifname "up3" drop; }
+    chain out { type filter hook output priority 0; oifname "up3" drop; }
 }
 NFT
     wait_resumed
