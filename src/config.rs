@@ -321,6 +321,9 @@ pub struct UplinkConfig {
     pub cost_per_gib: f64,
     /// "ethernet", "wifi" or "wwan"; by default what sysfs says.
     pub kind: Option<String>,
+    /// A volume cap in GiB (since the daemon started): beyond it the uplink is used only when no other
+    /// works.
+    pub cap_gib: Option<f64>,
 }
 
 /// An entry of `uplinks` as written: a bare interface name, or a table.
@@ -344,15 +347,23 @@ struct UplinkTable {
     cost_per_gib: f64,
     #[serde(default)]
     kind: Option<String>,
+    #[serde(default)]
+    cap_gib: Option<f64>,
 }
 
 impl From<UplinkEntry> for UplinkConfig {
     fn from(e: UplinkEntry) -> Self {
         match e {
-            UplinkEntry::Name(name) => UplinkConfig { name, metered: false, cost_per_gib: 0.0, kind: None },
-            UplinkEntry::Table(t) => {
-                UplinkConfig { name: t.name, metered: t.metered, cost_per_gib: t.cost_per_gib, kind: t.kind }
+            UplinkEntry::Name(name) => {
+                UplinkConfig { name, metered: false, cost_per_gib: 0.0, kind: None, cap_gib: None }
             }
+            UplinkEntry::Table(t) => UplinkConfig {
+                name: t.name,
+                metered: t.metered,
+                cost_per_gib: t.cost_per_gib,
+                kind: t.kind,
+                cap_gib: t.cap_gib,
+            },
         }
     }
 }
@@ -518,6 +529,9 @@ impl ClientConfig {
         }
         if let Some(u) = c.uplinks.iter().find(|u| u.cost_per_gib.is_nan() || u.cost_per_gib < 0.0) {
             return Err(invalid(path, format!("uplinks: cost_per_gib of {:?} must be 0 or more", u.name)));
+        }
+        if let Some(u) = c.uplinks.iter().find(|u| u.cap_gib.is_some_and(|g| g.is_nan() || g <= 0.0)) {
+            return Err(invalid(path, format!("uplinks: cap_gib of {:?} must be more than 0", u.name)));
         }
         if c.server.addresses.is_empty() {
             return Err(invalid(path, "[server] address must name at least one address".into()));
@@ -701,7 +715,16 @@ mod tests {
             "uplinks = [\"eth0\", { name = \"wwan0\", metered = true, cost_per_gib = 2.5 }]\nroutes =",
         );
         let c = ClientConfig::from_toml(Path::new("c.toml"), &tables).unwrap();
-        assert_eq!(c.uplinks[1], UplinkConfig { name: "wwan0".into(), metered: true, cost_per_gib: 2.5, kind: None });
+        assert_eq!(
+            c.uplinks[1],
+            UplinkConfig { name: "wwan0".into(), metered: true, cost_per_gib: 2.5, kind: None, cap_gib: None }
+        );
+        let capped = tables.replace("cost_per_gib = 2.5", "cap_gib = 2");
+        assert_eq!(ClientConfig::from_toml(Path::new("c.toml"), &capped).unwrap().uplinks[1].cap_gib, Some(2.0));
+        let err = ClientConfig::from_toml(Path::new("c.toml"), &tables.replace("cost_per_gib = 2.5", "cap_gib = 0"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cap_gib of \"wwan0\" must be more than 0"), "{err}");
         let kind = tables.replace("cost_per_gib = 2.5", "kind = \"lte\"");
         let err = ClientConfig::from_toml(Path::new("c.toml"), &kind).unwrap_err().to_string();
         assert!(err.contains("kind \"lte\" of \"wwan0\" is not one of"), "{err}");

@@ -72,9 +72,23 @@ pub struct UplinkStatus {
     /// The smoothed round trip of the probes on the path over this uplink, if one is open.
     #[serde(default)]
     pub rtt_ms: Option<f64>,
-    /// The share of segments the relay connection over this uplink retransmitted lately (0.0–1.0).
+    /// The round trip's mean deviation on the relay connection over this uplink (the kernel's).
+    #[serde(default)]
+    pub jitter_ms: Option<f64>,
+    /// The share of segments the relay connection over this uplink retransmitted lately, in the
+    /// direction that loses more (ours, or the server's as it reports it), 0.0–1.0.
     #[serde(default)]
     pub loss: Option<f64>,
+    /// Its capacity as the kernel measured it (peak delivery rate while the relay was not
+    /// application-limited, decaying); null until it has carried a busy transfer.
+    #[serde(default)]
+    pub bandwidth_mbps: Option<f64>,
+    /// Bytes the relay carried over this uplink since the daemon started, both ways.
+    #[serde(default)]
+    pub used_bytes: u64,
+    /// Its configured `cap_gib` in bytes, if any.
+    #[serde(default)]
+    pub cap_bytes: Option<u64>,
     /// The decision task's score (higher is better; null when unusable) and the reasons.
     #[serde(default)]
     pub score: Option<f64>,
@@ -273,7 +287,14 @@ pub fn render(status: &Status) -> String {
         let addrs: Vec<String> = u.addresses.iter().map(ToString::to_string).collect();
         let rtt = u.rtt_ms.map(|r| format!(" rtt {r:.1} ms")).unwrap_or_default();
         let loss = u.loss.filter(|l| *l >= 0.005).map(|l| format!(" loss {:.0}%", l * 100.0)).unwrap_or_default();
-        let rtt = rtt + &loss;
+        let jitter = u.jitter_ms.map(|j| format!(" ±{j:.1}")).unwrap_or_default();
+        let bw = u.bandwidth_mbps.map(|b| format!(" {b:.0} Mbit/s")).unwrap_or_default();
+        let used = match u.cap_bytes {
+            Some(cap) => format!(" used {} of {}", bytes(u.used_bytes), bytes(cap)),
+            None if u.used_bytes > 0 => format!(" used {}", bytes(u.used_bytes)),
+            None => String::new(),
+        };
+        let rtt = rtt + &jitter + &loss + &bw + &used;
         let score = u.score.map(|v| format!(" score {v:.0} ({})", u.why)).unwrap_or_default();
         let pin = if u.pinned { " pinned" } else { "" };
         let metered = if u.metered { " metered" } else { "" };

@@ -69,8 +69,7 @@ pub enum EngineMsg {
     /// segments retransmitted (the path's loss, which TCP hides).
     PathStats {
         path: PathId,
-        tcp_rtt: std::time::Duration,
-        loss: f64,
+        sample: crate::relay::core::PathSample,
     },
     /// The peer's REPORT on a path: the share of its segments it retransmits (the loss towards us).
     PathPeerLoss {

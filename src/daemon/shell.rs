@@ -66,6 +66,9 @@ struct ClientSide {
     /// Uplinks where the last standby attempt failed, and when: tried again after STANDBY_RETRY or the
     /// next uplink change.
     standby_failed: BTreeMap<String, Instant>,
+    /// Bytes carried over each uplink since the daemon started (both ways, probes included), for
+    /// its `cap_gib`.
+    volume: BTreeMap<String, u64>,
 }
 
 impl Shell {
@@ -88,7 +91,12 @@ impl Shell {
                     fail_back_after: Duration::from_secs(hooks.decision.fail_back_after_secs),
                 });
                 for (i, u) in hooks.configured.iter().enumerate() {
-                    let p = UplinkPolicy { priority: i as u32, cost_per_gib: u.cost_per_gib, metered: u.metered };
+                    let p = UplinkPolicy {
+                        priority: i as u32,
+                        cost_per_gib: u.cost_per_gib,
+                        metered: u.metered,
+                        cap_bytes: u.cap_gib.map(|g| (g * (1u64 << 30) as f64) as u64),
+                    };
                     policy.add_uplink(&u.name, p);
                 }
                 let side = ClientSide {
@@ -104,6 +112,7 @@ impl Shell {
                     switch_reply: None,
                     standby_dialing: None,
                     standby_failed: Default::default(),
+                    volume: BTreeMap::new(),
                 };
                 (Some(side), hooks.uplinks)
             }
@@ -244,7 +253,15 @@ impl Shell {
                 self.core.path_lost(path, &reason, now);
             }
             EngineMsg::PathRtt { path, rtt } => self.core.path_rtt(path, rtt),
-            EngineMsg::PathStats { path, tcp_rtt, loss } => self.core.path_stats(path, tcp_rtt, loss),
+            EngineMsg::PathStats { path, sample } => {
+                let carried = self.core.path_stats(path, sample);
+                if let Some(client) = self.client.as_mut() {
+                    let uplink = self.core.paths().find(|(id, _)| *id == path).and_then(|(_, i)| i.uplink.clone());
+                    if let Some(uplink) = uplink {
+                        *client.volume.entry(uplink).or_default() += carried;
+                    }
+                }
+            }
             EngineMsg::PathPeerLoss { path, loss } => self.core.path_peer_loss(path, loss),
             EngineMsg::DialFailed { error, standby: true } => {
                 if let Some(client) = self.client.as_mut() {
@@ -459,6 +476,8 @@ impl Shell {
                 rtt: self.core.uplink_rtt(name).map(|r| Duration::from_micros(r.as_micros() as u64)),
                 loss: self.core.uplink_loss(name).unwrap_or(0.0),
                 failures: failures.len() as u32,
+                bandwidth: self.core.uplink_bandwidth(name),
+                used_bytes: client.volume.get(name).copied().unwrap_or(0),
             };
             client.policy.observe(name, health, now);
         }
@@ -624,7 +643,11 @@ impl Shell {
                     addresses: u.map(|u| u.addresses.clone()).unwrap_or_default(),
                     state: state.into(),
                     rtt_ms,
+                    jitter_ms: self.core.uplink_jitter(&name).map(|j| j.as_secs_f64() * 1000.0),
                     loss: self.core.uplink_loss(&name),
+                    bandwidth_mbps: self.core.uplink_bandwidth(&name).map(|b| b * 8.0 / 1e6),
+                    used_bytes: client.volume.get(&name).copied().unwrap_or(0),
+                    cap_bytes: cost(&name).and_then(|c| c.cap_gib).map(|g| (g * (1u64 << 30) as f64) as u64),
                     score: score.as_ref().map(|(s, _)| *s),
                     why: score.map(|(_, why)| why).unwrap_or_default(),
                     metered: cost(&name).is_some_and(|c| c.metered),

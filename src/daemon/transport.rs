@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 
 use super::EngineMsg;
+pub use crate::relay::core::PathSample;
 use crate::transition::PathId;
 use crate::wire::{self, Frame, FrameType, WireError};
 
@@ -313,7 +314,14 @@ async fn reader<R: AsyncRead + Unpin>(
                     {
                         reported = Some(ppm);
                     }
-                    if engine.send(EngineMsg::PathStats { path, tcp_rtt: info.rtt, loss }).await.is_err() {
+                    let sample = PathSample {
+                        tcp_rtt: info.rtt,
+                        jitter: info.rttvar,
+                        loss,
+                        bytes: info.bytes_acked.saturating_add(info.bytes_received),
+                        delivery_rate: info.delivery_rate,
+                    };
+                    if engine.send(EngineMsg::PathStats { path, sample }).await.is_err() {
                         return;
                     }
                 }
@@ -374,7 +382,12 @@ struct TcpInfo {
     total_retrans: u32,
     /// Bytes the peer has acknowledged so far (`tcpi_bytes_acked`).
     bytes_acked: u64,
+    /// Bytes received so far (`tcpi_bytes_received`).
+    bytes_received: u64,
     segs_out: u32,
+    /// The kernel's latest delivery-rate sample, bytes/s (`tcpi_delivery_rate`), unless the sender
+    /// was application-limited when it was taken (then it says nothing of the link's capacity).
+    delivery_rate: Option<u64>,
 }
 
 impl TcpInfo {
@@ -383,11 +396,12 @@ impl TcpInfo {
     }
 }
 
-/// Reads TCP_INFO of a TCP socket (Linux ≥ 4.2 layout: tcpi_snd_mss at byte 16, tcpi_unacked at 24,
-/// tcpi_last_ack_recv at 56, tcpi_rtt at 68, tcpi_rttvar at 72, tcpi_total_retrans at 100,
-/// tcpi_bytes_acked at 120, tcpi_segs_out at 136).
+/// Reads TCP_INFO of a TCP socket (Linux ≥ 4.9 layout: tcpi_delivery_rate_app_limited is bit 0 of
+/// byte 7, tcpi_snd_mss at 16, tcpi_unacked at 24, tcpi_last_ack_recv at 56, tcpi_rtt at 68,
+/// tcpi_rttvar at 72, tcpi_total_retrans at 100, tcpi_bytes_acked at 120, tcpi_bytes_received at 128,
+/// tcpi_segs_out at 136, tcpi_delivery_rate at 160).
 fn tcp_info(fd: std::os::fd::RawFd) -> Option<TcpInfo> {
-    let mut raw = [0u8; 144];
+    let mut raw = [0u8; 168];
     let mut len = raw.len() as libc::socklen_t;
     // SAFETY: the kernel writes at most `len` bytes into `raw`, which we own; `fd` is the relay
     // socket, kept open by the read half the caller holds.
@@ -396,6 +410,7 @@ fn tcp_info(fd: std::os::fd::RawFd) -> Option<TcpInfo> {
         return None;
     }
     let u32_at = |at: usize| u32::from_ne_bytes(raw[at..at + 4].try_into().expect("4 bytes"));
+    let u64_at = |at: usize| u64::from_ne_bytes(raw[at..at + 8].try_into().expect("8 bytes"));
     Some(TcpInfo {
         unacked: u32_at(24),
         snd_mss: u32_at(16),
@@ -403,8 +418,10 @@ fn tcp_info(fd: std::os::fd::RawFd) -> Option<TcpInfo> {
         rtt: Duration::from_micros(u64::from(u32_at(68))),
         rttvar: Duration::from_micros(u64::from(u32_at(72))),
         total_retrans: u32_at(100),
-        bytes_acked: u64::from_ne_bytes(raw[120..128].try_into().expect("8 bytes")),
+        bytes_acked: u64_at(120),
+        bytes_received: u64_at(128),
         segs_out: u32_at(136),
+        delivery_rate: (raw[7] & 1 == 0).then(|| u64_at(160)).filter(|r| *r > 0),
     })
 }
 
@@ -483,7 +500,9 @@ mod tests {
             rttvar: Duration::from_millis(rtt_ms / 4),
             total_retrans: 0,
             bytes_acked,
+            bytes_received: 0,
             segs_out: 0,
+            delivery_rate: None,
         }
     }
 

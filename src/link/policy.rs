@@ -12,7 +12,11 @@
 //!    link). An uplink that has just come back must have stayed healthy for `fail_back_after` first.
 //!
 //! The score (higher is better) says why in words, for `roamtun status`:
-//! `100 − 10·priority − rtt/10 ms − 200·loss − 2·recent failures (at most 10) − 40 if metered − 2·cost per GiB`.
+//! `100 − 10·priority − rtt/10 ms − 200·loss − 2·recent failures (at most 10) − 40 if metered − 2·cost per GiB
+//! − 10·log10(100 Mbit/s ÷ measured bandwidth) (0 to 20; nothing while unmeasured) − 100 past its volume cap`.
+//! Bandwidth counts only once the kernel has measured it on a busy path, so an uplink is never
+//! penalised for not having been tried; a capped uplink past its cap is still used when nothing
+//! else is usable (it keeps a score, just a low one).
 
 use std::collections::BTreeMap;
 
@@ -27,6 +31,8 @@ pub struct UplinkPolicy {
     pub cost_per_gib: f64,
     /// Volume-limited or paid by use: used only when nothing free is healthy.
     pub metered: bool,
+    /// A volume cap: past it, the uplink is the last resort.
+    pub cap_bytes: Option<u64>,
 }
 
 /// What Check (the active uplink) or Search (the others) measured last.
@@ -39,6 +45,10 @@ pub struct Health {
     pub loss: f64,
     /// Probe or path failures in the recent past.
     pub failures: u32,
+    /// Capacity measured on a busy path (bytes/s); `None` until measured.
+    pub bandwidth: Option<f64>,
+    /// Bytes carried over the uplink so far, for its cap.
+    pub used_bytes: u64,
 }
 
 /// The knobs of the rules above.
@@ -91,7 +101,7 @@ impl Policy {
 
     /// An uplink the session may use, with what the configuration says about it.
     pub fn add_uplink(&mut self, name: &str, policy: UplinkPolicy) {
-        let health = Health { usable: false, rtt: None, loss: 0.0, failures: 0 };
+        let health = Health { usable: false, rtt: None, loss: 0.0, failures: 0, bandwidth: None, used_bytes: 0 };
         self.uplinks.insert(name.into(), Entry { policy, health, healthy_since: None });
     }
 
@@ -136,7 +146,9 @@ impl Policy {
         let mut take = |points: f64, reason: String| {
             if points > 0.0 {
                 score -= points;
-                why.push(format!("-{points:.0} {reason}"));
+                // Whole points, but a fraction stays visible rather than reading "-0".
+                let shown = if points < 1.0 { format!("{points:.1}") } else { format!("{points:.0}") };
+                why.push(format!("-{shown} {reason}"));
             }
         };
         take(10.0 * f64::from(e.policy.priority), format!("priority {}", e.policy.priority));
@@ -149,6 +161,13 @@ impl Policy {
             take(40.0, "metered".into());
         }
         take(2.0 * e.policy.cost_per_gib, format!("cost {}/GiB", e.policy.cost_per_gib));
+        if let Some(bw) = e.health.bandwidth.filter(|b| *b > 0.0) {
+            let mbps = bw * 8.0 / 1e6;
+            take((10.0 * (100.0 / mbps).log10()).clamp(0.0, 20.0), format!("{mbps:.1} Mbit/s"));
+        }
+        if let Some(cap) = e.policy.cap_bytes.filter(|cap| e.health.used_bytes >= *cap) {
+            take(100.0, format!("past its cap of {} MiB", cap >> 20));
+        }
         let why = if why.is_empty() { "no penalty".to_string() } else { why.join(", ") };
         Some((score, why))
     }
@@ -184,7 +203,7 @@ impl Policy {
             }
         }
         // 2. The active uplink is gone.
-        let Some((active_score, _)) = active_score else {
+        let Some((active_score, active_why)) = active_score else {
             return match self.best(active) {
                 Some((to, _, why)) => Decision::Switch {
                     why: format!("{} is unusable; {to} is the best usable ({why})", active.unwrap_or("no uplink")),
@@ -207,7 +226,10 @@ impl Policy {
             return Decision::Stay;
         }
         Decision::Switch {
-            why: format!("{to} scores {score:.0} ({why}) against {active_score:.0} on {}", active.unwrap_or("?")),
+            why: format!(
+                "{to} scores {score:.0} ({why}) against {active_score:.0} on {} ({active_why})",
+                active.unwrap_or("?")
+            ),
             to,
             planned: true,
         }
@@ -223,19 +245,26 @@ mod tests {
     }
 
     fn healthy(rtt_ms: u64) -> Health {
-        Health { usable: true, rtt: Some(Duration::from_millis(rtt_ms)), loss: 0.0, failures: 0 }
+        Health {
+            usable: true,
+            rtt: Some(Duration::from_millis(rtt_ms)),
+            loss: 0.0,
+            failures: 0,
+            bandwidth: None,
+            used_bytes: 0,
+        }
     }
 
     fn down() -> Health {
-        Health { usable: false, rtt: None, loss: 0.0, failures: 0 }
+        Health { usable: false, rtt: None, loss: 0.0, failures: 0, bandwidth: None, used_bytes: 0 }
     }
 
     /// eth0 (free, preferred), wlan0 (free), wwan0 (metered), all healthy, the session on eth0.
     fn three() -> Policy {
         let mut p = Policy::new(PolicyConfig::default());
-        p.add_uplink("eth0", UplinkPolicy { priority: 0, cost_per_gib: 0.0, metered: false });
-        p.add_uplink("wlan0", UplinkPolicy { priority: 1, cost_per_gib: 0.0, metered: false });
-        p.add_uplink("wwan0", UplinkPolicy { priority: 2, cost_per_gib: 5.0, metered: true });
+        p.add_uplink("eth0", UplinkPolicy { priority: 0, cost_per_gib: 0.0, metered: false, cap_bytes: None });
+        p.add_uplink("wlan0", UplinkPolicy { priority: 1, cost_per_gib: 0.0, metered: false, cap_bytes: None });
+        p.add_uplink("wwan0", UplinkPolicy { priority: 2, cost_per_gib: 5.0, metered: true, cap_bytes: None });
         for (n, rtt) in [("eth0", 1), ("wlan0", 20), ("wwan0", 50)] {
             p.observe(n, healthy(rtt), at(0));
         }
@@ -277,7 +306,7 @@ mod tests {
         assert_eq!((to.as_str(), planned), ("eth0", true));
         // A gain below min_gain is not worth a switch.
         let mut q = three();
-        q.add_uplink("eth1", UplinkPolicy { priority: 0, cost_per_gib: 0.0, metered: false });
+        q.add_uplink("eth1", UplinkPolicy { priority: 0, cost_per_gib: 0.0, metered: false, cap_bytes: None });
         q.observe("eth0", healthy(40), at(0));
         q.observe("eth1", healthy(1), at(0));
         assert_eq!(q.decide(at(100)), Decision::Stay, "a 4-point gain moved the session");
@@ -335,11 +364,50 @@ mod tests {
     fn loss_on_the_active_uplink_makes_a_planned_switch_to_a_better_one() {
         let mut p = three();
         p.observe("wlan0", healthy(20), at(0));
-        p.observe("eth0", Health { usable: true, rtt: Some(Duration::from_millis(1)), loss: 0.3, failures: 0 }, at(50));
+        p.observe("eth0", Health { loss: 0.3, ..healthy(1) }, at(50));
         let Decision::Switch { to, planned, why } = p.decide(at(50)) else { panic!("stayed on a lossy link") };
         assert_eq!((to.as_str(), planned), ("wlan0", true));
         assert!(why.contains("against 40"), "{why}");
         let (_, eth0_why) = p.score("eth0").unwrap();
         assert!(eth0_why.contains("loss 30%"), "{eth0_why}");
+    }
+
+    #[test]
+    fn a_slow_measured_uplink_scores_lower_and_an_unmeasured_one_is_not_penalised() {
+        let mut p = three();
+        let (fast, _) = p.score("wlan0").unwrap();
+        // 2 Mbit/s measured: 10·log10(100/2) = 17 points.
+        p.observe("wlan0", Health { bandwidth: Some(250_000.0), ..healthy(20) }, at(1));
+        let (slow, why) = p.score("wlan0").unwrap();
+        assert!((fast - slow - 17.0).abs() < 0.1, "{fast} → {slow}: {why}");
+        assert!(why.contains("2.0 Mbit/s"), "{why}");
+        // 1 Gbit/s measured costs nothing; below 0.1 Mbit/s the penalty stops at 20.
+        p.observe("wlan0", Health { bandwidth: Some(125_000_000.0), ..healthy(20) }, at(2));
+        assert_eq!(p.score("wlan0").unwrap().0, fast);
+        p.observe("wlan0", Health { bandwidth: Some(1.0), ..healthy(20) }, at(3));
+        assert_eq!(p.score("wlan0").unwrap().0, fast - 20.0);
+    }
+
+    #[test]
+    fn an_uplink_past_its_cap_is_left_and_used_only_as_the_last_resort() {
+        let mut p = Policy::new(PolicyConfig::default());
+        p.add_uplink(
+            "wlan0",
+            UplinkPolicy { priority: 0, cost_per_gib: 0.0, metered: false, cap_bytes: Some(1 << 30) },
+        );
+        p.add_uplink("wwan0", UplinkPolicy { priority: 1, cost_per_gib: 5.0, metered: true, cap_bytes: None });
+        p.observe("wlan0", Health { used_bytes: (1 << 30) - 1, ..healthy(1) }, at(0));
+        p.observe("wwan0", healthy(50), at(0));
+        p.switched("wlan0", false, at(0));
+        assert_eq!(p.decide(at(100)), Decision::Stay, "left wlan0 before its cap");
+        p.observe("wlan0", Health { used_bytes: 1 << 30, ..healthy(1) }, at(101));
+        let Decision::Switch { to, planned, why } = p.decide(at(101)) else { panic!("stayed past the cap") };
+        assert_eq!((to.as_str(), planned), ("wwan0", true));
+        assert!(why.contains("past its cap of 1024 MiB"), "{why}");
+        // With nothing else usable it is still used.
+        p.switched("wwan0", false, at(101));
+        p.observe("wwan0", down(), at(200));
+        let Decision::Switch { to, .. } = p.decide(at(200)) else { panic!("no last resort") };
+        assert_eq!(to, "wlan0");
     }
 }

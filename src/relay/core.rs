@@ -74,6 +74,21 @@ impl PathInfo {
     }
 }
 
+/// What a path's reader read off the relay socket's TCP_INFO (the Check activity's own signals).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PathSample {
+    /// The kernel's smoothed round trip.
+    pub tcp_rtt: std::time::Duration,
+    /// Its mean deviation (the kernel's `rttvar`): the path's jitter.
+    pub jitter: std::time::Duration,
+    /// The share of segments retransmitted lately, 0.0–1.0.
+    pub loss: f64,
+    /// Bytes acknowledged by the peer plus bytes received, since the path began.
+    pub bytes: u64,
+    /// A delivery-rate sample in bytes/s, taken while the sender was not application-limited.
+    pub delivery_rate: Option<u64>,
+}
+
 /// A client's request for a new path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DialRequest {
@@ -190,7 +205,13 @@ struct PathState {
     srtt_us: Option<u64>,
     /// The relay socket's own view: the kernel's smoothed RTT and the share of segments retransmitted.
     tcp_rtt: Option<std::time::Duration>,
+    jitter: Option<std::time::Duration>,
     loss: Option<f64>,
+    /// Bytes carried (both ways) since the path began.
+    bytes: u64,
+    /// The path's capacity as the kernel measured it: the peak delivery rate, decaying by 1 % per
+    /// sample so that a link that got slower is seen as slower within a minute or so. Bytes/s.
+    bandwidth: Option<f64>,
     /// The peer's REPORT: the share of its segments its relay socket retransmits, i.e. the loss on
     /// the way towards us, which our own socket cannot see.
     peer_loss: Option<f64>,
@@ -331,7 +352,10 @@ impl RelayCore {
                 info,
                 srtt_us: None,
                 tcp_rtt: None,
+                jitter: None,
                 loss: None,
+                bytes: 0,
+                bandwidth: None,
                 peer_loss: None,
                 out: VecDeque::from([welcome]),
             },
@@ -358,7 +382,10 @@ impl RelayCore {
                 info,
                 srtt_us: None,
                 tcp_rtt: None,
+                jitter: None,
                 loss: None,
+                bytes: 0,
+                bandwidth: None,
                 peer_loss: None,
                 out: VecDeque::new(),
             },
@@ -534,12 +561,31 @@ impl RelayCore {
         }
     }
 
-    /// The relay socket's TCP counters on `path`.
-    pub fn path_stats(&mut self, path: PathId, tcp_rtt: std::time::Duration, loss: f64) {
-        if let Some(p) = self.paths.get_mut(&path) {
-            p.tcp_rtt = Some(tcp_rtt);
-            p.loss = Some(loss);
-        }
+    /// The relay socket's TCP counters on `path`; returns the bytes it carried since the last sample
+    /// (for an uplink's volume).
+    pub fn path_stats(&mut self, path: PathId, sample: PathSample) -> u64 {
+        let Some(p) = self.paths.get_mut(&path) else { return 0 };
+        p.tcp_rtt = Some(sample.tcp_rtt);
+        p.jitter = Some(sample.jitter);
+        p.loss = Some(sample.loss);
+        let decayed = p.bandwidth.map(|b| b * 0.99);
+        p.bandwidth = match (decayed, sample.delivery_rate) {
+            (Some(b), Some(r)) => Some(b.max(r as f64)),
+            (b, r) => b.or(r.map(|r| r as f64)),
+        };
+        let carried = sample.bytes.saturating_sub(p.bytes);
+        p.bytes = p.bytes.max(sample.bytes);
+        carried
+    }
+
+    /// The jitter (the kernel's RTT deviation) of the relay socket on `uplink`.
+    pub fn uplink_jitter(&self, uplink: &str) -> Option<std::time::Duration> {
+        self.paths.values().find(|p| p.info.uplink.as_deref() == Some(uplink))?.jitter
+    }
+
+    /// The capacity of `uplink` as measured on its path (bytes/s), if it has been busy enough to tell.
+    pub fn uplink_bandwidth(&self, uplink: &str) -> Option<f64> {
+        self.paths.values().find(|p| p.info.uplink.as_deref() == Some(uplink))?.bandwidth
     }
 
     /// The peer's REPORT on `path`: its retransmission rate, the loss towards us.

@@ -24,11 +24,13 @@ SERVER_ADDR=198.18.0.1
 # shellcheck source=../../scripts/lib/roaming.sh
 . "$ROOT/scripts/lib/roaming.sh"
 
+WWAN0='{ name = "wwan0", metered = true, cost_per_gib = 5, kind = "wwan" }'
+
 setup() {
     netns_topology
     netns_second_uplink
     [ -n "${NO_ETH0:-}" ] || netns_third_uplink
-    CLIENT_EXTRA='uplinks = ["eth0", "wlan0", { name = "wwan0", metered = true, cost_per_gib = 5, kind = "wwan" }]
+    CLIENT_EXTRA='uplinks = '"${UPLINKS:-[\"eth0\", \"wlan0\", $WWAN0]}"'
 [routing]
 per_uplink_tables = true
 [decision]
@@ -206,6 +208,25 @@ test_an_uplink_created_at_runtime_is_found_and_used() {
     echo "switches:    $(switch_kinds): eth0 created, probed and used $(since "$t0") s later (fail_back_after_secs 3)"
     finish_workload
     [ "$(switch_kinds)" = "planned:wlan0>eth0" ] || fail "status shows switches '$(switch_kinds)'"
+}
+
+test_an_uplink_past_its_cap_is_left_for_the_next_one() {
+    # wlan0 may carry 24 MiB (cap_gib = 0.0234375); the transfer needs far more.
+    UPLINKS="[\"eth0\", { name = \"wlan0\", cap_gib = 0.0234375 }, $WWAN0]" setup
+    start_workload $((8 << 20))
+    progress 8
+    EPOCH0=$(epoch)
+    c ip link set eth0 down
+    wait_resumed
+    on_uplink wlan0 || fail "the session went to $(active_uplink), not wlan0"
+    wait_for 30 "the session to leave wlan0 past its cap" on_uplink wwan0 || fail "still on $(active_uplink): $(uplink_states)"
+    local used why
+    used=$(json_get "$WORK/client.sock" '[u["used_bytes"] >> 20 for u in s["uplinks"] if u["name"] == "wlan0"][0]')
+    why=$(json_get "$WORK/client.sock" '[u["why"] for u in s["uplinks"] if u["name"] == "wlan0"][0]')
+    echo "switches:    $(switch_kinds); wlan0 had carried $used MiB: $why"
+    [[ "$why" == *"past its cap of 24 MiB"* ]] || fail "wlan0's score does not say why: $why"
+    finish_workload
+    [ "$(switch_kinds)" = "unexpected:eth0>wlan0 planned:wlan0>wwan0" ] || fail "status shows switches '$(switch_kinds)'"
 }
 
 test_an_ipv6_only_uplink_replaces_an_ipv4_one() {
