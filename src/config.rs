@@ -150,6 +150,9 @@ pub struct Tuning {
     pub dead_after_ms: u64,
     /// Check: each side sends a PING after this long without sending; the PONG measures the RTT.
     pub probe_interval_ms: u64,
+    /// Search: a warm standby path is probed this often (at least `probe_interval_ms`), so that an idle
+    /// metered uplink pays little for being ready; silence for three of these and it is dead.
+    pub standby_probe_interval_ms: u64,
     /// Check under traffic: a path whose sent bytes have waited this long for an acknowledgement (and
     /// at least two round trips plus four deviations) is dead. At or above `dead_after_ms`: off.
     pub stall_after_ms: u64,
@@ -169,6 +172,7 @@ impl Default for Tuning {
             dead_after_ms: 3000,
             probe_interval_ms: 500,
             stall_after_ms: 100,
+            standby_probe_interval_ms: 2000,
             switch_timeout_secs: 60,
         }
     }
@@ -460,7 +464,7 @@ pub const MAX_TCP_FLOWS: usize = 5000;
 
 /// Floors below which a budget or timeout makes the daemon useless (or spin).
 fn check_tuning(path: &Path, t: &Tuning) -> Result<(), ConfigError> {
-    let floors: [(&str, u64, u64); 9] = [
+    let floors: [(&str, u64, u64); 10] = [
         ("tuning.stream_window", t.stream_window, crate::relay::stream::INITIAL_CREDIT),
         ("tuning.tcp_buffer", t.tcp_buffer as u64, 16 * 1024),
         ("tuning.session_out_budget", t.session_out_budget as u64, 128 * 1024),
@@ -470,6 +474,7 @@ fn check_tuning(path: &Path, t: &Tuning) -> Result<(), ConfigError> {
         ("tuning.probe_interval_ms", t.probe_interval_ms, 10),
         // Below a few scheduler ticks a busy but healthy path would look stalled.
         ("tuning.stall_after_ms", t.stall_after_ms, 40),
+        ("tuning.standby_probe_interval_ms", t.standby_probe_interval_ms, 10),
         ("tuning.switch_timeout_secs", t.switch_timeout_secs, 1),
     ];
     for (key, value, floor) in floors {

@@ -33,6 +33,8 @@ const FAILURE_MEMORY: Duration = Duration::from_secs(60);
 struct PathIo {
     out: mpsc::Sender<Vec<u8>>,
     reader: tokio::task::AbortHandle,
+    /// Tells the path's tasks to probe at the standby pace.
+    standby: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub(super) struct Shell {
@@ -223,7 +225,7 @@ impl Shell {
         let now = self.clock.now();
         match msg {
             EngineMsg::PathUp { path, join, peer, info, io } => {
-                self.io.insert(path, PathIo { out: io.out, reader: io.reader });
+                self.io.insert(path, PathIo { out: io.out, reader: io.reader, standby: io.standby });
                 if let Some(client) = self.client.as_mut() {
                     if client.standby_dialing.is_some() && client.standby_dialing == info.uplink {
                         client.standby_dialing = None;
@@ -432,6 +434,9 @@ impl Shell {
         let now = self.clock.now();
         for path in dead {
             self.core.path_lost(path, "its writer stopped", now);
+        }
+        for (path, io) in &self.io {
+            io.standby.store(self.core.is_standby(*path), std::sync::atomic::Ordering::Relaxed);
         }
         self.search();
         self.decide();

@@ -2,6 +2,7 @@
 //! tasks. The frames of established sessions are the engine's business; here they are opaque bytes.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,11 +92,16 @@ pub async fn write_frame<S: AsyncWrite + Unpin>(stream: &mut S, frame: &Frame<'_
 /// traffic there is a quicker sign: bytes sent and not acknowledged by the peer's kernel for
 /// `stall_after` (and for at least two round trips plus four deviations, as a retransmission timer
 /// would allow, so a slow link is not mistaken for a dead one).
+///
+/// A standby path (warm, carrying no stream) is probed every `standby_probe_interval` instead, so that
+/// a metered uplink pays little for being ready, and is declared dead by silence only after three of
+/// those; the stall check still catches a black hole at its next PING.
 #[derive(Debug, Clone, Copy)]
 pub struct Liveness {
     pub dead_after: Duration,
     pub probe_interval: Duration,
     pub stall_after: Duration,
+    pub standby_probe_interval: Duration,
 }
 
 impl Liveness {
@@ -104,6 +110,7 @@ impl Liveness {
             dead_after: Duration::from_millis(t.dead_after_ms),
             probe_interval: Duration::from_millis(t.probe_interval_ms),
             stall_after: Duration::from_millis(t.stall_after_ms),
+            standby_probe_interval: Duration::from_millis(t.standby_probe_interval_ms.max(t.probe_interval_ms)),
         }
     }
 }
@@ -114,6 +121,9 @@ pub struct PathIo {
     pub out: mpsc::Sender<Vec<u8>>,
     /// Stops the reader (the writer ends when `out` is dropped).
     pub reader: AbortHandle,
+    /// Set by the engine task while the path is a standby one: both tasks then probe and judge it
+    /// at the standby pace.
+    pub standby: Arc<AtomicBool>,
 }
 
 /// Starts the reader and writer of an established path. `early` holds bytes that arrived behind the
@@ -135,16 +145,50 @@ where
     let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(32);
     // PING nonces are microseconds since this instant, so a PONG tells its round trip by itself.
     let epoch = tokio::time::Instant::now();
-    tokio::spawn(writer(w, path, out_rx, engine.clone(), room, liveness.probe_interval, epoch));
+    let standby = Arc::new(AtomicBool::new(false));
+    let pace = Pace { liveness, standby: standby.clone() };
+    tokio::spawn(writer(w, path, out_rx, engine.clone(), room, pace.clone(), epoch));
     let pongs = out_tx.clone();
     let watch = Watch {
         tcp_fd,
-        dead_after: liveness.dead_after,
+        pace,
         stall_after: liveness.stall_after,
         every: liveness.probe_interval.min(liveness.dead_after / 4),
     };
     let reader = tokio::spawn(reader(r, path, early, engine, pongs, watch, epoch));
-    PathIo { out: out_tx, reader: reader.abort_handle() }
+    PathIo { out: out_tx, reader: reader.abort_handle(), standby }
+}
+
+/// The probing pace of one path: the configured one, or the standby one while the engine task says
+/// the path is a standby.
+#[derive(Clone)]
+struct Pace {
+    liveness: Liveness,
+    standby: Arc<AtomicBool>,
+}
+
+impl Pace {
+    fn standby(&self) -> bool {
+        self.standby.load(Ordering::Relaxed)
+    }
+
+    /// A PING goes out after this long without writing.
+    fn probe_interval(&self) -> Duration {
+        if self.standby() {
+            self.liveness.standby_probe_interval
+        } else {
+            self.liveness.probe_interval
+        }
+    }
+
+    /// Silence this long and the path is dead.
+    fn dead_after(&self) -> Duration {
+        if self.standby() {
+            self.liveness.dead_after.max(3 * self.liveness.standby_probe_interval)
+        } else {
+            self.liveness.dead_after
+        }
+    }
 }
 
 /// What the reader makes of the byte stream: whole stream frames for the engine, a transition
@@ -209,7 +253,7 @@ const READ_SIZE: usize = 64 * 1024;
 struct Watch {
     /// The relay connection's socket; valid while the reader holds its read half.
     tcp_fd: std::os::fd::RawFd,
-    dead_after: Duration,
+    pace: Pace,
     stall_after: Duration,
     /// How often the path's statistics (RTT, loss) go to the engine task.
     every: Duration,
@@ -231,7 +275,8 @@ async fn reader<R: AsyncRead + Unpin>(
     let mut buf = early;
     buf.reserve(READ_SIZE);
     let mut pieces = Vec::new();
-    let tick = if watch.stall_after < watch.dead_after { STALL_TICK.min(watch.every) } else { watch.every };
+    let tick =
+        if watch.stall_after < watch.pace.liveness.dead_after { STALL_TICK.min(watch.every) } else { watch.every };
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_rx = tokio::time::Instant::now();
@@ -239,6 +284,7 @@ async fn reader<R: AsyncRead + Unpin>(
     // Whether bytes were arriving back to back before the current silence, and whether that silence
     // has had its PING.
     let (mut busy, mut probed) = (false, false);
+    let mut was_standby = false;
     let mut loss = LossMeter::default();
     // The loss last sent to the peer in a REPORT.
     let mut reported: Option<u32> = Some(0);
@@ -287,8 +333,18 @@ async fn reader<R: AsyncRead + Unpin>(
                 }
             },
             _ = ticker.tick() => {
-                if last_rx.elapsed() >= watch.dead_after {
-                    break format!("nothing received for {} ms", watch.dead_after.as_millis());
+                let standby = watch.pace.standby();
+                if was_standby && !standby {
+                    // Called to work (a switch, a resumption): judge it by the busy pace from now
+                    // on, not by the standby pace's silence behind it, and show the peer at once
+                    // that it lives (the PING also gives the stall check something to time).
+                    last_rx = tokio::time::Instant::now();
+                    let _ = pongs.try_send(encode(&Frame::Ping { nonce: epoch.elapsed().as_micros() as u64 }));
+                }
+                was_standby = standby;
+                let dead_after = watch.pace.dead_after();
+                if last_rx.elapsed() >= dead_after {
+                    break format!("nothing received for {} ms", dead_after.as_millis());
                 }
                 if busy && !probed && last_rx.elapsed() >= watch.stall_after / 3 {
                     // Bytes were pouring in and have stopped. A receiver has nothing in flight for
@@ -299,7 +355,7 @@ async fn reader<R: AsyncRead + Unpin>(
                 }
                 let Some(info) = tcp_info(watch.tcp_fd) else { continue };
                 let now = tokio::time::Instant::now();
-                if let Some(waited) = stall.dead(&info, watch.stall_after.min(watch.dead_after), now.into_std()) {
+                if let Some(waited) = stall.dead(&info, watch.stall_after.min(dead_after), now.into_std()) {
                     break format!("{} bytes unacknowledged for {} ms", info.unacked_bytes(), waited.as_millis());
                 }
                 if now - last_stats >= watch.every {
@@ -337,12 +393,12 @@ async fn writer<W: AsyncWrite + Unpin>(
     mut out: mpsc::Receiver<Vec<u8>>,
     engine: mpsc::Sender<EngineMsg>,
     room: Arc<Notify>,
-    ping: Duration,
+    pace: Pace,
     epoch: tokio::time::Instant,
 ) {
     let failed = |err: std::io::Error| EngineMsg::PathDown { path, reason: format!("write failed: {err}") };
     loop {
-        let chunk = match tokio::time::timeout(ping, out.recv()).await {
+        let chunk = match tokio::time::timeout(pace.probe_interval(), out.recv()).await {
             Ok(Some(chunk)) => chunk,
             // The daemon closed the path: say goodbye at the TLS level.
             Ok(None) => break,

@@ -466,6 +466,13 @@ impl RelayCore {
         }
     }
 
+    /// Whether `path` is a warm standby: open, in a session that is not switching, and not the one its
+    /// streams use. (During a switch every path of the session counts as busy.)
+    pub fn is_standby(&self, path: PathId) -> bool {
+        let Some(p) = self.paths.get(&path) else { return false };
+        self.sessions.get(&p.session).is_some_and(|s| s.current.is_some_and(|c| c != path) && !s.machine.is_switching())
+    }
+
     /// Whether a path (current or standby) runs on `uplink`.
     pub fn has_path_on(&self, uplink: &str) -> bool {
         self.paths.values().any(|p| p.info.uplink.as_deref() == Some(uplink))
