@@ -121,7 +121,7 @@ impl Shell {
         room: Arc<Notify>,
     ) {
         let tun = self.tun.clone();
-        let mut buf = vec![0u8; 65536 + 64];
+        let mut buf = vec![0u8; super::vnet::HEADER_LEN + 65536 + 64];
         if let Some(client) = &self.client {
             let _ = client.dial.try_send(DialRequest { resume: 0, uplink: None, avoid: None, standby: false });
         }
@@ -163,17 +163,19 @@ impl Shell {
                         break;
                     }
                 }
-                r = tun.recv(&mut buf) => {
+                r = tun.recv_packet(&mut buf) => {
                     match r {
-                        Ok(n) => self.core.engine_mut().handle_tun_packet(buf[..n].to_vec(), self.clock.now()),
+                        Ok(Some(packet)) => self.core.engine_mut().handle_tun_packet(packet.to_vec(), self.clock.now()),
+                        Ok(None) => {}
                         Err(err) => {
                             tracing::error!(%err, "reading the TUN device failed; stopping");
                             break;
                         }
                     }
                     for _ in 1..BATCH {
-                        match tun.try_recv(&mut buf) {
-                            Ok(n) => self.core.engine_mut().handle_tun_packet(buf[..n].to_vec(), self.clock.now()),
+                        match tun.try_recv_packet(&mut buf) {
+                            Ok(Some(packet)) => self.core.engine_mut().handle_tun_packet(packet.to_vec(), self.clock.now()),
+                            Ok(None) => {}
                             Err(_) => break,
                         }
                     }
@@ -195,7 +197,7 @@ impl Shell {
             }
             self.core.poll(self.clock.now());
             while let Some(packet) = self.core.engine_mut().pop_tun_packet() {
-                if let Err(err) = tun.send(&packet).await {
+                if let Err(err) = tun.send_packet(&packet).await {
                     // The kernel refused one packet (e.g. no buffer space); TCP retransmits, UDP is lossy.
                     tracing::debug!(%err, len = packet.len(), "writing a packet to the TUN failed");
                 }
@@ -206,7 +208,7 @@ impl Shell {
         self.flush();
         // Send the resets of the removed sessions' flows before the TUN goes away.
         while let Some(packet) = self.core.engine_mut().pop_tun_packet() {
-            let _ = tun.send(&packet).await;
+            let _ = tun.send_packet(&packet).await;
         }
     }
 
