@@ -134,7 +134,7 @@ impl Accepted {
     async fn serve(&self, tcp: TcpStream, remote: SocketAddr) -> anyhow::Result<()> {
         tcp.set_nodelay(true)?;
         let local = tcp.local_addr()?;
-        let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp))
+        let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(transport::relay_socket(tcp)))
             .await
             .map_err(|_| anyhow::anyhow!("TLS handshake timed out"))?
             .map_err(|err| match tls::key_refusal(&err) {
@@ -170,7 +170,7 @@ impl Accepted {
         }
         let path = self.shared.next_path();
         let liveness = Liveness::from_tuning(&self.config.tuning);
-        let fd = std::os::fd::AsRawFd::as_raw_fd(stream.get_ref().0);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(stream.get_ref().0.get_ref());
         let io = transport::spawn_path_io(stream, fd, path, early, self.engine.clone(), self.room.clone(), liveness);
         let info = PathInfo { local: Some(local), remote: Some(remote), uplink: None };
         let peer_info = PeerInfo { name: peer.name.clone(), public_key: key.to_base64() };
