@@ -21,6 +21,11 @@ use std::collections::VecDeque;
 
 /// Most packets or messages handled per wake-up, so one busy source cannot starve the others.
 const BATCH: usize = 64;
+/// The largest IP packet a TUN read may return (the MTU is at most 65535).
+const TUN_PACKET_MAX: usize = 65536;
+/// Packets read from the TUN from this size on are handed to the engine in their read buffer;
+/// smaller ones are copied (cheaper than zeroing a recycled buffer again).
+const HAND_OVER_AT: usize = 8 * 1024;
 /// How often the decision task looks at the uplinks (and the longest the loop sleeps on a client).
 const DECISION_PERIOD: Duration = Duration::from_millis(100);
 /// A failed standby attempt on an uplink is repeated after this long (or at the next uplink change):
@@ -121,7 +126,7 @@ impl Shell {
         room: Arc<Notify>,
     ) {
         let tun = self.tun.clone();
-        let mut buf = vec![0u8; super::vnet::HEADER_LEN + 65536 + 64];
+        let mut buf = self.core.engine_mut().tun_read_buffer(TUN_PACKET_MAX);
         if let Some(client) = &self.client {
             let _ = client.dial.try_send(DialRequest { resume: 0, uplink: None, avoid: None, standby: false });
         }
@@ -165,7 +170,7 @@ impl Shell {
                 }
                 r = tun.recv_packet(&mut buf) => {
                     match r {
-                        Ok(Some(packet)) => self.core.engine_mut().handle_tun_packet(packet.to_vec(), self.clock.now()),
+                        Ok(Some(len)) => self.tun_packet(&mut buf, len),
                         Ok(None) => {}
                         Err(err) => {
                             tracing::error!(%err, "reading the TUN device failed; stopping");
@@ -174,7 +179,7 @@ impl Shell {
                     }
                     for _ in 1..BATCH {
                         match tun.try_recv_packet(&mut buf) {
-                            Ok(Some(packet)) => self.core.engine_mut().handle_tun_packet(packet.to_vec(), self.clock.now()),
+                            Ok(Some(len)) => self.tun_packet(&mut buf, len),
                             Ok(None) => {}
                             Err(_) => break,
                         }
@@ -201,6 +206,7 @@ impl Shell {
                     // The kernel refused one packet (e.g. no buffer space); TCP retransmits, UDP is lossy.
                     tracing::debug!(%err, len = packet.len(), "writing a packet to the TUN failed");
                 }
+                self.core.engine_mut().recycle_tun_packet(packet);
             }
             blocked = self.flush();
         }
@@ -210,6 +216,21 @@ impl Shell {
         while let Some(packet) = self.core.engine_mut().pop_tun_packet() {
             let _ = tun.send_packet(&packet).await;
         }
+    }
+
+    /// Hands the packet of `len` bytes at the front of `buf` to the engine. A large one goes as it is
+    /// and `buf` becomes a recycled buffer (no copy of 64 KiB); a small one is copied, so `buf` stays
+    /// whole and needs no zeroing before the next read.
+    fn tun_packet(&mut self, buf: &mut Vec<u8>, len: usize) {
+        let engine = self.core.engine_mut();
+        let packet = if len >= HAND_OVER_AT {
+            let mut packet = std::mem::replace(buf, engine.tun_read_buffer(TUN_PACKET_MAX));
+            packet.truncate(len);
+            packet
+        } else {
+            buf[..len].to_vec()
+        };
+        engine.handle_tun_packet(packet, self.clock.now());
     }
 
     fn handle_msg(&mut self, msg: EngineMsg) {

@@ -105,22 +105,27 @@ impl Tun {
         &self.name
     }
 
-    /// Waits for the next packet and returns the IP packet inside `buf` (`buf` must hold the
-    /// virtio-net header and a packet of the MTU). `Ok(None)`: a packet we cannot use, dropped.
-    pub async fn recv_packet<'a>(&self, buf: &'a mut [u8]) -> std::io::Result<Option<&'a mut [u8]>> {
-        let n = self.device.recv(buf).await?;
-        Ok(self.finish_rx(&mut buf[..n]))
+    /// Waits for the next packet and reads it into the front of `packet` (which must hold one of
+    /// the MTU); returns its length. `Ok(None)`: a packet we cannot use, dropped.
+    pub async fn recv_packet(&self, packet: &mut [u8]) -> std::io::Result<Option<usize>> {
+        let mut header = [0u8; vnet::HEADER_LEN];
+        let mut parts = [std::io::IoSliceMut::new(&mut header), std::io::IoSliceMut::new(packet)];
+        let read = self.device.recv_vectored(&mut parts).await?;
+        Ok(self.finish_rx(&header, packet, read))
     }
 
     /// [`Tun::recv_packet`] without waiting: `WouldBlock` when no packet is queued.
-    pub fn try_recv_packet<'a>(&self, buf: &'a mut [u8]) -> std::io::Result<Option<&'a mut [u8]>> {
-        let n = self.device.try_recv(buf)?;
-        Ok(self.finish_rx(&mut buf[..n]))
+    pub fn try_recv_packet(&self, packet: &mut [u8]) -> std::io::Result<Option<usize>> {
+        let mut header = [0u8; vnet::HEADER_LEN];
+        let mut parts = [std::io::IoSliceMut::new(&mut header), std::io::IoSliceMut::new(packet)];
+        let read = self.device.try_recv_vectored(&mut parts)?;
+        Ok(self.finish_rx(&header, packet, read))
     }
 
-    fn finish_rx<'a>(&self, buf: &'a mut [u8]) -> Option<&'a mut [u8]> {
-        match vnet::finish_rx(buf) {
-            Ok(packet) => Some(packet),
+    fn finish_rx(&self, header: &[u8; vnet::HEADER_LEN], packet: &mut [u8], read: usize) -> Option<usize> {
+        let finished = vnet::packet_len(read).and_then(|len| vnet::finish_rx(header, &mut packet[..len]).map(|()| len));
+        match finished {
+            Ok(len) => Some(len),
             Err(err) => {
                 tracing::debug!(tun = %self.name, %err, "dropping a packet read from the TUN");
                 None

@@ -33,17 +33,19 @@ pub enum VnetError {
     ChecksumOutside { start: usize, offset: usize, len: usize },
 }
 
-/// Takes the header off a packet read from the TUN and returns the IP packet, ready for the engine.
+/// The length of the IP packet in a read of `read` bytes (header and packet, see [`finish_rx`]).
+pub fn packet_len(read: usize) -> Result<usize, VnetError> {
+    read.checked_sub(HEADER_LEN).ok_or(VnetError::Short(read))
+}
+
+/// Makes a packet read from the TUN (`header`, then `packet`, read with one `readv`) ready for the
+/// engine.
 ///
 /// A TCP packet whose checksum the kernel left to us stays as it is: smoltcp does not verify
 /// checksums of packets from the local kernel (see `stack/src/device.rs`). Any other such packet
 /// (UDP) gets its checksum completed here, since it is relayed as it is to the far TUN, whose kernel
 /// checks it.
-pub fn finish_rx(buf: &mut [u8]) -> Result<&mut [u8], VnetError> {
-    if buf.len() < HEADER_LEN {
-        return Err(VnetError::Short(buf.len()));
-    }
-    let (header, packet) = buf.split_at_mut(HEADER_LEN);
+pub fn finish_rx(header: &[u8; HEADER_LEN], packet: &mut [u8]) -> Result<(), VnetError> {
     let field = |at: usize| usize::from(u16::from_ne_bytes([header[at], header[at + 1]]));
     let (flags, gso) = (header[0], header[1]);
     let tcp = tcp_header_start(packet).is_some();
@@ -64,7 +66,7 @@ pub fn finish_rx(buf: &mut [u8]) -> Result<&mut [u8], VnetError> {
         }
         packet[start + offset..start + offset + 2].copy_from_slice(&sum.to_be_bytes());
     }
-    Ok(packet)
+    Ok(())
 }
 
 /// The header to write in front of `packet`. TCP packets are smoltcp's, emitted with a seeded
@@ -118,10 +120,10 @@ mod tests {
         out
     }
 
-    fn header(flags: u8, gso: u8, start: u16, offset: u16) -> Vec<u8> {
-        let mut h = vec![flags, gso, 0, 0, 0, 0];
-        h.extend_from_slice(&start.to_ne_bytes());
-        h.extend_from_slice(&offset.to_ne_bytes());
+    fn header(flags: u8, gso: u8, start: u16, offset: u16) -> [u8; HEADER_LEN] {
+        let mut h = [flags, gso, 0, 0, 0, 0, 0, 0, 0, 0];
+        h[6..8].copy_from_slice(&start.to_ne_bytes());
+        h[8..10].copy_from_slice(&offset.to_ne_bytes());
         h
     }
 
@@ -133,25 +135,26 @@ mod tests {
         let pseudo =
             ones_complement_sum(&[&full[12..20], &[0, 17], &(full.len() as u16 - 20).to_be_bytes()[..]].concat());
         partial[26..28].copy_from_slice(&pseudo.to_be_bytes());
-        let mut buf = [header(F_NEEDS_CSUM, GSO_NONE, 20, 6), partial].concat();
-        assert_eq!(finish_rx(&mut buf).unwrap(), &full[..]);
+        finish_rx(&header(F_NEEDS_CSUM, GSO_NONE, 20, 6), &mut partial).unwrap();
+        assert_eq!(partial, full);
     }
 
     #[test]
     fn complete_packets_pass_unchanged() {
         let full = udp_packet(b"x");
-        let mut buf = [header(0, GSO_NONE, 0, 0), full.clone()].concat();
-        assert_eq!(finish_rx(&mut buf).unwrap(), &full[..]);
+        let mut packet = full.clone();
+        finish_rx(&header(0, GSO_NONE, 0, 0), &mut packet).unwrap();
+        assert_eq!(packet, full);
     }
 
     #[test]
     fn bad_headers_are_refused_not_trusted() {
-        assert_eq!(finish_rx(&mut [0; 4]), Err(VnetError::Short(4)));
-        let full = udp_packet(b"x");
-        let mut buf = [header(0, 5, 0, 0), full.clone()].concat();
-        assert_eq!(finish_rx(&mut buf), Err(VnetError::Segmented(5)));
-        let mut buf = [header(F_NEEDS_CSUM, 0, 20, 200), full.clone()].concat();
-        assert!(matches!(finish_rx(&mut buf), Err(VnetError::ChecksumOutside { .. })));
+        assert_eq!(packet_len(4), Err(VnetError::Short(4)));
+        assert_eq!(packet_len(HEADER_LEN + 20), Ok(20));
+        let mut full = udp_packet(b"x");
+        assert_eq!(finish_rx(&header(0, 5, 0, 0), &mut full), Err(VnetError::Segmented(5)));
+        let r = finish_rx(&header(F_NEEDS_CSUM, 0, 20, 200), &mut full);
+        assert!(matches!(r, Err(VnetError::ChecksumOutside { .. })));
     }
 
     #[test]
@@ -159,14 +162,15 @@ mod tests {
         let mut tcp = vec![0u8; 60];
         tcp[0] = 0x45;
         tcp[9] = 6;
-        assert_eq!(tx_header(&tcp), &header(F_NEEDS_CSUM, GSO_NONE, 20, 16)[..]);
+        assert_eq!(tx_header(&tcp), header(F_NEEDS_CSUM, GSO_NONE, 20, 16));
         let mut tcp6 = vec![0u8; 80];
         tcp6[0] = 0x60;
         tcp6[6] = 6;
-        assert_eq!(tx_header(&tcp6), &header(F_NEEDS_CSUM, GSO_NONE, 40, 16)[..]);
+        assert_eq!(tx_header(&tcp6), header(F_NEEDS_CSUM, GSO_NONE, 40, 16));
         assert_eq!(tx_header(&udp_packet(b"x")), [0; HEADER_LEN]);
         // A TCP packet read from the TUN keeps its partial checksum: smoltcp does not check it.
-        let mut buf = [header(F_NEEDS_CSUM, GSO_NONE, 20, 16), tcp.clone()].concat();
-        assert_eq!(finish_rx(&mut buf).unwrap(), &tcp[..]);
+        let mut packet = tcp.clone();
+        finish_rx(&header(F_NEEDS_CSUM, GSO_NONE, 20, 16), &mut packet).unwrap();
+        assert_eq!(packet, tcp);
     }
 }

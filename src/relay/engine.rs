@@ -744,6 +744,16 @@ impl Engine {
         self.tun_out.pop_front().or_else(|| self.stack.pop_transmit())
     }
 
+    /// A buffer of `len` bytes to read the next TUN packet into (see [`Stack::read_buffer`]).
+    pub fn tun_read_buffer(&mut self, len: usize) -> Vec<u8> {
+        self.stack.read_buffer(len)
+    }
+
+    /// Gives back a packet from [`Engine::pop_tun_packet`] once written (see [`Stack::recycle`]).
+    pub fn recycle_tun_packet(&mut self, packet: Vec<u8>) {
+        self.stack.recycle(packet);
+    }
+
     /// The next chunk of encoded frames for a session's transport.
     pub fn pop_session_output(&mut self, sid: SessionId) -> Option<Vec<u8>> {
         let session = self.sessions.get_mut(&sid)?;

@@ -290,6 +290,18 @@ impl Stack {
         self.device.pop_tx()
     }
 
+    /// A buffer of `len` bytes to read the next packet into, recycled from a packet the stack has
+    /// consumed when there is one, so that feeding a large packet costs neither a copy nor an allocation.
+    pub fn read_buffer(&mut self, len: usize) -> Vec<u8> {
+        self.device.read_buffer(len)
+    }
+
+    /// Gives back the buffer of a packet from [`Stack::pop_transmit`] once it is written, for the next
+    /// packet the stack emits.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.device.recycle(buf);
+    }
+
     /// The next flow state change since the last call.
     pub fn pop_event(&mut self) -> Option<FlowEvent> {
         self.events.pop_front()
