@@ -125,8 +125,9 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (r, w) = tokio::io::split(stream);
-    // Up to 32 chunks of 64 KiB wait for the writer, on top of the engine's session_out_budget.
-    let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(32);
+    // Up to 8 chunks of 256 KiB (the engine's CHUNK) wait for the writer, on top of the engine's
+    // session_out_budget.
+    let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(8);
     // PING nonces are microseconds since this instant, so a PONG tells its round trip by itself.
     let epoch = tokio::time::Instant::now();
     tokio::spawn(writer(w, path, out_rx, engine.clone(), room, liveness.probe_interval, epoch));
