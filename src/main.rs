@@ -149,22 +149,8 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime starts")
 }
 
-/// glibc gives freed heap memory back to the kernel as soon as 128 KiB are free at the top of the heap,
-/// and the data path's buffers (64 KiB packets and frames, 96 KiB reads) come and go in exactly that
-/// range: the heap shrinks and grows again every few packets, a page fault per 4 KiB each time. Keeping
-/// up to 16 MiB of freed memory, and serving blocks up to 1 MiB from the heap rather than mmap, ends
-/// that; the daemons' memory stays bounded by their byte budgets plus this.
-fn tune_malloc() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; called before any other thread starts.
-    unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 * 1024 * 1024);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
-    }
-}
-
 fn run_daemon(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    tune_malloc();
+    roamtun::daemon::memory::tune_malloc();
     match runtime().block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -7,6 +7,7 @@
 //! one path to the next as the transition protocol says.
 
 pub mod client;
+pub mod memory;
 pub mod server;
 mod shell;
 mod transport;

@@ -26,6 +26,8 @@ const TUN_PACKET_MAX: usize = 65536;
 /// Packets read from the TUN from this size on are handed to the engine in their read buffer;
 /// smaller ones are copied (cheaper than zeroing a recycled buffer again).
 const HAND_OVER_AT: usize = 8 * 1024;
+/// After a session ends, freed memory is given back at once and again this much later.
+const TRIM_AGAIN_AFTER: Duration = Duration::from_millis(500);
 /// How often the decision task looks at the uplinks (and the longest the loop sleeps on a client).
 const DECISION_PERIOD: Duration = Duration::from_millis(100);
 /// A failed standby attempt on an uplink is repeated after this long (or at the next uplink change):
@@ -131,10 +133,15 @@ impl Shell {
             let _ = client.dial.try_send(DialRequest { resume: 0, uplink: None, avoid: None, standby: false });
         }
         let mut blocked = false;
+        let mut sessions = 0;
+        let mut trim_again: Option<Instant> = None;
         loop {
             let now = self.clock.now();
             let mut wait =
                 self.core.poll_at(now).map_or(std::time::Duration::from_secs(3600), |at| self.clock.until(at));
+            if let Some(at) = trim_again {
+                wait = wait.min(self.clock.until(at));
+            }
             if self.client.as_ref().is_some_and(|c| !c.configured.is_empty()) {
                 // The decision task's timers (dwell, fail-back) are its own: look again soon.
                 wait = wait.min(std::time::Duration::from_millis(DECISION_PERIOD.total_millis()));
@@ -209,6 +216,15 @@ impl Shell {
                 self.core.engine_mut().recycle_tun_packet(packet);
             }
             blocked = self.flush();
+            let now_live = self.core.sessions().count();
+            let now = self.clock.now();
+            if now_live < sessions || trim_again.is_some_and(|at| now >= at) {
+                // A session ended: give back the memory the heap kept for its traffic, and once more a
+                // little later, for what its path tasks free when they end.
+                super::memory::release_freed_memory();
+                trim_again = (now_live < sessions).then(|| now + TRIM_AGAIN_AFTER);
+            }
+            sessions = now_live;
         }
         self.core.shutdown(self.clock.now());
         self.flush();
