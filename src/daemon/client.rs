@@ -183,7 +183,9 @@ impl Dialer<'_> {
             .map_err(|_| anyhow::anyhow!("no answer from {server} within {CONNECT_TIMEOUT:?}"))??;
         tcp.set_nodelay(true)?;
         let local = tcp.local_addr()?;
-        let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connector.connect(tls::server_name(), transport::relay_socket(tcp)))
+        // Read through a buffer: see transport::relay_socket.
+        let tcp = transport::relay_socket(tcp);
+        let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connector.connect(tls::server_name(), tcp))
             .await
             .map_err(|_| anyhow::anyhow!("TLS handshake with {server} timed out"))?
             .map_err(|err| match tls::key_refusal(&err) {

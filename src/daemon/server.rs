@@ -134,7 +134,9 @@ impl Accepted {
     async fn serve(&self, tcp: TcpStream, remote: SocketAddr) -> anyhow::Result<()> {
         tcp.set_nodelay(true)?;
         let local = tcp.local_addr()?;
-        let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(transport::relay_socket(tcp)))
+        // Read through a buffer: see transport::relay_socket.
+        let tcp = transport::relay_socket(tcp);
+        let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp))
             .await
             .map_err(|_| anyhow::anyhow!("TLS handshake timed out"))?
             .map_err(|err| match tls::key_refusal(&err) {
