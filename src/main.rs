@@ -150,6 +150,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn run_daemon(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    roamtun::daemon::memory::tune_malloc();
     match runtime().block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -213,6 +213,8 @@ impl Dialer<'_> {
             .map_err(|_| anyhow::anyhow!("no answer from {server} within {CONNECT_TIMEOUT:?}"))??;
         tcp.set_nodelay(true)?;
         let local = tcp.local_addr()?;
+        // Read through a buffer: see transport::relay_socket.
+        let tcp = transport::relay_socket(tcp);
         let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connector.connect(tls::server_name(), tcp))
             .await
             .map_err(|_| anyhow::anyhow!("TLS handshake with {server} timed out"))?
@@ -236,7 +238,7 @@ impl Dialer<'_> {
         }
         let path = self.shared.next_path();
         let liveness = Liveness::from_tuning(&self.config.tuning);
-        let fd = std::os::fd::AsRawFd::as_raw_fd(stream.get_ref().0);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(stream.get_ref().0.get_ref());
         let io = transport::spawn_path_io(stream, fd, path, early, self.engine.clone(), self.room.clone(), liveness);
         let uplink = uplink.map(str::to_string).or_else(|| super::tun::interface_of(local.ip()));
         tracing::debug!(%server, %local, ?uplink, session = session_id, ?path, "path authenticated");

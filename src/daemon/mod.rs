@@ -7,10 +7,12 @@
 //! one path to the next as the transition protocol says.
 
 pub mod client;
+pub mod memory;
 pub mod server;
 mod shell;
 mod transport;
 mod tun;
+mod vnet;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -136,6 +138,8 @@ pub fn engine_config(role: Role, tuning: &Tuning, mtu: u16) -> EngineConfig {
             tcp_rx_buffer: tuning.tcp_buffer,
             tcp_tx_buffer: tuning.tcp_buffer,
             max_flows: tuning.max_tcp_flows,
+            // Our TUN devices finish TCP checksums themselves (tun.rs, vnet.rs).
+            tcp_checksum_offload: true,
             ..StackConfig::default()
         },
     }

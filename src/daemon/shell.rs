@@ -21,6 +21,13 @@ use std::collections::VecDeque;
 
 /// Most packets or messages handled per wake-up, so one busy source cannot starve the others.
 const BATCH: usize = 64;
+/// The largest IP packet a TUN read may return (the MTU is at most 65535).
+const TUN_PACKET_MAX: usize = 65536;
+/// Packets read from the TUN from this size on are handed to the engine in their read buffer;
+/// smaller ones are copied (cheaper than zeroing a recycled buffer again).
+const HAND_OVER_AT: usize = 8 * 1024;
+/// After a session ends, freed memory is given back at once and again this much later.
+const TRIM_AGAIN_AFTER: Duration = Duration::from_millis(500);
 /// How often the decision task looks at the uplinks (and the longest the loop sleeps on a client).
 const DECISION_PERIOD: Duration = Duration::from_millis(100);
 /// A failed standby attempt on an uplink is repeated after this long (or at the next uplink change):
@@ -132,15 +139,20 @@ impl Shell {
         room: Arc<Notify>,
     ) {
         let tun = self.tun.clone();
-        let mut buf = vec![0u8; 65536 + 64];
+        let mut buf = self.core.engine_mut().tun_read_buffer(TUN_PACKET_MAX);
         if let Some(client) = &self.client {
             let _ = client.dial.try_send(DialRequest { resume: 0, uplink: None, avoid: None, standby: false });
         }
         let mut blocked = false;
+        let mut sessions = 0;
+        let mut trim_again: Option<Instant> = None;
         loop {
             let now = self.clock.now();
             let mut wait =
                 self.core.poll_at(now).map_or(std::time::Duration::from_secs(3600), |at| self.clock.until(at));
+            if let Some(at) = trim_again {
+                wait = wait.min(self.clock.until(at));
+            }
             if self.client.as_ref().is_some_and(|c| !c.configured.is_empty()) {
                 // The decision task's timers (dwell, fail-back) are its own: look again soon.
                 wait = wait.min(std::time::Duration::from_millis(DECISION_PERIOD.total_millis()));
@@ -174,17 +186,19 @@ impl Shell {
                         break;
                     }
                 }
-                r = tun.recv(&mut buf) => {
+                r = tun.recv_packet(&mut buf) => {
                     match r {
-                        Ok(n) => self.core.engine_mut().handle_tun_packet(buf[..n].to_vec(), self.clock.now()),
+                        Ok(Some(len)) => self.tun_packet(&mut buf, len),
+                        Ok(None) => {}
                         Err(err) => {
                             tracing::error!(%err, "reading the TUN device failed; stopping");
                             break;
                         }
                     }
                     for _ in 1..BATCH {
-                        match tun.try_recv(&mut buf) {
-                            Ok(n) => self.core.engine_mut().handle_tun_packet(buf[..n].to_vec(), self.clock.now()),
+                        match tun.try_recv_packet(&mut buf) {
+                            Ok(Some(len)) => self.tun_packet(&mut buf, len),
+                            Ok(None) => {}
                             Err(_) => break,
                         }
                     }
@@ -206,19 +220,44 @@ impl Shell {
             }
             self.core.poll(self.clock.now());
             while let Some(packet) = self.core.engine_mut().pop_tun_packet() {
-                if let Err(err) = tun.send(&packet).await {
+                if let Err(err) = tun.send_packet(&packet).await {
                     // The kernel refused one packet (e.g. no buffer space); TCP retransmits, UDP is lossy.
                     tracing::debug!(%err, len = packet.len(), "writing a packet to the TUN failed");
                 }
+                self.core.engine_mut().recycle_tun_packet(packet);
             }
             blocked = self.flush();
+            let now_live = self.core.sessions().count();
+            let now = self.clock.now();
+            if now_live < sessions || trim_again.is_some_and(|at| now >= at) {
+                // A session ended: give back the memory the heap kept for its traffic, and once more a
+                // little later, for what its path tasks free when they end.
+                super::memory::release_freed_memory();
+                trim_again = (now_live < sessions).then(|| now + TRIM_AGAIN_AFTER);
+            }
+            sessions = now_live;
         }
         self.core.shutdown(self.clock.now());
         self.flush();
         // Send the resets of the removed sessions' flows before the TUN goes away.
         while let Some(packet) = self.core.engine_mut().pop_tun_packet() {
-            let _ = tun.send(&packet).await;
+            let _ = tun.send_packet(&packet).await;
         }
+    }
+
+    /// Hands the packet of `len` bytes at the front of `buf` to the engine. A large one goes as it is
+    /// and `buf` becomes a recycled buffer (no copy of 64 KiB); a small one is copied, so `buf` stays
+    /// whole and needs no zeroing before the next read.
+    fn tun_packet(&mut self, buf: &mut Vec<u8>, len: usize) {
+        let engine = self.core.engine_mut();
+        let packet = if len >= HAND_OVER_AT {
+            let mut packet = std::mem::replace(buf, engine.tun_read_buffer(TUN_PACKET_MAX));
+            packet.truncate(len);
+            packet
+        } else {
+            buf[..len].to_vec()
+        };
+        engine.handle_tun_packet(packet, self.clock.now());
     }
 
     fn handle_msg(&mut self, msg: EngineMsg) {

@@ -141,8 +141,9 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (r, w) = tokio::io::split(stream);
-    // Up to 32 chunks of 64 KiB wait for the writer, on top of the engine's session_out_budget.
-    let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(32);
+    // Up to 8 chunks of 256 KiB (the engine's CHUNK) wait for the writer, on top of the engine's
+    // session_out_budget.
+    let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(8);
     // PING nonces are microseconds since this instant, so a PONG tells its round trip by itself.
     let epoch = tokio::time::Instant::now();
     let standby = Arc::new(AtomicBool::new(false));
@@ -230,7 +231,12 @@ fn take_frames(buf: &mut Vec<u8>, pieces: &mut Vec<Piece>) {
         }
         pos += len;
     }
-    if start == 0 && pos == buf.len() && pos > 0 {
+    if pos == 0 {
+        // Nothing whole yet: the frame grows in place (the reader keeps room for all of it), rather
+        // than being copied to a new buffer after every read of a TLS record.
+        return;
+    }
+    if start == 0 && pos == buf.len() {
         // The usual case: the read ended on a frame boundary; hand the buffer over without a copy.
         pieces.push(Piece::Frames(std::mem::replace(buf, Vec::with_capacity(READ_SIZE))));
         return;
@@ -245,8 +251,22 @@ fn take_frames(buf: &mut Vec<u8>, pieces: &mut Vec<Piece>) {
     *buf = rest;
 }
 
-/// One read's worth: 64 KiB stays below malloc's mmap threshold and holds a whole frame.
-const READ_SIZE: usize = 64 * 1024;
+/// The reader's buffer: holds a whole frame (64 KiB) and the start of the next, so a frame is never
+/// moved while it arrives, and stays below malloc's mmap threshold (128 KiB).
+const READ_SIZE: usize = 96 * 1024;
+
+/// What a relay connection's TCP socket is read through. rustls reads the socket 4 KiB at a time
+/// (and shrinks its buffer whenever it is empty), so a 64 KiB frame costs 16 or more `recv` calls;
+/// from a user-space buffer those reads are plain copies, and the socket is read once per
+/// `RELAY_READ_BUFFER` bytes.
+pub type RelaySocket = tokio::io::BufReader<tokio::net::TcpStream>;
+
+/// Bytes read from the relay socket per `recv`.
+const RELAY_READ_BUFFER: usize = 256 * 1024;
+
+pub fn relay_socket(tcp: tokio::net::TcpStream) -> RelaySocket {
+    tokio::io::BufReader::with_capacity(RELAY_READ_BUFFER, tcp)
+}
 
 /// What the reader watches besides the bytes: silence, and the relay socket's own TCP counters (the
 /// kernel's RTT, and retransmissions per segment sent: the path's loss, which TCP hides from us).
@@ -637,5 +657,20 @@ mod tests {
         pieces.clear();
         take_frames(&mut buf, &mut pieces);
         assert!(pieces.is_empty());
+    }
+
+    #[test]
+    fn a_partial_frame_grows_in_place_until_it_is_whole() {
+        let data = frame(&Frame::Data { stream_id: 1, offset: 0, data: &[7; 1000] });
+        let mut buf = Vec::with_capacity(READ_SIZE);
+        buf.extend_from_slice(&data[..500]);
+        let at = buf.as_ptr();
+        let mut pieces = Vec::new();
+        take_frames(&mut buf, &mut pieces);
+        assert!(pieces.is_empty());
+        assert_eq!(buf.as_ptr(), at, "the partial frame was not moved");
+        buf.extend_from_slice(&data[500..]);
+        take_frames(&mut buf, &mut pieces);
+        assert_eq!(pieces, vec![Piece::Frames(data)]);
     }
 }

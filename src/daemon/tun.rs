@@ -1,10 +1,10 @@
 //! The TUN device and what we install around it (addresses, routes), removed again on shutdown.
 
 use std::net::IpAddr;
-use std::ops::Deref;
 
 use roamtun_netlink::{Installed, Netlink, NetlinkError, Route};
 
+use super::vnet;
 use crate::config::Prefix;
 
 /// Why the TUN could not be set up; each says what to do about it.
@@ -14,6 +14,12 @@ pub enum TunError {
     Permission { name: String },
     #[error("/dev/net/tun is missing: load the tun kernel module (modprobe tun)")]
     NoTunDevice,
+    #[error("cannot enable checksum offload on TUN device {name}")]
+    Offload {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot create TUN device {name}")]
     Create {
         name: String,
@@ -42,26 +48,23 @@ pub struct Tun {
     installed: tokio::sync::Mutex<Installed>,
 }
 
-impl Deref for Tun {
-    type Target = tun_rs::AsyncDevice;
-    fn deref(&self) -> &Self::Target {
-        &self.device
-    }
-}
-
 impl Tun {
     /// Creates `name`, gives it `addresses` (host addresses, /32 or /128) and routes `routes` into it.
     pub async fn create(name: &str, mtu: u16, addresses: &[IpAddr], routes: &[Prefix]) -> Result<Tun, TunError> {
         if !std::path::Path::new("/dev/net/tun").exists() {
             return Err(TunError::NoTunDevice);
         }
-        let device = tun_rs::DeviceBuilder::new().name(name).mtu(mtu).build_async().map_err(|source| {
-            if source.kind() == std::io::ErrorKind::PermissionDenied {
-                TunError::Permission { name: name.into() }
-            } else {
-                TunError::Create { name: name.into(), source }
-            }
-        })?;
+        // offload(true) opens the device with a virtio-net header on every packet (IFF_VNET_HDR) and
+        // turns on checksum and segmentation offloads; we keep only checksums (see vnet.rs).
+        let device =
+            tun_rs::DeviceBuilder::new().name(name).mtu(mtu).offload(true).build_async().map_err(|source| {
+                if source.kind() == std::io::ErrorKind::PermissionDenied {
+                    TunError::Permission { name: name.into() }
+                } else {
+                    TunError::Create { name: name.into(), source }
+                }
+            })?;
+        checksum_offload_only(&device).map_err(|source| TunError::Offload { name: name.into(), source })?;
         let nl_err = |source: NetlinkError| {
             if source.is_permission_denied() {
                 TunError::NetlinkPermission { name: name.into(), source }
@@ -102,10 +105,57 @@ impl Tun {
         &self.name
     }
 
+    /// Waits for the next packet and reads it into the front of `packet` (which must hold one of
+    /// the MTU); returns its length. `Ok(None)`: a packet we cannot use, dropped.
+    pub async fn recv_packet(&self, packet: &mut [u8]) -> std::io::Result<Option<usize>> {
+        let mut header = [0u8; vnet::HEADER_LEN];
+        let mut parts = [std::io::IoSliceMut::new(&mut header), std::io::IoSliceMut::new(packet)];
+        let read = self.device.recv_vectored(&mut parts).await?;
+        Ok(self.finish_rx(&header, packet, read))
+    }
+
+    /// [`Tun::recv_packet`] without waiting: `WouldBlock` when no packet is queued.
+    pub fn try_recv_packet(&self, packet: &mut [u8]) -> std::io::Result<Option<usize>> {
+        let mut header = [0u8; vnet::HEADER_LEN];
+        let mut parts = [std::io::IoSliceMut::new(&mut header), std::io::IoSliceMut::new(packet)];
+        let read = self.device.try_recv_vectored(&mut parts)?;
+        Ok(self.finish_rx(&header, packet, read))
+    }
+
+    fn finish_rx(&self, header: &[u8; vnet::HEADER_LEN], packet: &mut [u8], read: usize) -> Option<usize> {
+        let finished = vnet::packet_len(read).and_then(|len| vnet::finish_rx(header, &mut packet[..len]).map(|()| len));
+        match finished {
+            Ok(len) => Some(len),
+            Err(err) => {
+                tracing::debug!(tun = %self.name, %err, "dropping a packet read from the TUN");
+                None
+            }
+        }
+    }
+
+    /// Writes one IP packet, behind the virtio-net header it needs (one writev).
+    pub async fn send_packet(&self, packet: &[u8]) -> std::io::Result<()> {
+        let header = vnet::tx_header(packet);
+        let parts = [std::io::IoSlice::new(&header), std::io::IoSlice::new(packet)];
+        self.device.send_vectored(&parts).await.map(|_| ())
+    }
+
     /// Removes the routes and addresses we installed. The device itself goes when its last fd closes.
     pub async fn remove(&self) {
         self.installed.lock().await.remove_all(&self.netlink).await;
     }
+}
+
+/// Leaves checksum offload on and turns segmentation offload (TSO, USO) off again: with a 64 KiB MTU
+/// the kernel's segments are as large without it, and we would otherwise have to split super-packets.
+fn checksum_offload_only(device: &tun_rs::AsyncDevice) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: TUNSETOFFLOAD takes the flag word by value; the fd is the TUN device we own.
+    let rc = unsafe { libc::ioctl(device.as_raw_fd(), libc::TUNSETOFFLOAD, libc::TUN_F_CSUM as libc::c_ulong) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The interface that holds `ip`, for showing which uplink carries the relay.

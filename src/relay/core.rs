@@ -30,7 +30,7 @@ use crate::wire::{Frame, PROTOCOL_VERSION};
 
 /// Switches kept per session for `roamtun status`.
 const HISTORY: usize = 8;
-/// Chunks (of up to 64 KiB) a path's queue holds before the engine's output waits in the engine.
+/// Chunks (of up to 256 KiB) a path's queue holds before the engine's output waits in the engine.
 const PATH_QUEUE: usize = 4;
 
 /// CLOSE codes (docs/protocol.md).
