@@ -482,9 +482,11 @@ fn tcp_info(fd: std::os::fd::RawFd) -> Option<TcpInfo> {
     // SAFETY: the kernel writes at most `len` bytes into `raw`, which we own; `fd` is the relay
     // socket, kept open by the read half the caller holds.
     let rc = unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, raw.as_mut_ptr().cast(), &mut len) };
-    if rc != 0 || (len as usize) < raw.len() {
+    // Up to tcpi_segs_out is needed (Linux 4.2); the delivery rate (4.9) is optional.
+    if rc != 0 || (len as usize) < 144 {
         return None;
     }
+    let has_rate = len as usize >= raw.len();
     let u32_at = |at: usize| u32::from_ne_bytes(raw[at..at + 4].try_into().expect("4 bytes"));
     let u64_at = |at: usize| u64::from_ne_bytes(raw[at..at + 8].try_into().expect("8 bytes"));
     Some(TcpInfo {
@@ -497,7 +499,7 @@ fn tcp_info(fd: std::os::fd::RawFd) -> Option<TcpInfo> {
         bytes_acked: u64_at(120),
         bytes_received: u64_at(128),
         segs_out: u32_at(136),
-        delivery_rate: (raw[7] & 1 == 0).then(|| u64_at(160)).filter(|r| *r > 0),
+        delivery_rate: (has_rate && raw[7] & 1 == 0).then(|| u64_at(160)).filter(|r| *r > 0),
     })
 }
 
