@@ -306,8 +306,6 @@ async fn reader<R: AsyncRead + Unpin>(
     let (mut busy, mut probed) = (false, false);
     let mut was_standby = false;
     let mut loss = LossMeter::default();
-    // The loss last sent to the peer in a REPORT.
-    let mut reported: Option<u32> = Some(0);
     let mut stall = AckStall::new(last_rx.into_std());
     let reason = loop {
         take_frames(&mut buf, &mut pieces);
@@ -381,15 +379,6 @@ async fn reader<R: AsyncRead + Unpin>(
                 if now - last_stats >= watch.every {
                     last_stats = now;
                     let loss = loss.update(&info);
-                    // The peer cannot see what we retransmit towards it: tell it when the figure
-                    // moves (by 0.1 % or more), in the writer's queue like a PONG. An idle path's
-                    // figure does not move, so a metered standby uplink pays nothing for it.
-                    let ppm = (loss * 1e6).round() as u32;
-                    if reported.is_none_or(|r: u32| r.abs_diff(ppm) >= 1000 || (ppm == 0) != (r == 0))
-                        && pongs.try_send(encode(&Frame::Report { loss_ppm: ppm })).is_ok()
-                    {
-                        reported = Some(ppm);
-                    }
                     let sample = PathSample {
                         tcp_rtt: info.rtt,
                         jitter: info.rttvar,

@@ -215,6 +215,8 @@ struct PathState {
     /// The peer's REPORT: the share of its segments its relay socket retransmits, i.e. the loss on
     /// the way towards us, which our own socket cannot see.
     peer_loss: Option<f64>,
+    /// Our loss as last sent to the peer in a REPORT, parts per million.
+    reported_ppm: u32,
     /// Encoded frames for the path's writer, in order.
     out: VecDeque<Vec<u8>>,
 }
@@ -357,6 +359,7 @@ impl RelayCore {
                 bytes: 0,
                 bandwidth: None,
                 peer_loss: None,
+                reported_ppm: 0,
                 out: VecDeque::from([welcome]),
             },
         );
@@ -387,6 +390,7 @@ impl RelayCore {
                 bytes: 0,
                 bandwidth: None,
                 peer_loss: None,
+                reported_ppm: 0,
                 out: VecDeque::new(),
             },
         );
@@ -580,6 +584,15 @@ impl RelayCore {
             (Some(b), Some(r)) => Some(b.max(r as f64)),
             (b, r) => b.or(r.map(|r| r as f64)),
         };
+        // The peer cannot see what we retransmit towards it: tell it when the figure moves by 0.1 %
+        // or more (or to or from zero), in the path's queue, so that it is not lost behind a full
+        // writer, which is when it matters. An idle path's figure does not move: a metered standby
+        // uplink pays nothing for it.
+        let ppm = (sample.loss.clamp(0.0, 1.0) * 1e6).round() as u32;
+        if p.reported_ppm.abs_diff(ppm) >= 1000 || (ppm == 0) != (p.reported_ppm == 0) {
+            p.out.push_back(encode(&Frame::Report { loss_ppm: ppm }));
+            p.reported_ppm = ppm;
+        }
         let carried = sample.bytes.saturating_sub(p.bytes);
         p.bytes = p.bytes.max(sample.bytes);
         carried
@@ -598,6 +611,7 @@ impl RelayCore {
     /// The peer's REPORT on `path`: its retransmission rate, the loss towards us.
     pub fn path_peer_loss(&mut self, path: PathId, loss: f64) {
         if let Some(p) = self.paths.get_mut(&path) {
+            tracing::debug!(?path, uplink = ?p.info.uplink, loss, "the peer's loss report");
             p.peer_loss = Some(loss.clamp(0.0, 1.0));
         }
     }

@@ -151,25 +151,31 @@ test_pin_is_honoured_and_unpin_returns_to_the_automatic_choice() {
 test_loss_on_the_active_uplink_moves_to_a_better_one() {
     # Lenient dead_after and stall_after, so it is the measured loss that moves the session, not
     # silence or a retransmission timeout's stall (with 30 % loss, some last 200 ms and more).
-    DEAD_AFTER=3000 STALL_AFTER=3000 setup
+    # The core's debug lines show the server's loss reports arriving.
+    ROAMTUN_LOG=info,roamtun::relay::core=debug DEAD_AFTER=3000 STALL_AFTER=3000 setup
     start_workload $((16 << 20))
     progress 16
     EPOCH0=$(epoch)
-    # 30 % of the packets on eth0's link dropped both ways, at the far end (as a lossy network would:
-    # a drop in the client's own output hook is a local send failure, not a loss TCP counts). TCP
-    # hides the loss from the apps and from us, but the relay socket's retransmissions show it (Check).
-    s nft -f - <<'NFT'
+    # 30 % of the packets towards the client on eth0's link lost, as on a lossy downlink: dropped as
+    # they arrive, after crossing the link (a drop in the server's own output hook would be a local
+    # send failure, which TCP does not count as loss). TCP hides the loss from the apps and from us;
+    # only the server's relay socket retransmits, and its REPORT frames tell the client (Check), whose
+    # own socket loses nothing.
+    c nft -f - <<'NFT'
 table inet roamtun_lossy {
-    chain in { type filter hook input priority 0; iifname "up3" numgen random mod 100 < 30 drop; }
-    chain out { type filter hook output priority 0; oifname "up3" numgen random mod 100 < 30 drop; }
+    chain in { type filter hook input priority 0; iifname "eth0" numgen random mod 100 < 30 drop; }
 }
 NFT
-    wait_for 30 "the session to leave the lossy eth0" resumed || fail "still on $(active_uplink): $(uplink_states)"
+    wait_for 30 "the session to leave the lossy eth0" resumed || fail "still on $(active_uplink): $(uplink_states); eth0: $(json_get "$WORK/client.sock" "[(u[\"loss\"], u[\"why\"]) for u in s[\"uplinks\"] if u[\"name\"] == \"eth0\"][0]")"
     on_uplink wlan0 || fail "moved to $(active_uplink), not the free wlan0"
     local kinds
     kinds=$(switch_kinds)
     echo "switches:    $kinds; eth0 now: $(json_get "$WORK/client.sock" '[u["why"] for u in s["uplinks"] if u["name"] == "eth0"][0]')"
     [ "$kinds" = "planned:eth0>wlan0" ] || fail "expected a planned switch on measured loss, got '$kinds'"
+    local reported
+    reported=$(grep "the peer's loss report" "$WORK/client.log" | grep 'uplink=Some("eth0")' | grep -o 'loss=[0-9.]*' | cut -d= -f2 | sort -g | tail -n 1)
+    echo "switches:    the server reported up to ${reported:-nothing} loss towards the client on eth0"
+    python3 -c "import sys; sys.exit(0 if float('${reported:-0}') >= 0.05 else 1)" || fail "the client heard no loss report from the server (${reported:-none})"
     finish_workload
 }
 
