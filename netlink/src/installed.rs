@@ -143,7 +143,7 @@ fn warn_on_error(result: Result<(), NetlinkError>) {
 
 /// "outer: inner: innermost", since our errors name the object and the
 /// source names the kernel's reason.
-fn error_chain(error: &dyn Error) -> String {
+pub fn error_chain(error: &dyn Error) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(inner) = cause {

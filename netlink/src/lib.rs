@@ -39,7 +39,7 @@ mod netlink;
 mod types;
 
 pub use error::NetlinkError;
-pub use installed::Installed;
+pub use installed::{error_chain, Installed};
 pub use monitor::{watch_uplinks, watch_uplinks_counted, EventOutcome, MonitorStats, Uplink, UplinkTable};
 pub use netlink::Netlink;
 pub use types::{Route, Rule};

@@ -29,7 +29,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use roamtun_netlink::{Installed, Netlink, NetlinkError, Route, Rule, Uplink};
+use roamtun_netlink::{error_chain, Installed, Netlink, NetlinkError, Route, Rule, Uplink};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -341,18 +341,6 @@ impl RoutingTask {
             tracing::warn!(%err, "per-uplink routing task failed; its rules and routes may remain");
         }
     }
-}
-
-/// "outer: inner: innermost": our error names the object, its source the kernel's reason.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    text
 }
 
 #[cfg(test)]

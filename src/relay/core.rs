@@ -221,6 +221,25 @@ struct PathState {
     out: VecDeque<Vec<u8>>,
 }
 
+impl PathState {
+    /// A path just up in `session`, nothing measured yet, with `out` to send first.
+    fn new(session: SessionId, info: PathInfo, out: VecDeque<Vec<u8>>) -> Self {
+        PathState {
+            session,
+            info,
+            srtt_us: None,
+            tcp_rtt: None,
+            jitter: None,
+            loss: None,
+            bytes: 0,
+            bandwidth: None,
+            peer_loss: None,
+            reported_ppm: 0,
+            out,
+        }
+    }
+}
+
 /// One session as `roamtun status` shows it.
 pub struct SessionView<'a> {
     pub id: SessionId,
@@ -347,22 +366,7 @@ impl RelayCore {
             }
         };
         let welcome = encode(&Frame::Welcome { version: PROTOCOL_VERSION, session_id: sid.0 });
-        self.paths.insert(
-            path,
-            PathState {
-                session: sid,
-                info,
-                srtt_us: None,
-                tcp_rtt: None,
-                jitter: None,
-                loss: None,
-                bytes: 0,
-                bandwidth: None,
-                peer_loss: None,
-                reported_ppm: 0,
-                out: VecDeque::from([welcome]),
-            },
-        );
+        self.paths.insert(path, PathState::new(sid, info, VecDeque::from([welcome])));
     }
 
     /// Client: a path the shell opened, in the session the server's WELCOME named. A new session
@@ -378,22 +382,7 @@ impl RelayCore {
         now: Instant,
     ) {
         let uplink = info.uplink.clone();
-        self.paths.insert(
-            path,
-            PathState {
-                session: SessionId(session),
-                info,
-                srtt_us: None,
-                tcp_rtt: None,
-                jitter: None,
-                loss: None,
-                bytes: 0,
-                bandwidth: None,
-                peer_loss: None,
-                reported_ppm: 0,
-                out: VecDeque::new(),
-            },
-        );
+        self.paths.insert(path, PathState::new(SessionId(session), info, VecDeque::new()));
         if self.abandoned.contains(&session) {
             tracing::info!(session, ?path, "a path joined a session we already ended; asking for a new session");
             self.close_path(path);

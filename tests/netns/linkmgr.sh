@@ -60,6 +60,13 @@ standby_on() { [ "$(json_get "$WORK/client.sock" '[u["state"] for u in s["uplink
 path_remote() { json_get "$WORK/client.sock" 's["peers"][0]["remote_address"]'; }
 standbys_up() { [ "$(uplink_states)" = "eth0=active wlan0=standby wwan0=standby" ]; }
 on_uplink() { [ "$(active_uplink)" = "$1" ]; }
+# eth0 goes down; the session must resume on the next free uplink, wlan0.
+eth0_down_session_on_wlan0() {
+    EPOCH0=$(epoch)
+    c ip link set eth0 down
+    wait_resumed
+    on_uplink wlan0 || fail "the session went to $(active_uplink), not wlan0"
+}
 iface_bytes() { c cat "/sys/class/net/$1/statistics/tx_bytes" "/sys/class/net/$1/statistics/rx_bytes" | awk '{s+=$1} END {print s}'; }
 now() { date +%s.%N; }
 since() { python3 -c "import time; print(f'{time.time() - $1:.2f}')"; }
@@ -93,10 +100,7 @@ test_fail_back_after_the_dwell_time_not_before() {
     setup
     start_workload $((16 << 20))
     progress 16
-    EPOCH0=$(epoch)
-    c ip link set eth0 down
-    wait_resumed
-    on_uplink wlan0 || fail "the session went to $(active_uplink), not wlan0"
+    eth0_down_session_on_wlan0
     c ip link set eth0 up
     c ip route replace default via 198.18.3.1 dev eth0 metric 50
     local t0
@@ -221,10 +225,7 @@ test_an_uplink_past_its_cap_is_left_for_the_next_one() {
     UPLINKS="[\"eth0\", { name = \"wlan0\", cap_gib = 0.0234375 }, $WWAN0]" setup
     start_workload $((8 << 20))
     progress 8
-    EPOCH0=$(epoch)
-    c ip link set eth0 down
-    wait_resumed
-    on_uplink wlan0 || fail "the session went to $(active_uplink), not wlan0"
+    eth0_down_session_on_wlan0
     wait_for 30 "the session to leave wlan0 past its cap" on_uplink wwan0 || fail "still on $(active_uplink): $(uplink_states)"
     local used why
     used=$(json_get "$WORK/client.sock" '[u["used_bytes"] >> 20 for u in s["uplinks"] if u["name"] == "wlan0"][0]')
