@@ -522,6 +522,10 @@ impl ClientConfig {
         if let Some(dup) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)).map(|(_, n)| n) {
             return Err(invalid(path, format!("uplinks: {dup:?} is named twice")));
         }
+        if names.contains(&c.tun.name) {
+            // The relay would try to carry itself through its own tunnel.
+            return Err(invalid(path, format!("uplinks: {:?} is this client's own TUN, not an uplink", c.tun.name)));
+        }
         if let Some(u) = c.uplinks.iter().find(|u| u.kind.as_deref().is_some_and(|k| !UPLINK_KINDS.contains(&k))) {
             return Err(invalid(
                 path,
@@ -736,6 +740,9 @@ mod tests {
         let typo = tables.replace("metered =", "metred =");
         let err = ClientConfig::from_toml(Path::new("c.toml"), &typo).unwrap_err().to_string();
         assert!(err.contains("an interface name, or a table") && err.contains("line"), "{err}");
+        let own = text.replace("routes =", "uplinks = [\"eth0\", \"roam0\"]\nroutes =");
+        let err = ClientConfig::from_toml(Path::new("c.toml"), &own).unwrap_err().to_string();
+        assert!(err.contains("\"roam0\" is this client's own TUN"), "{err}");
         let bad = text.replace("routes =", "uplinks = [\"a/b\"]\nroutes =");
         let err = ClientConfig::from_toml(Path::new("c.toml"), &bad).unwrap_err().to_string();
         assert!(err.contains("\"a/b\" is not a Linux interface name"), "{err}");
