@@ -63,7 +63,8 @@ pub struct Status {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UplinkStatus {
     pub name: String,
-    /// "active" (the session's path), "standby" (a warm path), "up" (usable, no path), "down" or "absent".
+    /// "active" (the session's path), "standby" (a warm path), "up" (usable, no path), "unusable" (up,
+    /// but its last attempt could not reach the server), "down" or "absent".
     pub state: String,
     /// "ethernet", "wifi" or "wwan" (configured, or what sysfs says).
     #[serde(default)]

@@ -75,6 +75,9 @@ struct ClientSide {
     /// Uplinks where the last standby attempt failed, and when: tried again after STANDBY_RETRY or the
     /// next uplink change.
     standby_failed: BTreeMap<String, Instant>,
+    /// Uplinks that are up but could not reach and authenticate with the server (a captive portal,
+    /// no route, a black hole), with the last error: "unusable" in the status until a path works.
+    unreachable: BTreeMap<String, String>,
     /// Bytes carried over each uplink since the daemon started (both ways, probes included), for
     /// its `cap_gib`.
     volume: BTreeMap<String, u64>,
@@ -121,6 +124,7 @@ impl Shell {
                     switch_reply: None,
                     standby_dialing: None,
                     standby_failed: Default::default(),
+                    unreachable: BTreeMap::new(),
                     volume: BTreeMap::new(),
                 };
                 (Some(side), hooks.uplinks)
@@ -269,6 +273,9 @@ impl Shell {
                     if client.standby_dialing.is_some() && client.standby_dialing == info.uplink {
                         client.standby_dialing = None;
                     }
+                    if let Some(uplink) = &info.uplink {
+                        client.unreachable.remove(uplink);
+                    }
                 }
                 match join {
                     Join::Hello { resume, virtual_ips } => {
@@ -308,7 +315,8 @@ impl Shell {
                 if let Some(client) = self.client.as_mut() {
                     if let Some(uplink) = client.standby_dialing.take() {
                         tracing::debug!(%uplink, %error, "no standby path on this uplink for now");
-                        client.standby_failed.insert(uplink, self.clock.now());
+                        client.standby_failed.insert(uplink.clone(), self.clock.now());
+                        client.unreachable.insert(uplink, error);
                     }
                 }
             }
@@ -673,6 +681,7 @@ impl Shell {
                 let state = match u {
                     _ if active.as_deref() == Some(name.as_str()) => "active",
                     _ if self.core.has_path_on(&name) => "standby",
+                    Some(u) if u.usable() && client.unreachable.contains_key(&name) => "unusable",
                     Some(u) if u.usable() => "up",
                     Some(_) => "down",
                     None => "absent",
@@ -693,7 +702,11 @@ impl Shell {
                     used_bytes: client.volume.get(&name).copied().unwrap_or(0),
                     cap_bytes: cost(&name).and_then(|c| c.cap_gib).map(|g| (g * (1u64 << 30) as f64) as u64),
                     score: score.as_ref().map(|(s, _)| *s),
-                    why: score.map(|(_, why)| why).unwrap_or_default(),
+                    why: match (score, client.unreachable.get(&name)) {
+                        (Some((_, why)), _) => why,
+                        (None, Some(error)) if state == "unusable" => format!("cannot reach the server: {error}"),
+                        (None, _) => String::new(),
+                    },
                     metered: cost(&name).is_some_and(|c| c.metered),
                     cost_per_gib: cost(&name).map_or(0.0, |c| c.cost_per_gib),
                     pinned: client.policy.pinned() == Some(name.as_str()),

@@ -56,6 +56,7 @@ probe_interval_ms = 100' netns_configs
 }
 
 uplink_states() { json_get "$WORK/client.sock" '" ".join(u["name"] + "=" + u["state"] for u in s["uplinks"])'; }
+uplink_state_is() { [ "$(json_get "$WORK/client.sock" '[u["state"] for u in s["uplinks"] if u["name"] == "'"$1"'"][0]')" = "$2" ]; }
 standby_on() { [ "$(json_get "$WORK/client.sock" '[u["state"] for u in s["uplinks"] if u["name"] == "'"$1"'"][0]')" = standby ]; }
 path_remote() { json_get "$WORK/client.sock" 's["peers"][0]["remote_address"]'; }
 standbys_up() { [ "$(uplink_states)" = "eth0=active wlan0=standby wwan0=standby" ]; }
@@ -234,6 +235,35 @@ test_an_uplink_past_its_cap_is_left_for_the_next_one() {
     [[ "$why" == *"past its cap of 24 MiB"* ]] || fail "wlan0's score does not say why: $why"
     finish_workload
     [ "$(switch_kinds)" = "unexpected:eth0>wlan0 planned:wlan0>wwan0" ] || fail "status shows switches '$(switch_kinds)'"
+}
+
+test_an_uplink_that_cannot_reach_the_server_is_marked_unusable() {
+    # Start without eth0; then eth0 appears, up with an address and a route, but the network behind it
+    # drops everything (a captive portal or a broken access point).
+    NO_ETH0=1 setup
+    start_workload $((8 << 20))
+    progress 8
+    s nft -f - <<'NFT'
+table inet roamtun_portal {
+    chain in { type filter hook input priority 0; iifname "up3" drop; }
+    chain out { type filter hook output priority 0; oifname "up3" drop; }
+}
+NFT
+    netns_third_uplink
+    wait_for 20 "eth0 marked unusable" uplink_state_is eth0 unusable || fail "eth0: $(uplink_states)"
+    local why
+    why=$(json_get "$WORK/client.sock" '[u["why"] for u in s["uplinks"] if u["name"] == "eth0"][0]')
+    echo "switches:    eth0 (preferred) cannot reach the server: state unusable, why: $why"
+    [[ "$why" == "cannot reach the server"* ]] || fail "eth0's why: $why"
+    on_uplink wlan0 || fail "the session moved to $(active_uplink)"
+    # The network heals: Search tries again, and the decision task moves the session to eth0.
+    local t0
+    t0=$(now)
+    s nft delete table inet roamtun_portal
+    wait_for 30 "the session on eth0" on_uplink eth0 || fail "eth0 not used after it healed: $(uplink_states)"
+    echo "switches:    $(switch_kinds): eth0 used $(since "$t0") s after its network healed (retry after 5 s, fail_back_after_secs 3)"
+    finish_workload
+    [ "$(switch_kinds)" = "planned:wlan0>eth0" ] || fail "status shows switches '$(switch_kinds)'"
 }
 
 test_an_ipv6_only_uplink_replaces_an_ipv4_one() {
