@@ -70,14 +70,7 @@ EOF
 }
 # A black hole in the network behind wlan0, as a broken access point or ISP would make one: the far
 # end (the server's up1) drops everything, so the client's kernel sees no local error at all.
-blackhole() {
-    s nft -f - <<'NFT'
-table inet roamtun_bench_bh {
-    chain in { type filter hook input priority 0; iifname "up1" drop; }
-    chain out { type filter hook output priority 0; oifname "up1" drop; }
-}
-NFT
-}
+blackhole() { drop_all s up1 roamtun_bench_bh; }
 
 summary() {
     python3 - "$@" <<'EOF'

@@ -149,12 +149,7 @@ event() {
             [ "$sys" = roamtun ] && active=$(roamtun_uplink)
             touch "$WORK/mark"
             # At the far end, as a broken network would: the client's kernel sees nothing fail.
-            s nft -f - <<NFT
-table inet roamtun_bench_bh {
-    chain in { type filter hook input priority 0; iifname "${PEER_OF[$active]}" drop; }
-    chain out { type filter hook output priority 0; oifname "${PEER_OF[$active]}" drop; }
-}
-NFT
+            drop_all s "${PEER_OF[$active]}" roamtun_bench_bh
             ;;
         outage-*)
             touch "$WORK/mark"

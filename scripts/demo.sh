@@ -66,12 +66,7 @@ state() { json_get "$WORK/client.sock" '" ".join(u["name"] + "=" + u["state"] fo
 on_uplink() { [ "$(json_get "$WORK/client.sock" 's["peers"][0]["uplink"]')" = "$1" ]; }
 settled() { [ "$(state)" = "wlan0=active wwan0=standby" ]; }
 echo "==> black hole: the network behind wwan0 drops everything (nftables at the far end; the link stays up)"
-s nft -f - <<'NFT'
-table inet roamtun_demo {
-    chain in { type filter hook input priority 0; iifname "up2" drop; }
-    chain out { type filter hook output priority 0; oifname "up2" drop; }
-}
-NFT
+drop_all s up2 roamtun_demo
 wait_for 10 "the session back on wlan0" on_uplink wlan0
 echo "    decided: $(json_get "$WORK/client.sock" 's["peers"][0]["last_error"]'); now on $(json_get "$WORK/client.sock" 's["peers"][0]["uplink"]')"
 s nft delete table inet roamtun_demo

@@ -103,6 +103,17 @@ netns_third_uplink() {
     c ip route add default via 198.18.3.1 dev eth0 metric 50
 }
 
+# drop_all c|s IFACE TABLE: nftables table TABLE in the client (c) or server (s) namespace drops every
+# packet in and out of IFACE: a black hole with the link up (`nft delete table inet TABLE` ends it).
+drop_all() {
+    "$1" nft -f - <<EOF
+table inet $3 {
+    chain in { type filter hook input priority 0; iifname "$2" drop; }
+    chain out { type filter hook output priority 0; oifname "$2" drop; }
+}
+EOF
+}
+
 netns_topology() {
     ip netns add "$NS_C"
     ip netns add "$NS_S"

@@ -82,12 +82,7 @@ test_black_hole_moves_to_the_next_free_uplink() {
     EPOCH0=$(epoch)
     # In the network behind eth0 (its far end, up3), as a broken access point would: the client's
     # kernel sees no local error, only silence.
-    s nft -f - <<'NFT'
-table inet roamtun_blackhole {
-    chain in { type filter hook input priority 0; iifname "up3" drop; }
-    chain out { type filter hook output priority 0; oifname "up3" drop; }
-}
-NFT
+    drop_all s up3 roamtun_blackhole
     wait_resumed
     echo "detected:    black hole on eth0: $(json_get "$WORK/client.sock" 's["peers"][0]["last_error"]') (stall_after_ms 100, dead_after_ms 300); the session resumed on the warm wlan0 path, stall $(json_get "$WORK/client.sock" '"%.1f ms" % s["peers"][0]["switches"][-1]["stall_ms"]') (the apps' longest pause is in the bulk line)"
     finish_workload
@@ -243,12 +238,7 @@ test_an_uplink_that_cannot_reach_the_server_is_marked_unusable() {
     NO_ETH0=1 setup
     start_workload $((8 << 20))
     progress 8
-    s nft -f - <<'NFT'
-table inet roamtun_portal {
-    chain in { type filter hook input priority 0; iifname "up3" drop; }
-    chain out { type filter hook output priority 0; oifname "up3" drop; }
-}
-NFT
+    drop_all s up3 roamtun_portal
     netns_third_uplink
     wait_for 20 "eth0 marked unusable" uplink_state_is eth0 unusable || fail "eth0: $(uplink_states)"
     local why

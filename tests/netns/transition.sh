@@ -94,12 +94,7 @@ probe_interval_ms = 100" setup
     # Everything on wlan0 silently dropped, both ways; the link stays up with its address. Dropped by
     # the client's own firewall, sends fail locally and nothing waits in flight for the stall check:
     # it is silence (dead_after_ms) that decides here (tests/netns/linkmgr.sh drops at the far end).
-    c nft -f - <<'EOF'
-table inet roamtun_blackhole {
-    chain in { type filter hook input priority 0; iifname "wlan0" drop; }
-    chain out { type filter hook output priority 0; oifname "wlan0" drop; }
-}
-EOF
+    drop_all c wlan0 roamtun_blackhole
     wait_resumed
     echo "detected:    $(json_get "$WORK/client.sock" 's["peers"][0]["last_error"]') (dead_after_ms 300, stall_after_ms 100); $(json_get "$WORK/client.sock" '"%d bytes replayed" % s["peers"][0]["switches"][-1]["bytes_replayed"]') (the apps' longest pause is in the bulk line)"
     finish_workload
