@@ -102,6 +102,14 @@ active_uplink() { json_get "$WORK/client.sock" 's["peers"][0]["uplink"]'; }
 switch_kinds() { json_get "$WORK/client.sock" '" ".join(w["kind"] + ":" + str(w["from"]) + ">" + str(w["to"]) for w in s["peers"][0]["switches"])'; }
 epoch() { json_get "$WORK/client.sock" 's["peers"][0]["epoch"]'; }
 
+# expect_switches KINDS [WHAT]: prints the session's switches (switch_kinds); fails unless they are KINDS.
+expect_switches() {
+    local kinds
+    kinds=$(switch_kinds)
+    echo "switches:    $kinds"
+    [ "$kinds" = "$1" ] || fail "${2:-status shows switches}: '$kinds'"
+}
+
 # Waits for the client to be on a path of a later epoch than $EPOCH0 (taken before the event).
 resumed() { [ "$(epoch)" -gt "$EPOCH0" ] && client_connected; }
 wait_resumed() { wait_for 30 "the session to resume on a new path" resumed; }

@@ -86,10 +86,7 @@ test_black_hole_moves_to_the_next_free_uplink() {
     wait_resumed
     echo "detected:    black hole on eth0: $(json_get "$WORK/client.sock" 's["peers"][0]["last_error"]') (stall_after_ms 100, dead_after_ms 300); the session resumed on the warm wlan0 path, stall $(json_get "$WORK/client.sock" '"%.1f ms" % s["peers"][0]["switches"][-1]["stall_ms"]') (the apps' longest pause is in the bulk line)"
     finish_workload
-    local kinds
-    kinds=$(switch_kinds)
-    echo "switches:    $kinds"
-    [ "$kinds" = "unexpected:eth0>wlan0" ] || fail "expected the free wlan0, not the metered wwan0: '$kinds'"
+    expect_switches "unexpected:eth0>wlan0" "expected the free wlan0, not the metered wwan0"
 }
 
 test_fail_back_after_the_dwell_time_not_before() {
@@ -107,10 +104,7 @@ test_fail_back_after_the_dwell_time_not_before() {
     wait_for 20 "the fail-back to eth0" on_uplink eth0 || fail "no fail-back to eth0: $(uplink_states)"
     echo "switches:    fail-back to eth0 $(since "$t0") s after it came back (fail_back_after_secs 3)"
     finish_workload
-    local kinds
-    kinds=$(switch_kinds)
-    echo "switches:    $kinds"
-    [ "$kinds" = "unexpected:eth0>wlan0 planned:wlan0>eth0" ] || fail "status shows switches '$kinds'"
+    expect_switches "unexpected:eth0>wlan0 planned:wlan0>eth0"
 }
 
 test_metered_uplink_carries_nothing_while_a_free_one_is_healthy() {
@@ -142,10 +136,7 @@ test_pin_is_honoured_and_unpin_returns_to_the_automatic_choice() {
     out=$("$ROAMTUN" unpin --socket "$WORK/client.sock") || fail "unpin failed: $out"
     wait_for 20 "the automatic choice (eth0)" on_uplink eth0 || fail "after unpin still on $(active_uplink)"
     finish_workload
-    local kinds
-    kinds=$(switch_kinds)
-    echo "switches:    $kinds"
-    [ "$kinds" = "planned:eth0>wwan0 planned:wwan0>eth0" ] || fail "status shows switches '$kinds'"
+    expect_switches "planned:eth0>wwan0 planned:wwan0>eth0"
 }
 
 test_loss_on_the_active_uplink_moves_to_a_better_one() {
@@ -302,10 +293,7 @@ probe_interval_ms = 100' netns_configs
     remote=$(path_remote)
     [ "$remote" = "198.18.0.1:7700" ] || fail "the path over wlan0 goes to $remote"
     finish_workload
-    local kinds
-    kinds=$(switch_kinds)
-    echo "switches:    $kinds"
-    [ "$kinds" = "unexpected:wlan0>wwan0 planned:wwan0>wlan0" ] || fail "status shows switches '$kinds'"
+    expect_switches "unexpected:wlan0>wwan0 planned:wwan0>wlan0"
 }
 
 for t in $(declare -F | awk '{print $3}' | grep '^test_'); do

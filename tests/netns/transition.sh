@@ -42,10 +42,7 @@ test_planned_switch_there_and_back() {
     progress 32
     switch_to wlan0
     finish_workload
-    local kinds
-    kinds=$(switch_kinds)
-    echo "switches:    $kinds"
-    [ "$kinds" = "planned:wlan0>wwan0 planned:wwan0>wlan0" ] || fail "status shows switches '$kinds'"
+    expect_switches "planned:wlan0>wwan0 planned:wwan0>wlan0"
 }
 
 test_link_down_mid_transfer() {
@@ -56,10 +53,7 @@ test_link_down_mid_transfer() {
     c ip link set wlan0 down
     wait_resumed
     finish_workload
-    local kinds
-    kinds=$(switch_kinds)
-    echo "switches:    $kinds"
-    [ "$kinds" = "unexpected:wlan0>wwan0" ] || fail "status shows switches '$kinds'"
+    expect_switches "unexpected:wlan0>wwan0"
 }
 
 test_new_address_on_the_only_uplink() {
@@ -98,10 +92,7 @@ probe_interval_ms = 100" setup
     wait_resumed
     echo "detected:    $(json_get "$WORK/client.sock" 's["peers"][0]["last_error"]') (dead_after_ms 300, stall_after_ms 100); $(json_get "$WORK/client.sock" '"%d bytes replayed" % s["peers"][0]["switches"][-1]["bytes_replayed"]') (the apps' longest pause is in the bulk line)"
     finish_workload
-    local kinds
-    kinds=$(switch_kinds)
-    echo "switches:    $kinds"
-    [ "$kinds" = "unexpected:wlan0>wwan0" ] || fail "status shows switches '$kinds'"
+    expect_switches "unexpected:wlan0>wwan0"
 }
 
 test_twenty_switches_in_thirty_seconds() {
@@ -131,10 +122,7 @@ test_system_wide_default_route_through_the_tun() {
     c ip link set wwan0 down
     wait_resumed
     finish_workload
-    local kinds
-    kinds=$(switch_kinds)
-    echo "switches:    $kinds"
-    [ "$kinds" = "planned:wlan0>wwan0 unexpected:wwan0>wlan0" ] || fail "status shows switches '$kinds'"
+    expect_switches "planned:wlan0>wwan0 unexpected:wwan0>wlan0"
 }
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
