@@ -162,7 +162,11 @@ NFT
     local kinds
     kinds=$(switch_kinds)
     echo "switches:    $kinds; eth0 now: $(json_get "$WORK/client.sock" '[u["why"] for u in s["uplinks"] if u["name"] == "eth0"][0]')"
-    [ "$kinds" = "planned:eth0>wlan0" ] || fail "expected a planned switch on measured loss, got '$kinds'"
+    # The decision task must have chosen a planned switch because of the loss. Its steps travel the
+    # lossy path itself, and when retransmission timeouts hold them past the step timeout the switch
+    # falls back to the unexpected one (spec [0132]), as the protocol requires: either kind counts.
+    grep -q "decision: planned switch to=wlan0 .*loss" "$WORK/client.log" || fail "no planned switch decided on loss: $(grep decision "$WORK/client.log")"
+    [[ "$kinds" == "planned:eth0>wlan0" || "$kinds" == "unexpected:eth0>wlan0" ]] || fail "expected one switch eth0 > wlan0, got '$kinds'"
     local reported
     reported=$(grep "the peer's loss report" "$WORK/client.log" | grep 'uplink=Some("eth0")' | grep -o 'loss=[0-9.]*' | cut -d= -f2 | sort -g | tail -n 1)
     echo "switches:    the server reported up to ${reported:-nothing} loss towards the client on eth0"
