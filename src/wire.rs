@@ -101,9 +101,15 @@ pub const FAMILY_V6: u8 = 6;
 /// Frame boundaries need only the header: a frame whose body is malformed can still be stepped over,
 /// and a reader can cut a byte stream into whole frames without parsing them.
 pub fn frame_len(data: &[u8]) -> Option<usize> {
-    let header = data.get(..HEADER_LEN)?;
-    let len = HEADER_LEN + usize::from(u16::from_be_bytes([header[2], header[3]]));
+    let len = announced_len(data)?;
     (data.len() >= len).then_some(len)
+}
+
+/// The length of the frame that starts `data`, header included, as its header announces it, whether
+/// or not the rest has arrived; None before the whole header.
+pub fn announced_len(data: &[u8]) -> Option<usize> {
+    let header = data.get(..HEADER_LEN)?;
+    Some(HEADER_LEN + usize::from(u16::from_be_bytes([header[2], header[3]])))
 }
 
 /// The type byte of a frame.

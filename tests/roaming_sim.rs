@@ -65,12 +65,12 @@ const SEND_BUFFER: usize = 256 * 1024;
 #[derive(Default)]
 struct Pipe {
     busy_until_us: i64,
-    queue: VecDeque<(i64, Vec<u8>)>,
+    queue: VecDeque<(i64, bytes::Bytes)>,
     queued: usize,
 }
 
 impl Pipe {
-    fn send(&mut self, link: Link, now_us: i64, bytes: Vec<u8>) {
+    fn send(&mut self, link: Link, now_us: i64, bytes: bytes::Bytes) {
         let start = self.busy_until_us.max(now_us);
         self.busy_until_us = start + bytes.len() as i64 * 1000 / link.bytes_per_ms;
         self.queued += bytes.len();

@@ -55,7 +55,8 @@ pub enum EngineMsg {
     /// Whole frames read from a path.
     PathBytes {
         path: PathId,
-        bytes: Vec<u8>,
+        /// Split off the reader's buffer (see `transport::take_frames`), not copied.
+        bytes: bytes::Bytes,
     },
     /// The body of a CONTROL frame (a transition message) read from a path.
     PathControl {

@@ -38,7 +38,7 @@ const FAILURE_MEMORY: Duration = Duration::from_secs(60);
 
 /// The writing end and the reader of one path's connection.
 struct PathIo {
-    out: mpsc::Sender<Vec<u8>>,
+    out: mpsc::Sender<bytes::Bytes>,
     reader: tokio::task::AbortHandle,
     /// Tells the path's tasks to probe at the standby pace.
     standby: Arc<std::sync::atomic::AtomicBool>,

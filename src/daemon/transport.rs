@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
@@ -118,7 +119,7 @@ impl Liveness {
 /// The tasks of one established path.
 pub struct PathIo {
     /// The writer's queue: encoded frames, written in order.
-    pub out: mpsc::Sender<Vec<u8>>,
+    pub out: mpsc::Sender<Bytes>,
     /// Stops the reader (the writer ends when `out` is dropped).
     pub reader: AbortHandle,
     /// Set by the engine task while the path is a standby one: both tasks then probe and judge it
@@ -141,9 +142,9 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (r, w) = tokio::io::split(stream);
-    // Up to 8 chunks of 256 KiB (the engine's CHUNK) wait for the writer, on top of the engine's
+    // Up to 8 chunks of 192 KiB (the engine's CHUNK) wait for the writer, on top of the engine's
     // session_out_budget.
-    let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(8);
+    let (out_tx, out_rx) = mpsc::channel::<Bytes>(8);
     // PING nonces are microseconds since this instant, so a PONG tells its round trip by itself.
     let epoch = tokio::time::Instant::now();
     let standby = Arc::new(AtomicBool::new(false));
@@ -197,7 +198,7 @@ impl Pace {
 /// whichever path the session's stream frames use).
 #[derive(Debug, PartialEq, Eq)]
 enum Piece {
-    Frames(Vec<u8>),
+    Frames(Bytes),
     Control(Vec<u8>),
     Ping(u64),
     Pong(u64),
@@ -207,8 +208,11 @@ enum Piece {
 /// Cuts the whole frames off the front of `buf` (a partial frame stays), taking each CONTROL frame
 /// out as its own piece so that the daemon acts on it exactly between the frames around it: an
 /// ALL_REDIRECTED must take effect before the stream bytes that follow it on the new path.
-fn take_frames(buf: &mut Vec<u8>, pieces: &mut Vec<Piece>) {
-    let (mut start, mut pos) = (0, 0);
+///
+/// The frames are split off the buffer, not copied: the pieces share its allocation, and the partial
+/// frame behind them stays where it is and grows in place as the next reads arrive.
+fn take_frames(buf: &mut BytesMut, pieces: &mut Vec<Piece>) {
+    let mut pos = 0;
     while let Some(len) = wire::frame_len(&buf[pos..]) {
         let body = &buf[pos + wire::HEADER_LEN..pos + len];
         let nonce = || u64::from_be_bytes(body.try_into().expect("an 8-byte body"));
@@ -222,38 +226,39 @@ fn take_frames(buf: &mut Vec<u8>, pieces: &mut Vec<Piece>) {
             }
             _ => None,
         };
-        if let Some(piece) = piece {
-            if pos > start {
-                pieces.push(Piece::Frames(buf[start..pos].to_vec()));
+        match piece {
+            Some(piece) => {
+                if pos > 0 {
+                    pieces.push(Piece::Frames(buf.split_to(pos).freeze()));
+                }
+                pieces.push(piece);
+                let _ = buf.split_to(len);
+                pos = 0;
             }
-            pieces.push(piece);
-            start = pos + len;
+            None => pos += len,
         }
-        pos += len;
     }
-    if pos == 0 {
-        // Nothing whole yet: the frame grows in place (the reader keeps room for all of it), rather
-        // than being copied to a new buffer after every read of a TLS record.
-        return;
+    if pos > 0 {
+        pieces.push(Piece::Frames(buf.split_to(pos).freeze()));
     }
-    if start == 0 && pos == buf.len() {
-        // The usual case: the read ended on a frame boundary; hand the buffer over without a copy.
-        pieces.push(Piece::Frames(std::mem::replace(buf, Vec::with_capacity(READ_SIZE))));
-        return;
-    }
-    let mut rest = Vec::with_capacity(READ_SIZE.max(buf.len() - pos));
-    rest.extend_from_slice(&buf[pos..]);
-    if pos > start {
-        buf.truncate(pos);
-        buf.drain(..start);
-        pieces.push(Piece::Frames(std::mem::take(buf)));
-    }
-    *buf = rest;
 }
 
-/// The reader's buffer: holds a whole frame (64 KiB) and the start of the next, so a frame is never
-/// moved while it arrives, and stays below malloc's mmap threshold (128 KiB).
-const READ_SIZE: usize = 96 * 1024;
+/// Makes room in the reader's buffer for the next read: at least a quarter of `READ_SIZE`, and room
+/// for the whole of a partial frame, so that it is never moved while it arrives. A new allocation
+/// (the old one is still shared with frames the engine has not processed) copies only the partial
+/// frame, once per `READ_SIZE` bytes read, and is always `READ_SIZE` bytes: the buffer holds at most
+/// a partial frame when it is renewed, and blocks of one size leave no holes a later one cannot use.
+fn make_room(buf: &mut BytesMut) {
+    let frame = wire::announced_len(buf).unwrap_or(0);
+    let want = (READ_SIZE / 4).max(frame.saturating_sub(buf.len()));
+    if buf.capacity() - buf.len() < want {
+        buf.reserve(READ_SIZE.saturating_sub(buf.len()).max(want));
+    }
+}
+
+/// The reader's buffer: many frames (64 KiB each at most) are read into one allocation, split off
+/// as they complete, so a partial frame is copied once per buffer, not once per read.
+const READ_SIZE: usize = 512 * 1024;
 
 /// What a relay connection's TCP socket is read through. rustls reads the socket 4 KiB at a time
 /// (and shrinks its buffer whenever it is empty), so a 64 KiB frame costs 16 or more `recv` calls;
@@ -288,12 +293,12 @@ async fn reader<R: AsyncRead + Unpin>(
     path: PathId,
     early: Vec<u8>,
     engine: mpsc::Sender<EngineMsg>,
-    pongs: mpsc::Sender<Vec<u8>>,
+    pongs: mpsc::Sender<Bytes>,
     watch: Watch,
     epoch: tokio::time::Instant,
 ) {
-    let mut buf = early;
-    buf.reserve(READ_SIZE);
+    let mut buf = BytesMut::with_capacity(READ_SIZE.max(early.len()));
+    buf.extend_from_slice(&early);
     let mut pieces = Vec::new();
     let tick =
         if watch.stall_after < watch.pace.liveness.dead_after { STALL_TICK.min(watch.every) } else { watch.every };
@@ -335,9 +340,7 @@ async fn reader<R: AsyncRead + Unpin>(
             // Time spent waiting for the engine above is not silence on the path.
             last_rx = tokio::time::Instant::now();
         }
-        if buf.capacity() - buf.len() < READ_SIZE / 4 {
-            buf.reserve(READ_SIZE);
-        }
+        make_room(&mut buf);
         // read_buf is cancel safe: a tick loses no byte.
         tokio::select! {
             read = r.read_buf(&mut buf) => match read {
@@ -399,7 +402,7 @@ async fn reader<R: AsyncRead + Unpin>(
 async fn writer<W: AsyncWrite + Unpin>(
     mut w: W,
     path: PathId,
-    mut out: mpsc::Receiver<Vec<u8>>,
+    mut out: mpsc::Receiver<Bytes>,
     engine: mpsc::Sender<EngineMsg>,
     room: Arc<Notify>,
     pace: Pace,
@@ -547,11 +550,11 @@ impl LossMeter {
     }
 }
 
-fn encode(frame: &Frame<'_>) -> Vec<u8> {
+fn encode(frame: &Frame<'_>) -> Bytes {
     let mut out = Vec::with_capacity(frame.encoded_len());
     // Cannot fail: PING, PONG and REPORT have a fixed, small body (and a loss of at most 1).
     frame.encode(&mut out).expect("probe encodes");
-    out
+    out.into()
 }
 
 #[cfg(test)]
@@ -625,25 +628,27 @@ mod tests {
         let control = frame(&Frame::Control { body: &[9, 9] });
         let data = frame(&Frame::Data { stream_id: 1, offset: 0, data: b"abc" });
         let report = frame(&Frame::Report { loss_ppm: 250_000 });
-        let mut buf = [credit.clone(), ping, control, pong, report, data.clone(), data[..5].to_vec()].concat();
+        let mut buf = BytesMut::from(
+            &[credit.clone(), ping, control, pong, report, data.clone(), data[..5].to_vec()].concat()[..],
+        );
         let mut pieces = Vec::new();
         take_frames(&mut buf, &mut pieces);
         assert_eq!(
             pieces,
             vec![
-                Piece::Frames(credit),
+                Piece::Frames(credit.into()),
                 Piece::Ping(1),
                 Piece::Control(vec![9, 9]),
                 Piece::Pong(7),
                 Piece::Report(250_000),
-                Piece::Frames(data.clone())
+                Piece::Frames(data.clone().into())
             ]
         );
         assert_eq!(buf, data[..5]);
         buf.extend_from_slice(&data[5..]);
         pieces.clear();
         take_frames(&mut buf, &mut pieces);
-        assert_eq!(pieces, vec![Piece::Frames(data)]);
+        assert_eq!(pieces, vec![Piece::Frames(data.into())]);
         assert!(buf.is_empty());
         pieces.clear();
         take_frames(&mut buf, &mut pieces);
@@ -651,17 +656,39 @@ mod tests {
     }
 
     #[test]
-    fn a_partial_frame_grows_in_place_until_it_is_whole() {
+    fn frames_share_the_read_buffer_and_a_partial_frame_grows_in_place() {
         let data = frame(&Frame::Data { stream_id: 1, offset: 0, data: &[7; 1000] });
-        let mut buf = Vec::with_capacity(READ_SIZE);
+        let mut buf = BytesMut::with_capacity(READ_SIZE);
+        buf.extend_from_slice(&data);
         buf.extend_from_slice(&data[..500]);
         let at = buf.as_ptr();
         let mut pieces = Vec::new();
         take_frames(&mut buf, &mut pieces);
-        assert!(pieces.is_empty());
-        assert_eq!(buf.as_ptr(), at, "the partial frame was not moved");
+        let Some(Piece::Frames(whole)) = pieces.pop() else { panic!("one whole frame") };
+        assert_eq!(whole, data);
+        assert_eq!(whole.as_ptr(), at, "the whole frame was copied");
+        assert_eq!(buf.as_ptr(), at.wrapping_add(data.len()), "the partial frame was moved");
+        make_room(&mut buf);
+        assert_eq!(buf.as_ptr(), at.wrapping_add(data.len()), "room was made by moving the partial frame");
         buf.extend_from_slice(&data[500..]);
         take_frames(&mut buf, &mut pieces);
-        assert_eq!(pieces, vec![Piece::Frames(data)]);
+        assert_eq!(pieces, vec![Piece::Frames(data.into())]);
+    }
+
+    #[test]
+    fn room_is_made_for_the_whole_of_a_partial_frame() {
+        let data = frame(&Frame::Data { stream_id: 1, offset: 0, data: &[7; 60_000] });
+        let mut buf = BytesMut::with_capacity(READ_SIZE);
+        buf.resize(READ_SIZE - 30_000, 0);
+        let _shared = buf.split().freeze();
+        buf.extend_from_slice(&data[..100]);
+        make_room(&mut buf);
+        assert!(buf.capacity() >= data.len(), "capacity {} for a frame of {}", buf.capacity(), data.len());
+        let at = buf.as_ptr();
+        buf.extend_from_slice(&data[100..]);
+        assert_eq!(buf.as_ptr(), at);
+        let mut pieces = Vec::new();
+        take_frames(&mut buf, &mut pieces);
+        assert_eq!(pieces, vec![Piece::Frames(data.into())]);
     }
 }

@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
+use bytes::Bytes;
 use roamtun_stack::Instant;
 
 use crate::control::{SwitchRecord, SwitchStep};
@@ -30,7 +31,7 @@ use crate::wire::{Frame, PROTOCOL_VERSION};
 
 /// Switches kept per session for `roamtun status`.
 const HISTORY: usize = 8;
-/// Chunks (of up to 256 KiB) a path's queue holds before the engine's output waits in the engine.
+/// Chunks (of up to 192 KiB) a path's queue holds before the engine's output waits in the engine.
 const PATH_QUEUE: usize = 4;
 
 /// CLOSE codes (docs/protocol.md).
@@ -108,7 +109,7 @@ pub enum Action {
     /// Client: open a path (answered with [`RelayCore::client_path_up`]).
     Dial(DialRequest),
     /// Close a path: write `last` (its remaining queue, e.g. a CLOSE), then end the connection.
-    ClosePath { path: PathId, last: Vec<Vec<u8>> },
+    ClosePath { path: PathId, last: Vec<Bytes> },
     /// Client: the switch the user asked for is done, or failed.
     SwitchDone(Result<SwitchRecord, String>),
 }
@@ -218,12 +219,12 @@ struct PathState {
     /// Our loss as last sent to the peer in a REPORT, parts per million.
     reported_ppm: u32,
     /// Encoded frames for the path's writer, in order.
-    out: VecDeque<Vec<u8>>,
+    out: VecDeque<Bytes>,
 }
 
 impl PathState {
     /// A path just up in `session`, nothing measured yet, with `out` to send first.
-    fn new(session: SessionId, info: PathInfo, out: VecDeque<Vec<u8>>) -> Self {
+    fn new(session: SessionId, info: PathInfo, out: VecDeque<Bytes>) -> Self {
         PathState {
             session,
             info,
@@ -853,12 +854,12 @@ impl RelayCore {
     }
 
     /// The next chunk for `path`'s writer.
-    pub fn pop_path_output(&mut self, path: PathId) -> Option<Vec<u8>> {
+    pub fn pop_path_output(&mut self, path: PathId) -> Option<Bytes> {
         self.paths.get_mut(&path)?.out.pop_front()
     }
 
     /// Puts back a chunk the writer had no room for; it goes first next time.
-    pub fn unpop_path_output(&mut self, path: PathId, chunk: Vec<u8>) {
+    pub fn unpop_path_output(&mut self, path: PathId, chunk: Bytes) {
         if let Some(p) = self.paths.get_mut(&path) {
             p.out.push_front(chunk);
         }
@@ -966,9 +967,9 @@ fn offsets(engine: &Engine, sid: SessionId) -> Vec<StreamOffset> {
     engine.received_offsets(sid).into_iter().map(|(stream, received)| StreamOffset { stream, received }).collect()
 }
 
-fn encode(frame: &Frame<'_>) -> Vec<u8> {
+fn encode(frame: &Frame<'_>) -> Bytes {
     let mut out = Vec::with_capacity(frame.encoded_len());
     // Cannot fail: handshake and control frames are far below the body limit.
     frame.encode(&mut out).expect("control frame encodes");
-    out
+    out.into()
 }

@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
+use bytes::Bytes;
 use roamtun_stack::{Duration, FlowEvent, FlowId, Ingress, Instant, Stack, StackConfig};
 use serde::Serialize;
 
@@ -149,7 +150,7 @@ struct Session {
     virtual_ips: Vec<IpAddr>,
     /// Bytes of a frame that has not fully arrived.
     rx: Vec<u8>,
-    out: VecDeque<Vec<u8>>,
+    out: VecDeque<OutChunk>,
     out_bytes: usize,
     streams: BTreeMap<u32, Stream>,
     next_stream_id: u32,
@@ -163,9 +164,50 @@ struct Session {
     counters: SessionCounters,
 }
 
-/// Frames are batched into chunks of about this size, one transport write each: four 64 KiB DATA
-/// frames per hand-over to the writer task, so a quarter of the wake-ups of one per frame.
-const CHUNK: usize = 256 * 1024;
+/// Frames are batched into chunks of this size, one transport write each: three whole DATA frames
+/// (192 KiB) per hand-over to the writer task, a third of the wake-ups of one per frame. Every chunk
+/// is allocated at this size, so a freed chunk leaves a hole the next one fits in exactly.
+const CHUNK: usize = SHARE_FRACTION * (wire::HEADER_LEN + wire::MAX_BODY);
+
+/// Encoded frames on their way to the peer, and where the new stream bytes among them are: when the
+/// chunk leaves ([`OutChunk::settle`]), each stream's replay buffer keeps a slice of it instead of a
+/// copy of its own.
+#[derive(Default)]
+struct OutChunk {
+    bytes: Vec<u8>,
+    /// (stream id, start, length) of each DATA payload sent for the first time, in order.
+    kept: Vec<(u32, usize, usize)>,
+}
+
+impl OutChunk {
+    /// Freezes the chunk and hands the replay buffers their bytes of it: a slice when its DATA frame
+    /// is at least a [`SHARE_FRACTION`]th of the chunk (bulk transfers: whole 64 KiB frames), else a
+    /// copy, so that a few small unacknowledged bytes (an interactive session's keystrokes wait for
+    /// half a window of them before the peer acknowledges) never keep a whole chunk alive. A replay
+    /// buffer therefore keeps alive at most [`SHARE_FRACTION`] times the frames it holds.
+    fn settle(self, streams: &mut BTreeMap<u32, Stream>) -> Bytes {
+        let capacity = self.bytes.capacity();
+        let bytes = Bytes::from(self.bytes);
+        for (stream_id, start, len) in self.kept {
+            // A stream reset meanwhile has no replay buffer left to keep them.
+            let Some(stream) = streams.get_mut(&stream_id) else { continue };
+            stream.replay.settle(if shared(wire::HEADER_LEN + wire::DATA_OVERHEAD + len, capacity) {
+                bytes.slice(start..start + len)
+            } else {
+                Bytes::copy_from_slice(&bytes[start..start + len])
+            });
+        }
+        bytes
+    }
+}
+
+/// A replay buffer keeps a slice of an output chunk, rather than a copy, when the slice's frame is
+/// at least this fraction of the chunk's allocation.
+const SHARE_FRACTION: usize = 3;
+
+fn shared(frame: usize, chunk: usize) -> bool {
+    frame * SHARE_FRACTION >= chunk
+}
 
 impl Session {
     fn queue(&mut self, frame: &Frame<'_>) {
@@ -670,10 +712,10 @@ impl Engine {
                 let mut room = budget.saturating_sub(*out_bytes).min(stream.send.allowance());
                 if room > 0 && stream.send.offset() < stream.replay.end() {
                     let mut offset = stream.send.offset();
-                    if let Some((a, b)) = stream.replay.since(offset) {
-                        for part in [a, b] {
+                    if let Some(parts) = stream.replay.since(offset) {
+                        for part in parts {
                             for piece in part[..part.len().min(room)].chunks(wire::MAX_DATA) {
-                                push_data(out, out_bytes, stream_id, offset, piece);
+                                push_data(out, out_bytes, stream_id, offset, piece, Keep::No);
                                 offset += piece.len() as u64;
                                 room -= piece.len();
                             }
@@ -688,9 +730,9 @@ impl Engine {
                     let mut offset = stream.send.offset();
                     let replay = &mut stream.replay;
                     let n = stack.recv(flow, room, |chunk| {
-                        replay.push(chunk);
+                        replay.push_queued(chunk.len());
                         for piece in chunk.chunks(wire::MAX_DATA) {
-                            push_data(out, out_bytes, stream_id, offset, piece);
+                            push_data(out, out_bytes, stream_id, offset, piece, Keep::Yes);
                             offset += piece.len() as u64;
                         }
                     });
@@ -757,11 +799,11 @@ impl Engine {
     }
 
     /// The next chunk of encoded frames for a session's transport.
-    pub fn pop_session_output(&mut self, sid: SessionId) -> Option<Vec<u8>> {
+    pub fn pop_session_output(&mut self, sid: SessionId) -> Option<Bytes> {
         let session = self.sessions.get_mut(&sid)?;
         let chunk = session.out.pop_front()?;
-        session.out_bytes -= chunk.len();
-        Some(chunk)
+        session.out_bytes -= chunk.bytes.len();
+        Some(chunk.settle(&mut session.streams))
     }
 
     /// Queues a frame of the session layer (CLOSE, PING) to a session.
@@ -791,7 +833,11 @@ impl Engine {
         let Some(session) = self.sessions.get_mut(&sid) else { return 0 };
         let mut replayed = 0;
         session.rx.clear();
-        session.out.clear();
+        // The queued frames are regenerated below, but the stream bytes in them are the only copy:
+        // the replay buffers keep them before the frames go.
+        for chunk in session.out.drain(..) {
+            chunk.settle(&mut session.streams);
+        }
         session.out_bytes = 0;
         let peer: BTreeMap<u32, u64> = peer_received.iter().copied().collect();
         let ours_parity = match role {
@@ -895,26 +941,60 @@ impl Engine {
     }
 }
 
-fn push_frame(out: &mut VecDeque<Vec<u8>>, out_bytes: &mut usize, frame: &Frame<'_>) {
+fn push_frame(out: &mut VecDeque<OutChunk>, out_bytes: &mut usize, frame: &Frame<'_>) {
     let len = frame.encoded_len();
     let chunk = tail_chunk(out, len);
     // Cannot fail: control frames are far below the body limit.
-    frame.encode(chunk).expect("control frame fits the wire format");
+    frame.encode(&mut chunk.bytes).expect("control frame fits the wire format");
     *out_bytes += len;
 }
 
-fn push_data(out: &mut VecDeque<Vec<u8>>, out_bytes: &mut usize, stream_id: u32, offset: u64, data: &[u8]) {
+/// Whether a DATA frame's payload is new (its replay buffer keeps it from the chunk) or resent from
+/// the replay buffer, which has it already.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    Yes,
+    No,
+}
+
+fn push_data(
+    out: &mut VecDeque<OutChunk>,
+    out_bytes: &mut usize,
+    stream_id: u32,
+    offset: u64,
+    data: &[u8],
+    keep: Keep,
+) {
     let len = wire::HEADER_LEN + 12 + data.len();
     let chunk = tail_chunk(out, len);
-    wire::encode_data_header(stream_id, offset, data.len(), chunk);
-    chunk.extend_from_slice(data);
+    wire::encode_data_header(stream_id, offset, data.len(), &mut chunk.bytes);
+    if keep == Keep::Yes {
+        chunk.kept.push((stream_id, chunk.bytes.len(), data.len()));
+    }
+    chunk.bytes.extend_from_slice(data);
     *out_bytes += len;
 }
 
-fn tail_chunk(out: &mut VecDeque<Vec<u8>>, room: usize) -> &mut Vec<u8> {
-    if out.back().is_none_or(|c| c.len() + room > CHUNK) {
-        out.push_back(Vec::with_capacity(CHUNK.max(room)));
+fn tail_chunk(out: &mut VecDeque<OutChunk>, room: usize) -> &mut OutChunk {
+    if out.back().is_none_or(|c| c.bytes.len() + room > CHUNK) {
+        out.push_back(OutChunk { bytes: Vec::with_capacity(CHUNK.max(room)), kept: Vec::new() });
     }
     // Cannot fail: pushed just above when empty.
     out.back_mut().expect("a tail chunk exists")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_buffer_shares_only_slices_that_are_a_good_part_of_their_chunk() {
+        let frame = |payload: usize| wire::HEADER_LEN + wire::DATA_OVERHEAD + payload;
+        // Bulk: whole DATA frames, three to a chunk, each payload is shared.
+        assert_eq!(CHUNK, 3 * frame(wire::MAX_DATA));
+        assert!(shared(frame(wire::MAX_DATA), CHUNK));
+        // A keystroke, or a piece of a large write, is copied: it would keep 192 KiB alive.
+        assert!(!shared(frame(1), CHUNK));
+        assert!(!shared(frame(32 * 1024), CHUNK));
+    }
 }

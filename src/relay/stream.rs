@@ -9,6 +9,8 @@
 
 use std::collections::VecDeque;
 
+use bytes::{Buf, Bytes};
+
 /// The credit every stream starts with in each direction, before the receiver's first CREDIT. A
 /// protocol constant, so the two daemons agree on it whatever windows they are configured with; the
 /// receiver grants its real window with its first CREDIT.
@@ -247,11 +249,19 @@ impl RecvHalf {
 /// Bounded without a limit of its own: the peer grants credit up to what its app consumed plus one
 /// window, and acknowledges at least what it consumed, so a sender never holds more than one window
 /// here. The engine resends from it in [`crate::relay::engine::Engine::resume_session`].
+///
+/// The bytes are not copied here: the engine writes a DATA frame's payload once, into the output
+/// chunk, records it with [`ReplayBuffer::push_queued`], and hands the buffer slices of the chunk
+/// ([`ReplayBuffer::settle`]) when the chunk leaves for the transport, in the order they were queued.
 #[derive(Debug, Clone, Default)]
 pub struct ReplayBuffer {
     /// Offset of the first byte kept.
     start: u64,
-    bytes: VecDeque<u8>,
+    /// The kept bytes, oldest first: slices of output chunks.
+    kept: VecDeque<Bytes>,
+    kept_len: usize,
+    /// Bytes sent after `kept` whose slices have not been handed over yet.
+    queued: usize,
 }
 
 impl ReplayBuffer {
@@ -259,41 +269,78 @@ impl ReplayBuffer {
         Self::default()
     }
 
-    /// Offset just past the last byte kept: the next byte sent gets this offset.
+    /// Offset just past the last byte sent: the next byte sent gets this offset.
     pub fn end(&self) -> u64 {
-        self.start + self.bytes.len() as u64
+        self.start + (self.kept_len + self.queued) as u64
     }
 
-    /// Bytes kept.
+    /// Bytes kept or still queued.
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        self.kept_len + self.queued
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.len() == 0
     }
 
-    /// Keeps bytes just sent (at offset [`ReplayBuffer::end`]).
+    /// Keeps a copy of bytes just sent (at offset [`ReplayBuffer::end`]).
     pub fn push(&mut self, data: &[u8]) {
-        self.bytes.extend(data);
+        self.push_queued(data.len());
+        self.settle(Bytes::copy_from_slice(data));
     }
 
-    /// The peer has every byte below `upto`: forget them. An older acknowledgement changes nothing.
+    /// `n` bytes were just sent (at offset [`ReplayBuffer::end`]); their storage follows by
+    /// [`ReplayBuffer::settle`].
+    pub fn push_queued(&mut self, n: usize) {
+        self.queued += n;
+    }
+
+    /// The storage of the oldest queued bytes.
+    pub fn settle(&mut self, bytes: Bytes) {
+        assert!(bytes.len() <= self.queued, "settled {} bytes of {} queued", bytes.len(), self.queued);
+        self.queued -= bytes.len();
+        self.kept_len += bytes.len();
+        if !bytes.is_empty() {
+            self.kept.push_back(bytes);
+        }
+    }
+
+    /// Whether every byte sent has its storage here ([`ReplayBuffer::since`] can resend all of them).
+    pub fn settled(&self) -> bool {
+        self.queued == 0
+    }
+
+    /// The peer has every byte below `upto`: forget them. An older acknowledgement changes nothing;
+    /// bytes still queued cannot have reached the peer and are not forgotten.
     pub fn ack(&mut self, upto: u64) {
-        let n = upto.saturating_sub(self.start).min(self.bytes.len() as u64);
-        self.bytes.drain(..n as usize);
-        self.start += n;
+        let mut n = upto.saturating_sub(self.start).min(self.kept_len as u64) as usize;
+        self.start += n as u64;
+        self.kept_len -= n;
+        while n > 0 {
+            let front = self.kept.front_mut().expect("kept_len counts the kept slices");
+            if front.len() <= n {
+                n -= front.len();
+                self.kept.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
     }
 
-    /// The bytes from `offset` to the end, to send again (as two slices), or None when `offset` is
-    /// outside what is kept: below it the peer already acknowledged, above it nothing was sent.
-    pub fn since(&self, offset: u64) -> Option<(&[u8], &[u8])> {
-        if offset < self.start || offset > self.end() {
+    /// The bytes from `offset` to the end, to send again (as slices in order), or None when `offset`
+    /// is outside what is kept: below it the peer already acknowledged, above it nothing was sent.
+    /// Only settled bytes are returned: the caller settles the queued ones first.
+    pub fn since(&self, offset: u64) -> Option<impl Iterator<Item = &[u8]>> {
+        if offset < self.start || offset > self.start + self.kept_len as u64 {
             return None;
         }
-        let skip = (offset - self.start) as usize;
-        let (a, b) = self.bytes.as_slices();
-        Some(if skip <= a.len() { (&a[skip..], b) } else { (&[][..], &b[skip - a.len()..]) })
+        let mut skip = (offset - self.start) as usize;
+        Some(self.kept.iter().filter_map(move |b| {
+            let from = skip.min(b.len());
+            skip -= from;
+            (from < b.len()).then(|| &b[from..])
+        }))
     }
 }
 
@@ -372,22 +419,37 @@ mod tests {
 
     #[test]
     fn the_replay_buffer_keeps_exactly_the_unacknowledged_bytes() {
+        let again = |r: &ReplayBuffer, from| r.since(from).map(|parts| parts.collect::<Vec<_>>().concat());
         let mut r = ReplayBuffer::new();
         r.push(b"hello ");
         r.push(b"world");
         assert_eq!(r.end(), 11);
         r.ack(3);
         assert_eq!(r.len(), 8);
-        let (a, b) = r.since(6).unwrap();
-        assert_eq!([a, b].concat(), b"world");
+        assert_eq!(again(&r, 6).unwrap(), b"world");
+        assert_eq!(again(&r, 4).unwrap(), b"o world");
         assert!(r.since(2).is_none(), "acknowledged bytes are gone");
         assert!(r.since(12).is_none(), "nothing was sent there");
-        assert_eq!(r.since(11).map(|(a, b)| a.len() + b.len()), Some(0));
+        assert_eq!(again(&r, 11), Some(vec![]));
         r.ack(1);
         assert_eq!(r.len(), 8, "an older acknowledgement changes nothing");
         r.ack(100);
         assert!(r.is_empty());
         assert_eq!(r.end(), 11);
+    }
+
+    #[test]
+    fn queued_bytes_count_as_sent_and_are_resent_once_settled() {
+        let mut r = ReplayBuffer::new();
+        r.push_queued(5);
+        assert_eq!((r.end(), r.len(), r.settled()), (5, 5, false));
+        assert!(r.since(1).is_none(), "not here yet");
+        r.ack(5);
+        assert_eq!(r.len(), 5, "what has not left cannot be acknowledged");
+        let chunk = Bytes::from_static(b"..hello..");
+        r.settle(chunk.slice(2..7));
+        assert!(r.settled());
+        assert_eq!(r.since(1).unwrap().collect::<Vec<_>>(), [b"ello"]);
     }
 
     #[test]
