@@ -159,6 +159,10 @@ pub struct Tuning {
     /// Server: how long a session whose path is lost waits for its client to come back (spec
     /// \[0133\]). Client: how long it keeps trying to resume before it gives the session up.
     pub switch_timeout_secs: u64,
+    /// Threads that run the daemon's tasks (the engine, each path's reader and writer). One is the
+    /// fastest measured on two cores: a second one moved the tasks between the cores and carried a
+    /// third less (docs/benchmarks.md). A server with many clients may use more, for their TLS work.
+    pub worker_threads: usize,
 }
 
 impl Default for Tuning {
@@ -174,6 +178,7 @@ impl Default for Tuning {
             stall_after_ms: 100,
             standby_probe_interval_ms: 2000,
             switch_timeout_secs: 60,
+            worker_threads: 1,
         }
     }
 }
@@ -462,9 +467,12 @@ fn check_tun(path: &Path, tun: &mut TunConfig, default_name: &str) -> Result<(),
 /// Streams per session whose offsets fit one CONTROL frame (SWITCH_UNEXPECTED: 17 bytes + 12 per stream).
 pub const MAX_TCP_FLOWS: usize = 5000;
 
+/// More threads than this only add switching: the engine task is one of them either way.
+pub const MAX_WORKER_THREADS: usize = 64;
+
 /// Floors below which a budget or timeout makes the daemon useless (or spin).
 fn check_tuning(path: &Path, t: &Tuning) -> Result<(), ConfigError> {
-    let floors: [(&str, u64, u64); 10] = [
+    let floors: [(&str, u64, u64); 11] = [
         ("tuning.stream_window", t.stream_window, crate::relay::stream::INITIAL_CREDIT),
         ("tuning.tcp_buffer", t.tcp_buffer as u64, 16 * 1024),
         ("tuning.session_out_budget", t.session_out_budget as u64, 128 * 1024),
@@ -476,6 +484,7 @@ fn check_tuning(path: &Path, t: &Tuning) -> Result<(), ConfigError> {
         ("tuning.stall_after_ms", t.stall_after_ms, 40),
         ("tuning.standby_probe_interval_ms", t.standby_probe_interval_ms, 10),
         ("tuning.switch_timeout_secs", t.switch_timeout_secs, 1),
+        ("tuning.worker_threads", t.worker_threads as u64, 1),
     ];
     for (key, value, floor) in floors {
         if value < floor {
@@ -491,6 +500,12 @@ fn check_tuning(path: &Path, t: &Tuning) -> Result<(), ConfigError> {
                  working path would be declared dead",
                 t.probe_interval_ms, t.dead_after_ms
             ),
+        ));
+    }
+    if t.worker_threads > MAX_WORKER_THREADS {
+        return Err(invalid(
+            path,
+            format!("tuning.worker_threads = {} is above the maximum {MAX_WORKER_THREADS}", t.worker_threads),
         ));
     }
     // An unexpected switch names every stream's offset in one CONTROL frame (12 bytes each).
@@ -822,5 +837,16 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("at most half of tuning.dead_after_ms = 300"), "{err}");
+        for (threads, says) in [(0, "tuning.worker_threads = 0 is below the minimum 1"), (65, "above the maximum 64")] {
+            let err = ServerConfig::from_toml(
+                Path::new("s.toml"),
+                &server_toml(&format!("\n[tuning]\nworker_threads = {threads}\n")),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(says), "{err}");
+        }
+        let ok = ServerConfig::from_toml(Path::new("s.toml"), &server_toml("\n[tuning]\nworker_threads = 4\n"));
+        assert_eq!(ok.unwrap().tuning.worker_threads, 4);
     }
 }

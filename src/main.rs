@@ -103,12 +103,12 @@ fn main() -> ExitCode {
         Command::Client { config, check } => match ClientConfig::load(&config) {
             Err(err) => config_error(&err),
             Ok(_) if check => ExitCode::SUCCESS,
-            Ok(cfg) => run_daemon(roamtun::daemon::client::run(cfg)),
+            Ok(cfg) => run_daemon(cfg.tuning.worker_threads, roamtun::daemon::client::run(cfg)),
         },
         Command::Server { config, check } => match ServerConfig::load(&config) {
             Err(err) => config_error(&err),
             Ok(_) if check => ExitCode::SUCCESS,
-            Ok(cfg) => run_daemon(roamtun::daemon::server::run(cfg)),
+            Ok(cfg) => run_daemon(cfg.tuning.worker_threads, roamtun::daemon::server::run(cfg)),
         },
         Command::Status { json, socket } => status(json, socket),
         Command::Switch { uplink, json, socket } => switch(uplink, json, socket),
@@ -144,14 +144,18 @@ fn config_error(err: &ConfigError) -> ExitCode {
     fail(EXIT_CONFIG, err)
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    // Two workers: the engine task and the relay connection's TLS work run side by side.
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime starts")
+/// The runtime of a daemon: `workers` threads run its tasks (`tuning.worker_threads`).
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts")
 }
 
-fn run_daemon(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+fn run_daemon(workers: usize, fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     roamtun::daemon::memory::tune_malloc();
-    match runtime().block_on(fut) {
+    match runtime(workers).block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("roamtun: {err:#}");
@@ -164,7 +168,7 @@ fn run_daemon(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> Exi
 /// true, or returns false for any other answer. The daemon's errors and the socket's are reported
 /// the same way for every command.
 fn ask(socket: &std::path::Path, request: &Request, show: impl FnOnce(&Response) -> bool) -> ExitCode {
-    match runtime().block_on(control::request(socket, request)) {
+    match runtime(1).block_on(control::request(socket, request)) {
         Ok(Response::Error { message }) => {
             eprintln!("roamtun: {message}");
             ExitCode::from(EXIT_FAILURE)
