@@ -10,7 +10,7 @@
 /// One arena for all threads: `malloc_trim` gives back the free memory at the top of the main heap
 /// only, never at the top of a thread's own arena, so with per-thread arenas a daemon kept ten MiB
 /// or more after its sessions ended (seen with 512 KiB read buffers freed by another thread). The
-/// data path's threads are few (two tokio workers), so the shared lock costs nothing measurable.
+/// data path runs on one tokio worker by default (`tuning.worker_threads`), so the lock is rarely shared.
 /// Call before the runtime starts its threads.
 pub fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

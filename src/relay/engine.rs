@@ -172,7 +172,6 @@ const CHUNK: usize = SHARE_FRACTION * (wire::HEADER_LEN + wire::MAX_BODY);
 /// Encoded frames on their way to the peer, and where the new stream bytes among them are: when the
 /// chunk leaves ([`OutChunk::settle`]), each stream's replay buffer keeps a slice of it instead of a
 /// copy of its own.
-#[derive(Default)]
 struct OutChunk {
     bytes: Vec<u8>,
     /// (stream id, start, length) of each DATA payload sent for the first time, in order.
