@@ -371,7 +371,8 @@ async fn reader<R: AsyncRead + Unpin>(
                     // Bytes were pouring in and have stopped. A receiver has nothing in flight for
                     // the stall check to time, so put a PING in flight now instead of waiting for
                     // the writer's next probe: a black hole is then decided at about a third of
-                    // stall_after plus stall_after, not at probe_interval plus stall_after.
+                    // stall_after plus the wait of a lone segment (LONE_SEGMENT_WAIT), not at
+                    // probe_interval plus that.
                     probed = pongs.try_send(encode(&Frame::Ping { nonce: epoch.elapsed().as_micros() as u64 })).is_ok();
                 }
                 let Some(info) = tcp_info(watch.tcp_fd) else { continue };
@@ -512,8 +513,8 @@ impl AckStall {
     }
 
     /// Whether the path is dead: bytes in flight that have waited at least `floor`, and at least two
-    /// round trips plus four deviations (the kernel's own last acknowledgement agreeing). Returns the
-    /// wait.
+    /// round trips plus four deviations (the kernel's own last acknowledgement agreeing); a lone
+    /// segment in flight at least [`LONE_SEGMENT_WAIT`] and a round trip. Returns the wait.
     fn dead(&mut self, info: &TcpInfo, floor: Duration, now: std::time::Instant) -> Option<Duration> {
         if info.unacked == 0 || info.bytes_acked != self.bytes_acked {
             self.bytes_acked = info.bytes_acked;
@@ -521,12 +522,23 @@ impl AckStall {
             return None;
         }
         let waited = now.saturating_duration_since(self.waiting_since);
-        let limit = floor.max(2 * info.rtt + 4 * info.rttvar);
+        let mut limit = floor.max(2 * info.rtt + 4 * info.rttvar);
+        if info.unacked <= 1 {
+            limit = limit.max(LONE_SEGMENT_WAIT + info.rtt);
+        }
         // The kernel's clock of the last acknowledgement guards against a reader that was not
         // scheduled for a while and so saw no progress it would otherwise have seen.
         (waited >= limit && info.last_ack_recv >= limit).then_some(waited)
     }
 }
+
+/// How long a healthy peer may leave a lone segment unacknowledged: its kernel holds the ACK of a
+/// segment that does not complete two full ones for up to 200 ms (Linux's TCP_DELACK_MAX) when it
+/// has nothing to send back, and a lone lost segment or ACK is repaired by a retransmission no
+/// sooner (TCP_RTO_MIN). Seen on CI: a healthy path declared dead after "1448 bytes
+/// unacknowledged for 160 ms". Two or more full segments in flight are acknowledged at once, so a
+/// busy path is still judged by `stall_after` alone.
+const LONE_SEGMENT_WAIT: Duration = Duration::from_millis(200);
 
 /// Retransmitted segments per segment sent, smoothed; a sample needs enough segments to mean much.
 #[derive(Default)]
@@ -589,6 +601,18 @@ mod tests {
         // They stop (a black hole) at 990 ms; dead once 100 ms have passed, not before.
         assert_eq!(stall.dead(&info(10, 99_000, 50, 1), floor, ms(1080)), None);
         assert_eq!(stall.dead(&info(10, 99_000, 100, 1), floor, ms(1090)), Some(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn a_lone_segment_may_wait_for_a_delayed_ack() {
+        let t0 = std::time::Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let floor = Duration::from_millis(100);
+        let mut stall = AckStall::new(t0);
+        assert_eq!(stall.dead(&info(1, 0, 0, 1), floor, ms(0)), None);
+        assert_eq!(stall.dead(&info(1, 0, 160, 1), floor, ms(160)), None, "a delayed ACK, not a stall");
+        assert_eq!(stall.dead(&info(1, 0, 200, 1), floor, ms(200)), None);
+        assert_eq!(stall.dead(&info(1, 0, 201, 1), floor, ms(201)), Some(Duration::from_millis(201)));
     }
 
     #[test]
