@@ -283,12 +283,6 @@ impl ReplayBuffer {
         self.len() == 0
     }
 
-    /// Keeps a copy of bytes just sent (at offset [`ReplayBuffer::end`]).
-    pub fn push(&mut self, data: &[u8]) {
-        self.push_queued(data.len());
-        self.settle(Bytes::copy_from_slice(data));
-    }
-
     /// `n` bytes were just sent (at offset [`ReplayBuffer::end`]); their storage follows by
     /// [`ReplayBuffer::settle`].
     pub fn push_queued(&mut self, n: usize) {
@@ -421,8 +415,10 @@ mod tests {
     fn the_replay_buffer_keeps_exactly_the_unacknowledged_bytes() {
         let again = |r: &ReplayBuffer, from| r.since(from).map(|parts| parts.collect::<Vec<_>>().concat());
         let mut r = ReplayBuffer::new();
-        r.push(b"hello ");
-        r.push(b"world");
+        for sent in [&b"hello "[..], b"world"] {
+            r.push_queued(sent.len());
+            r.settle(Bytes::from_static(sent));
+        }
         assert_eq!(r.end(), 11);
         r.ack(3);
         assert_eq!(r.len(), 8);
