@@ -453,7 +453,10 @@ struct TcpInfo {
     bytes_acked: u64,
     /// Bytes received so far (`tcpi_bytes_received`).
     bytes_received: u64,
-    segs_out: u32,
+    /// Segments sent that carried data (`tcpi_data_segs_out`, Linux 4.6; before it, all segments).
+    /// Pure ACKs must not count: a relay socket that mostly receives sends an ACK for every other
+    /// segment, and they would dilute its retransmission rate towards zero on a lossy path.
+    data_segs_out: u32,
     /// The kernel's latest delivery-rate sample, bytes/s (`tcpi_delivery_rate`), unless the sender
     /// was application-limited when it was taken (then it says nothing of the link's capacity).
     delivery_rate: Option<u64>,
@@ -468,7 +471,7 @@ impl TcpInfo {
 /// Reads TCP_INFO of a TCP socket (Linux ≥ 4.9 layout: tcpi_delivery_rate_app_limited is bit 0 of
 /// byte 7, tcpi_snd_mss at 16, tcpi_unacked at 24, tcpi_last_ack_recv at 56, tcpi_rtt at 68,
 /// tcpi_rttvar at 72, tcpi_total_retrans at 100, tcpi_bytes_acked at 120, tcpi_bytes_received at 128,
-/// tcpi_segs_out at 136, tcpi_delivery_rate at 160).
+/// tcpi_segs_out at 136, tcpi_data_segs_out at 156, tcpi_delivery_rate at 160).
 fn tcp_info(fd: std::os::fd::RawFd) -> Option<TcpInfo> {
     let mut raw = [0u8; 168];
     let mut len = raw.len() as libc::socklen_t;
@@ -479,6 +482,7 @@ fn tcp_info(fd: std::os::fd::RawFd) -> Option<TcpInfo> {
     if rc != 0 || (len as usize) < 144 {
         return None;
     }
+    let has_data_segs = len as usize >= 160;
     let has_rate = len as usize >= raw.len();
     let u32_at = |at: usize| u32::from_ne_bytes(raw[at..at + 4].try_into().expect("4 bytes"));
     let u64_at = |at: usize| u64::from_ne_bytes(raw[at..at + 8].try_into().expect("8 bytes"));
@@ -491,7 +495,7 @@ fn tcp_info(fd: std::os::fd::RawFd) -> Option<TcpInfo> {
         total_retrans: u32_at(100),
         bytes_acked: u64_at(120),
         bytes_received: u64_at(128),
-        segs_out: u32_at(136),
+        data_segs_out: if has_data_segs { u32_at(156) } else { u32_at(136) },
         delivery_rate: (has_rate && raw[7] & 1 == 0).then(|| u64_at(160)).filter(|r| *r > 0),
     })
 }
@@ -540,7 +544,8 @@ impl AckStall {
 /// busy path is still judged by `stall_after` alone.
 const LONE_SEGMENT_WAIT: Duration = Duration::from_millis(200);
 
-/// Retransmitted segments per segment sent, smoothed; a sample needs enough segments to mean much.
+/// Retransmitted segments per data segment sent, smoothed; a sample needs enough segments to mean
+/// much.
 #[derive(Default)]
 struct LossMeter {
     last: Option<(u32, u32)>,
@@ -549,14 +554,14 @@ struct LossMeter {
 
 impl LossMeter {
     fn update(&mut self, info: &TcpInfo) -> f64 {
-        let (retrans, segs) = self.last.unwrap_or((info.total_retrans, info.segs_out));
-        let sent = info.segs_out.wrapping_sub(segs);
+        let (retrans, segs) = self.last.unwrap_or((info.total_retrans, info.data_segs_out));
+        let sent = info.data_segs_out.wrapping_sub(segs);
         if sent >= 20 {
             let sample = f64::from(info.total_retrans.wrapping_sub(retrans)) / f64::from(sent);
             self.loss = 0.8 * self.loss + 0.2 * sample.min(1.0);
-            self.last = Some((info.total_retrans, info.segs_out));
+            self.last = Some((info.total_retrans, info.data_segs_out));
         } else if self.last.is_none() {
-            self.last = Some((info.total_retrans, info.segs_out));
+            self.last = Some((info.total_retrans, info.data_segs_out));
         }
         self.loss
     }
@@ -583,7 +588,7 @@ mod tests {
             total_retrans: 0,
             bytes_acked,
             bytes_received: 0,
-            segs_out: 0,
+            data_segs_out: 0,
             delivery_rate: None,
         }
     }
@@ -714,5 +719,65 @@ mod tests {
         let mut pieces = Vec::new();
         take_frames(&mut buf, &mut pieces);
         assert_eq!(pieces, vec![Piece::Frames(data.into())]);
+    }
+
+    #[test]
+    fn loss_is_retransmissions_per_data_segment() {
+        let counters =
+            |retrans, data_segs| TcpInfo { total_retrans: retrans, data_segs_out: data_segs, ..info(0, 0, 0, 1) };
+        let mut meter = LossMeter::default();
+        assert_eq!(meter.update(&counters(0, 0)), 0.0);
+        // Fewer than 20 data segments say nothing yet, whatever their fate.
+        assert_eq!(meter.update(&counters(5, 10)), 0.0);
+        // 30 of 100 data segments resent, each round: the estimate climbs towards 30 %.
+        let mut last = 0.0;
+        for round in 1..=20 {
+            let now = meter.update(&counters(30 * round, 100 * round));
+            assert!(now > last && now <= 0.3, "round {round}: {now} after {last}");
+            last = now;
+        }
+        assert!(last > 0.29, "{last}");
+        // A clean path brings it back down.
+        for round in 1..=20 {
+            last = meter.update(&counters(600, 2000 + 100 * round));
+        }
+        assert!(last < 0.01, "{last}");
+    }
+
+    /// The offsets `tcp_info` reads, on real sockets: a receiver that sends only ACKs has sent no
+    /// data segment, so its loss estimate cannot be diluted by them. Runs in a private network
+    /// namespace of its own thread (root, as the other kernel tests), so nothing leaves it.
+    #[test]
+    fn tcp_info_counts_data_segments_apart_from_acks() {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        std::thread::spawn(|| {
+            // SAFETY: unshare takes no pointers; CLONE_NEWNET moves only this thread.
+            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "unshare(CLONE_NEWNET) (run as root): {}", std::io::Error::last_os_error());
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let nl = roamtun_netlink::Netlink::connect().await.unwrap();
+                nl.set_link_up(nl.link_index("lo").await.unwrap()).await.unwrap();
+            });
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut sender = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (mut receiver, _) = listener.accept().unwrap();
+            let data = vec![7u8; 1 << 20];
+            let writing = std::thread::spawn(move || {
+                sender.write_all(&data).unwrap();
+                sender
+            });
+            let mut got = vec![0u8; 1 << 20];
+            receiver.read_exact(&mut got).unwrap();
+            let sender = writing.join().unwrap();
+            let sent = tcp_info(sender.as_raw_fd()).expect("tcp_info of the sender");
+            let received = tcp_info(receiver.as_raw_fd()).expect("tcp_info of the receiver");
+            assert!(sent.data_segs_out >= 16, "1 MiB in {} data segments", sent.data_segs_out);
+            assert_eq!(received.bytes_received, 1 << 20, "{received:?}");
+            assert_eq!(received.data_segs_out, 0, "the receiver sent only ACKs: {received:?}");
+        })
+        .join()
+        .unwrap();
     }
 }

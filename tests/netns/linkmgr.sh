@@ -170,7 +170,9 @@ NFT
     local reported
     reported=$(grep "the peer's loss report" "$WORK/client.log" | grep 'uplink=Some("eth0")' | grep -o 'loss=[0-9.]*' | cut -d= -f2 | sort -g | tail -n 1)
     echo "switches:    the server reported up to ${reported:-nothing} loss towards the client on eth0"
-    python3 -c "import sys; sys.exit(0 if float('${reported:-0}') >= 0.05 else 1)" || fail "the client heard no loss report from the server (${reported:-none})"
+    # The estimate counts retransmissions per data segment: near the 30 % dropped, not diluted by the
+    # pure ACKs the server sends for the upload (counted in all segments, they once read 4-6 %).
+    python3 -c "import sys; sys.exit(0 if float('${reported:-0}') >= 0.15 else 1)" || fail "the server's loss reports for a 30 % lossy link reached only ${reported:-none}"
     finish_workload
 }
 
