@@ -179,18 +179,22 @@ struct OutChunk {
 }
 
 impl OutChunk {
-    /// Freezes the chunk and hands the replay buffers their bytes of it: a slice when its DATA frame
-    /// is at least a [`SHARE_FRACTION`]th of the chunk (bulk transfers: whole 64 KiB frames), else a
-    /// copy, so that a few small unacknowledged bytes (an interactive session's keystrokes wait for
-    /// half a window of them before the peer acknowledges) never keep a whole chunk alive. A replay
-    /// buffer therefore keeps alive at most [`SHARE_FRACTION`] times the frames it holds.
+    /// Freezes the chunk and hands the replay buffers their bytes of it: slices when a stream's DATA
+    /// frames in this chunk together make at least a [`SHARE_FRACTION`]th of it (bulk transfers,
+    /// whose frames are as large as the app's segments, 40-64 KiB), else copies, so that a few small
+    /// unacknowledged bytes (an interactive session's keystrokes wait for half a window of them
+    /// before the peer acknowledges) never keep a whole chunk alive. Acknowledgements come in
+    /// stream order, so of all the chunks a replay buffer keeps slices of, only the oldest can be
+    /// partly released: it keeps alive at most [`SHARE_FRACTION`] times its bytes, plus one chunk.
     fn settle(self, streams: &mut BTreeMap<u32, Stream>) -> Bytes {
         let capacity = self.bytes.capacity();
+        let shares = self.shares();
         let bytes = Bytes::from(self.bytes);
         for (stream_id, start, len) in self.kept {
             // A stream reset meanwhile has no replay buffer left to keep them.
             let Some(stream) = streams.get_mut(&stream_id) else { continue };
-            stream.replay.settle(if shared(wire::HEADER_LEN + wire::DATA_OVERHEAD + len, capacity) {
+            let share = shares.iter().find(|(id, _)| *id == stream_id).map_or(0, |(_, total)| *total);
+            stream.replay.settle(if shared(share, capacity) {
                 bytes.slice(start..start + len)
             } else {
                 Bytes::copy_from_slice(&bytes[start..start + len])
@@ -198,14 +202,28 @@ impl OutChunk {
         }
         bytes
     }
+
+    /// Each stream's part of the chunk: the bytes of its DATA frames with new bytes, headers
+    /// included. A chunk carries few streams.
+    fn shares(&self) -> Vec<(u32, usize)> {
+        let mut shares: Vec<(u32, usize)> = Vec::new();
+        for &(stream_id, _, len) in &self.kept {
+            let frame = wire::HEADER_LEN + wire::DATA_OVERHEAD + len;
+            match shares.iter_mut().find(|(id, _)| *id == stream_id) {
+                Some((_, total)) => *total += frame,
+                None => shares.push((stream_id, frame)),
+            }
+        }
+        shares
+    }
 }
 
-/// A replay buffer keeps a slice of an output chunk, rather than a copy, when the slice's frame is
-/// at least this fraction of the chunk's allocation.
+/// A replay buffer keeps slices of an output chunk, rather than copies, when its stream's frames
+/// are at least this fraction of the chunk's allocation.
 const SHARE_FRACTION: usize = 3;
 
-fn shared(frame: usize, chunk: usize) -> bool {
-    frame * SHARE_FRACTION >= chunk
+fn shared(frames: usize, chunk: usize) -> bool {
+    frames * SHARE_FRACTION >= chunk
 }
 
 impl Session {
@@ -964,7 +982,7 @@ fn push_data(
     data: &[u8],
     keep: Keep,
 ) {
-    let len = wire::HEADER_LEN + 12 + data.len();
+    let len = wire::HEADER_LEN + wire::DATA_OVERHEAD + data.len();
     let chunk = tail_chunk(out, len);
     wire::encode_data_header(stream_id, offset, data.len(), &mut chunk.bytes);
     if keep == Keep::Yes {
@@ -995,5 +1013,27 @@ mod tests {
         // A keystroke, or a piece of a large write, is copied: it would keep 192 KiB alive.
         assert!(!shared(frame(1), CHUNK));
         assert!(!shared(frame(32 * 1024), CHUNK));
+    }
+
+    #[test]
+    fn a_stream_shares_the_chunk_by_all_its_frames_in_it() {
+        let mut out = VecDeque::new();
+        let mut out_bytes = 0;
+        // A bulk stream whose app writes 40 KiB segments (each frame alone is under a third of the
+        // chunk), a keystroke on another stream between them, and a resent frame (not kept again).
+        let mut offset = 0;
+        for _ in 0..4 {
+            push_data(&mut out, &mut out_bytes, 1, offset, &[1; 40 << 10], Keep::Yes);
+            offset += 40 << 10;
+            push_data(&mut out, &mut out_bytes, 3, offset, b"k", Keep::Yes);
+        }
+        push_data(&mut out, &mut out_bytes, 5, 0, &[5; 60 << 10], Keep::No);
+        let chunk = out.front().expect("one chunk");
+        let frame = |payload: usize| wire::HEADER_LEN + wire::DATA_OVERHEAD + payload;
+        assert_eq!(chunk.shares(), vec![(1, 4 * frame(40 << 10)), (3, 4 * frame(1))]);
+        let capacity = chunk.bytes.capacity();
+        assert!(!shared(frame(40 << 10), capacity), "one frame alone would be copied");
+        assert!(shared(4 * frame(40 << 10), capacity), "the bulk stream keeps slices");
+        assert!(!shared(4 * frame(1), capacity), "the keystrokes are copied");
     }
 }
