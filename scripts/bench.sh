@@ -13,13 +13,6 @@
 # (TCP_NODELAY), p50 and p99. For roamtun also the daemons' VmRSS/VmHWM, idle and after the
 # throughput runs. Progress goes to stderr; the table and a markdown snippet for docs/benchmarks.md
 # go to stdout. Run as root: sudo ./scripts/bench.sh
-#
-# Each tunnel is measured twice: as started, and with its two daemons pinned to CPUs 0 and 1
-# (taskset). Deployed, the two ends of a tunnel run on two hosts. Here they share one, and they
-# wake each other for every few kilobytes, so the scheduler's wake-affine rule keeps pulling one
-# next to the other: measured, the two roamtun workers sat on the same CPU in 70 % of the samples
-# of a run, each with half a core. Pinning gives each end a core of its own, as two hosts would;
-# the apps (iperf3, the ping-pong) stay unpinned. Both rows are printed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -122,24 +115,8 @@ ratio() {
 }
 
 declare -A UP DOWN UP_RANGE DOWN_RANGE UP_RETR DOWN_RETR RR50 RR99 MTU
-SETUPS=(direct roamtun roamtun_pinned wireguard wireguard_pinned)
-declare -A LABEL=([direct]="direct veth" [roamtun]="roamtun" [roamtun_pinned]="roamtun, pinned" [wireguard]="wireguard-go" [wireguard_pinned]="wireguard-go, pinned")
-# pinned SETUP DST CLIENT_PID SERVER_PID: the throughput and latency of SETUP again, every thread of
-# the client end on CPU 0 and of the server end on CPU 1. With one CPU there is nothing to pin.
-pinned() {
-    local setup=$1 dst=$2
-    if [ "$(nproc)" -lt 2 ]; then
-        log "one CPU: no pinned run of ${LABEL[$setup]}"
-        UP[$setup]=n/a DOWN[$setup]=n/a UP_RANGE[$setup]=n/a DOWN_RANGE[$setup]=n/a
-        UP_RETR[$setup]=n/a DOWN_RETR[$setup]=n/a RR50[$setup]=n/a RR99[$setup]=n/a
-        return
-    fi
-    log "${LABEL[$setup]}: the client end on CPU 0, the server end on CPU 1"
-    taskset -a -p -c 0 "$3" >/dev/null
-    taskset -a -p -c 1 "$4" >/dev/null
-    throughput "$setup" "$dst"
-    latency "$setup" "$dst"
-}
+SETUPS=(direct roamtun wireguard)
+declare -A LABEL=([direct]="direct veth" [roamtun]="roamtun" [wireguard]="wireguard-go")
 
 # throughput SETUP DST: $BENCH_RUNS runs per direction.
 throughput() {
@@ -212,8 +189,6 @@ throughput roamtun 100.64.0.1
 read -r C_RSS1 C_HWM1 <<<"$(mem "$CLIENT_PID")"
 read -r S_RSS1 S_HWM1 <<<"$(mem "$SERVER_PID")"
 latency roamtun 100.64.0.1
-MTU[roamtun_pinned]=${MTU[roamtun]}
-pinned roamtun_pinned 100.64.0.1 "$CLIENT_PID" "$SERVER_PID"
 stop_pid "$CLIENT_PID" "roamtun client"
 stop_pid "$SERVER_PID" "roamtun server"
 
@@ -227,9 +202,7 @@ log "(c) wireguard-go: 100.65.0.1 through $WG_C -> $WG_S"
 WG_C_PUB=$(wg pubkey <"$WORK/wg-c.key")
 WG_S_PUB=$(wg pubkey <"$WORK/wg-s.key")
 spawn "$WORK/wireguard-server.log" "$NS_S" env WG_PROCESS_FOREGROUND=1 wireguard-go "$WG_S"
-WG_S_PID=$LAST_PID
 spawn "$WORK/wireguard-client.log" "$NS_C" env WG_PROCESS_FOREGROUND=1 wireguard-go "$WG_C"
-WG_C_PID=$LAST_PID
 wait_for 10 "wireguard-go $WG_S control socket" test -S "/var/run/wireguard/$WG_S.sock"
 wait_for 10 "wireguard-go $WG_C control socket" test -S "/var/run/wireguard/$WG_C.sock"
 s wg set "$WG_S" listen-port "$WG_PORT" private-key "$WORK/wg-s.key" \
@@ -245,8 +218,6 @@ wait_for 10 "a wireguard handshake (ping 100.65.0.1)" c ping -c 1 -W 1 -q 100.65
 MTU[wireguard]=$(mtu "$NS_C" "$WG_C")
 throughput wireguard 100.65.0.1
 latency wireguard 100.65.0.1
-MTU[wireguard_pinned]=${MTU[wireguard]}
-pinned wireguard_pinned 100.65.0.1 "$WG_C_PID" "$WG_S_PID"
 log "finished in $((SECONDS - bench_start))s (without the build); cleaning up"
 
 # ---- report
@@ -262,27 +233,21 @@ R_UP_A=$(ratio "${UP[roamtun]}" "${UP[direct]}")
 R_DOWN_A=$(ratio "${DOWN[roamtun]}" "${DOWN[direct]}")
 R_UP_C=$(ratio "${UP[roamtun]}" "${UP[wireguard]}")
 R_DOWN_C=$(ratio "${DOWN[roamtun]}" "${DOWN[wireguard]}")
-P_UP_A=$(ratio "${UP[roamtun_pinned]}" "${UP[direct]}")
-P_DOWN_A=$(ratio "${DOWN[roamtun_pinned]}" "${DOWN[direct]}")
-P_UP_C=$(ratio "${UP[roamtun_pinned]}" "${UP[wireguard_pinned]}")
-P_DOWN_C=$(ratio "${DOWN[roamtun_pinned]}" "${DOWN[wireguard_pinned]}")
 METHOD="iperf3 $IPERF_VERSION single flow, ${BENCH_SECS} s, median of $BENCH_RUNS runs (min-max), retr = median TCP retransmits of the iperf3 sender per run (up/down; for roamtun only the leg to its local daemon); TCP request/response: $BENCH_RR round trips of 64 B on one connection, TCP_NODELAY, Python client and echo server"
 
 echo
 echo "roamtun benchmark: $DATE, nproc $NPROC ($CPU), kernel $KERNEL, commit $COMMIT"
 echo "$METHOD"
 echo
-printf '%-21s %5s  %-21s %-21s %-13s %9s %9s\n' setup MTU "up Gbit/s" "down Gbit/s" "retr up/down" "RR p50 us" "RR p99 us"
+printf '%-13s %5s  %-21s %-21s %-13s %9s %9s\n' setup MTU "up Gbit/s" "down Gbit/s" "retr up/down" "RR p50 us" "RR p99 us"
 for k in "${SETUPS[@]}"; do
-    printf '%-21s %5s  %-21s %-21s %-13s %9s %9s\n' "${LABEL[$k]}" "${MTU[$k]:-?}" \
+    printf '%-13s %5s  %-21s %-21s %-13s %9s %9s\n' "${LABEL[$k]}" "${MTU[$k]:-?}" \
         "${UP[$k]} (${UP_RANGE[$k]})" "${DOWN[$k]} (${DOWN_RANGE[$k]})" \
         "${UP_RETR[$k]}/${DOWN_RETR[$k]}" "${RR50[$k]}" "${RR99[$k]}"
 done
 echo
-printf '%-40s up %5s   down %5s\n' "roamtun / direct veth" "$R_UP_A" "$R_DOWN_A"
-printf '%-40s up %5s   down %5s\n' "roamtun / wireguard-go" "$R_UP_C" "$R_DOWN_C"
-printf '%-40s up %5s   down %5s\n' "roamtun, pinned / direct veth" "$P_UP_A" "$P_DOWN_A"
-printf '%-40s up %5s   down %5s\n' "roamtun, pinned / wireguard-go, pinned" "$P_UP_C" "$P_DOWN_C"
+printf '%-24s up %5s   down %5s\n' "roamtun / direct veth" "$R_UP_A" "$R_DOWN_A"
+printf '%-24s up %5s   down %5s\n' "roamtun / wireguard-go" "$R_UP_C" "$R_DOWN_C"
 echo
 printf '%-28s %11s %11s %11s %11s\n' "roamtun daemons, MiB" "client RSS" "client peak" "server RSS" "server peak"
 printf '%-28s %11s %11s %11s %11s\n' "idle, connected" "$C_RSS0" "$C_HWM0" "$S_RSS0" "$S_HWM0"
@@ -308,8 +273,6 @@ cat <<EOF
 |---|---:|---:|
 | roamtun / direct veth | $R_UP_A | $R_DOWN_A |
 | roamtun / wireguard-go | $R_UP_C | $R_DOWN_C |
-| roamtun, pinned / direct veth | $P_UP_A | $P_DOWN_A |
-| roamtun, pinned / wireguard-go, pinned | $P_UP_C | $P_DOWN_C |
 
 | roamtun daemons, MiB | client VmRSS | client VmHWM | server VmRSS | server VmHWM |
 |---|---:|---:|---:|---:|
