@@ -1027,8 +1027,9 @@ mod tests {
             offset += 40 << 10;
             push_data(&mut out, &mut out_bytes, 3, offset, b"k", Keep::Yes);
         }
-        push_data(&mut out, &mut out_bytes, 5, 0, &[5; 60 << 10], Keep::No);
-        let chunk = out.front().expect("one chunk");
+        push_data(&mut out, &mut out_bytes, 5, 0, &[5; 20 << 10], Keep::No);
+        assert_eq!(out.len(), 1, "all in one chunk");
+        let chunk = &out[0];
         let frame = |payload: usize| wire::HEADER_LEN + wire::DATA_OVERHEAD + payload;
         assert_eq!(chunk.shares(), vec![(1, 4 * frame(40 << 10)), (3, 4 * frame(1))]);
         let capacity = chunk.bytes.capacity();
