@@ -1070,3 +1070,65 @@ fn an_open_lost_with_the_path_is_sent_again() {
     let data = pattern(100_000, 7);
     assert!(n.transfer((Which::Client, fc), (Which::Server, fs), &data) == data);
 }
+
+/// A keystroke on one connection does not wait behind the bytes another connection's bulk transfer
+/// has queued in the engine (relay::outqueue's urgent lane), only behind what is already on the
+/// link; and both byte streams arrive whole and in order.
+#[test]
+fn a_keystroke_passes_a_bulk_transfer_queued_in_the_engine() {
+    // A window large enough that the engine's queue, not the credit, is what grows.
+    let wide = |role, seed| {
+        let mut c = engine_config(role, seed);
+        c.stream_window = 4 * 1024 * 1024;
+        c
+    };
+    let mut n = Net::with(wide(Role::Client, 11), wide(Role::Server, 22), app_config(33), app_config(44));
+    let (bulk_c, bulk_s) = n.client_connects(40010);
+    let (keys_c, keys_s) = n.client_connects(40011);
+    n.link_rate = Some(16 * 1024);
+    let data = pattern(8 * 1024 * 1024, 9);
+    let (mut written, mut got) = (0, Vec::new());
+    // The bulk app writes until a queue has formed in the client engine behind the slow link.
+    for round in 0.. {
+        assert!(round < 10_000, "no queue formed in the engine");
+        written += n.client.app.send(bulk_c, &data[written..]);
+        n.round();
+        n.server.read(bulk_s, &mut got);
+        n.now += Duration::from_millis(1);
+        if n.client.status().queued_bytes >= 512 * 1024 {
+            break;
+        }
+    }
+    let queued = n.client.status().queued_bytes;
+    let on_link = n.c2s.len();
+    let bulk_before = got.len();
+    assert_eq!(n.client.app.send(keys_c, b"ls\n"), 3);
+    let mut typed = Vec::new();
+    for round in 0.. {
+        assert!(round < 10_000, "the keystroke never arrived");
+        written += n.client.app.send(bulk_c, &data[written..]);
+        n.round();
+        n.server.read(bulk_s, &mut got);
+        n.server.read(keys_s, &mut typed);
+        n.now += Duration::from_millis(1);
+        if !typed.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(typed, b"ls\n");
+    // Behind what was on the link, plus a few rounds of it (16 KiB each) while the keystroke crosses
+    // the engines' stacks: not behind the engine's queue (without the urgent lane, 1 MiB here).
+    let waited_for = got.len() - bulk_before;
+    assert!(
+        waited_for <= on_link + 128 * 1024,
+        "the keystroke arrived after {waited_for} more bulk bytes; the link held {on_link} when it was \
+         typed, the engine another {queued}"
+    );
+    n.drive("the bulk transfer completes", |n| {
+        written += n.client.app.send(bulk_c, &data[written..]);
+        n.server.read(bulk_s, &mut got);
+        got.len() == data.len()
+    });
+    assert!(got == data, "the bulk stream's bytes differ");
+    assert_eq!(n.client.counters().streams_violated + n.server.counters().streams_violated, 0);
+}

@@ -458,7 +458,14 @@ impl Shell {
         loop {
             for path in self.core.paths_with_output() {
                 let Some(io) = self.io.get(&path) else { continue };
+                let depth = self.core.writer_depth(path, io.out.max_capacity());
                 while let Some(chunk) = self.core.pop_path_output(path) {
+                    if io.out.max_capacity() - io.out.capacity() >= depth {
+                        // As full as it may be: the writer's "room" signal brings us back.
+                        self.core.unpop_path_output(path, chunk);
+                        blocked = true;
+                        break;
+                    }
                     match io.out.try_send(chunk) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(chunk)) => {

@@ -1,6 +1,7 @@
 //! One relay connection (TLS over TCP on an uplink): its handshake frames and its reader and writer
 //! tasks. The frames of established sessions are the engine's business; here they are opaque bytes.
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -142,8 +143,8 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (r, w) = tokio::io::split(stream);
-    // Up to 8 chunks of 192 KiB (the engine's CHUNK) wait for the writer, on top of the engine's
-    // session_out_budget.
+    // Up to 8 chunks wait for the writer, on top of the engine's session_out_budget. Chunks are sized
+    // to the path's rate, so on a slow path that is a few milliseconds (relay::outqueue).
     let (out_tx, out_rx) = mpsc::channel::<Bytes>(8);
     // PING nonces are microseconds since this instant, so a PONG tells its round trip by itself.
     let epoch = tokio::time::Instant::now();
@@ -311,6 +312,8 @@ async fn reader<R: AsyncRead + Unpin>(
     let (mut busy, mut probed) = (false, false);
     let mut was_standby = false;
     let mut loss = LossMeter::default();
+    let mut rate_window = RateWindow::default();
+    let mut lowat = NotsentLowat::default();
     let mut stall = AckStall::new(last_rx.into_std());
     let reason = loop {
         take_frames(&mut buf, &mut pieces);
@@ -382,6 +385,8 @@ async fn reader<R: AsyncRead + Unpin>(
                 }
                 if now - last_stats >= watch.every {
                     last_stats = now;
+                    let pace = rate_window.update(info.delivery_rate);
+                    lowat.update(watch.tcp_fd, pace);
                     let loss = loss.update(&info);
                     let sample = PathSample {
                         tcp_rtt: info.rtt,
@@ -389,6 +394,7 @@ async fn reader<R: AsyncRead + Unpin>(
                         loss,
                         bytes: info.bytes_acked.saturating_add(info.bytes_received),
                         delivery_rate: info.delivery_rate,
+                        pace,
                     };
                     if engine.send(EngineMsg::PathStats { path, sample }).await.is_err() {
                         return;
@@ -436,6 +442,69 @@ async fn writer<W: AsyncWrite + Unpin>(
         }
     }
     let _ = w.shutdown().await;
+}
+
+/// Bounds the relay socket's unsent bytes (`TCP_NOTSENT_LOWAT`) to two of the engine's bulk chunks
+/// for the path's rate: beyond that, bytes wait in the engine's lanes, where urgent frames pass them
+/// (relay::outqueue). Only on a path too slow for whole chunks: on a faster one the unsent bytes
+/// drain within a millisecond anyway, and a bound would only wake the writer more often. Unset
+/// until the path's rate is known. The bytes in flight (sent, not yet acknowledged) stay the
+/// congestion control's business.
+#[derive(Default)]
+struct NotsentLowat {
+    set: usize,
+}
+
+impl NotsentLowat {
+    fn update(&mut self, fd: std::os::fd::RawFd, pace: Option<u64>) {
+        let Some(rate) = pace else { return };
+        let slot = crate::relay::outqueue::slot(Some(rate as f64));
+        let want = if slot < crate::relay::outqueue::CHUNK { 2 * slot } else { libc::c_int::MAX as usize };
+        if want == self.set {
+            return;
+        }
+        let value = libc::c_int::try_from(want).unwrap_or(libc::c_int::MAX);
+        // SAFETY: fd is the relay connection's socket, open while the reader holds its read half;
+        // the option value is a c_int of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                (&raw const value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            // Then the socket keeps more unsent, as before; not tried again on every tick.
+            tracing::debug!(err = %std::io::Error::last_os_error(), "setting TCP_NOTSENT_LOWAT failed");
+        }
+        self.set = want;
+    }
+}
+
+/// [`PathSample::pace`]: the largest of the last [`PACE_SAMPLES`] delivery-rate samples the kernel
+/// took while the socket was not application-limited. A window, not a decaying peak: the first
+/// round trips of a connection, and a slow link's shaper letting a burst through, give samples far
+/// above what the link carries, and chunks sized by those would wait in the queues for minutes.
+#[derive(Default, Debug)]
+struct RateWindow {
+    samples: VecDeque<u64>,
+}
+
+/// One sample per stats tick (`probe_interval_ms`, 500 ms by default): a burst is forgotten in 4 s.
+const PACE_SAMPLES: usize = 8;
+
+impl RateWindow {
+    fn update(&mut self, delivery_rate: Option<u64>) -> Option<u64> {
+        if let Some(rate) = delivery_rate {
+            if self.samples.len() == PACE_SAMPLES {
+                self.samples.pop_front();
+            }
+            self.samples.push_back(rate);
+        }
+        self.samples.iter().copied().max()
+    }
 }
 
 /// The fields of the kernel's `struct tcp_info` the Check activity uses.
@@ -719,6 +788,20 @@ mod tests {
         let mut pieces = Vec::new();
         take_frames(&mut buf, &mut pieces);
         assert_eq!(pieces, vec![Piece::Frames(data.into())]);
+    }
+
+    #[test]
+    fn the_pace_forgets_a_burst_within_a_window() {
+        let mut w = RateWindow::default();
+        assert_eq!(w.update(None), None, "nothing known yet");
+        // A connection's first round trips, through a shaper's burst allowance: far above the link.
+        assert_eq!(w.update(Some(500_000_000)), Some(500_000_000));
+        for _ in 1..PACE_SAMPLES {
+            assert_eq!(w.update(Some(6_000_000)), Some(500_000_000));
+        }
+        assert_eq!(w.update(Some(6_000_000)), Some(6_000_000), "the burst has left the window");
+        // Application-limited ticks say nothing: the estimate stays.
+        assert_eq!(w.update(None), Some(6_000_000));
     }
 
     #[test]

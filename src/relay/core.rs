@@ -31,8 +31,12 @@ use crate::wire::{Frame, PROTOCOL_VERSION};
 
 /// Switches kept per session for `roamtun status`.
 const HISTORY: usize = 8;
-/// Chunks (of up to 192 KiB) a path's queue holds before the engine's output waits in the engine.
-const PATH_QUEUE: usize = 4;
+/// Chunks a path's queue holds before the engine's output waits in the engine, in its two lanes
+/// (urgent frames pass bulk ones there, not here). One: the writer's queue behind it keeps the
+/// writer busy, so a chunk more here would only make urgent frames wait longer.
+const PATH_QUEUE: usize = 1;
+/// The chunks a writer may hold on a very slow path ([`RelayCore::writer_depth`]).
+const SLOW_WRITER_DEPTH: usize = 2;
 
 /// CLOSE codes (docs/protocol.md).
 pub mod close_code {
@@ -88,6 +92,9 @@ pub struct PathSample {
     pub bytes: u64,
     /// A delivery-rate sample in bytes/s, taken while the sender was not application-limited.
     pub delivery_rate: Option<u64>,
+    /// What the path carries now, bytes/s: the largest delivery-rate sample of the last few, which
+    /// forgets a burst within seconds (the engine sizes its bulk chunks by it, relay::outqueue).
+    pub pace: Option<u64>,
 }
 
 /// A client's request for a new path.
@@ -213,6 +220,8 @@ struct PathState {
     /// The path's capacity as the kernel measured it: the peak delivery rate, decaying by 1 % per
     /// sample so that a link that got slower is seen as slower within a minute or so. Bytes/s.
     bandwidth: Option<f64>,
+    /// [`PathSample::pace`], bytes/s.
+    pace: Option<u64>,
     /// The peer's REPORT: the share of its segments its relay socket retransmits, i.e. the loss on
     /// the way towards us, which our own socket cannot see.
     peer_loss: Option<f64>,
@@ -234,6 +243,7 @@ impl PathState {
             loss: None,
             bytes: 0,
             bandwidth: None,
+            pace: None,
             peer_loss: None,
             reported_ppm: 0,
             out,
@@ -574,6 +584,7 @@ impl RelayCore {
             (Some(b), Some(r)) => Some(b.max(r as f64)),
             (b, r) => b.or(r.map(|r| r as f64)),
         };
+        p.pace = sample.pace.or(p.pace);
         // The peer cannot see what we retransmit towards it: tell it when the figure moves by 0.1 %
         // or more (or to or from zero), in the path's queue, so that it is not lost behind a full
         // writer, which is when it matters. An idle path's figure does not move: a metered standby
@@ -844,6 +855,7 @@ impl RelayCore {
         for (&sid, state) in &self.sessions {
             let Some(path) = state.current.filter(|_| state.sending) else { continue };
             let Some(p) = self.paths.get_mut(&path) else { continue };
+            self.engine.set_session_rate(sid, p.pace.map(|r| r as f64));
             while p.out.len() < PATH_QUEUE {
                 let Some(chunk) = self.engine.pop_session_output(sid) else { break };
                 p.out.push_back(chunk);
@@ -851,6 +863,19 @@ impl RelayCore {
             }
         }
         moved
+    }
+
+    /// How many of its `capacity` chunks the writer of `path` may hold: all, as long as a chunk is
+    /// what the path carries in half a millisecond (relay::outqueue), so they drain within a few;
+    /// [`SLOW_WRITER_DEPTH`] on a path so slow (under 65 Mbit/s) that even the smallest chunk takes
+    /// longer.
+    pub fn writer_depth(&self, path: PathId, capacity: usize) -> usize {
+        match self.paths.get(&path) {
+            Some(p) if super::outqueue::slot(p.pace.map(|r| r as f64)) <= super::outqueue::MIN_SLOT => {
+                capacity.min(SLOW_WRITER_DEPTH)
+            }
+            _ => capacity,
+        }
     }
 
     /// The next chunk for `path`'s writer.
@@ -972,4 +997,41 @@ fn encode(frame: &Frame<'_>) -> Bytes {
     // Cannot fail: handshake and control frames are far below the body limit.
     frame.encode(&mut out).expect("control frame encodes");
     out.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::engine::{EngineConfig, Role};
+
+    fn sample(pace: Option<u64>) -> PathSample {
+        PathSample {
+            tcp_rtt: std::time::Duration::from_millis(20),
+            jitter: std::time::Duration::from_millis(1),
+            loss: 0.0,
+            bytes: 0,
+            delivery_rate: pace,
+            pace,
+        }
+    }
+
+    #[test]
+    fn a_slow_path_gets_a_shallow_writer_queue() {
+        let now = Instant::from_millis(0);
+        let mut core =
+            RelayCore::new(Engine::new(EngineConfig::new(Role::Server), now), TransitionConfig::default(), 1);
+        let path = PathId(1);
+        let info = PathInfo { local: None, remote: None, uplink: None };
+        let peer = PeerInfo { name: "laptop".into(), public_key: "k".into() };
+        core.server_path_up(path, info, peer, 0, vec!["100.64.0.2".parse().unwrap()], now);
+        assert_eq!(core.writer_depth(path, 8), 8, "rate unknown: as before");
+        core.path_stats(path, sample(Some(10_000_000 / 8)));
+        assert_eq!(core.writer_depth(path, 8), SLOW_WRITER_DEPTH, "10 Mbit/s");
+        // An application-limited tick says nothing new.
+        core.path_stats(path, sample(None));
+        assert_eq!(core.writer_depth(path, 8), SLOW_WRITER_DEPTH);
+        core.path_stats(path, sample(Some(100_000_000 / 8)));
+        assert_eq!(core.writer_depth(path, 8), 8, "100 Mbit/s: 8 chunks of 6 KiB");
+        assert_eq!(core.writer_depth(PathId(2), 8), 8, "no such path");
+    }
 }

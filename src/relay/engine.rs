@@ -19,6 +19,7 @@ use bytes::Bytes;
 use roamtun_stack::{Duration, FlowEvent, FlowId, Ingress, Instant, Stack, StackConfig};
 use serde::Serialize;
 
+use super::outqueue::{BulkMark, Keep, OutQueue};
 use super::packet::{datagram_info, DatagramInfo, DatagramProto};
 use super::stream::{RecvHalf, ReplayBuffer, SendHalf, StreamError, INITIAL_CREDIT};
 use crate::wire::{self, Frame, ResetCode};
@@ -144,14 +145,17 @@ struct Stream {
     app_close_sent: bool,
     /// The stack reported the TCP connection gracefully over.
     app_done: bool,
+    /// Where the stream's frames last went into the session's bulk lane (its order across lanes).
+    mark: BulkMark,
 }
 
 struct Session {
     virtual_ips: Vec<IpAddr>,
     /// Bytes of a frame that has not fully arrived.
     rx: Vec<u8>,
-    out: VecDeque<OutChunk>,
-    out_bytes: usize,
+    out: OutQueue,
+    /// The datagrams' place in the bulk lane: they keep their order too.
+    datagram_mark: BulkMark,
     streams: BTreeMap<u32, Stream>,
     next_stream_id: u32,
     /// The highest stream id the peer opened so far (ids only grow), to tell a stream the peer
@@ -164,73 +168,7 @@ struct Session {
     counters: SessionCounters,
 }
 
-/// Frames are batched into chunks of this size, one transport write each: three whole DATA frames
-/// (192 KiB) per hand-over to the writer task, a third of the wake-ups of one per frame. Every chunk
-/// is allocated at this size, so a freed chunk leaves a hole the next one fits in exactly.
-const CHUNK: usize = SHARE_FRACTION * (wire::HEADER_LEN + wire::MAX_BODY);
-
-/// Encoded frames on their way to the peer, and where the new stream bytes among them are: when the
-/// chunk leaves ([`OutChunk::settle`]), each stream's replay buffer keeps a slice of it instead of a
-/// copy of its own.
-struct OutChunk {
-    bytes: Vec<u8>,
-    /// (stream id, start, length) of each DATA payload sent for the first time, in order.
-    kept: Vec<(u32, usize, usize)>,
-}
-
-impl OutChunk {
-    /// Freezes the chunk and hands the replay buffers their bytes of it: slices when a stream's DATA
-    /// frames in this chunk together make at least a [`SHARE_FRACTION`]th of it (bulk transfers,
-    /// whose frames are as large as the app's segments, 40-64 KiB), else copies, so that a few small
-    /// unacknowledged bytes (an interactive session's keystrokes wait for half a window of them
-    /// before the peer acknowledges) never keep a whole chunk alive. Acknowledgements come in
-    /// stream order, so of all the chunks a replay buffer keeps slices of, only the oldest can be
-    /// partly released: it keeps alive at most [`SHARE_FRACTION`] times its bytes, plus one chunk.
-    fn settle(self, streams: &mut BTreeMap<u32, Stream>) -> Bytes {
-        let capacity = self.bytes.capacity();
-        let shares = self.shares();
-        let bytes = Bytes::from(self.bytes);
-        for (stream_id, start, len) in self.kept {
-            // A stream reset meanwhile has no replay buffer left to keep them.
-            let Some(stream) = streams.get_mut(&stream_id) else { continue };
-            let share = shares.iter().find(|(id, _)| *id == stream_id).map_or(0, |(_, total)| *total);
-            stream.replay.settle(if shared(share, capacity) {
-                bytes.slice(start..start + len)
-            } else {
-                Bytes::copy_from_slice(&bytes[start..start + len])
-            });
-        }
-        bytes
-    }
-
-    /// Each stream's part of the chunk: the bytes of its DATA frames with new bytes, headers
-    /// included. A chunk carries few streams.
-    fn shares(&self) -> Vec<(u32, usize)> {
-        let mut shares: Vec<(u32, usize)> = Vec::new();
-        for &(stream_id, _, len) in &self.kept {
-            let frame = wire::HEADER_LEN + wire::DATA_OVERHEAD + len;
-            match shares.iter_mut().find(|(id, _)| *id == stream_id) {
-                Some((_, total)) => *total += frame,
-                None => shares.push((stream_id, frame)),
-            }
-        }
-        shares
-    }
-}
-
-/// A replay buffer keeps slices of an output chunk, rather than copies, when its stream's frames
-/// are at least this fraction of the chunk's allocation.
-const SHARE_FRACTION: usize = 3;
-
-fn shared(frames: usize, chunk: usize) -> bool {
-    frames * SHARE_FRACTION >= chunk
-}
-
 impl Session {
-    fn queue(&mut self, frame: &Frame<'_>) {
-        push_frame(&mut self.out, &mut self.out_bytes, frame);
-    }
-
     fn owns(&self, ip: IpAddr) -> bool {
         self.virtual_ips.contains(&ip)
     }
@@ -290,8 +228,8 @@ impl Engine {
             Session {
                 virtual_ips,
                 rx: Vec::new(),
-                out: VecDeque::new(),
-                out_bytes: 0,
+                out: OutQueue::default(),
+                datagram_mark: 0,
                 streams: BTreeMap::new(),
                 next_stream_id: first_stream,
                 highest_peer_stream: None,
@@ -366,10 +304,12 @@ impl Engine {
                 replay: ReplayBuffer::new(),
                 app_close_sent: false,
                 app_done: false,
+                mark: 0,
             },
         );
         session.counters.tcp_streams_opened += 1;
-        session.queue(&Frame::Open { stream_id, src, dst });
+        let stream = session.streams.get_mut(&stream_id).expect("inserted above");
+        session.out.push_ordered(&mut stream.mark, 0, &Frame::Open { stream_id, src, dst });
         self.flow_streams.insert(flow, (sid, stream_id));
         tracing::debug!(session = sid.0, stream = stream_id, %src, %dst, "app opened a TCP connection");
     }
@@ -394,13 +334,13 @@ impl Engine {
             self.touch_udp(sid, info, now);
             return;
         }
-        if session.out_bytes >= budget || packet.len() > wire::MAX_BODY {
+        if session.out.bytes() >= budget || packet.len() > wire::MAX_BODY {
             session.counters.datagrams_dropped += 1;
             return;
         }
         session.counters.datagrams_sent += 1;
         session.counters.bytes_sent += packet.len() as u64;
-        session.queue(&Frame::Datagram { packet: &packet });
+        session.out.push_ordered(&mut session.datagram_mark, packet.len(), &Frame::Datagram { packet: &packet });
         self.touch_udp(sid, info, now);
     }
 
@@ -505,7 +445,7 @@ impl Engine {
             }
             Frame::Reset { stream_id, code } => self.peer_reset(sid, stream_id, code, now),
             Frame::Datagram { packet } => self.datagram_from_peer(sid, packet, now),
-            Frame::Ping { nonce } => self.session_mut(sid).queue(&Frame::Pong { nonce }),
+            Frame::Ping { nonce } => self.session_mut(sid).out.push_urgent(&Frame::Pong { nonce }),
             // The path reader takes well-formed ones out; these reached us anyway and mean nothing here.
             Frame::Pong { .. } | Frame::Report { .. } => {}
             Frame::Hello { .. } | Frame::Welcome { .. } | Frame::Control { .. } => {
@@ -538,8 +478,8 @@ impl Engine {
     /// Ends a stream from our side: tells the peer and resets the app's connection.
     fn reset_stream(&mut self, sid: SessionId, stream_id: u32, code: ResetCode, now: Instant) {
         let session = self.session_mut(sid);
-        if let Some(stream) = session.streams.remove(&stream_id) {
-            session.queue(&Frame::Reset { stream_id, code });
+        if let Some(mut stream) = session.streams.remove(&stream_id) {
+            session.out.push_ordered(&mut stream.mark, 0, &Frame::Reset { stream_id, code });
             self.flow_streams.remove(&stream.flow);
             let _ = self.stack.abort(stream.flow, now);
         }
@@ -570,7 +510,8 @@ impl Engine {
         if stream_id % 2 != peer_parity || !allowed {
             tracing::warn!(session = sid.0, stream = stream_id, %src, %dst, "refusing a stream the peer may not open");
             session.counters.streams_violated += 1;
-            session.queue(&Frame::Reset { stream_id, code: ResetCode::Refused });
+            // Nothing of ours went out on this stream: no order to keep.
+            session.out.push_urgent(&Frame::Reset { stream_id, code: ResetCode::Refused });
             return;
         }
         session.highest_peer_stream = session.highest_peer_stream.max(Some(stream_id));
@@ -588,6 +529,7 @@ impl Engine {
                         replay: ReplayBuffer::new(),
                         app_close_sent: false,
                         app_done: false,
+                        mark: 0,
                     },
                 );
                 session.counters.tcp_streams_opened += 1;
@@ -596,7 +538,7 @@ impl Engine {
             }
             Err(err) => {
                 tracing::warn!(session = sid.0, stream = stream_id, %err, "cannot open the connection the peer asked for");
-                self.session_mut(sid).queue(&Frame::Reset { stream_id, code: ResetCode::Refused });
+                self.session_mut(sid).out.push_urgent(&Frame::Reset { stream_id, code: ResetCode::Refused });
             }
         }
     }
@@ -661,7 +603,7 @@ impl Engine {
                     let session = self.session_mut(sid);
                     if let Some(stream) = session.streams.get_mut(&stream_id) {
                         stream.phase = Phase::Open;
-                        session.queue(&Frame::OpenOk { stream_id });
+                        session.out.push_ordered(&mut stream.mark, 0, &Frame::OpenOk { stream_id });
                     }
                 }
                 FlowEvent::Closed { flow, reset: true } => {
@@ -670,12 +612,12 @@ impl Engine {
                         continue;
                     };
                     let session = self.session_mut(sid);
-                    if let Some(stream) = session.streams.remove(&stream_id) {
+                    if let Some(mut stream) = session.streams.remove(&stream_id) {
                         let code = match stream.phase {
                             Phase::Connecting => ResetCode::Refused,
                             _ => ResetCode::Reset,
                         };
-                        session.queue(&Frame::Reset { stream_id, code });
+                        session.out.push_ordered(&mut stream.mark, 0, &Frame::Reset { stream_id, code });
                     }
                     self.stack.release(flow);
                 }
@@ -698,7 +640,7 @@ impl Engine {
         let Engine { stack, sessions, flow_streams, .. } = self;
         let mut progress = false;
         for session in sessions.values_mut() {
-            let Session { streams, out, out_bytes, counters, .. } = session;
+            let Session { streams, out, counters, .. } = session;
             let mut finished = Vec::new();
             for (&stream_id, stream) in streams.iter_mut() {
                 if stream.phase != Phase::Open {
@@ -722,17 +664,17 @@ impl Engine {
                     progress = true;
                 }
                 if let Some((received, max_offset)) = stream.recv.credit_due() {
-                    push_frame(out, out_bytes, &Frame::Credit { stream_id, received, max_offset });
+                    out.push_ordered(&mut stream.mark, 0, &Frame::Credit { stream_id, received, max_offset });
                 }
                 // App → peer, within the peer's credit and our queue budget. First what a lost path
                 // took with it (from the replay buffer), then new bytes from the app.
-                let mut room = budget.saturating_sub(*out_bytes).min(stream.send.allowance());
+                let mut room = budget.saturating_sub(out.bytes()).min(stream.send.allowance());
                 if room > 0 && stream.send.offset() < stream.replay.end() {
                     let mut offset = stream.send.offset();
                     if let Some(parts) = stream.replay.since(offset) {
                         for part in parts {
-                            for piece in part[..part.len().min(room)].chunks(wire::MAX_DATA) {
-                                push_data(out, out_bytes, stream_id, offset, piece, Keep::No);
+                            for piece in part[..part.len().min(room)].chunks(out.max_payload()) {
+                                out.push_data(&mut stream.mark, stream_id, offset, piece, Keep::No);
                                 offset += piece.len() as u64;
                                 room -= piece.len();
                             }
@@ -745,11 +687,12 @@ impl Engine {
                 }
                 if room > 0 && stream.send.offset() == stream.replay.end() {
                     let mut offset = stream.send.offset();
-                    let replay = &mut stream.replay;
+                    let Stream { replay, mark, .. } = stream;
+                    let max_payload = out.max_payload();
                     let n = stack.recv(flow, room, |chunk| {
                         replay.push_queued(chunk.len());
-                        for piece in chunk.chunks(wire::MAX_DATA) {
-                            push_data(out, out_bytes, stream_id, offset, piece, Keep::Yes);
+                        for piece in chunk.chunks(max_payload) {
+                            out.push_data(mark, stream_id, offset, piece, Keep::Yes);
                             offset += piece.len() as u64;
                         }
                     });
@@ -761,7 +704,7 @@ impl Engine {
                 }
                 let all_sent = stream.send.offset() == stream.replay.end();
                 if !stream.send.fin_sent() && all_sent && stack.app_finished_sending(flow) {
-                    push_frame(out, out_bytes, &Frame::Fin { stream_id, offset: stream.send.offset() });
+                    out.push_ordered(&mut stream.mark, 0, &Frame::Fin { stream_id, offset: stream.send.offset() });
                     stream.send.on_fin_sent();
                     progress = true;
                 }
@@ -818,14 +761,26 @@ impl Engine {
     /// The next chunk of encoded frames for a session's transport.
     pub fn pop_session_output(&mut self, sid: SessionId) -> Option<Bytes> {
         let session = self.sessions.get_mut(&sid)?;
-        let chunk = session.out.pop_front()?;
-        session.out_bytes -= chunk.bytes.len();
-        Some(chunk.settle(&mut session.streams))
+        let chunk = session.out.pop()?;
+        Some(settle(chunk, &mut session.streams))
     }
 
-    /// Queues a frame of the session layer (CLOSE, PING) to a session.
+    /// Sizes the session's bulk chunks for the path it is on, which carries `bytes_per_sec` (see
+    /// [`super::outqueue`]).
+    pub fn set_session_rate(&mut self, sid: SessionId, bytes_per_sec: Option<f64>) {
+        if let Some(session) = self.sessions.get_mut(&sid) {
+            session.out.set_rate(bytes_per_sec);
+        }
+    }
+
+    /// Queues a frame of the session layer (CLOSE, PING) to a session: a PING goes urgent (its
+    /// round trip should not include our queue), anything else behind what is queued.
     pub fn queue_frame(&mut self, sid: SessionId, frame: &Frame<'_>) -> Result<(), SessionError> {
-        self.sessions.get_mut(&sid).ok_or(SessionError::NoSuchSession(sid))?.queue(frame);
+        let out = &mut self.sessions.get_mut(&sid).ok_or(SessionError::NoSuchSession(sid))?.out;
+        match frame {
+            Frame::Ping { .. } => out.push_urgent(frame),
+            _ => out.push_last(frame),
+        }
         Ok(())
     }
 
@@ -852,10 +807,9 @@ impl Engine {
         session.rx.clear();
         // The queued frames are regenerated below, but the stream bytes in them are the only copy:
         // the replay buffers keep them before the frames go.
-        for chunk in session.out.drain(..) {
-            chunk.settle(&mut session.streams);
+        while let Some(chunk) = session.out.pop() {
+            settle(chunk, &mut session.streams);
         }
-        session.out_bytes = 0;
         let peer: BTreeMap<u32, u64> = peer_received.iter().copied().collect();
         let ours_parity = match role {
             Role::Client => 1,
@@ -870,19 +824,19 @@ impl Engine {
                     replayed += before - stream.send.offset();
                     stream.replay.ack(stream.send.acked());
                     let (received, max_offset) = stream.recv.current_grant();
-                    push_frame(
-                        &mut session.out,
-                        &mut session.out_bytes,
+                    session.out.push_ordered(
+                        &mut stream.mark,
+                        0,
                         &Frame::Credit { stream_id: id, received, max_offset },
                     );
                     if id % 2 != ours_parity && stream.phase == Phase::Open {
-                        push_frame(&mut session.out, &mut session.out_bytes, &Frame::OpenOk { stream_id: id });
+                        session.out.push_ordered(&mut stream.mark, 0, &Frame::OpenOk { stream_id: id });
                     }
                 }
                 // Our OPEN was lost with the path: open it again.
                 None if id % 2 == ours_parity && stream.phase == Phase::Opening => {
                     let (src, dst) = stream.endpoints;
-                    push_frame(&mut session.out, &mut session.out_bytes, &Frame::Open { stream_id: id, src, dst });
+                    session.out.push_ordered(&mut stream.mark, 0, &Frame::Open { stream_id: id, src, dst });
                 }
                 // The peer finished with it, which it does only after our FIN and with its own FIN
                 // acknowledged by us: it ends here as it would have.
@@ -896,11 +850,7 @@ impl Engine {
             // longer have: our RESET was lost with the path.
             let never_seen = id % 2 != ours_parity && session.highest_peer_stream.is_none_or(|h| id > h);
             if !never_seen {
-                push_frame(
-                    &mut session.out,
-                    &mut session.out_bytes,
-                    &Frame::Reset { stream_id: id, code: ResetCode::Reset },
-                );
+                session.out.push_urgent(&Frame::Reset { stream_id: id, code: ResetCode::Reset });
             }
         }
         for id in gone {
@@ -926,7 +876,7 @@ impl Engine {
         for packet in session.held.take().into_iter().flatten() {
             session.counters.datagrams_sent += 1;
             session.counters.bytes_sent += packet.len() as u64;
-            push_frame(&mut session.out, &mut session.out_bytes, &Frame::Datagram { packet: &packet });
+            session.out.push_ordered(&mut session.datagram_mark, packet.len(), &Frame::Datagram { packet: &packet });
         }
         session.held_bytes = 0;
     }
@@ -947,7 +897,7 @@ impl Engine {
                 virtual_ips: s.virtual_ips.clone(),
                 tcp_flows: s.streams.len(),
                 udp_flows: self.udp_flows.keys().filter(|k| k.session == *id).count(),
-                queued_bytes: s.out_bytes,
+                queued_bytes: s.out.bytes(),
                 counters: s.counters.clone(),
             })
             .collect()
@@ -958,83 +908,13 @@ impl Engine {
     }
 }
 
-fn push_frame(out: &mut VecDeque<OutChunk>, out_bytes: &mut usize, frame: &Frame<'_>) {
-    let len = frame.encoded_len();
-    let chunk = tail_chunk(out, len);
-    // Cannot fail: control frames are far below the body limit.
-    frame.encode(&mut chunk.bytes).expect("control frame fits the wire format");
-    *out_bytes += len;
-}
-
-/// Whether a DATA frame's payload is new (its replay buffer keeps it from the chunk) or resent from
-/// the replay buffer, which has it already.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Keep {
-    Yes,
-    No,
-}
-
-fn push_data(
-    out: &mut VecDeque<OutChunk>,
-    out_bytes: &mut usize,
-    stream_id: u32,
-    offset: u64,
-    data: &[u8],
-    keep: Keep,
-) {
-    let len = wire::HEADER_LEN + wire::DATA_OVERHEAD + data.len();
-    let chunk = tail_chunk(out, len);
-    wire::encode_data_header(stream_id, offset, data.len(), &mut chunk.bytes);
-    if keep == Keep::Yes {
-        chunk.kept.push((stream_id, chunk.bytes.len(), data.len()));
-    }
-    chunk.bytes.extend_from_slice(data);
-    *out_bytes += len;
-}
-
-fn tail_chunk(out: &mut VecDeque<OutChunk>, room: usize) -> &mut OutChunk {
-    if out.back().is_none_or(|c| c.bytes.len() + room > CHUNK) {
-        out.push_back(OutChunk { bytes: Vec::with_capacity(CHUNK.max(room)), kept: Vec::new() });
-    }
-    // Cannot fail: pushed just above when empty.
-    out.back_mut().expect("a tail chunk exists")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_replay_buffer_shares_only_slices_that_are_a_good_part_of_their_chunk() {
-        let frame = |payload: usize| wire::HEADER_LEN + wire::DATA_OVERHEAD + payload;
-        // Bulk: whole DATA frames, three to a chunk, each payload is shared.
-        assert_eq!(CHUNK, 3 * frame(wire::MAX_DATA));
-        assert!(shared(frame(wire::MAX_DATA), CHUNK));
-        // A keystroke, or a piece of a large write, is copied: it would keep 192 KiB alive.
-        assert!(!shared(frame(1), CHUNK));
-        assert!(!shared(frame(32 * 1024), CHUNK));
-    }
-
-    #[test]
-    fn a_stream_shares_the_chunk_by_all_its_frames_in_it() {
-        let mut out = VecDeque::new();
-        let mut out_bytes = 0;
-        // A bulk stream whose app writes 40 KiB segments (each frame alone is under a third of the
-        // chunk), a keystroke on another stream between them, and a resent frame (not kept again).
-        let mut offset = 0;
-        for _ in 0..4 {
-            push_data(&mut out, &mut out_bytes, 1, offset, &[1; 40 << 10], Keep::Yes);
-            offset += 40 << 10;
-            push_data(&mut out, &mut out_bytes, 3, offset, b"k", Keep::Yes);
+/// Hands each stream's replay buffer its new bytes of a chunk that leaves (see
+/// [`super::outqueue::OutChunk::settle`]).
+fn settle(chunk: super::outqueue::OutChunk, streams: &mut BTreeMap<u32, Stream>) -> Bytes {
+    // A stream reset meanwhile has no replay buffer left to keep them.
+    chunk.settle(|id, bytes| {
+        if let Some(stream) = streams.get_mut(&id) {
+            stream.replay.settle(bytes);
         }
-        push_data(&mut out, &mut out_bytes, 5, 0, &[5; 20 << 10], Keep::No);
-        assert_eq!(out.len(), 1, "all in one chunk");
-        let chunk = &out[0];
-        let frame = |payload: usize| wire::HEADER_LEN + wire::DATA_OVERHEAD + payload;
-        assert_eq!(chunk.shares(), vec![(1, 4 * frame(40 << 10)), (3, 4 * frame(1))]);
-        let capacity = chunk.bytes.capacity();
-        assert!(!shared(frame(40 << 10), capacity), "one frame alone would be copied");
-        assert!(shared(4 * frame(40 << 10), capacity), "the bulk stream keeps slices");
-        assert!(!shared(4 * frame(1), capacity), "the keystrokes are copied");
-    }
+    })
 }
