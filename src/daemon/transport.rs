@@ -458,7 +458,7 @@ struct NotsentLowat {
 impl NotsentLowat {
     fn update(&mut self, fd: std::os::fd::RawFd, pace: Option<u64>) {
         let Some(rate) = pace else { return };
-        let slot = crate::relay::outqueue::slot(Some(rate as f64));
+        let slot = crate::relay::outqueue::slot(Some(rate));
         let want = if slot < crate::relay::outqueue::CHUNK { 2 * slot } else { libc::c_int::MAX as usize };
         if want == self.set {
             return;

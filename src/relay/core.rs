@@ -855,7 +855,7 @@ impl RelayCore {
         for (&sid, state) in &self.sessions {
             let Some(path) = state.current.filter(|_| state.sending) else { continue };
             let Some(p) = self.paths.get_mut(&path) else { continue };
-            self.engine.set_session_rate(sid, p.pace.map(|r| r as f64));
+            self.engine.set_session_rate(sid, p.pace);
             while p.out.len() < PATH_QUEUE {
                 let Some(chunk) = self.engine.pop_session_output(sid) else { break };
                 p.out.push_back(chunk);
@@ -871,9 +871,7 @@ impl RelayCore {
     /// longer.
     pub fn writer_depth(&self, path: PathId, capacity: usize) -> usize {
         match self.paths.get(&path) {
-            Some(p) if super::outqueue::slot(p.pace.map(|r| r as f64)) <= super::outqueue::MIN_SLOT => {
-                capacity.min(SLOW_WRITER_DEPTH)
-            }
+            Some(p) if super::outqueue::slot(p.pace) <= super::outqueue::MIN_SLOT => capacity.min(SLOW_WRITER_DEPTH),
             _ => capacity,
         }
     }

@@ -767,7 +767,7 @@ impl Engine {
 
     /// Sizes the session's bulk chunks for the path it is on, which carries `bytes_per_sec` (see
     /// [`super::outqueue`]).
-    pub fn set_session_rate(&mut self, sid: SessionId, bytes_per_sec: Option<f64>) {
+    pub fn set_session_rate(&mut self, sid: SessionId, bytes_per_sec: Option<u64>) {
         if let Some(session) = self.sessions.get_mut(&sid) {
             session.out.set_rate(bytes_per_sec);
         }
@@ -807,7 +807,7 @@ impl Engine {
         session.rx.clear();
         // The queued frames are regenerated below, but the stream bytes in them are the only copy:
         // the replay buffers keep them before the frames go.
-        while let Some(chunk) = session.out.pop() {
+        for chunk in session.out.drain() {
             settle(chunk, &mut session.streams);
         }
         let peer: BTreeMap<u32, u64> = peer_received.iter().copied().collect();

@@ -137,8 +137,8 @@ pub enum Lane {
 }
 
 /// The bulk chunk size for a path that carries `bytes_per_sec` (unknown: the largest).
-pub fn slot(bytes_per_sec: Option<f64>) -> usize {
-    bytes_per_sec.map_or(CHUNK, |rate| ((rate * SLOT_TIME.as_secs_f64()) as usize).clamp(MIN_SLOT, CHUNK))
+pub fn slot(bytes_per_sec: Option<u64>) -> usize {
+    bytes_per_sec.map_or(CHUNK, |rate| ((rate as f64 * SLOT_TIME.as_secs_f64()) as usize).clamp(MIN_SLOT, CHUNK))
 }
 
 /// One session's queue towards its peer (see the module's documentation).
@@ -170,7 +170,7 @@ impl Default for OutQueue {
 
 impl OutQueue {
     /// Sizes the bulk chunks queued from now on for a path that carries `bytes_per_sec`.
-    pub fn set_rate(&mut self, bytes_per_sec: Option<f64>) {
+    pub fn set_rate(&mut self, bytes_per_sec: Option<u64>) {
         self.slot = slot(bytes_per_sec);
     }
 
@@ -377,11 +377,11 @@ mod tests {
     #[test]
     fn a_slow_path_gets_small_bulk_chunks() {
         assert_eq!(slot(None), CHUNK);
-        assert_eq!(slot(Some(5e9 / 8.0)), CHUNK, "5 Gbit/s");
-        assert_eq!(slot(Some(200e6 / 8.0)), 12_500, "200 Mbit/s: 0.5 ms");
-        assert_eq!(slot(Some(1e6 / 8.0)), MIN_SLOT, "1 Mbit/s");
+        assert_eq!(slot(Some(5_000_000_000 / 8)), CHUNK, "5 Gbit/s");
+        assert_eq!(slot(Some(200_000_000 / 8)), 12_500, "200 Mbit/s: 0.5 ms");
+        assert_eq!(slot(Some(1_000_000 / 8)), MIN_SLOT, "1 Mbit/s");
         let mut q = OutQueue::default();
-        q.set_rate(Some(200e6 / 8.0));
+        q.set_rate(Some(200_000_000 / 8));
         let mut s = 0;
         let data = vec![7; 100_000];
         for (i, piece) in data.chunks(q.max_payload()).enumerate() {
