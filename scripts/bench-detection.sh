@@ -16,19 +16,12 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-if [ "$(id -u)" != 0 ]; then
-    echo "the benchmark needs root for network namespaces and TUN devices: sudo ./scripts/bench-detection.sh" >&2
-    exit 1
-fi
 REPS=${DETECT_REPS:-20}
-log() { echo "==> $*" >&2; }
-modprobe tun 2>/dev/null || true
-scripts/install-deps.sh >&2
-cargo build --release --quiet
-# shellcheck source=lib/netns.sh
-. "$ROOT/scripts/lib/netns.sh"
+# shellcheck source=lib/prepare.sh
+. "$ROOT/scripts/lib/prepare.sh"
+prepare "the benchmark"
 trap netns_cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck disable=SC2034 # netns_configs (lib/netns.sh) reads it
 SERVER_ADDR=198.18.0.1
 
 netns_topology

@@ -24,24 +24,15 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-if [ "$(id -u)" != 0 ]; then
-    echo "the benchmark needs root for network namespaces and TUN devices: sudo ./scripts/bench-handover.sh" >&2
-    exit 1
-fi
 REPS=${HANDOVER_REPS:-20}
 OUTAGES=${HANDOVER_OUTAGES-"0.5 1 2 5"}
 RATES=${HANDOVER_RATES:-"2000000 0"}
 SYSTEMS=${HANDOVER_SYSTEMS:-"roamtun tcp mptcp wireguard"}
 WG_PORT=51820
 
-log() { echo "==> $*" >&2; }
-
-modprobe tun 2>/dev/null || true
-scripts/install-deps.sh --bench >&2
-log "building roamtun (release)"
-cargo build --release --quiet
-# shellcheck source=lib/netns.sh
-. "$ROOT/scripts/lib/netns.sh"
+# shellcheck source=lib/prepare.sh
+. "$ROOT/scripts/lib/prepare.sh"
+prepare "the benchmark" --bench
 HO="python3 $ROOT/scripts/lib/handover.py"
 WG_C="wgc-$$"
 WG_S="wgs-$$"
@@ -52,7 +43,6 @@ bench_cleanup() {
     rm -f "/var/run/wireguard/$WG_C.sock" "/var/run/wireguard/$WG_S.sock"
 }
 trap bench_cleanup EXIT
-trap 'exit 130' INT TERM
 
 netns_topology
 netns_second_uplink

@@ -16,28 +16,17 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-if [ "$(id -u)" != 0 ]; then
-    echo "the benchmark needs root for network namespaces and TUN devices: sudo ./scripts/bench-interactive.sh" >&2
-    exit 1
-fi
 BENCH_RATES=${BENCH_RATES:-"50mbit 10mbit"}
 BENCH_SECS=${BENCH_SECS:-20}
 BENCH_RR=${BENCH_RR:-40}
 IPERF_PORT=5201
 RR_PORT=7100
 
-log() { echo "==> $*" >&2; }
-
-modprobe tun 2>/dev/null || true
-scripts/install-deps.sh --bench >&2
-log "building roamtun (release)"
-cargo build --release --quiet
-# shellcheck source=lib/netns.sh
-. "$ROOT/scripts/lib/netns.sh"
+# shellcheck source=lib/prepare.sh
+. "$ROOT/scripts/lib/prepare.sh"
+prepare "the benchmark" --bench
 LATENCY="$ROOT/scripts/lib/latency.py"
 trap netns_cleanup EXIT
-# With a trap, an interrupt ends the script as soon as the current (time-bounded) command returns.
-trap 'exit 130' INT TERM
 
 shape() {
     local rate=$1

@@ -16,10 +16,6 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-if [ "$(id -u)" != 0 ]; then
-    echo "the benchmark needs root for network namespaces and TUN devices: sudo ./scripts/bench.sh" >&2
-    exit 1
-fi
 BENCH_SECS=${BENCH_SECS:-5}
 BENCH_RUNS=${BENCH_RUNS:-3}
 BENCH_RR=${BENCH_RR:-2000}
@@ -27,14 +23,9 @@ IPERF_PORT=5201
 RR_PORT=7100
 WG_PORT=51820
 
-log() { echo "==> $*" >&2; }
-
-modprobe tun 2>/dev/null || true
-scripts/install-deps.sh --bench >&2
-log "building roamtun (release)"
-cargo build --release --quiet
-# shellcheck source=lib/netns.sh
-. "$ROOT/scripts/lib/netns.sh"
+# shellcheck source=lib/prepare.sh
+. "$ROOT/scripts/lib/prepare.sh"
+prepare "the benchmark" --bench
 LATENCY="$ROOT/scripts/lib/latency.py"
 # wireguard-go's control sockets live in /var/run/wireguard/NAME.sock, outside any namespace: the
 # interface names must differ between the two namespaces and from other runs.
@@ -57,8 +48,6 @@ bench_cleanup() {
     rm -f "/var/run/wireguard/$WG_C.sock" "/var/run/wireguard/$WG_S.sock"
 }
 trap bench_cleanup EXIT
-# With a trap, an interrupt ends the script as soon as the current (time-bounded) command returns.
-trap 'exit 130' INT TERM
 
 not_running() { ! kill -0 "$1" 2>/dev/null; }
 

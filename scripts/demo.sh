@@ -11,16 +11,9 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-if [ "$(id -u)" != 0 ]; then
-    echo "the demo needs root for network namespaces and TUN devices: sudo ./scripts/demo.sh" >&2
-    exit 1
-fi
-modprobe tun 2>/dev/null || true
-scripts/install-deps.sh
-echo "==> building roamtun (release)"
-cargo build --release --quiet
-# shellcheck source=lib/netns.sh
-. "$ROOT/scripts/lib/netns.sh"
+# shellcheck source=lib/prepare.sh
+. "$ROOT/scripts/lib/prepare.sh"
+prepare "the demo"
 trap netns_cleanup EXIT
 
 echo "==> namespaces $NS_C (client) and $NS_S (server); uplinks wlan0 198.18.1.2 and wwan0 198.18.2.2"

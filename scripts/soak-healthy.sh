@@ -14,20 +14,13 @@
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-if [ "$(id -u)" != 0 ]; then
-    echo "the soak needs root for network namespaces and TUN devices: sudo ./scripts/soak-healthy.sh" >&2
-    exit 1
-fi
 SECS=${SOAK_SECS:-600}
 RATE=${SOAK_RATE:-4000000}
-log() { echo "==> $*" >&2; }
-modprobe tun 2>/dev/null || true
-scripts/install-deps.sh >&2 || exit 1
-cargo build --release --quiet || exit 1
-# shellcheck source=lib/netns.sh
-. "$ROOT/scripts/lib/netns.sh"
+# shellcheck source=lib/prepare.sh
+. "$ROOT/scripts/lib/prepare.sh"
+prepare "the soak"
 trap netns_cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck disable=SC2034 # netns_configs (lib/netns.sh) reads it
 SERVER_ADDR=198.18.0.1
 
 netns_topology
