@@ -149,6 +149,23 @@ struct Stream {
     mark: BulkMark,
 }
 
+impl Stream {
+    /// A new stream: nothing sent or received yet; `window` is its receive budget ([`RecvHalf::new`]).
+    fn new(flow: FlowId, endpoints: (SocketAddr, SocketAddr), phase: Phase, window: u64) -> Self {
+        Stream {
+            flow,
+            endpoints,
+            phase,
+            send: SendHalf::new(INITIAL_CREDIT),
+            recv: RecvHalf::new(window),
+            replay: ReplayBuffer::new(),
+            app_close_sent: false,
+            app_done: false,
+            mark: 0,
+        }
+    }
+}
+
 struct Session {
     virtual_ips: Vec<IpAddr>,
     /// Bytes of a frame that has not fully arrived.
@@ -293,20 +310,7 @@ impl Engine {
             return;
         };
         session.next_stream_id = next;
-        session.streams.insert(
-            stream_id,
-            Stream {
-                flow,
-                endpoints: (src, dst),
-                phase: Phase::Opening,
-                send: SendHalf::new(INITIAL_CREDIT),
-                recv: RecvHalf::new(window),
-                replay: ReplayBuffer::new(),
-                app_close_sent: false,
-                app_done: false,
-                mark: 0,
-            },
-        );
+        session.streams.insert(stream_id, Stream::new(flow, (src, dst), Phase::Opening, window));
         session.counters.tcp_streams_opened += 1;
         let stream = session.streams.get_mut(&stream_id).expect("inserted above");
         session.out.push_ordered(&mut stream.mark, 0, &Frame::Open { stream_id, src, dst });
@@ -518,20 +522,7 @@ impl Engine {
         match self.stack.connect(src, dst) {
             Ok(flow) => {
                 let session = self.session_mut(sid);
-                session.streams.insert(
-                    stream_id,
-                    Stream {
-                        flow,
-                        endpoints: (src, dst),
-                        phase: Phase::Connecting,
-                        send: SendHalf::new(INITIAL_CREDIT),
-                        recv: RecvHalf::new(window),
-                        replay: ReplayBuffer::new(),
-                        app_close_sent: false,
-                        app_done: false,
-                        mark: 0,
-                    },
-                );
+                session.streams.insert(stream_id, Stream::new(flow, (src, dst), Phase::Connecting, window));
                 session.counters.tcp_streams_opened += 1;
                 self.flow_streams.insert(flow, (sid, stream_id));
                 tracing::debug!(session = sid.0, stream = stream_id, %src, %dst, "peer opened a TCP connection");
