@@ -11,6 +11,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_rustls::TlsConnector;
 
+use super::relay_socket::RelaySocket;
 use super::transport::{self, Handshake, HandshakeError, Liveness};
 use super::{
     engine_config, transition_config, ClientHooks, DialRequest, EngineMsg, Join, PathInfo, PeerInfo, SharedCounters,
@@ -213,8 +214,7 @@ impl Dialer<'_> {
             .map_err(|_| anyhow::anyhow!("no answer from {server} within {CONNECT_TIMEOUT:?}"))??;
         tcp.set_nodelay(true)?;
         let local = tcp.local_addr()?;
-        // Read through a buffer: see transport::relay_socket.
-        let tcp = transport::relay_socket(tcp);
+        let tcp = RelaySocket::new(tcp);
         let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connector.connect(tls::server_name(), tcp))
             .await
             .map_err(|_| anyhow::anyhow!("TLS handshake with {server} timed out"))?
@@ -238,8 +238,9 @@ impl Dialer<'_> {
         }
         let path = self.shared.next_path();
         let liveness = Liveness::from_tuning(&self.config.tuning);
-        let fd = std::os::fd::AsRawFd::as_raw_fd(stream.get_ref().0.get_ref());
-        let io = transport::spawn_path_io(stream, fd, path, early, self.engine.clone(), self.room.clone(), liveness);
+        let unsent = stream.get_ref().0.unsent_bound();
+        let io =
+            transport::spawn_path_io(stream, unsent, path, early, self.engine.clone(), self.room.clone(), liveness);
         let uplink = uplink.map(str::to_string).or_else(|| super::tun::interface_of(local.ip()));
         tracing::debug!(%server, %local, ?uplink, session = session_id, ?path, "path authenticated");
         let peer = PeerInfo { name: "server".into(), public_key: self.config.server.public_key.to_base64() };

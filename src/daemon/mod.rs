@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod memory;
+mod relay_socket;
 pub mod server;
 mod shell;
 mod transport;

@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use tokio_rustls::TlsAcceptor;
 
+use super::relay_socket::RelaySocket;
 use super::transport::{self, close_code, Handshake, Liveness};
 use super::{engine_config, transition_config, EngineMsg, Join, PathInfo, PeerInfo, SharedCounters, StatusSource, Tun};
 use crate::clock::Clock;
@@ -137,8 +138,7 @@ impl Accepted {
     async fn serve(&self, tcp: TcpStream, remote: SocketAddr) -> anyhow::Result<()> {
         tcp.set_nodelay(true)?;
         let local = tcp.local_addr()?;
-        // Read through a buffer: see transport::relay_socket.
-        let tcp = transport::relay_socket(tcp);
+        let tcp = RelaySocket::new(tcp);
         let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp))
             .await
             .map_err(|_| anyhow::anyhow!("TLS handshake timed out"))?
@@ -175,8 +175,9 @@ impl Accepted {
         }
         let path = self.shared.next_path();
         let liveness = Liveness::from_tuning(&self.config.tuning);
-        let fd = std::os::fd::AsRawFd::as_raw_fd(stream.get_ref().0.get_ref());
-        let io = transport::spawn_path_io(stream, fd, path, early, self.engine.clone(), self.room.clone(), liveness);
+        let unsent = stream.get_ref().0.unsent_bound();
+        let io =
+            transport::spawn_path_io(stream, unsent, path, early, self.engine.clone(), self.room.clone(), liveness);
         let info = PathInfo { local: Some(local), remote: Some(remote), uplink: None };
         let peer_info = PeerInfo { name: peer.name.clone(), public_key: key.to_base64() };
         let join = Join::Hello { resume, virtual_ips: peer.virtual_ips.clone() };

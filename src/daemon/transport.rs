@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 
+use super::relay_socket::UnsentBound;
 use super::EngineMsg;
 pub use crate::relay::core::PathSample;
 use crate::transition::PathId;
@@ -132,7 +133,7 @@ pub struct PathIo {
 /// handshake. Both tasks report the end of the path to the engine task as [`EngineMsg::PathDown`].
 pub fn spawn_path_io<S>(
     stream: S,
-    tcp_fd: std::os::fd::RawFd,
+    unsent: UnsentBound,
     path: PathId,
     early: Vec<u8>,
     engine: mpsc::Sender<EngineMsg>,
@@ -153,7 +154,7 @@ where
     tokio::spawn(writer(w, path, out_rx, engine.clone(), room, pace.clone(), epoch));
     let pongs = out_tx.clone();
     let watch = Watch {
-        tcp_fd,
+        unsent,
         pace,
         stall_after: liveness.stall_after,
         every: liveness.probe_interval.min(liveness.dead_after / 4),
@@ -261,24 +262,11 @@ fn make_room(buf: &mut BytesMut) {
 /// as they complete, so a partial frame is copied once per buffer, not once per read.
 const READ_SIZE: usize = 512 * 1024;
 
-/// What a relay connection's TCP socket is read through. rustls reads the socket 4 KiB at a time
-/// (and shrinks its buffer whenever it is empty), so a 64 KiB frame costs 16 or more `recv` calls;
-/// from a user-space buffer those reads are plain copies, and the socket is read once per
-/// `RELAY_READ_BUFFER` bytes.
-pub type RelaySocket = tokio::io::BufReader<tokio::net::TcpStream>;
-
-/// Bytes read from the relay socket per `recv`.
-const RELAY_READ_BUFFER: usize = 256 * 1024;
-
-pub fn relay_socket(tcp: tokio::net::TcpStream) -> RelaySocket {
-    tokio::io::BufReader::with_capacity(RELAY_READ_BUFFER, tcp)
-}
-
 /// What the reader watches besides the bytes: silence, and the relay socket's own TCP counters (the
 /// kernel's RTT, and retransmissions per segment sent: the path's loss, which TCP hides from us).
 struct Watch {
-    /// The relay connection's socket; valid while the reader holds its read half.
-    tcp_fd: std::os::fd::RawFd,
+    /// The relay connection's socket: read for its counters, and its unsent bytes bounded.
+    unsent: UnsentBound,
     pace: Pace,
     stall_after: Duration,
     /// How often the path's statistics (RTT, loss) go to the engine task.
@@ -295,7 +283,7 @@ async fn reader<R: AsyncRead + Unpin>(
     early: Vec<u8>,
     engine: mpsc::Sender<EngineMsg>,
     pongs: mpsc::Sender<Bytes>,
-    watch: Watch,
+    mut watch: Watch,
     epoch: tokio::time::Instant,
 ) {
     let mut buf = BytesMut::with_capacity(READ_SIZE.max(early.len()));
@@ -313,7 +301,6 @@ async fn reader<R: AsyncRead + Unpin>(
     let mut was_standby = false;
     let mut loss = LossMeter::default();
     let mut rate_window = RateWindow::default();
-    let mut lowat = NotsentLowat::default();
     let mut stall = AckStall::new(last_rx.into_std());
     let reason = loop {
         take_frames(&mut buf, &mut pieces);
@@ -378,7 +365,7 @@ async fn reader<R: AsyncRead + Unpin>(
                     // probe_interval plus that.
                     probed = pongs.try_send(encode(&Frame::Ping { nonce: epoch.elapsed().as_micros() as u64 })).is_ok();
                 }
-                let Some(info) = tcp_info(watch.tcp_fd) else { continue };
+                let Some(info) = tcp_info(watch.unsent.fd()) else { continue };
                 let now = tokio::time::Instant::now();
                 if let Some(waited) = stall.dead(&info, watch.stall_after.min(dead_after), now.into_std()) {
                     break format!("{} bytes unacknowledged for {} ms", info.unacked_bytes(), waited.as_millis());
@@ -386,7 +373,7 @@ async fn reader<R: AsyncRead + Unpin>(
                 if now - last_stats >= watch.every {
                     last_stats = now;
                     let pace = rate_window.update(info.delivery_rate);
-                    lowat.update(watch.tcp_fd, pace);
+                    watch.unsent.update(pace);
                     let loss = loss.update(&info);
                     let sample = PathSample {
                         tcp_rtt: info.rtt,
@@ -442,45 +429,6 @@ async fn writer<W: AsyncWrite + Unpin>(
         }
     }
     let _ = w.shutdown().await;
-}
-
-/// Bounds the relay socket's unsent bytes (`TCP_NOTSENT_LOWAT`) to two of the engine's bulk chunks
-/// for the path's rate: beyond that, bytes wait in the engine's lanes, where urgent frames pass them
-/// (relay::outqueue). Only on a path too slow for whole chunks: on a faster one the unsent bytes
-/// drain within a millisecond anyway, and a bound would only wake the writer more often. Unset
-/// until the path's rate is known. The bytes in flight (sent, not yet acknowledged) stay the
-/// congestion control's business.
-#[derive(Default)]
-struct NotsentLowat {
-    set: usize,
-}
-
-impl NotsentLowat {
-    fn update(&mut self, fd: std::os::fd::RawFd, pace: Option<u64>) {
-        let Some(rate) = pace else { return };
-        let slot = crate::relay::outqueue::slot(Some(rate));
-        let want = if slot < crate::relay::outqueue::CHUNK { 2 * slot } else { libc::c_int::MAX as usize };
-        if want == self.set {
-            return;
-        }
-        let value = libc::c_int::try_from(want).unwrap_or(libc::c_int::MAX);
-        // SAFETY: fd is the relay connection's socket, open while the reader holds its read half;
-        // the option value is a c_int of the size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_NOTSENT_LOWAT,
-                (&raw const value).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            // Then the socket keeps more unsent, as before; not tried again on every tick.
-            tracing::debug!(err = %std::io::Error::last_os_error(), "setting TCP_NOTSENT_LOWAT failed");
-        }
-        self.set = want;
-    }
 }
 
 /// [`PathSample::pace`]: the largest of the last [`PACE_SAMPLES`] delivery-rate samples the kernel

@@ -1,0 +1,232 @@
+//! The TCP socket under a relay connection's TLS: read through a buffer, and on a slow path written
+//! so that few bytes wait unsent in the kernel, where nothing can pass them.
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, Interest, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Bytes read from the relay socket per `recv`.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// A relay connection's TCP socket.
+///
+/// It is read through a buffer: rustls reads the socket 4 KiB at a time (and shrinks its buffer
+/// whenever it is empty), so a 64 KiB frame would cost 16 or more `recv` calls; from a user-space
+/// buffer those reads are plain copies, and the socket is read once per [`READ_BUFFER`] bytes.
+///
+/// While [`UnsentBound`] bounds the socket's unsent bytes, every write ends with `MSG_EOR`. The bound
+/// (`TCP_NOTSENT_LOWAT`) is checked by the kernel only when a write needs a new buffer (skb); until
+/// then it appends to the last unsent one, up to 64 KiB, whatever the bound. Seen at 10 Mbit/s: up
+/// to 64 KiB unsent against a bound of 8 KiB, 50 ms that a keystroke waited behind. `MSG_EOR` closes
+/// the last buffer, so the next write meets the check.
+pub struct RelaySocket {
+    inner: BufReader<TcpStream>,
+    eor: Arc<AtomicBool>,
+}
+
+impl RelaySocket {
+    pub fn new(tcp: TcpStream) -> Self {
+        RelaySocket { inner: BufReader::with_capacity(READ_BUFFER, tcp), eor: Arc::new(AtomicBool::new(false)) }
+    }
+
+    /// What the path's reader uses to watch and tune the socket, while the TLS stream owns it.
+    pub fn unsent_bound(&self) -> UnsentBound {
+        UnsentBound { fd: self.inner.get_ref().as_raw_fd(), eor: self.eor.clone(), lowat: 0 }
+    }
+
+    /// Writes `bufs` with `MSG_EOR`, waiting for the socket to be writable.
+    fn poll_send_eor(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let tcp = self.inner.get_ref();
+        loop {
+            ready!(tcp.poll_write_ready(cx))?;
+            match tcp.try_io(Interest::WRITABLE, || send_eor(tcp.as_raw_fd(), bufs)) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+}
+
+/// One `sendmsg` of `bufs` with `MSG_EOR`.
+fn send_eor(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: msghdr is plain data; all-zero is a valid value (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is ABI-compatible with iovec on Unix (std's documented guarantee); the kernel only
+    // reads through msg_iov.
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len().min(1024) as _;
+    // SAFETY: fd is the open socket of a live TcpStream; msg points at bufs, valid for the call.
+    let sent = unsafe { libc::sendmsg(fd, &msg, libc::MSG_EOR | libc::MSG_NOSIGNAL) };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
+    }
+}
+
+impl AsyncRead for RelaySocket {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for RelaySocket {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.eor.load(Ordering::Relaxed) {
+            self.poll_send_eor(cx, &[IoSlice::new(buf)])
+        } else {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.eor.load(Ordering::Relaxed) {
+            self.poll_send_eor(cx, bufs)
+        } else {
+            Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Bounds the relay socket's unsent bytes (`TCP_NOTSENT_LOWAT`, and `MSG_EOR` on each write, see
+/// [`RelaySocket`]) to two of the engine's bulk chunks for the path's rate: beyond that, bytes wait
+/// in the engine's lanes, where urgent frames pass them (relay::outqueue). Only on a path too slow
+/// for whole chunks: on a faster one the unsent bytes drain within a millisecond anyway, and a bound
+/// would only wake the writer more often. Unset until the path's rate is known. The bytes in flight
+/// (sent, not yet acknowledged) stay the congestion control's business.
+pub struct UnsentBound {
+    /// The relay connection's socket; valid while the reader holds its read half.
+    fd: RawFd,
+    eor: Arc<AtomicBool>,
+    /// The bound set, 0 before the first.
+    lowat: usize,
+}
+
+impl UnsentBound {
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Sets the bound for a path carrying `pace` bytes per second (None: not known yet).
+    pub fn update(&mut self, pace: Option<u64>) {
+        let Some(rate) = pace else { return };
+        let slot = crate::relay::outqueue::slot(Some(rate));
+        let bounded = slot < crate::relay::outqueue::CHUNK;
+        let want = if bounded { 2 * slot } else { libc::c_int::MAX as usize };
+        if want == self.lowat {
+            return;
+        }
+        self.lowat = want;
+        match set_notsent_lowat(self.fd, want) {
+            Ok(()) => self.eor.store(bounded, Ordering::Relaxed),
+            // Then the socket keeps more unsent, as before; not tried again on every tick.
+            Err(err) => tracing::debug!(%err, "setting TCP_NOTSENT_LOWAT failed"),
+        }
+    }
+}
+
+fn set_notsent_lowat(fd: RawFd, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: fd is an open TCP socket; the option value is a c_int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The unsent bytes of a socket whose peer reads nothing, after writing 4 KiB at a time until the
+    /// kernel takes no more (bounded: at most 4 MiB), with `TCP_NOTSENT_LOWAT` at 8 KiB, with and
+    /// without `MSG_EOR`.
+    async fn unsent_after_filling(eor: bool) -> u32 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (_peer, _) = listener.accept().await.unwrap();
+        let mut socket = RelaySocket::new(tcp);
+        set_notsent_lowat(socket.unsent_bound().fd(), LOWAT).unwrap();
+        socket.eor.store(eor, Ordering::Relaxed);
+        let chunk = [7u8; WRITE];
+        for _ in 0..1024 {
+            // The peer's window closes, then the kernel queues up to the bound and refuses more:
+            // the write is pending.
+            let write = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut socket).poll_write(cx, &chunk))).await;
+            match write {
+                Poll::Ready(written) => assert!(written.unwrap() > 0),
+                Poll::Pending => break,
+            }
+        }
+        notsent_bytes(socket.unsent_bound().fd())
+    }
+
+    const LOWAT: usize = 8192;
+    const WRITE: usize = 4096;
+
+    fn notsent_bytes(fd: RawFd) -> u32 {
+        let mut info = [0u8; 232];
+        let mut len = info.len() as libc::socklen_t;
+        // SAFETY: fd is an open TCP socket; info and len describe a buffer the kernel fills.
+        let rc = unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len) };
+        assert_eq!(rc, 0, "TCP_INFO: {}", io::Error::last_os_error());
+        // tcpi_notsent_bytes (Linux 4.6).
+        u32::from_ne_bytes(info[144..148].try_into().unwrap())
+    }
+
+    /// On real sockets, in a private network namespace of its own thread (root, as the other kernel
+    /// tests), so nothing leaves it.
+    #[test]
+    fn each_write_ending_its_buffer_keeps_the_unsent_bytes_near_the_bound() {
+        std::thread::spawn(|| {
+            // SAFETY: unshare takes no pointers; CLONE_NEWNET moves only this thread.
+            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "unshare(CLONE_NEWNET) (run as root): {}", io::Error::last_os_error());
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let nl = roamtun_netlink::Netlink::connect().await.unwrap();
+                nl.set_link_up(nl.link_index("lo").await.unwrap()).await.unwrap();
+                let plain = unsent_after_filling(false).await;
+                let eor = unsent_after_filling(true).await;
+                // The kernel may take one write when the unsent bytes are just below the bound.
+                assert!(eor as usize <= LOWAT + WRITE, "{eor} bytes unsent with MSG_EOR");
+                // Without it the last buffer keeps growing past the bound: what MSG_EOR is for.
+                assert!(plain as usize > LOWAT + WRITE, "only {plain} bytes unsent without MSG_EOR");
+            });
+        })
+        .join()
+        .unwrap();
+    }
+}
