@@ -154,7 +154,8 @@ pub struct Tuning {
     /// metered uplink pays little for being ready; silence for three of these and it is dead.
     pub standby_probe_interval_ms: u64,
     /// Check under traffic: a path whose sent bytes have waited this long for an acknowledgement (and
-    /// at least two round trips plus four deviations) is dead. At or above `dead_after_ms`: off.
+    /// longer than a retransmission timeout and a round trip) is dead. At or above `dead_after_ms`:
+    /// off.
     pub stall_after_ms: u64,
     /// Server: how long a session whose path is lost waits for its client to come back (spec
     /// \[0133\]). Client: how long it keeps trying to resume before it gives the session up.

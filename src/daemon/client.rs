@@ -238,9 +238,9 @@ impl Dialer<'_> {
         }
         let path = self.shared.next_path();
         let liveness = Liveness::from_tuning(&self.config.tuning);
-        let unsent = stream.get_ref().0.unsent_bound();
+        let socket = stream.get_ref().0.handle();
         let io =
-            transport::spawn_path_io(stream, unsent, path, early, self.engine.clone(), self.room.clone(), liveness);
+            transport::spawn_path_io(stream, socket, path, early, self.engine.clone(), self.room.clone(), liveness);
         let uplink = uplink.map(str::to_string).or_else(|| super::tun::interface_of(local.ip()));
         tracing::debug!(%server, %local, ?uplink, session = session_id, ?path, "path authenticated");
         let peer = PeerInfo { name: "server".into(), public_key: self.config.server.public_key.to_base64() };

@@ -7,12 +7,28 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Bytes read from the relay socket per `recv`.
 const READ_BUFFER: usize = 256 * 1024;
+
+/// The relay socket's minimum retransmission timeout (`TCP_RTO_MIN_US`, Linux 6.15), against the
+/// kernel's 200 ms. A lost segment that nothing after it reveals (the last of a burst, a keystroke)
+/// is sent again after srtt + max(4 rttvar, this): every stream of the session waits for it. Then
+/// a path that lost a segment also looks dead for less time, so the stall check (`AckStall` in
+/// `transport.rs`) can tell them apart within about `stall_after_ms`. Half its default: well above
+/// the round trip of a LAN or Wi-Fi hop, and a delay spike beyond it costs one spurious
+/// retransmission, which the kernel detects and undoes (F-RTO).
+const RTO_MIN: Duration = Duration::from_millis(50);
+
+/// Linux's own minimum, where `TCP_RTO_MIN_US` is not known (before 6.15).
+const LINUX_RTO_MIN: Duration = Duration::from_millis(200);
+
+/// `TCP_RTO_MIN_US` from linux/tcp.h (not in the libc crate yet).
+const TCP_RTO_MIN_US: libc::c_int = 45;
 
 /// A relay connection's TCP socket.
 ///
@@ -25,19 +41,35 @@ const READ_BUFFER: usize = 256 * 1024;
 /// then it appends to the last unsent one, up to 64 KiB, whatever the bound. Seen at 10 Mbit/s: up
 /// to 64 KiB unsent against a bound of 8 KiB, 50 ms that a keystroke waited behind. `MSG_EOR` closes
 /// the last buffer, so the next write meets the check.
+///
+/// Its minimum retransmission timeout is [`RTO_MIN`].
 pub struct RelaySocket {
     inner: BufReader<TcpStream>,
     eor: Arc<AtomicBool>,
+    rto_min: Duration,
 }
 
 impl RelaySocket {
     pub fn new(tcp: TcpStream) -> Self {
-        RelaySocket { inner: BufReader::with_capacity(READ_BUFFER, tcp), eor: Arc::new(AtomicBool::new(false)) }
+        // Read back: the kernel keeps it in clock ticks (52 ms for 50 at 250 Hz).
+        let fd = tcp.as_raw_fd();
+        let rto_min = set_int(fd, TCP_RTO_MIN_US, RTO_MIN.as_micros() as usize)
+            .and_then(|()| get_int(fd, TCP_RTO_MIN_US))
+            .map(|us| Duration::from_micros(us.unsigned_abs().into()))
+            .unwrap_or_else(|err| {
+                tracing::debug!(%err, "setting TCP_RTO_MIN_US failed; the relay socket keeps Linux's 200 ms");
+                LINUX_RTO_MIN
+            });
+        RelaySocket {
+            inner: BufReader::with_capacity(READ_BUFFER, tcp),
+            eor: Arc::new(AtomicBool::new(false)),
+            rto_min,
+        }
     }
 
-    /// What the path's reader uses to watch and tune the socket, while the TLS stream owns it.
-    pub fn unsent_bound(&self) -> UnsentBound {
-        UnsentBound { fd: self.inner.get_ref().as_raw_fd(), eor: self.eor.clone(), lowat: 0 }
+    /// The path reader's handle on the socket, which the TLS stream owns.
+    pub fn handle(&self) -> SocketHandle {
+        SocketHandle { fd: self.inner.get_ref().as_raw_fd(), rto_min: self.rto_min, eor: self.eor.clone(), lowat: 0 }
     }
 
     /// Writes `bufs` with `MSG_EOR`, waiting for the socket to be writable.
@@ -110,27 +142,34 @@ impl AsyncWrite for RelaySocket {
     }
 }
 
-/// Bounds the relay socket's unsent bytes (`TCP_NOTSENT_LOWAT`, and `MSG_EOR` on each write, see
-/// [`RelaySocket`]) to two of the engine's bulk chunks for the path's rate: beyond that, bytes wait
-/// in the engine's lanes, where urgent frames pass them (relay::outqueue). Only on a path too slow
-/// for whole chunks: on a faster one the unsent bytes drain within a millisecond anyway, and a bound
-/// would only wake the writer more often. Unset until the path's rate is known. The bytes in flight
-/// (sent, not yet acknowledged) stay the congestion control's business.
-pub struct UnsentBound {
-    /// The relay connection's socket; valid while the reader holds its read half.
+/// The path reader's handle on the relay socket: its descriptor (for TCP_INFO), its minimum
+/// retransmission timeout, and the bound on its unsent bytes.
+pub struct SocketHandle {
+    /// Valid while the reader holds the TLS stream's read half.
     fd: RawFd,
+    rto_min: Duration,
     eor: Arc<AtomicBool>,
     /// The bound set, 0 before the first.
     lowat: usize,
 }
 
-impl UnsentBound {
+impl SocketHandle {
     pub fn fd(&self) -> RawFd {
         self.fd
     }
 
-    /// Sets the bound for a path carrying `pace` bytes per second (None: not known yet).
-    pub fn update(&mut self, pace: Option<u64>) {
+    pub fn rto_min(&self) -> Duration {
+        self.rto_min
+    }
+
+    /// Bounds the socket's unsent bytes (`TCP_NOTSENT_LOWAT`, and `MSG_EOR` on each write, see
+    /// [`RelaySocket`]) to two of the engine's bulk chunks at the path's rate, `pace` bytes per
+    /// second (None: not known yet, nothing changes): beyond that, bytes wait in the engine's lanes,
+    /// where urgent frames pass them (relay::outqueue). Only on a path too slow for whole chunks: on
+    /// a faster one the unsent bytes drain within a millisecond anyway, and a bound would only wake
+    /// the writer more often. The bytes in flight (sent, not yet acknowledged) stay the congestion
+    /// control's business.
+    pub fn bound_unsent(&mut self, pace: Option<u64>) {
         let Some(rate) = pace else { return };
         let slot = crate::relay::outqueue::slot(Some(rate));
         let bounded = slot < crate::relay::outqueue::CHUNK;
@@ -139,7 +178,7 @@ impl UnsentBound {
             return;
         }
         self.lowat = want;
-        match set_notsent_lowat(self.fd, want) {
+        match set_int(self.fd, libc::TCP_NOTSENT_LOWAT, want) {
             Ok(()) => self.eor.store(bounded, Ordering::Relaxed),
             // Then the socket keeps more unsent, as before; not tried again on every tick.
             Err(err) => tracing::debug!(%err, "setting TCP_NOTSENT_LOWAT failed"),
@@ -147,14 +186,28 @@ impl UnsentBound {
     }
 }
 
-fn set_notsent_lowat(fd: RawFd, bytes: usize) -> io::Result<()> {
-    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+/// Reads a TCP socket option of type int.
+fn get_int(fd: RawFd, option: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: fd is an open TCP socket; value and len describe a c_int the kernel fills.
+    let rc = unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, option, (&raw mut value).cast(), &mut len) };
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sets a TCP socket option of type int (saturated).
+fn set_int(fd: RawFd, option: libc::c_int, value: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
     // SAFETY: fd is an open TCP socket; the option value is a c_int of the size given.
     let rc = unsafe {
         libc::setsockopt(
             fd,
             libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
+            option,
             (&raw const value).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
@@ -178,7 +231,7 @@ mod tests {
         let tcp = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (_peer, _) = listener.accept().await.unwrap();
         let mut socket = RelaySocket::new(tcp);
-        set_notsent_lowat(socket.unsent_bound().fd(), LOWAT).unwrap();
+        set_int(socket.handle().fd(), libc::TCP_NOTSENT_LOWAT, LOWAT).unwrap();
         socket.eor.store(eor, Ordering::Relaxed);
         let chunk = [7u8; WRITE];
         for _ in 0..1024 {
@@ -190,7 +243,7 @@ mod tests {
                 Poll::Pending => break,
             }
         }
-        notsent_bytes(socket.unsent_bound().fd())
+        notsent_bytes(socket.handle().fd())
     }
 
     const LOWAT: usize = 8192;
@@ -206,10 +259,9 @@ mod tests {
         u32::from_ne_bytes(info[144..148].try_into().unwrap())
     }
 
-    /// On real sockets, in a private network namespace of its own thread (root, as the other kernel
-    /// tests), so nothing leaves it.
-    #[test]
-    fn each_write_ending_its_buffer_keeps_the_unsent_bytes_near_the_bound() {
+    /// Runs `test` on real sockets, in a private network namespace of its own thread (root, as the
+    /// other kernel tests), so nothing leaves it.
+    fn on_private_loopback<F: std::future::Future<Output = ()>>(test: impl FnOnce() -> F + Send + 'static) {
         std::thread::spawn(|| {
             // SAFETY: unshare takes no pointers; CLONE_NEWNET moves only this thread.
             let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
@@ -218,15 +270,43 @@ mod tests {
             rt.block_on(async {
                 let nl = roamtun_netlink::Netlink::connect().await.unwrap();
                 nl.set_link_up(nl.link_index("lo").await.unwrap()).await.unwrap();
-                let plain = unsent_after_filling(false).await;
-                let eor = unsent_after_filling(true).await;
-                // The kernel may take one write when the unsent bytes are just below the bound.
-                assert!(eor as usize <= LOWAT + WRITE, "{eor} bytes unsent with MSG_EOR");
-                // Without it the last buffer keeps growing past the bound: what MSG_EOR is for.
-                assert!(plain as usize > LOWAT + WRITE, "only {plain} bytes unsent without MSG_EOR");
+                test().await;
             });
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn each_write_ending_its_buffer_keeps_the_unsent_bytes_near_the_bound() {
+        on_private_loopback(|| async {
+            let plain = unsent_after_filling(false).await;
+            let eor = unsent_after_filling(true).await;
+            // The kernel may take one write when the unsent bytes are just below the bound.
+            assert!(eor as usize <= LOWAT + WRITE, "{eor} bytes unsent with MSG_EOR");
+            // Without it the last buffer keeps growing past the bound: what MSG_EOR is for.
+            assert!(plain as usize > LOWAT + WRITE, "only {plain} bytes unsent without MSG_EOR");
+        });
+    }
+
+    /// The stall check relies on the minimum the handle reports: the socket's own, or Linux's
+    /// 200 ms where the kernel does not know the option.
+    #[test]
+    fn the_handle_reports_the_sockets_minimum_retransmission_timeout() {
+        on_private_loopback(|| async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let tcp = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let socket = RelaySocket::new(tcp);
+            let handle = socket.handle();
+            match get_int(handle.fd(), TCP_RTO_MIN_US) {
+                Ok(us) => {
+                    assert_eq!(Duration::from_micros(us as u64), handle.rto_min());
+                    // Rounded to the kernel's clock tick, 10 ms at most.
+                    let off = handle.rto_min().abs_diff(RTO_MIN);
+                    assert!(off <= Duration::from_millis(10), "{:?} for {RTO_MIN:?}", handle.rto_min());
+                }
+                Err(err) => assert_eq!(handle.rto_min(), LINUX_RTO_MIN, "{err}"),
+            }
+        });
     }
 }

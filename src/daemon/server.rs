@@ -175,9 +175,9 @@ impl Accepted {
         }
         let path = self.shared.next_path();
         let liveness = Liveness::from_tuning(&self.config.tuning);
-        let unsent = stream.get_ref().0.unsent_bound();
+        let socket = stream.get_ref().0.handle();
         let io =
-            transport::spawn_path_io(stream, unsent, path, early, self.engine.clone(), self.room.clone(), liveness);
+            transport::spawn_path_io(stream, socket, path, early, self.engine.clone(), self.room.clone(), liveness);
         let info = PathInfo { local: Some(local), remote: Some(remote), uplink: None };
         let peer_info = PeerInfo { name: peer.name.clone(), public_key: key.to_base64() };
         let join = Join::Hello { resume, virtual_ips: peer.virtual_ips.clone() };
