@@ -265,7 +265,8 @@ const READ_SIZE: usize = 512 * 1024;
 /// What the reader watches besides the bytes: silence, and the relay socket's own TCP counters (the
 /// kernel's RTT, and retransmissions per segment sent: the path's loss, which TCP hides from us).
 struct Watch {
-    /// The relay connection's socket: read for its counters, and its unsent bytes bounded.
+    /// The relay connection's socket: its counters read, its retransmission timeout known, its
+    /// unsent bytes bounded.
     socket: SocketHandle,
     pace: Pace,
     stall_after: Duration,
