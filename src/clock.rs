@@ -5,7 +5,7 @@
 //! It counts suspended time too (CLOCK_BOOTTIME): a laptop that sleeps for an hour must see its timers
 //! as an hour late, not as if nothing happened.
 
-use roamtun_stack::{Duration, Instant};
+use roamtun_proto::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
@@ -28,7 +28,8 @@ impl Clock {
 
     /// Time since the daemon started.
     pub fn now(&self) -> Instant {
-        Instant::from_micros(boottime_micros() - self.start_micros)
+        // CLOCK_BOOTTIME never goes back, so the difference is never negative.
+        Instant::from_micros(boottime_micros().saturating_sub(self.start_micros).max(0) as u64)
     }
 
     /// How long from now until `at` (zero if it has passed), for a tokio sleep.

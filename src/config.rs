@@ -474,7 +474,7 @@ pub const MAX_WORKER_THREADS: usize = 64;
 /// Floors below which a budget or timeout makes the daemon useless (or spin).
 fn check_tuning(path: &Path, t: &Tuning) -> Result<(), ConfigError> {
     let floors: [(&str, u64, u64); 11] = [
-        ("tuning.stream_window", t.stream_window, crate::relay::stream::INITIAL_CREDIT),
+        ("tuning.stream_window", t.stream_window, roamtun_proto::relay::stream::INITIAL_CREDIT),
         ("tuning.tcp_buffer", t.tcp_buffer as u64, 16 * 1024),
         ("tuning.session_out_budget", t.session_out_budget as u64, 128 * 1024),
         ("tuning.max_tcp_flows", t.max_tcp_flows as u64, 1),

@@ -11,7 +11,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::relay::engine::{SessionCounters, TunCounters};
+use roamtun_proto::relay::core::SwitchReport;
+use roamtun_proto::relay::engine as proto;
+use roamtun_proto::transition::SwitchKind;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -132,6 +134,88 @@ pub struct SwitchRecord {
 pub struct SwitchStep {
     pub step: String,
     pub at_ms: f64,
+}
+
+impl SwitchRecord {
+    /// The core's report, with its finish put on the wall clock: `unix_now_ms` and `now` are the
+    /// same moment on the wall clock and on the core's clock.
+    pub fn new(report: &SwitchReport, now: roamtun_proto::time::Instant, unix_now_ms: u64) -> Self {
+        let ms = |d: roamtun_proto::time::Duration| d.as_millis_f64();
+        SwitchRecord {
+            kind: match report.kind {
+                SwitchKind::Planned => "planned".into(),
+                SwitchKind::Unexpected => "unexpected".into(),
+            },
+            from: report.from.clone(),
+            to: report.to.clone(),
+            epoch: report.epoch,
+            finished_unix_ms: unix_now_ms.saturating_sub((now - report.finished).total_millis()),
+            duration_ms: ms(report.duration),
+            stall_ms: ms(report.stall),
+            bytes_replayed: report.bytes_replayed,
+            datagrams_held: report.datagrams_held,
+            datagrams_dropped: report.datagrams_dropped,
+            steps: report
+                .steps
+                .iter()
+                .map(|(step, at)| SwitchStep { step: step.to_string(), at_ms: ms(*at) })
+                .collect(),
+        }
+    }
+}
+
+/// The counters of one session (docs/status.md `counters`); all only grow.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SessionCounters {
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub datagrams_sent: u64,
+    pub datagrams_received: u64,
+    pub datagrams_dropped: u64,
+    pub datagrams_spoofed: u64,
+    pub frames_malformed: u64,
+    pub streams_violated: u64,
+    pub tcp_streams_opened: u64,
+    pub bytes_resent: u64,
+    pub datagrams_held: u64,
+    pub datagrams_dropped_switching: u64,
+}
+
+impl From<&proto::SessionCounters> for SessionCounters {
+    fn from(c: &proto::SessionCounters) -> Self {
+        SessionCounters {
+            bytes_sent: c.bytes_sent,
+            bytes_received: c.bytes_received,
+            datagrams_sent: c.datagrams_sent,
+            datagrams_received: c.datagrams_received,
+            datagrams_dropped: c.datagrams_dropped,
+            datagrams_spoofed: c.datagrams_spoofed,
+            frames_malformed: c.frames_malformed,
+            streams_violated: c.streams_violated,
+            tcp_streams_opened: c.tcp_streams_opened,
+            bytes_resent: c.bytes_resent,
+            datagrams_held: c.datagrams_held,
+            datagrams_dropped_switching: c.datagrams_dropped_switching,
+        }
+    }
+}
+
+/// The TUN side's counters (docs/status.md `tun_counters`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TunCounters {
+    pub packets_unroutable: u64,
+    pub packets_unsupported: u64,
+    pub flows_refused_limit: u64,
+}
+
+impl From<&proto::TunCounters> for TunCounters {
+    fn from(c: &proto::TunCounters) -> Self {
+        TunCounters {
+            packets_unroutable: c.packets_unroutable,
+            packets_unsupported: c.packets_unsupported,
+            flows_refused_limit: c.flows_refused_limit,
+        }
+    }
 }
 
 /// One relay peer: the server for a client, each connected or configured client for a server.

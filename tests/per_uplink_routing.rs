@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use roamtun::config::RoutingConfig;
-use roamtun::link::routing;
+use roamtun::routing;
 
 const WAIT: Duration = Duration::from_secs(5);
 

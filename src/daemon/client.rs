@@ -19,9 +19,9 @@ use super::{
 };
 use crate::clock::Clock;
 use crate::config::ClientConfig;
-use crate::relay::engine::{Engine, Role};
 use crate::tls;
-use crate::wire::{Frame, PROTOCOL_VERSION};
+use roamtun_proto::relay::engine::{Engine, Role};
+use roamtun_proto::wire::{Frame, PROTOCOL_VERSION};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,7 +62,7 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
     };
     let connector = TlsConnector::from(tls_config);
     // Removed again below, once serve has returned (signal or failure), like the TUN's routes.
-    let routing = crate::link::routing::start_if_enabled(&config, uplinks.clone()).await;
+    let routing = crate::routing::start_if_enabled(&config, uplinks.clone()).await;
     let result = super::serve(
         tun,
         engine,
@@ -187,7 +187,7 @@ impl Dialer<'_> {
                 // socket is bound to the uplink's address.
                 let source = match (&uplink, &snapshot) {
                     (Some(name), Some(s)) if self.config.routing.per_uplink_tables => {
-                        crate::link::routing::source_address(s, name, server.ip())
+                        crate::routing::source_address(s, name, server.ip())
                     }
                     _ => None,
                 };

@@ -1,5 +1,5 @@
 //! The tokio shell of both daemons: owns the TUN, the sockets and the clock, and feeds the sans-IO
-//! [`Engine`] and the transition state machines ([`crate::transition`]). `client` and `server` add
+//! [`Engine`] and the transition state machines ([`roamtun_proto::transition`]). `client` and `server` add
 //! what differs: who dials whom, over which uplink.
 //!
 //! A *session* (one client and its virtual IPs, its streams and their replay buffers) outlives its
@@ -25,10 +25,11 @@ use tokio::sync::{mpsc, Notify};
 use crate::clock::Clock;
 use crate::config::Tuning;
 use crate::control::ControlRequest;
-pub use crate::relay::core::{DialRequest, PathInfo, PeerInfo};
-use crate::relay::engine::{Engine, EngineConfig, Role};
-use crate::transition::{PathId, TransitionConfig};
-use roamtun_stack::{Duration, StackConfig};
+pub use roamtun_proto::relay::core::{DialRequest, PathInfo, PeerInfo};
+use roamtun_proto::relay::engine::{Engine, EngineConfig, Role};
+use roamtun_proto::time::Duration;
+use roamtun_proto::transition::{PathId, TransitionConfig};
+use roamtun_stack::StackConfig;
 
 pub use transport::PathIo;
 pub use tun::{Tun, TunError};
@@ -73,7 +74,7 @@ pub enum EngineMsg {
     /// segments retransmitted (the path's loss, which TCP hides).
     PathStats {
         path: PathId,
-        sample: crate::relay::core::PathSample,
+        sample: roamtun_proto::relay::core::PathSample,
     },
     /// The peer's REPORT on a path: the share of its segments it retransmits (the loss towards us).
     PathPeerLoss {

@@ -171,8 +171,8 @@ impl SocketHandle {
     /// control's business.
     pub fn bound_unsent(&mut self, pace: Option<u64>) {
         let Some(rate) = pace else { return };
-        let slot = crate::relay::outqueue::slot(Some(rate));
-        let bounded = slot < crate::relay::outqueue::CHUNK;
+        let slot = roamtun_proto::relay::outqueue::slot(Some(rate));
+        let bounded = slot < roamtun_proto::relay::outqueue::CHUNK;
         let want = if bounded { 2 * slot } else { libc::c_int::MAX as usize };
         if want == self.lowat {
             return;

@@ -17,9 +17,9 @@ use super::transport::{self, close_code, Handshake, Liveness};
 use super::{engine_config, transition_config, EngineMsg, Join, PathInfo, PeerInfo, SharedCounters, StatusSource, Tun};
 use crate::clock::Clock;
 use crate::config::ServerConfig;
-use crate::relay::engine::{Engine, Role};
 use crate::tls;
-use crate::wire::{Frame, PROTOCOL_VERSION};
+use roamtun_proto::relay::engine::{Engine, Role};
+use roamtun_proto::wire::{Frame, PROTOCOL_VERSION};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

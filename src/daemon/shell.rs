@@ -11,12 +11,12 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use super::{ClientHooks, EngineMsg, Join, StatusSource, Tun, Uplinks};
 use crate::clock::Clock;
 use crate::config::UplinkConfig;
-use crate::control::{ControlRequest, PeerStatus, Request, Response, Status, UplinkStatus};
-use crate::link::policy::{Decision, Health, Policy, PolicyConfig, UplinkPolicy};
-use crate::relay::core::{Action, DialRequest, RelayCore};
-use crate::relay::engine::{Engine, Role};
-use crate::transition::{PathId, TransitionConfig};
-use roamtun_stack::{Duration, Instant};
+use crate::control::{ControlRequest, PeerStatus, Request, Response, Status, SwitchRecord, UplinkStatus};
+use roamtun_proto::link::policy::{Decision, Health, Policy, PolicyConfig, UplinkPolicy};
+use roamtun_proto::relay::core::{Action, DialRequest, RelayCore};
+use roamtun_proto::relay::engine::{Engine, Role};
+use roamtun_proto::time::{Duration, Instant};
+use roamtun_proto::transition::{PathId, TransitionConfig};
 use std::collections::VecDeque;
 
 /// Most packets or messages handled per wake-up, so one busy source cannot starve the others.
@@ -444,11 +444,8 @@ impl Shell {
                         continue;
                     };
                     let _ = reply.send(match result {
-                        Ok(mut record) => {
-                            record.finished_unix_ms = unix_ms();
-                            Response::Switched(record)
-                        }
-                        Err(message) => Response::Error { message: format!("cannot switch to {uplink}: {message}") },
+                        Ok(report) => Response::Switched(SwitchRecord::new(&report, report.finished, unix_ms())),
+                        Err(err) => Response::Error { message: format!("cannot switch to {uplink}: {err}") },
                     });
                 }
             }
@@ -623,17 +620,8 @@ impl Shell {
                 p.switching = s.switching;
                 p.rtt_ms = s.rtt.map(|r| r.as_secs_f64() * 1000.0);
                 p.stale_frames_dropped = s.stale_frames;
-                p.switches = s
-                    .switches
-                    .iter()
-                    .map(|(record, at)| {
-                        let mut r = (*record).clone();
-                        let ago_ms = ((now.total_micros() - at.total_micros()) / 1000).max(0) as u64;
-                        r.finished_unix_ms = unix_now.saturating_sub(ago_ms);
-                        r
-                    })
-                    .collect();
-                p.connected_secs = Some(((now.total_micros() - s.since.total_micros()) / 1_000_000).max(0) as u64);
+                p.switches = s.switches.iter().map(|r| SwitchRecord::new(r, now, unix_now)).collect();
+                p.connected_secs = Some((now - s.since).secs());
                 if let Some(info) = s.path {
                     p.local_address = info.local;
                     p.uplink =
@@ -644,7 +632,7 @@ impl Shell {
                     p.tcp_flows = l.tcp_flows;
                     p.udp_flows = l.udp_flows;
                     p.queued_bytes = l.queued_bytes;
-                    p.counters = l.counters.clone();
+                    p.counters = (&l.counters).into();
                 }
                 p.counters.frames_malformed += s.control_malformed;
             }
@@ -668,7 +656,7 @@ impl Shell {
             bytes_sent: live.iter().map(|s| s.counters.bytes_sent).sum(),
             bytes_received: live.iter().map(|s| s.counters.bytes_received).sum(),
             peers,
-            tun_counters: engine.tun_counters().clone(),
+            tun_counters: engine.tun_counters().into(),
             handshakes_refused: source.shared.handshakes_refused.load(Relaxed),
             uplinks: self.uplink_status(),
         }

@@ -14,11 +14,11 @@ use tokio::task::AbortHandle;
 
 use super::relay_socket::SocketHandle;
 use super::EngineMsg;
-pub use crate::relay::core::PathSample;
-use crate::transition::PathId;
-use crate::wire::{self, Frame, FrameType, WireError};
+pub use roamtun_proto::relay::core::PathSample;
+use roamtun_proto::transition::PathId;
+use roamtun_proto::wire::{self, Frame, FrameType, WireError};
 
-pub use crate::relay::core::close_code;
+pub use roamtun_proto::relay::core::close_code;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {

@@ -4,7 +4,7 @@ use super::{
     earliest, ControlMessage, Epoch, Event, ExpiryReason, PathId, ReceivedOffsets, Retransmit, SwitchKind,
     SwitchRequest, SwitchSummary, Timeline, TimerReason, TransitionConfig, TransitionError,
 };
-use roamtun_stack::Instant;
+use crate::time::Instant;
 use std::collections::VecDeque;
 
 /// Where a planned switch stands on the client.

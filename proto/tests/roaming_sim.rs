@@ -17,11 +17,12 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
-use roamtun::relay::core::{Action, PathInfo, PeerInfo, RelayCore};
-use roamtun::relay::engine::{Engine, EngineConfig, Role};
-use roamtun::transition::{PathId, TransitionConfig};
-use roamtun::wire::{self, Frame, FrameType};
-use roamtun_stack::{FlowEvent, FlowId, Ingress, Instant, Stack, StackConfig};
+use roamtun_proto::relay::core::{Action, PathInfo, PeerInfo, RelayCore, SwitchError};
+use roamtun_proto::relay::engine::{Engine, EngineConfig, Role};
+use roamtun_proto::time::Instant;
+use roamtun_proto::transition::{PathId, SwitchKind, TransitionConfig};
+use roamtun_proto::wire::{self, Frame, FrameType};
+use roamtun_stack::{FlowEvent, FlowId, Ingress, Stack, StackConfig};
 
 const CLIENT_VIP: [u8; 4] = [100, 64, 0, 2];
 
@@ -52,8 +53,8 @@ impl Rng {
 #[derive(Clone, Copy)]
 struct Link {
     name: &'static str,
-    one_way_us: i64,
-    bytes_per_ms: i64,
+    one_way_us: u64,
+    bytes_per_ms: u64,
 }
 
 const A: Link = Link { name: "A", one_way_us: 10_000, bytes_per_ms: 2_000 };
@@ -64,20 +65,20 @@ const SEND_BUFFER: usize = 256 * 1024;
 /// One direction of a path: serialization at the link's rate, then the one-way delay.
 #[derive(Default)]
 struct Pipe {
-    busy_until_us: i64,
-    queue: VecDeque<(i64, bytes::Bytes)>,
+    busy_until_us: u64,
+    queue: VecDeque<(u64, bytes::Bytes)>,
     queued: usize,
 }
 
 impl Pipe {
-    fn send(&mut self, link: Link, now_us: i64, bytes: bytes::Bytes) {
+    fn send(&mut self, link: Link, now_us: u64, bytes: bytes::Bytes) {
         let start = self.busy_until_us.max(now_us);
-        self.busy_until_us = start + bytes.len() as i64 * 1000 / link.bytes_per_ms;
+        self.busy_until_us = start + bytes.len() as u64 * 1000 / link.bytes_per_ms;
         self.queued += bytes.len();
         self.queue.push_back((self.busy_until_us + link.one_way_us, bytes));
     }
 
-    fn deliver(&mut self, now_us: i64) -> Vec<u8> {
+    fn deliver(&mut self, now_us: u64) -> Vec<u8> {
         let mut out = Vec::new();
         while self.queue.front().is_some_and(|(at, _)| *at <= now_us) {
             let (_, b) = self.queue.pop_front().unwrap();
@@ -112,7 +113,7 @@ struct SimPath {
     c2s: Pipe,
     s2c: Pipe,
     /// When the server sees the client's HELLO (after the TLS handshake).
-    hello_at_us: i64,
+    hello_at_us: u64,
     resume: u64,
     server_joined: bool,
     /// The client has read WELCOME and handed the path to its core.
@@ -139,7 +140,7 @@ impl Side {
         let transition = TransitionConfig::default();
         Side {
             core: RelayCore::new(Engine::new(config, now), transition, 1000),
-            app: Stack::new(StackConfig { random_seed: seed + 1, ..StackConfig::default() }, now),
+            app: Stack::new(StackConfig { random_seed: seed + 1, ..StackConfig::default() }, now.into()),
             events: Vec::new(),
             new_flows: Vec::new(),
         }
@@ -147,13 +148,13 @@ impl Side {
 
     /// TUN packets both ways, the apps' and the core's timers.
     fn step(&mut self, now: Instant) {
-        self.app.poll(now);
+        self.app.poll(now.into());
         while let Some(p) = self.app.pop_transmit() {
             self.core.engine_mut().handle_tun_packet(p, now);
         }
         self.core.poll(now);
         while let Some(p) = self.core.engine_mut().pop_tun_packet() {
-            if let Ingress::NewFlow { flow, .. } = self.app.handle_packet(p, now) {
+            if let Ingress::NewFlow { flow, .. } = self.app.handle_packet(p, now.into()) {
                 self.new_flows.push(flow);
             }
         }
@@ -169,16 +170,16 @@ impl Side {
 }
 
 struct Sim {
-    now_us: i64,
+    now_us: u64,
     client: Side,
     server: Side,
     paths: Vec<SimPath>,
     next_path: u64,
     /// Uplinks unusable until this time (µs), after a sudden loss.
-    down_until: [i64; 2],
+    down_until: [u64; 2],
     /// A dial waiting for a usable uplink: (resume, wanted uplink, uplink to avoid).
     pending_dial: Option<(u64, Option<&'static str>, Option<String>)>,
-    switch_results: Vec<Result<String, String>>,
+    switch_results: Vec<Result<SwitchKind, SwitchError>>,
     /// Connections the server apps accepted, in order.
     accepted: Vec<FlowId>,
     switches_requested: usize,
@@ -367,7 +368,7 @@ impl Sim {
                         p.client_closed = true;
                     }
                 }
-                Action::SwitchDone(r) => self.switch_results.push(r.map(|rec| rec.kind)),
+                Action::SwitchDone(r) => self.switch_results.push(r.map(|report| report.kind)),
             }
         }
         while let Some(action) = self.server.core.poll_action() {
@@ -404,7 +405,7 @@ impl Sim {
 
     /// The active uplink fails for `outage_ms`: everything in flight on its paths is lost. The client
     /// notices after `client_ms` (rtnetlink); the server only by the client's SWITCH_UNEXPECTED.
-    fn lose_active(&mut self, outage_ms: i64, client_ms: i64) -> i64 {
+    fn lose_active(&mut self, outage_ms: u64, client_ms: u64) -> u64 {
         let link = self.active().expect("a path to lose");
         self.down_until[link_index(link.name)] = self.now_us + outage_ms * 1000;
         let mut lost = Vec::new();
@@ -458,7 +459,7 @@ fn roaming_across_slow_links_loses_and_duplicates_nothing() {
         let (mut su1, mut sd1, mut su2, mut sd2) = (0, 0, 0, 0);
         let (mut gu1, mut gd1, mut gu2, mut gd2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut planned, mut lost) = (0, 0);
-        let mut next_event = sim.now_us + rng.range(100, 400) as i64 * 1000;
+        let mut next_event = sim.now_us + rng.range(100, 400) * 1000;
         for round in 0.. {
             assert!(round < 120_000, "seed {seed}: transfers did not finish in 120 s of simulated time");
             su1 += sim.client.app.send(c1, &up1[su1..]);
@@ -506,10 +507,10 @@ fn roaming_across_slow_links_loses_and_duplicates_nothing() {
                     sim.switches_requested += 1;
                     planned += 1;
                 } else {
-                    sim.lose_active(rng.range(0, 800) as i64, rng.range(1, 5) as i64);
+                    sim.lose_active(rng.range(0, 800), rng.range(1, 5));
                     lost += 1;
                 }
-                next_event = sim.now_us + rng.range(150, 700) as i64 * 1000;
+                next_event = sim.now_us + rng.range(150, 700) * 1000;
             }
             sim.round();
         }
@@ -541,12 +542,10 @@ fn roaming_across_slow_links_loses_and_duplicates_nothing() {
             .core
             .sessions()
             .next()
-            .map(|s| {
-                s.switches.iter().map(|(r, _)| format!("{} {:?}>{:?} e{}", r.kind, r.from, r.to, r.epoch)).collect()
-            })
+            .map(|s| s.switches.iter().map(|r| format!("{:?} {:?}>{:?} e{}", r.kind, r.from, r.to, r.epoch)).collect())
             .unwrap_or_default();
         assert_eq!(sim.epoch(), planned + lost, "seed {seed}: {planned} planned + {lost} lost; switches {history:?}");
-        let planned_done = sim.switch_results.iter().filter(|r| r.as_deref() == Ok("planned")).count();
+        let planned_done = sim.switch_results.iter().filter(|r| **r == Ok(SwitchKind::Planned)).count();
         assert_eq!(planned_done, planned as usize, "seed {seed}: switch results {:?}", sim.switch_results);
         let c = sim.client.core.engine().session_status()[0].counters.clone();
         let s = sim.server.core.engine().session_status()[0].counters.clone();

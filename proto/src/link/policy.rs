@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 
-use roamtun_stack::{Duration, Instant};
+use crate::time::{Duration, Instant};
 
 /// What the configuration says about an uplink.
 #[derive(Debug, Clone, PartialEq)]
@@ -241,7 +241,7 @@ mod tests {
     use super::*;
 
     fn at(secs: u64) -> Instant {
-        Instant::from_secs(1000 + secs as i64)
+        Instant::from_secs(1000 + secs)
     }
 
     fn healthy(rtt_ms: u64) -> Health {

@@ -18,10 +18,9 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
+use crate::time::{Duration, Instant};
 use bytes::Bytes;
-use roamtun_stack::Instant;
 
-use crate::control::{SwitchRecord, SwitchStep};
 use crate::relay::engine::{Engine, Role, SessionCounters, SessionError, SessionId};
 use crate::transition::{
     ClientTransition, ControlMessage, Event, ExpiryReason, PathId, ServerTransition, StreamOffset, SwitchKind,
@@ -118,7 +117,51 @@ pub enum Action {
     /// Close a path: write `last` (its remaining queue, e.g. a CLOSE), then end the connection.
     ClosePath { path: PathId, last: Vec<Bytes> },
     /// Client: the switch the user asked for is done, or failed.
-    SwitchDone(Result<SwitchRecord, String>),
+    SwitchDone(Result<SwitchReport, SwitchError>),
+}
+
+/// One finished uplink switch of a session, as the core saw it; the daemon renders it for the
+/// status (with wall-clock times) and the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwitchReport {
+    pub kind: SwitchKind,
+    /// The uplinks left and taken (client; the server knows addresses only).
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// The session's epoch after the switch.
+    pub epoch: u32,
+    /// When it finished, on the core's clock.
+    pub finished: Instant,
+    /// From the first protocol step to the last.
+    pub duration: Duration,
+    /// How long no stream data went out (stop sending → resume): the pause the apps could see.
+    pub stall: Duration,
+    /// Stream bytes sent again because they were in flight on a lost path.
+    pub bytes_replayed: u64,
+    /// Datagrams held during the switch and sent after it, and those dropped (hold budget full).
+    pub datagrams_held: u64,
+    pub datagrams_dropped: u64,
+    /// The spec steps in order, with their time since the first one.
+    pub steps: Vec<(&'static str, Duration)>,
+}
+
+/// Why `roamtun switch` could not be done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SwitchError {
+    #[error("another switch request is in progress")]
+    Busy,
+    #[error("no session with the server yet")]
+    NoSession,
+    #[error("the session is switching already; try again in a moment")]
+    Switching,
+    #[error("the session already uses {0}")]
+    AlreadyOn(String),
+    #[error("only the client switches uplinks")]
+    NotClient,
+    #[error("the planned switch could not start: {0}")]
+    Refused(String),
+    #[error("no path to {uplink} could be opened: {reason}")]
+    Dial { uplink: String, reason: String },
 }
 
 /// The transition machine of a session, by role.
@@ -200,7 +243,7 @@ struct SessionState {
     /// The peer's received offsets of an unexpected switch, gathered from [`Event::Resend`].
     resends: Vec<(u32, u64)>,
     progress: Option<Progress>,
-    history: VecDeque<(SwitchRecord, Instant)>,
+    history: VecDeque<SwitchReport>,
     since: Instant,
     stale_frames: u64,
     control_malformed: u64,
@@ -262,8 +305,8 @@ pub struct SessionView<'a> {
     pub switching: bool,
     pub stale_frames: u64,
     pub control_malformed: u64,
-    /// Finished switches, oldest first, with when each finished.
-    pub switches: Vec<(&'a SwitchRecord, Instant)>,
+    /// Finished switches, oldest first.
+    pub switches: &'a VecDeque<SwitchReport>,
     pub since: Instant,
 }
 
@@ -619,25 +662,25 @@ impl RelayCore {
 
     /// Client: `roamtun switch <uplink>`. The core asks for a path on `uplink` and switches to it once
     /// it is up; [`Action::SwitchDone`] answers.
-    pub fn request_switch(&mut self, uplink: String, now: Instant) -> Result<(), String> {
+    pub fn request_switch(&mut self, uplink: String, now: Instant) -> Result<(), SwitchError> {
         if self.switch_wanted.is_some() {
-            return Err("another switch request is in progress".into());
+            return Err(SwitchError::Busy);
         }
         let Some((&sid, state)) = self.sessions.iter().next() else {
-            return Err("no session with the server yet".into());
+            return Err(SwitchError::NoSession);
         };
         if state.machine.is_switching() {
-            return Err("the session is switching already; try again in a moment".into());
+            return Err(SwitchError::Switching);
         }
         let on = state.current.and_then(|p| self.paths.get(&p)).and_then(|p| p.info.uplink.clone());
         if on.as_deref() == Some(uplink.as_str()) {
-            return Err(format!("the session already uses {uplink}"));
+            return Err(SwitchError::AlreadyOn(uplink));
         }
         self.switch_wanted = Some(uplink.clone());
         if let Some(path) = self.standby_on(sid, &uplink) {
             // Search already opened and authenticated it: the planned switch starts now.
             let Some(Machine::Client(m)) = self.sessions.get_mut(&sid).map(|s| &mut s.machine) else {
-                return Err("not a client session".into());
+                return Err(SwitchError::NotClient);
             };
             return match m.request_switch(path, now) {
                 Ok(_) => {
@@ -646,7 +689,7 @@ impl RelayCore {
                 }
                 Err(err) => {
                     self.switch_wanted = None;
-                    Err(err.to_string())
+                    Err(SwitchError::Refused(err.to_string()))
                 }
             };
         }
@@ -655,9 +698,9 @@ impl RelayCore {
     }
 
     /// Client: the path for a `roamtun switch` could not be opened.
-    pub fn switch_failed(&mut self, error: String) {
-        if self.switch_wanted.take().is_some() {
-            self.actions.push_back(Action::SwitchDone(Err(error)));
+    pub fn switch_failed(&mut self, reason: String) {
+        if let Some(uplink) = self.switch_wanted.take() {
+            self.actions.push_back(Action::SwitchDone(Err(SwitchError::Dial { uplink, reason })));
         }
     }
 
@@ -762,56 +805,44 @@ impl RelayCore {
         }
     }
 
-    fn record_switch(&mut self, sid: SessionId, summary: SwitchSummary, now: Instant) -> SwitchRecord {
+    fn record_switch(&mut self, sid: SessionId, summary: SwitchSummary, now: Instant) -> SwitchReport {
         let counters = self.engine.session_counters(sid).unwrap_or_default();
         let to = self.paths.get(&summary.to).map(|p| p.info.label());
         let state = self.sessions.get_mut(&sid).expect("a live session switched");
         let progress = state.progress.take();
         let before = progress.as_ref().map(|p| p.before.clone()).unwrap_or_default();
-        let first = summary.timeline.first().map_or(0, |e| e.at.total_micros());
-        let last = summary.timeline.last().map_or(0, |e| e.at.total_micros());
-        let ms = |micros: i64| micros as f64 / 1000.0;
-        let record = SwitchRecord {
-            kind: match summary.kind {
-                SwitchKind::Planned => "planned".into(),
-                SwitchKind::Unexpected => "unexpected".into(),
-            },
+        let first = summary.timeline.first().map_or(now, |e| e.at);
+        let last = summary.timeline.last().map_or(now, |e| e.at);
+        let report = SwitchReport {
+            kind: summary.kind,
             from: progress.as_ref().and_then(|p| p.from.clone()),
             to,
             epoch: summary.epoch.0,
-            // Filled in by the shell, which knows the wall clock.
-            finished_unix_ms: 0,
-            duration_ms: ms(last - first),
-            stall_ms: progress
-                .as_ref()
-                .and_then(|p| p.resumed.map(|r| ms(r.total_micros() - p.stopped.total_micros())))
-                .unwrap_or(0.0),
+            finished: now,
+            duration: last - first,
+            stall: progress.as_ref().and_then(|p| p.resumed.map(|r| r - p.stopped)).unwrap_or(Duration::ZERO),
             bytes_replayed: progress.as_ref().map_or(0, |p| p.replayed),
             datagrams_held: counters.datagrams_held - before.datagrams_held,
             datagrams_dropped: counters.datagrams_dropped_switching - before.datagrams_dropped_switching,
-            steps: summary
-                .timeline
-                .iter()
-                .map(|e| SwitchStep { step: e.step.to_string(), at_ms: ms(e.at.total_micros() - first) })
-                .collect(),
+            steps: summary.timeline.iter().map(|e| (e.step, e.at - first)).collect(),
         };
         tracing::info!(
             peer = %state.peer.name,
-            kind = %record.kind,
-            from = record.from.as_deref().unwrap_or("?"),
-            to = record.to.as_deref().unwrap_or("?"),
-            epoch = record.epoch,
-            stall_ms = format!("{:.1}", record.stall_ms),
-            bytes_replayed = record.bytes_replayed,
-            datagrams_held = record.datagrams_held,
-            datagrams_dropped = record.datagrams_dropped,
+            kind = ?report.kind,
+            from = report.from.as_deref().unwrap_or("?"),
+            to = report.to.as_deref().unwrap_or("?"),
+            epoch = report.epoch,
+            stall_ms = format!("{:.1}", report.stall.as_millis_f64()),
+            bytes_replayed = report.bytes_replayed,
+            datagrams_held = report.datagrams_held,
+            datagrams_dropped = report.datagrams_dropped,
             "uplink switch"
         );
         if state.history.len() == HISTORY {
             state.history.pop_front();
         }
-        state.history.push_back((record.clone(), now));
-        record
+        state.history.push_back(report.clone());
+        report
     }
 
     fn dial(&mut self, request: DialRequest) {
@@ -963,7 +994,7 @@ impl RelayCore {
             switching: s.machine.is_switching(),
             stale_frames: s.stale_frames,
             control_malformed: s.control_malformed,
-            switches: s.history.iter().map(|(r, at)| (r, *at)).collect(),
+            switches: &s.history,
             since: s.since,
         })
     }

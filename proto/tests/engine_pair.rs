@@ -13,9 +13,12 @@
 use std::net::{IpAddr, SocketAddr};
 
 use etherparse::{IpNumber, IpSlice, PacketBuilder, TcpHeaderSlice};
-use roamtun::relay::engine::{Engine, EngineConfig, Role, SessionCounters, SessionError, SessionId, SessionStatus};
-use roamtun::wire::{Frame, FrameType, ResetCode};
-use roamtun_stack::{Duration, FlowEvent, FlowId, Ingress, Instant, Stack, StackConfig};
+use roamtun_proto::relay::engine::{
+    Engine, EngineConfig, Role, SessionCounters, SessionError, SessionId, SessionStatus,
+};
+use roamtun_proto::time::{Duration, Instant};
+use roamtun_proto::wire::{Frame, FrameType, ResetCode};
+use roamtun_stack::{FlowEvent, FlowId, Ingress, Stack, StackConfig};
 
 /// The client engine's session (towards the server).
 const CS: SessionId = SessionId(1);
@@ -72,7 +75,7 @@ impl Side {
         Side {
             engine,
             sid,
-            app: Stack::new(app_config, now),
+            app: Stack::new(app_config, now.into()),
             events: Vec::new(),
             new_flows: Vec::new(),
             datagrams: Vec::new(),
@@ -119,7 +122,7 @@ impl Side {
         while let Some(p) = self.engine.pop_tun_packet() {
             moved = true;
             self.resets_to_app.extend(tcp_reset(&p));
-            match self.app.handle_packet(p.clone(), now) {
+            match self.app.handle_packet(p.clone(), now.into()) {
                 Ingress::NewFlow { flow, src, dst } => self.new_flows.push((flow, src, dst)),
                 Ingress::NotTcp => self.datagrams.push(p),
                 Ingress::Handled | Ingress::TooManyFlows => {}
@@ -180,7 +183,7 @@ impl Net {
         let now = self.now;
         let mut moved = false;
         for side in [&mut self.client, &mut self.server] {
-            side.app.poll(now);
+            side.app.poll(now.into());
             moved |= side.move_packets(now);
             side.events.extend(std::iter::from_fn(|| side.app.pop_event()));
         }
@@ -469,7 +472,7 @@ fn a_refused_connection_is_refused_not_accepted_then_reset() {
     // The client engine holds the app's SYN while the server side decides.
     assert!(n.client.events.is_empty(), "client app: {:?}", n.client.events);
     let (fs, _, _) = n.server.new_flows[0];
-    n.server.app.refuse(fs, n.now).unwrap();
+    n.server.app.refuse(fs, n.now.into()).unwrap();
     n.pump();
     assert_eq!(n.client.events, vec![FlowEvent::Closed { flow: fc, reset: true }]);
     assert_eq!(n.server.sent_frames, vec![Seen::Reset(1, ResetCode::Refused)], "the server engine's answer");
@@ -760,7 +763,7 @@ fn remove_both_sessions(n: &mut Net) {
     n.server.engine.remove_session(SS, now).expect("the session existed");
     for side in [&mut n.client, &mut n.server] {
         side.move_packets(now);
-        side.app.poll(now);
+        side.app.poll(now.into());
         side.events.extend(std::iter::from_fn(|| side.app.pop_event()));
     }
 }
@@ -813,7 +816,7 @@ fn an_app_reset_resets_the_far_app() {
     assert!(n.transfer((Which::Client, fc), (Which::Server, fs), &bytes) == bytes);
 
     // The client app aborts its (idle, fully acknowledged) connection: its kernel sends RST.
-    n.client.app.abort(fc, n.now).unwrap();
+    n.client.app.abort(fc, n.now.into()).unwrap();
     n.step(Duration::from_millis(10));
     assert!(
         n.client.sent_frames.contains(&Seen::Reset(1, ResetCode::Reset)),

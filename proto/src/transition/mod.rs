@@ -109,7 +109,7 @@ pub use client::ClientTransition;
 pub use message::{ControlMessage, DecodeError, Epoch, StreamOffset};
 pub use server::ServerTransition;
 
-use roamtun_stack::{Duration, Instant};
+use crate::time::{Duration, Instant};
 use std::collections::BTreeMap;
 use thiserror::Error;
 

@@ -1,11 +1,11 @@
 //! The transition state machines with an injected clock and a simulated network that loses,
 //! duplicates and reorders control messages (seeded, so every failure replays).
 
-use roamtun::transition::{
+use roamtun_proto::time::{Duration, Instant};
+use roamtun_proto::transition::{
     ClientTransition, ControlMessage, Epoch, Event, ExpiryReason, PathId, ServerTransition, StreamOffset, SwitchKind,
     SwitchRequest, SwitchSummary, TimerReason, TransitionConfig, TransitionError,
 };
-use roamtun_stack::{Duration, Instant};
 use std::collections::{BTreeMap, BTreeSet};
 
 const SESSION: u64 = 0x5e55;

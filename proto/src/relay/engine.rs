@@ -16,8 +16,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
-use roamtun_stack::{Duration, FlowEvent, FlowId, Ingress, Instant, Stack, StackConfig};
-use serde::Serialize;
+use roamtun_stack::{FlowEvent, FlowId, Ingress, Stack, StackConfig};
+
+use crate::time::{Duration, Instant};
 
 use super::outqueue::{BulkMark, Keep, OutQueue};
 use super::packet::{datagram_info, DatagramInfo, DatagramProto};
@@ -25,12 +26,11 @@ use super::stream::{RecvHalf, ReplayBuffer, SendHalf, StreamError, INITIAL_CREDI
 use crate::wire::{self, Frame, ResetCode};
 
 /// Names one relay session (one peer) inside an engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub u64);
 
 /// Which daemon runs the engine; it decides who owns which addresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// CNAPT: the apps are local and own the session's virtual IPs.
     Client,
@@ -75,7 +75,7 @@ pub enum SessionError {
 }
 
 /// Counters of one session; all only grow.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionCounters {
     /// Stream payload and datagram bytes sent to the peer.
     pub bytes_sent: u64,
@@ -101,19 +101,18 @@ pub struct SessionCounters {
 }
 
 /// What a session looks like from outside, for `roamtun status`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct SessionStatus {
     pub id: SessionId,
     pub virtual_ips: Vec<IpAddr>,
     pub tcp_flows: usize,
     pub udp_flows: usize,
     pub queued_bytes: usize,
-    #[serde(flatten)]
     pub counters: SessionCounters,
 }
 
 /// Counters of the TUN side, not tied to a session.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TunCounters {
     /// Packets from the TUN with no session to carry them (no server connected, unknown virtual IP).
     pub packets_unroutable: u64,
@@ -212,7 +211,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(config: EngineConfig, now: Instant) -> Self {
-        let stack = Stack::new(config.stack.clone(), now);
+        let stack = Stack::new(config.stack.clone(), now.into());
         Engine {
             config,
             stack,
@@ -265,7 +264,7 @@ impl Engine {
         for stream in session.streams.values() {
             self.flow_streams.remove(&stream.flow);
             // The flow may have finished on its own already; nothing to reset then.
-            let _ = self.stack.abort(stream.flow, now);
+            let _ = self.stack.abort(stream.flow, now.into());
         }
         self.udp_flows.retain(|k, _| k.session != id);
         Some(session.counters)
@@ -277,7 +276,7 @@ impl Engine {
             self.datagram_from_tun(info, packet, now);
             return;
         }
-        match self.stack.handle_packet(packet, now) {
+        match self.stack.handle_packet(packet, now.into()) {
             Ingress::Handled => {}
             Ingress::NewFlow { flow, src, dst } => self.new_app_flow(flow, src, dst, now),
             Ingress::TooManyFlows => self.tun_counters.flows_refused_limit += 1,
@@ -298,7 +297,7 @@ impl Engine {
     fn new_app_flow(&mut self, flow: FlowId, src: SocketAddr, dst: SocketAddr, now: Instant) {
         let Some(sid) = self.session_for(src.ip(), dst.ip()) else {
             self.tun_counters.packets_unroutable += 1;
-            let _ = self.stack.refuse(flow, now);
+            let _ = self.stack.refuse(flow, now.into());
             return;
         };
         let window = self.config.stream_window;
@@ -306,7 +305,7 @@ impl Engine {
         let stream_id = session.next_stream_id;
         let Some(next) = stream_id.checked_add(2) else {
             // 2^31 streams in one session: refuse rather than reuse an id.
-            let _ = self.stack.refuse(flow, now);
+            let _ = self.stack.refuse(flow, now.into());
             return;
         };
         session.next_stream_id = next;
@@ -485,7 +484,7 @@ impl Engine {
         if let Some(mut stream) = session.streams.remove(&stream_id) {
             session.out.push_ordered(&mut stream.mark, 0, &Frame::Reset { stream_id, code });
             self.flow_streams.remove(&stream.flow);
-            let _ = self.stack.abort(stream.flow, now);
+            let _ = self.stack.abort(stream.flow, now.into());
         }
     }
 
@@ -549,7 +548,7 @@ impl Engine {
         tracing::debug!(session = sid.0, stream = stream_id, %code, "peer reset the stream");
         self.flow_streams.remove(&stream.flow);
         // A held SYN is refused (the app sees "connection refused"), an open connection is reset.
-        let _ = self.stack.abort(stream.flow, now);
+        let _ = self.stack.abort(stream.flow, now.into());
     }
 
     fn datagram_from_peer(&mut self, sid: SessionId, packet: &[u8], now: Instant) {
@@ -575,13 +574,13 @@ impl Engine {
         // A few rounds: moving bytes into the stack lets it send and open windows, which may let
         // more bytes move. Bounded, so one call never runs away.
         for _ in 0..4 {
-            self.stack.poll(now);
+            self.stack.poll(now.into());
             self.handle_flow_events();
             if !self.pump_streams() {
                 break;
             }
         }
-        self.stack.poll(now);
+        self.stack.poll(now.into());
         self.handle_flow_events();
         self.expire_udp(now);
     }
@@ -727,7 +726,7 @@ impl Engine {
 
     /// When [`Engine::poll`] must run next at the latest.
     pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
-        let stack = self.stack.poll_at(now);
+        let stack = self.stack.poll_at(now.into()).map(Instant::from);
         match (stack, self.next_udp_expiry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -847,7 +846,7 @@ impl Engine {
         for id in gone {
             if let Some(stream) = session.streams.remove(&id) {
                 self.flow_streams.remove(&stream.flow);
-                let _ = self.stack.abort(stream.flow, now);
+                let _ = self.stack.abort(stream.flow, now.into());
             }
         }
         replayed

@@ -1,4 +1,4 @@
-//! Property tests for per-stream flow control (`roamtun::relay::stream`).
+//! Property tests for per-stream flow control (`roamtun_proto::relay::stream`).
 //!
 //! One direction of a relay stream is modelled end to end: a sender holding a [`SendHalf`] cuts a
 //! random byte string into DATA pieces of random sizes, never beyond the credit it holds; the frames
@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use roamtun::relay::stream::{RecvHalf, SendHalf, StreamError, INITIAL_CREDIT};
+use roamtun_proto::relay::stream::{RecvHalf, SendHalf, StreamError, INITIAL_CREDIT};
 
 /// A frame on its way from the sender to the receiver. DATA names a range of the stream's bytes.
 #[derive(Debug, Clone, Copy)]
@@ -403,7 +403,7 @@ proptest! {
             1..60,
         ),
     ) {
-        let mut replay = roamtun::relay::stream::ReplayBuffer::new();
+        let mut replay = roamtun_proto::relay::stream::ReplayBuffer::new();
         let (mut sent, mut settled, mut acked) = (0usize, 0usize, 0usize);
         for (len, settle, ack, from) in steps {
             // Sent: the bytes go out in an output chunk, their storage is handed over later, in

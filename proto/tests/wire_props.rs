@@ -1,9 +1,9 @@
-//! Property tests for the relay wire format (`roamtun::wire`).
+//! Property tests for the relay wire format (`roamtun_proto::wire`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
 use proptest::prelude::*;
-use roamtun::wire::{Frame, FrameType, ResetCode, WireError, HEADER_LEN, MAX_BODY};
+use roamtun_proto::wire::{Frame, FrameType, ResetCode, WireError, HEADER_LEN, MAX_BODY};
 
 /// An owned frame, so that proptest can generate and shrink it; `as_frame`
 /// borrows it as a `Frame`.

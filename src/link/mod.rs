@@ -1,5 +1,0 @@
-//! The link manager (the spec's "task" module, \[0095\]): which uplink the session should use.
-//! [`policy`] is the decision task; the Check and Search activities feed it. [`routing`] gives each
-//! uplink a routing table and source rules of its own.
-pub mod policy;
-pub mod routing;
