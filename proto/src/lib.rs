@@ -8,6 +8,7 @@
 //! file descriptor and the clock, and turn the records this crate emits into the status JSON.
 
 pub mod link;
+pub mod path;
 pub mod relay;
 pub mod time;
 pub mod transition;

@@ -77,6 +77,10 @@ impl Duration {
         self.micros / 1_000_000
     }
 
+    pub fn as_secs_f64(self) -> f64 {
+        self.micros as f64 / 1e6
+    }
+
     /// Milliseconds with their fraction, as the status shows spans.
     pub fn as_millis_f64(self) -> f64 {
         self.micros as f64 / 1000.0

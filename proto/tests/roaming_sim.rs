@@ -17,6 +17,7 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
+use roamtun_proto::path::PathLoss;
 use roamtun_proto::relay::core::{Action, PathInfo, PeerInfo, RelayCore, SwitchError};
 use roamtun_proto::relay::engine::{Engine, EngineConfig, Role};
 use roamtun_proto::time::Instant;
@@ -321,10 +322,10 @@ impl Sim {
             }
             // A side that closed the connection: the other sees the end once everything arrived.
             if cc && c2s_empty {
-                self.server.core.path_lost(id, "the peer closed the connection", now);
+                self.server.core.path_lost(id, &PathLoss::PeerClosed, now);
             }
             if sc && s2c_empty {
-                self.client.core.path_lost(id, "the peer closed the connection", now);
+                self.client.core.path_lost(id, &PathLoss::PeerClosed, now);
             }
         }
         self.client.step(now);
@@ -419,7 +420,7 @@ impl Sim {
         }
         for id in lost {
             let now = self.now();
-            self.client.core.path_lost(id, "uplink down", now);
+            self.client.core.path_lost(id, &PathLoss::UplinkDown { uplink: "uplink".into() }, now);
         }
         notice_at
     }

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio_rustls::TlsConnector;
 
 use super::relay_socket::RelaySocket;
-use super::transport::{self, Handshake, HandshakeError, Liveness};
+use super::transport::{self, Handshake, HandshakeError};
 use super::{
     engine_config, transition_config, ClientHooks, DialRequest, EngineMsg, Join, PathInfo, PeerInfo, SharedCounters,
     StatusSource, Tun, Uplinks,
@@ -72,7 +72,7 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
         Some(hooks),
         &config.control_socket,
         |engine, room| async {
-            Dialer { config: &config, connector, engine, room, shared, uplinks }.run(dial_rx).await
+            Dialer { config: &config, connector, engine, room, shared, uplinks, clock }.run(dial_rx).await
         },
     )
     .await;
@@ -89,6 +89,8 @@ struct Dialer<'a> {
     room: Arc<Notify>,
     shared: Arc<SharedCounters>,
     uplinks: Option<watch::Receiver<Uplinks>>,
+    /// The engine's clock, which the path's Check activity shares.
+    clock: Clock,
 }
 
 impl Dialer<'_> {
@@ -237,10 +239,18 @@ impl Dialer<'_> {
             anyhow::bail!("the server speaks protocol version {version}, we speak {PROTOCOL_VERSION}");
         }
         let path = self.shared.next_path();
-        let liveness = Liveness::from_tuning(&self.config.tuning);
+        let liveness = transport::liveness(&self.config.tuning);
         let socket = stream.get_ref().0.handle();
-        let io =
-            transport::spawn_path_io(stream, socket, path, early, self.engine.clone(), self.room.clone(), liveness);
+        let io = transport::spawn_path_io(
+            stream,
+            socket,
+            path,
+            early,
+            self.engine.clone(),
+            self.room.clone(),
+            liveness,
+            self.clock,
+        );
         let uplink = uplink.map(str::to_string).or_else(|| super::tun::interface_of(local.ip()));
         tracing::debug!(%server, %local, ?uplink, session = session_id, ?path, "path authenticated");
         let peer = PeerInfo { name: "server".into(), public_key: self.config.server.public_key.to_base64() };

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::clock::Clock;
 use crate::config::Tuning;
 use crate::control::ControlRequest;
+use roamtun_proto::path::PathLoss;
 pub use roamtun_proto::relay::core::{DialRequest, PathInfo, PeerInfo};
 use roamtun_proto::relay::engine::{Engine, EngineConfig, Role};
 use roamtun_proto::time::Duration;
@@ -68,7 +69,7 @@ pub enum EngineMsg {
     /// A PONG came back on a path after this round trip.
     PathRtt {
         path: PathId,
-        rtt: std::time::Duration,
+        rtt: Duration,
     },
     /// The relay socket's TCP counters on a path: the kernel's RTT and the smoothed share of
     /// segments retransmitted (the path's loss, which TCP hides).
@@ -84,7 +85,7 @@ pub enum EngineMsg {
     /// A path failed or ended.
     PathDown {
         path: PathId,
-        reason: String,
+        reason: PathLoss,
     },
     /// Client: a [`DialRequest`] for one uplink failed.
     DialFailed {

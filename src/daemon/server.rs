@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_rustls::TlsAcceptor;
 
 use super::relay_socket::RelaySocket;
-use super::transport::{self, close_code, Handshake, Liveness};
+use super::transport::{self, close_code, Handshake};
 use super::{engine_config, transition_config, EngineMsg, Join, PathInfo, PeerInfo, SharedCounters, StatusSource, Tun};
 use crate::clock::Clock;
 use crate::config::ServerConfig;
@@ -53,7 +53,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let transition = transition_config(&config.tuning);
     super::serve(tun, engine, transition, clock, source, None, &config.control_socket, |engine, room| {
-        accept_loop(listeners, acceptor, config.clone(), engine, room, shared)
+        accept_loop(listeners, acceptor, config.clone(), engine, room, shared, clock)
     })
     .await
 }
@@ -66,6 +66,7 @@ async fn accept_loop(
     engine: mpsc::Sender<EngineMsg>,
     room: Arc<Notify>,
     shared: Arc<SharedCounters>,
+    clock: Clock,
 ) {
     loop {
         let accepts = listeners.iter().map(|l| Box::pin(l.accept()));
@@ -84,6 +85,7 @@ async fn accept_loop(
             engine: engine.clone(),
             room: room.clone(),
             shared: shared.clone(),
+            clock,
         };
         tokio::spawn(async move {
             if let Err(err) = ctx.serve(tcp, remote).await {
@@ -130,6 +132,7 @@ struct Accepted {
     engine: mpsc::Sender<EngineMsg>,
     room: Arc<Notify>,
     shared: Arc<SharedCounters>,
+    clock: Clock,
 }
 
 impl Accepted {
@@ -174,10 +177,18 @@ impl Accepted {
             anyhow::bail!("{reason}");
         }
         let path = self.shared.next_path();
-        let liveness = Liveness::from_tuning(&self.config.tuning);
+        let liveness = transport::liveness(&self.config.tuning);
         let socket = stream.get_ref().0.handle();
-        let io =
-            transport::spawn_path_io(stream, socket, path, early, self.engine.clone(), self.room.clone(), liveness);
+        let io = transport::spawn_path_io(
+            stream,
+            socket,
+            path,
+            early,
+            self.engine.clone(),
+            self.room.clone(),
+            liveness,
+            self.clock,
+        );
         let info = PathInfo { local: Some(local), remote: Some(remote), uplink: None };
         let peer_info = PeerInfo { name: peer.name.clone(), public_key: key.to_base64() };
         let join = Join::Hello { resume, virtual_ips: peer.virtual_ips.clone() };

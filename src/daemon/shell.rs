@@ -13,6 +13,7 @@ use crate::clock::Clock;
 use crate::config::UplinkConfig;
 use crate::control::{ControlRequest, PeerStatus, Request, Response, Status, SwitchRecord, UplinkStatus};
 use roamtun_proto::link::policy::{Decision, Health, Policy, PolicyConfig, UplinkPolicy};
+use roamtun_proto::path::PathLoss;
 use roamtun_proto::relay::core::{Action, DialRequest, RelayCore};
 use roamtun_proto::relay::engine::{Engine, Role};
 use roamtun_proto::time::{Duration, Instant};
@@ -363,9 +364,11 @@ impl Shell {
                 None => snapshot.values().find(|u| u.addresses.contains(&local.ip())),
             };
             let reason = match holder {
-                None => "its interface is gone or lost the address".to_string(),
-                Some(u) if !u.admin_up || !u.lower_up => format!("{} is down", u.name),
-                Some(u) if !u.addresses.contains(&local.ip()) => format!("{} lost {}", u.name, local.ip()),
+                None => PathLoss::InterfaceGone,
+                Some(u) if !u.admin_up || !u.lower_up => PathLoss::UplinkDown { uplink: u.name.clone() },
+                Some(u) if !u.addresses.contains(&local.ip()) => {
+                    PathLoss::AddressLost { uplink: u.name.clone(), address: local.ip() }
+                }
                 Some(_) => continue,
             };
             lost.push((id, reason));
@@ -484,7 +487,7 @@ impl Shell {
         }
         let now = self.clock.now();
         for path in dead {
-            self.core.path_lost(path, "its writer stopped", now);
+            self.core.path_lost(path, &PathLoss::WriterStopped, now);
         }
         for (path, io) in &self.io {
             io.standby.store(self.core.is_standby(*path), std::sync::atomic::Ordering::Relaxed);
@@ -529,7 +532,7 @@ impl Shell {
             let health = Health {
                 // Up, with an address, and a path (current or warm standby) authenticated over it.
                 usable: client.uplinks.get(name).is_some_and(|u| u.usable()) && self.core.has_path_on(name),
-                rtt: self.core.uplink_rtt(name).map(|r| Duration::from_micros(r.as_micros() as u64)),
+                rtt: self.core.uplink_rtt(name),
                 loss: self.core.uplink_loss(name).unwrap_or(0.0),
                 failures: failures.len() as u32,
                 bandwidth: self.core.uplink_bandwidth(name),

@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
+use crate::path::PathLoss;
 use crate::time::{Duration, Instant};
 use bytes::Bytes;
 
@@ -82,9 +83,9 @@ impl PathInfo {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PathSample {
     /// The kernel's smoothed round trip.
-    pub tcp_rtt: std::time::Duration,
+    pub tcp_rtt: Duration,
     /// Its mean deviation (the kernel's `rttvar`): the path's jitter.
-    pub jitter: std::time::Duration,
+    pub jitter: Duration,
     /// The share of segments retransmitted lately, 0.0–1.0.
     pub loss: f64,
     /// Bytes acknowledged by the peer plus bytes received, since the path began.
@@ -255,8 +256,8 @@ struct PathState {
     /// Smoothed round trip of the path's probes (RFC 6298 weights), µs.
     srtt_us: Option<u64>,
     /// The relay socket's own view: the kernel's smoothed RTT and the share of segments retransmitted.
-    tcp_rtt: Option<std::time::Duration>,
-    jitter: Option<std::time::Duration>,
+    tcp_rtt: Option<Duration>,
+    jitter: Option<Duration>,
     loss: Option<f64>,
     /// Bytes carried (both ways) since the path began.
     bytes: u64,
@@ -300,7 +301,7 @@ pub struct SessionView<'a> {
     pub peer: &'a PeerInfo,
     /// The current path, if the session has one, and its smoothed round trip.
     pub path: Option<&'a PathInfo>,
-    pub rtt: Option<std::time::Duration>,
+    pub rtt: Option<Duration>,
     pub epoch: u32,
     pub switching: bool,
     pub stale_frames: u64,
@@ -498,9 +499,9 @@ impl RelayCore {
     /// The round trip of the path on `uplink`, if one is open: the kernel's smoothed RTT of the relay
     /// socket, else the probes'. The probes also time the daemons' own queues (a PONG waits behind
     /// the peer's queued output), which says more about the daemon's load than about the uplink.
-    pub fn uplink_rtt(&self, uplink: &str) -> Option<std::time::Duration> {
+    pub fn uplink_rtt(&self, uplink: &str) -> Option<Duration> {
         let p = self.paths.values().find(|p| p.info.uplink.as_deref() == Some(uplink))?;
-        p.tcp_rtt.or(p.srtt_us.map(std::time::Duration::from_micros))
+        p.tcp_rtt.or(p.srtt_us.map(Duration::from_micros))
     }
 
     /// The loss on `uplink` lately: the share of segments the relay socket had to retransmit, in the
@@ -595,7 +596,7 @@ impl RelayCore {
     }
 
     /// A path failed: its connection ended, its uplink went away, or it carried nothing for too long.
-    pub fn path_lost(&mut self, path: PathId, reason: &str, now: Instant) {
+    pub fn path_lost(&mut self, path: PathId, reason: &PathLoss, now: Instant) {
         let Some(p) = self.paths.remove(&path) else { return };
         let sid = p.session;
         tracing::info!(session = sid.0, ?path, uplink = ?p.info.uplink, %reason, "path lost");
@@ -608,9 +609,9 @@ impl RelayCore {
     }
 
     /// A probe of `path` came back after `rtt`.
-    pub fn path_rtt(&mut self, path: PathId, rtt: std::time::Duration) {
+    pub fn path_rtt(&mut self, path: PathId, rtt: Duration) {
         if let Some(p) = self.paths.get_mut(&path) {
-            let sample = rtt.as_micros() as u64;
+            let sample = rtt.total_micros();
             p.srtt_us = Some(p.srtt_us.map_or(sample, |s| (7 * s + sample) / 8));
         }
     }
@@ -643,7 +644,7 @@ impl RelayCore {
     }
 
     /// The jitter (the kernel's RTT deviation) of the relay socket on `uplink`.
-    pub fn uplink_jitter(&self, uplink: &str) -> Option<std::time::Duration> {
+    pub fn uplink_jitter(&self, uplink: &str) -> Option<Duration> {
         self.paths.values().find(|p| p.info.uplink.as_deref() == Some(uplink))?.jitter
     }
 
@@ -985,11 +986,7 @@ impl RelayCore {
             id: *id,
             peer: &s.peer,
             path: s.current.and_then(|c| self.paths.get(&c)).map(|p| &p.info),
-            rtt: s
-                .current
-                .and_then(|c| self.paths.get(&c))
-                .and_then(|p| p.srtt_us)
-                .map(std::time::Duration::from_micros),
+            rtt: s.current.and_then(|c| self.paths.get(&c)).and_then(|p| p.srtt_us).map(Duration::from_micros),
             epoch: s.machine.epoch(),
             switching: s.machine.is_switching(),
             stale_frames: s.stale_frames,
@@ -1035,8 +1032,8 @@ mod tests {
 
     fn sample(pace: Option<u64>) -> PathSample {
         PathSample {
-            tcp_rtt: std::time::Duration::from_millis(20),
-            jitter: std::time::Duration::from_millis(1),
+            tcp_rtt: Duration::from_millis(20),
+            jitter: Duration::from_millis(1),
             loss: 0.0,
             bytes: 0,
             delivery_rate: pace,

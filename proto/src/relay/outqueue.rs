@@ -24,6 +24,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+use crate::time::Duration;
 use crate::wire::{self, Frame};
 
 /// Bulk frames are batched into chunks of at most this size, one transport write each: three whole
@@ -34,7 +35,7 @@ pub const CHUNK: usize = SHARE_FRACTION * (wire::HEADER_LEN + wire::MAX_BODY);
 
 /// A bulk chunk carries about this much of the path's time: each chunk waiting downstream of the
 /// lanes delays an urgent frame by as much. Paths faster than 3 Gbit/s get whole chunks.
-pub const SLOT_TIME: std::time::Duration = std::time::Duration::from_micros(500);
+pub const SLOT_TIME: Duration = Duration::from_micros(500);
 
 /// The smallest bulk chunk (a path slower than 65 Mbit/s): 0.4 % of it goes to frame headers.
 pub const MIN_SLOT: usize = 4 * 1024;
