@@ -336,6 +336,13 @@ pub struct UplinkConfig {
     pub cap_gib: Option<f64>,
 }
 
+impl UplinkConfig {
+    /// `cap_gib` in bytes.
+    pub fn cap_bytes(&self) -> Option<u64> {
+        self.cap_gib.map(|g| (g * (1u64 << 30) as f64) as u64)
+    }
+}
+
 /// An entry of `uplinks` as written: a bare interface name, or a table.
 #[derive(Deserialize)]
 #[serde(

@@ -11,6 +11,7 @@ pub mod memory;
 mod relay_socket;
 pub mod server;
 mod shell;
+mod status;
 mod transport;
 mod tun;
 mod vnet;

@@ -1,3 +1,6 @@
 //! The link manager (the spec's "task" module, \[0095\]): which uplink the session should use.
-//! [`policy`] is the decision task; the Check and Search activities feed it.
+//! [`manager`] runs Search, keeps the health the decision task scores, and says when it decides;
+//! [`policy`] holds the decision rules and the score. Together they answer "why did the client
+//! switch?".
+pub mod manager;
 pub mod policy;

@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
+use crate::link::manager::{LinkView, PathHealth, SessionLink};
 use crate::path::PathLoss;
 use crate::time::{Duration, Instant};
 use bytes::Bytes;
@@ -524,6 +525,28 @@ impl RelayCore {
     /// Whether a path (current or standby) runs on `uplink`.
     pub fn has_path_on(&self, uplink: &str) -> bool {
         self.paths.values().any(|p| p.info.uplink.as_deref() == Some(uplink))
+    }
+
+    /// Client: what the link manager needs of the session and its paths.
+    pub fn link_view(&self) -> LinkView {
+        let mut paths = BTreeMap::new();
+        for p in self.paths.values() {
+            let Some(uplink) = &p.info.uplink else { continue };
+            // The first path found per uplink, as uplink_rtt and the others below read it.
+            paths.entry(uplink.clone()).or_insert_with(|| PathHealth {
+                rtt: self.uplink_rtt(uplink),
+                loss: self.uplink_loss(uplink),
+                bandwidth: p.bandwidth,
+            });
+        }
+        let session = self.sessions.iter().next().map(|(sid, s)| SessionLink {
+            id: sid.0,
+            active: s.current.and_then(|c| self.paths.get(&c)).and_then(|p| p.info.uplink.clone()),
+            switching: s.machine.is_switching(),
+            switch_pending: self.switch_wanted.is_some(),
+            uplinks: self.paths.values().filter(|p| p.session == *sid).filter_map(|p| p.info.uplink.clone()).collect(),
+        });
+        LinkView { session, paths }
     }
 
     /// Client: the standby path of the session on `uplink`, if one is open.
