@@ -143,7 +143,7 @@ test_loss_on_the_active_uplink_moves_to_a_better_one() {
     # Lenient dead_after and stall_after, so it is the measured loss that moves the session, not
     # silence or a retransmission timeout's stall (with 15 % loss, some last 200 ms and more).
     # The core's debug lines show the server's loss reports arriving.
-    ROAMTUN_LOG=info,roamtun::relay::core=debug DEAD_AFTER=10000 STALL_AFTER=10000 setup
+    ROAMTUN_LOG=info,roamtun_proto::relay::core=debug DEAD_AFTER=10000 STALL_AFTER=10000 setup
     start_workload $((16 << 20))
     progress 16
     EPOCH0=$(epoch)
