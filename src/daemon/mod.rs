@@ -7,6 +7,7 @@
 //! one path to the next as the transition protocol says.
 
 pub mod client;
+mod client_side;
 pub mod memory;
 mod relay_socket;
 pub mod server;

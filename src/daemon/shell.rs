@@ -6,10 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, Notify};
 
-use roamtun_proto::link::manager::{LinkAction, LinkManager, LinkState};
-use roamtun_proto::link::policy::{PolicyConfig, UplinkPolicy};
 use roamtun_proto::path::PathLoss;
 use roamtun_proto::relay::core::{Action, DialRequest, RelayCore};
 use roamtun_proto::relay::engine::{Engine, Role};
@@ -18,8 +16,7 @@ use roamtun_proto::transition::{PathId, TransitionConfig};
 
 use super::{ClientHooks, EngineMsg, Join, StatusSource, Tun, Uplinks};
 use crate::clock::Clock;
-use crate::config::UplinkConfig;
-use crate::control::{ControlRequest, Request, Response, SwitchRecord};
+use crate::control::{ControlRequest, Request, Response};
 
 /// Most packets or messages handled per wake-up, so one busy source cannot starve the others.
 const BATCH: usize = 64;
@@ -45,19 +42,7 @@ pub(super) struct Shell {
     pub(super) clock: Clock,
     pub(super) source: StatusSource,
     io: BTreeMap<PathId, PathIo>,
-    pub(super) client: Option<ClientSide>,
-}
-
-pub(super) struct ClientSide {
-    dial: mpsc::Sender<DialRequest>,
-    /// Search and the decision task (`roamtun_proto::link`).
-    pub(super) links: LinkManager,
-    /// The configured uplinks, best first.
-    pub(super) costs: Vec<UplinkConfig>,
-    /// What rtnetlink reported last.
-    pub(super) uplinks: Uplinks,
-    /// The `roamtun switch` being carried out.
-    switch_reply: Option<(String, oneshot::Sender<Response>)>,
+    pub(super) client: Option<super::client_side::ClientSide>,
 }
 
 impl Shell {
@@ -73,30 +58,8 @@ impl Shell {
         let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.as_secs() << 24);
         let (client, watch) = match client {
             Some(hooks) => {
-                let uplinks = hooks.uplinks.as_ref().map(|w| w.borrow().clone()).unwrap_or_default();
-                let config = PolicyConfig {
-                    min_gain: hooks.decision.min_gain,
-                    dwell: Duration::from_secs(hooks.decision.dwell_secs),
-                    fail_back_after: Duration::from_secs(hooks.decision.fail_back_after_secs),
-                };
-                let policies: Vec<(String, UplinkPolicy)> = hooks
-                    .configured
-                    .iter()
-                    .enumerate()
-                    .map(|(i, u)| {
-                        let p = UplinkPolicy {
-                            priority: i as u32,
-                            cost_per_gib: u.cost_per_gib,
-                            metered: u.metered,
-                            cap_bytes: u.cap_bytes(),
-                        };
-                        (u.name.clone(), p)
-                    })
-                    .collect();
-                let mut links = LinkManager::new(config, &policies);
-                links.uplinks_changed(link_states(&uplinks));
-                let side = ClientSide { dial: hooks.dial, links, costs: hooks.configured, uplinks, switch_reply: None };
-                (Some(side), hooks.uplinks)
+                let (side, watch) = super::client_side::ClientSide::new(hooks);
+                (Some(side), watch)
             }
             None => (None, None),
         };
@@ -113,8 +76,8 @@ impl Shell {
     ) {
         let tun = self.tun.clone();
         let mut buf = self.core.engine_mut().tun_read_buffer(TUN_PACKET_MAX);
-        if let Some(client) = &self.client {
-            let _ = client.dial.try_send(DialRequest { resume: 0, uplink: None, avoid: None, standby: false });
+        if let Some(client) = self.client.as_mut() {
+            client.dial(DialRequest { resume: 0, uplink: None, avoid: None, standby: false });
         }
         let mut blocked = false;
         let mut sessions = 0;
@@ -266,7 +229,9 @@ impl Shell {
             EngineMsg::PathRtt { path, rtt } => self.core.path_rtt(path, rtt),
             EngineMsg::PathStats { path, sample } => {
                 let carried = self.core.path_stats(path, sample);
-                if let (Some(client), Some(uplink)) = (self.client.as_mut(), uplink_of(&self.core, path)) {
+                if let (Some(client), Some(uplink)) =
+                    (self.client.as_mut(), super::client_side::uplink_of(&self.core, path))
+                {
                     client.links.carried(&uplink, carried);
                 }
             }
@@ -281,17 +246,16 @@ impl Shell {
                 Request::Status => {
                     let _ = reply.send(Response::Status(super::status::status(self)));
                 }
-                Request::Switch { uplink } => self.request_switch(uplink, reply),
+                Request::Switch { uplink } => match self.client.as_mut() {
+                    Some(client) => client.request_switch(&mut self.core, uplink, reply, now),
+                    None => {
+                        let _ = reply.send(Response::Error { message: "only the client switches uplinks".into() });
+                    }
+                },
                 Request::Pin { uplink } => {
-                    let answer = match self.client.as_mut().map(|c| c.links.pin(uplink.as_deref())) {
+                    let answer = match self.client.as_mut() {
+                        Some(client) => client.pin(uplink),
                         None => Response::Error { message: "only the client has uplinks to pin".into() },
-                        Some(Err(err)) => Response::Error { message: err.to_string() },
-                        Some(Ok(())) => Response::Done {
-                            message: match uplink {
-                                Some(u) => format!("pinned to {u}: used whenever it is usable"),
-                                None => "unpinned: the decision task chooses".into(),
-                            },
-                        },
                     };
                     let _ = reply.send(answer);
                 }
@@ -304,54 +268,11 @@ impl Shell {
     /// rtnetlink changed the uplinks: a path whose interface went down or lost the path's address is
     /// lost now, not when its transport times out.
     fn uplinks_changed(&mut self, snapshot: Uplinks) {
-        let mut lost = Vec::new();
-        for (id, info) in self.core.paths() {
-            let Some(local) = info.local else { continue };
-            let holder = match &info.uplink {
-                Some(name) => snapshot.get(name),
-                None => snapshot.values().find(|u| u.addresses.contains(&local.ip())),
-            };
-            let reason = match holder {
-                None => PathLoss::InterfaceGone,
-                Some(u) if !u.admin_up || !u.lower_up => PathLoss::UplinkDown { uplink: u.name.clone() },
-                Some(u) if !u.addresses.contains(&local.ip()) => {
-                    PathLoss::AddressLost { uplink: u.name.clone(), address: local.ip() }
-                }
-                Some(_) => continue,
-            };
-            lost.push((id, reason));
-        }
-        if let Some(client) = self.client.as_mut() {
-            client.links.uplinks_changed(link_states(&snapshot));
-            client.uplinks = snapshot;
-        }
+        let Some(client) = self.client.as_mut() else { return };
         let now = self.clock.now();
-        for (id, reason) in lost {
-            self.note_failure(id);
+        for (id, reason) in client.uplinks_changed(&self.core, snapshot) {
+            client.path_lost(&self.core, id, now);
             self.core.path_lost(id, &reason, now);
-        }
-    }
-
-    /// `roamtun switch <uplink>`: checked here against the configuration and the uplinks' state, then
-    /// carried out by the core; answered when the switch is done or has failed.
-    fn request_switch(&mut self, uplink: String, reply: oneshot::Sender<Response>) {
-        let refuse = |message: String| Response::Error { message };
-        let Some(client) = self.client.as_mut() else {
-            let _ = reply.send(refuse("only the client switches uplinks".into()));
-            return;
-        };
-        if let Err(err) = client.links.check_switch(&uplink) {
-            let _ = reply.send(refuse(err.to_string()));
-            return;
-        }
-        match self.core.request_switch(uplink.clone(), self.clock.now()) {
-            Ok(()) => {
-                client.links.user_switch_started(&uplink);
-                client.switch_reply = Some((uplink, reply));
-            }
-            Err(message) => {
-                let _ = reply.send(refuse(format!("cannot switch to {uplink}: {message}")));
-            }
         }
     }
 
@@ -362,10 +283,7 @@ impl Shell {
             match action {
                 Action::Dial(request) => {
                     if let Some(client) = self.client.as_mut() {
-                        client.links.dial_replaced();
-                        if client.dial.try_send(request).is_err() {
-                            tracing::warn!("the dialer is busy or gone; the request waits for its next round");
-                        }
+                        client.dial(request);
                     }
                 }
                 Action::ClosePath { path, last } => {
@@ -380,13 +298,9 @@ impl Shell {
                     }
                 }
                 Action::SwitchDone(result) => {
-                    let Some(client) = self.client.as_mut() else { continue };
-                    client.links.user_switch_done(result.is_ok());
-                    let Some((uplink, reply)) = client.switch_reply.take() else { continue };
-                    let _ = reply.send(match result {
-                        Ok(report) => Response::Switched(SwitchRecord::new(&report, report.finished, unix_ms())),
-                        Err(err) => Response::Error { message: format!("cannot switch to {uplink}: {err}") },
-                    });
+                    if let Some(client) = self.client.as_mut() {
+                        client.switch_done(result);
+                    }
                 }
             }
         }
@@ -429,58 +343,18 @@ impl Shell {
         for (path, io) in &self.io {
             io.standby.store(self.core.is_standby(*path), std::sync::atomic::Ordering::Relaxed);
         }
-        self.link_manager();
+        if let Some(client) = self.client.as_mut() {
+            client.link_manager(&mut self.core, self.clock.now());
+        }
         blocked
     }
 
     /// Counts a lost path against its uplink's reliability.
     fn note_failure(&mut self, path: PathId) {
-        let now = self.clock.now();
-        if let (Some(client), Some(uplink)) = (self.client.as_mut(), uplink_of(&self.core, path)) {
-            client.links.path_lost(&uplink, now);
+        if let Some(client) = self.client.as_mut() {
+            client.path_lost(&self.core, path, self.clock.now());
         }
     }
-
-    /// Search and the decision task (`LinkManager`), when they are due, and what they ask for.
-    fn link_manager(&mut self) {
-        let now = self.clock.now();
-        let Some(client) = self.client.as_mut() else { return };
-        if client.links.poll_timeout().is_none_or(|at| now < at) {
-            return;
-        }
-        client.links.poll(&self.core.link_view(), now);
-        while let Some(action) = client.links.poll_action() {
-            match action {
-                LinkAction::DialStandby { session, uplink } => {
-                    let request = DialRequest { resume: session, uplink: Some(uplink), avoid: None, standby: true };
-                    if client.dial.try_send(request).is_err() {
-                        client.links.standby_not_sent();
-                    }
-                }
-                LinkAction::Prefer(order) => self.core.set_preference(order),
-                LinkAction::Switch { to, why } => match self.core.request_switch(to.clone(), now) {
-                    Ok(()) => tracing::info!(%to, %why, "decision: planned switch"),
-                    Err(err) => tracing::debug!(%to, %err, "the decided switch cannot start now"),
-                },
-            }
-        }
-    }
-}
-
-/// The uplink `path` runs over, if it is bound to one.
-fn uplink_of(core: &RelayCore, path: PathId) -> Option<String> {
-    core.paths().find(|(id, _)| *id == path).and_then(|(_, i)| i.uplink.clone())
-}
-
-/// What the link manager needs of rtnetlink's view.
-fn link_states(uplinks: &Uplinks) -> BTreeMap<String, LinkState> {
-    let state = |u: &roamtun_netlink::Uplink| match (u.admin_up, u.lower_up, u.addresses.is_empty()) {
-        (false, _, _) => LinkState::AdminDown,
-        (true, false, _) => LinkState::NoCarrier,
-        (true, true, true) => LinkState::NoAddress,
-        _ => LinkState::Usable,
-    };
-    uplinks.iter().map(|(name, u)| (name.clone(), state(u))).collect()
 }
 
 pub(super) fn unix_ms() -> u64 {

@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use roamtun_proto::relay::engine::Role;
 
-use super::shell::{unix_ms, ClientSide, Shell};
+use super::client_side::ClientSide;
+use super::shell::{unix_ms, Shell};
 use crate::control::{PeerStatus, Status, SwitchRecord, UplinkStatus};
 
 pub(super) fn status(shell: &Shell) -> Status {
