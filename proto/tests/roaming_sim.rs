@@ -17,12 +17,13 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
-use roamtun_proto::path::PathLoss;
+use bytes::BytesMut;
+use roamtun_proto::path::{take_frames, PathLoss, Piece};
 use roamtun_proto::relay::core::{Action, PathInfo, PeerInfo, RelayCore, SwitchError};
 use roamtun_proto::relay::engine::{Engine, EngineConfig, Role};
 use roamtun_proto::time::Instant;
 use roamtun_proto::transition::{PathId, SwitchKind, TransitionConfig};
-use roamtun_proto::wire::{self, Frame, FrameType};
+use roamtun_proto::wire::Frame;
 use roamtun_stack::{FlowEvent, FlowId, Ingress, Stack, StackConfig};
 
 const CLIENT_VIP: [u8; 4] = [100, 64, 0, 2];
@@ -90,22 +91,17 @@ impl Pipe {
     }
 }
 
-/// Cuts a byte stream into whole frames, CONTROL frames apart (what the daemon's path reader does).
-fn frames(buf: &mut Vec<u8>) -> Vec<(bool, Vec<u8>)> {
-    let mut out: Vec<(bool, Vec<u8>)> = Vec::new();
-    let mut pos = 0;
-    while let Some(len) = wire::frame_len(&buf[pos..]) {
-        let control = buf[pos] == FrameType::Control.as_u8();
-        let bytes =
-            if control { buf[pos + wire::HEADER_LEN..pos + len].to_vec() } else { buf[pos..pos + len].to_vec() };
-        match out.last_mut() {
-            Some((false, prev)) if !control => prev.extend_from_slice(&bytes),
-            _ => out.push((control, bytes)),
+/// Hands what a path's reader cut off its byte stream to a core, as the daemon's reader does (it
+/// answers PINGs itself; the cores here send none).
+fn deliver(core: &mut RelayCore, id: PathId, pieces: Vec<Piece>, now: Instant) {
+    for piece in pieces {
+        match piece {
+            Piece::Frames(bytes) => core.path_bytes(id, &bytes, now),
+            Piece::Control(body) => core.path_control(id, &body, now),
+            Piece::Report(ppm) => core.path_peer_loss(id, f64::from(ppm) / 1e6),
+            Piece::Ping(_) | Piece::Pong(_) => {}
         }
-        pos += len;
     }
-    buf.drain(..pos);
-    out
 }
 
 struct SimPath {
@@ -119,8 +115,8 @@ struct SimPath {
     server_joined: bool,
     /// The client has read WELCOME and handed the path to its core.
     client_joined: bool,
-    client_rx: Vec<u8>,
-    server_rx: Vec<u8>,
+    client_rx: BytesMut,
+    server_rx: BytesMut,
     /// The uplink under it failed: nothing moves any more.
     dead: bool,
     client_closed: bool,
@@ -226,8 +222,8 @@ impl Sim {
             resume,
             server_joined: false,
             client_joined: false,
-            client_rx: Vec::new(),
-            server_rx: Vec::new(),
+            client_rx: BytesMut::new(),
+            server_rx: BytesMut::new(),
             dead: false,
             client_closed: false,
             server_closed: false,
@@ -286,7 +282,7 @@ impl Sim {
             p.client_rx.extend_from_slice(&got);
             if !p.client_joined {
                 if let Some((Frame::Welcome { session_id, .. }, used)) = Frame::decode(&p.client_rx).unwrap() {
-                    p.client_rx.drain(..used);
+                    let _ = p.client_rx.split_to(used);
                     p.client_joined = true;
                     let (id, link) = (p.id, p.link);
                     let peer = PeerInfo { name: "server".into(), public_key: "s".into() };
@@ -302,24 +298,15 @@ impl Sim {
             }
             let p = &mut self.paths[i];
             let id = p.id;
-            let to_server = frames(&mut p.server_rx);
-            let to_client = if p.client_joined { frames(&mut p.client_rx) } else { Vec::new() };
+            let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
+            take_frames(&mut p.server_rx, &mut to_server);
+            if p.client_joined {
+                take_frames(&mut p.client_rx, &mut to_client);
+            }
             let (c2s_empty, s2c_empty) = (p.c2s.queue.is_empty(), p.s2c.queue.is_empty());
             let (cc, sc) = (p.client_closed, p.server_closed);
-            for (control, bytes) in to_server {
-                if control {
-                    self.server.core.path_control(id, &bytes, now);
-                } else {
-                    self.server.core.path_bytes(id, &bytes, now);
-                }
-            }
-            for (control, bytes) in to_client {
-                if control {
-                    self.client.core.path_control(id, &bytes, now);
-                } else {
-                    self.client.core.path_bytes(id, &bytes, now);
-                }
-            }
+            deliver(&mut self.server.core, id, to_server, now);
+            deliver(&mut self.client.core, id, to_client, now);
             // A side that closed the connection: the other sees the end once everything arrived.
             if cc && c2s_empty {
                 self.server.core.path_lost(id, &PathLoss::PeerClosed, now);

@@ -7,11 +7,13 @@
 
 mod loss;
 mod monitor;
+mod pieces;
 mod rate;
 mod stall;
 
 pub use loss::LossMeter;
 pub use monitor::{Liveness, PathEvent, PathLoss, PathMonitor, STALL_TICK};
+pub use pieces::{take_frames, Piece};
 pub use rate::{RateWindow, PACE_SAMPLES};
 pub use stall::{AckStall, LONE_SEGMENT_WAIT};
 
