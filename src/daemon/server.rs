@@ -25,7 +25,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let keys = config.peers.iter().map(|p| p.public_key).collect();
-    let acceptor = TlsAcceptor::from(tls::server_config(&config.private_key, keys)?);
+    let acceptor = TlsAcceptor::from(tls::server_config(config.private_key(), keys)?);
     let mut listeners = Vec::new();
     for addr in &config.listen {
         listeners.push(TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?);
