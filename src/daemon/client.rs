@@ -71,6 +71,7 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
         source,
         Some(hooks),
         &config.control_socket,
+        crate::control::Access::new(config.control_group.clone()),
         |engine, room| async {
             Dialer { config: &config, connector, engine, room, shared, uplinks }.run(dial_rx).await
         },

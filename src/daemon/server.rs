@@ -52,7 +52,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     };
     let config = Arc::new(config);
     let transition = transition_config(&config.tuning);
-    super::serve(tun, engine, transition, clock, source, None, &config.control_socket, |engine, room| {
+    let access = crate::control::Access::new(config.control_group.clone());
+    super::serve(tun, engine, transition, clock, source, None, &config.control_socket, access, |engine, room| {
         accept_loop(listeners, acceptor, config.clone(), engine, room, shared)
     })
     .await
