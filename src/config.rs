@@ -1,7 +1,11 @@
 //! The one configuration file of each daemon (TOML). Every key is documented in docs/config.md.
 //!
 //! Syntax and type errors carry the file, line and column (from the TOML parser, which knows where a
-//! value came from); rules that span several keys are checked after parsing and name the keys.
+//! value came from); rules that span several keys are checked after parsing and name the keys. No
+//! error quotes the file's text: it may hold the private key.
+//!
+//! The private key is inline (`private_key`) or in a file of its own (`private_key_file`); a file that
+//! holds it must be private to its owner, else the daemon refuses to start (like ssh with its keys).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,8 +14,16 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer};
+use zeroize::Zeroizing;
 
 use crate::keys::{PrivateKey, PublicKey};
+
+/// What a malformed `private_key` is told, whatever was wrong with it: the value itself is never
+/// repeated (it may be a real key with a typo).
+const BAD_PRIVATE_KEY: &str = "private_key is not a 44-character base64 Ed25519 key (as `roamtun genkey` prints it)";
+
+/// Permission bits for the group and others: a file holding a secret must have none of them.
+const GROUP_OTHER_BITS: u32 = 0o077;
 
 /// Why a configuration file was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +39,25 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("invalid config file {path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    #[error("cannot read private_key_file {path}")]
+    KeyFileRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file's content is never shown: it is meant to be a secret.
+    #[error("private_key_file {path} does not hold a 44-character base64 Ed25519 key (as `roamtun genkey` prints it)")]
+    KeyFileInvalid { path: PathBuf },
+    #[error(
+        "private_key_file {path} is accessible by other users (mode {mode:04o}); it must be readable by its owner \
+         only: chmod 600 {path}"
+    )]
+    KeyFileExposed { path: PathBuf, mode: u32 },
+    #[error(
+        "config file {path} holds private_key and is accessible by other users (mode {mode:04o}); make it readable \
+         by its owner only (chmod 600 {path}) or move the key to a private_key_file"
+    )]
+    ConfigExposed { path: PathBuf, mode: u32 },
 }
 
 /// An IP prefix such as `100.64.0.0/10` or `fd64::/64`.
@@ -92,6 +123,42 @@ where
     s.trim().parse().map_err(serde::de::Error::custom)
 }
 
+/// An inline `private_key`. The text is wiped once read, and a bad value is reported without it.
+fn private_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PrivateKey>, D::Error> {
+    struct KeyVisitor;
+    impl serde::de::Visitor<'_> for KeyVisitor {
+        type Value = PrivateKey;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a 44-character base64 Ed25519 key")
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<PrivateKey, E> {
+            PrivateKey::from_base64(s).map_err(|_| E::custom(BAD_PRIVATE_KEY))
+        }
+        fn visit_string<E: serde::de::Error>(self, s: String) -> Result<PrivateKey, E> {
+            self.visit_str(&Zeroizing::new(s))
+        }
+    }
+    d.deserialize_str(KeyVisitor).map(Some)
+}
+
+/// `control_group`: a group of this host whose members may use the control socket besides root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlGroup {
+    pub name: String,
+    pub gid: u32,
+}
+
+impl FromStr for ControlGroup {
+    type Err = String;
+    fn from_str(name: &str) -> Result<Self, String> {
+        match nix::unistd::Group::from_name(name) {
+            Ok(Some(group)) => Ok(ControlGroup { name: group.name, gid: group.gid.as_raw() }),
+            Ok(None) => Err(format!("control_group {name:?} is not a group on this host (see getent group)")),
+            Err(err) => Err(format!("cannot look up control_group {name:?}: {err}")),
+        }
+    }
+}
+
 /// One socket address or a list of them (`"198.18.1.1:7700"` or `["198.18.1.1:7700", "[2001:2::1]:7700"]`).
 fn socket_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
     #[derive(Deserialize)]
@@ -107,6 +174,14 @@ fn socket_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::E
             "expected \"ip:port\" (\"[v6]:port\" for IPv6) or a list of them, e.g. [\"198.18.1.1:7700\", \"[2001:2::1]:7700\"]",
         )),
     }
+}
+
+fn optional_from_str<'de, D: Deserializer<'de>, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    from_str(d).map(Some)
 }
 
 fn vec_from_str<'de, D: Deserializer<'de>, T>(d: D) -> Result<Vec<T>, D::Error>
@@ -198,8 +273,13 @@ pub struct ServerPeer {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
-    #[serde(deserialize_with = "from_str")]
-    pub private_key: PrivateKey,
+    /// Inline; exactly one of this and `private_key_file` (use [`ClientConfig::private_key`]).
+    #[serde(default, deserialize_with = "private_key")]
+    private_key: Option<PrivateKey>,
+    /// A file holding the key as `roamtun genkey` prints it; relative paths are from the config
+    /// file's directory.
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
     pub server: ServerPeer,
     #[serde(default = "default_client_tun")]
     pub tun: TunConfig,
@@ -217,6 +297,9 @@ pub struct ClientConfig {
     pub uplinks: Vec<UplinkConfig>,
     #[serde(default = "default_client_socket")]
     pub control_socket: PathBuf,
+    /// Besides root, members of this group may use the control socket.
+    #[serde(default, deserialize_with = "optional_from_str")]
+    pub control_group: Option<ControlGroup>,
     #[serde(default)]
     pub tuning: Tuning,
     #[serde(default)]
@@ -412,8 +495,11 @@ pub struct PeerConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    #[serde(deserialize_with = "from_str")]
-    pub private_key: PrivateKey,
+    /// Inline; exactly one of this and `private_key_file` (use [`ServerConfig::private_key`]).
+    #[serde(default, deserialize_with = "private_key")]
+    private_key: Option<PrivateKey>,
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
     /// One address or several (e.g. one IPv4 and one IPv6 address) the relay listener binds.
     #[serde(deserialize_with = "socket_addrs")]
     pub listen: Vec<SocketAddr>,
@@ -430,6 +516,8 @@ pub struct ServerConfig {
     pub exit: bool,
     #[serde(default = "default_server_socket")]
     pub control_socket: PathBuf,
+    #[serde(default, deserialize_with = "optional_from_str")]
+    pub control_group: Option<ControlGroup>,
     #[serde(default)]
     pub tuning: Tuning,
     #[serde(rename = "peer", default)]
@@ -444,12 +532,80 @@ fn default_server_socket() -> PathBuf {
     PathBuf::from("/run/roamtun/server.sock")
 }
 
-fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })
+/// A file's text, wiped when dropped, and its permission bits (read from the open file, so they are
+/// those of what was read).
+fn read_private(path: &Path) -> std::io::Result<(Zeroizing<String>, u32)> {
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut file = std::fs::File::open(path)?;
+    let mode = file.metadata()?.permissions().mode() & 0o7777;
+    let mut text = Zeroizing::new(String::new());
+    file.read_to_string(&mut text)?;
+    Ok((text, mode))
 }
 
+fn read(path: &Path) -> Result<(Zeroizing<String>, u32), ConfigError> {
+    read_private(path).map_err(|source| ConfigError::Read { path: path.into(), source })
+}
+
+/// The parser's message with its line and column, but without the excerpt of the file that the
+/// parser would show: that line may hold the private key.
 fn parse<T: for<'de> Deserialize<'de>>(path: &Path, text: &str) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+    toml::from_str(text).map_err(|e| {
+        let place = e.span().map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: ")
+        });
+        ConfigError::Parse { path: path.into(), message: format!("{}{}", place.unwrap_or_default(), e.message()) }
+    })
+}
+
+/// Reads `private_key_file`: private to its owner, one base64 key (surrounding whitespace is fine).
+fn load_key_file(path: &Path) -> Result<PrivateKey, ConfigError> {
+    let (text, mode) = read_private(path).map_err(|source| ConfigError::KeyFileRead { path: path.into(), source })?;
+    if mode & GROUP_OTHER_BITS != 0 {
+        return Err(ConfigError::KeyFileExposed { path: path.into(), mode });
+    }
+    PrivateKey::from_base64(&text).map_err(|_| ConfigError::KeyFileInvalid { path: path.into() })
+}
+
+/// The daemon's key from exactly one of `private_key` and `private_key_file`. `mode` is the config
+/// file's (`None`: not read from a file, as in tests); an inline key needs a private config file.
+fn resolve_key(
+    path: &Path,
+    mode: Option<u32>,
+    inline: &mut Option<PrivateKey>,
+    file: &mut Option<PathBuf>,
+) -> Result<(), ConfigError> {
+    match (&inline, &file) {
+        (Some(_), Some(_)) => Err(invalid(
+            path,
+            "both private_key and private_key_file are set: keep one (private_key_file keeps the secret out of \
+             the config file)"
+                .into(),
+        )),
+        (None, None) => Err(invalid(
+            path,
+            "no private key: set private_key_file to a file written by `roamtun genkey` (or private_key to the key \
+             itself)"
+                .into(),
+        )),
+        (Some(_), None) => match mode {
+            Some(mode) if mode & GROUP_OTHER_BITS != 0 => Err(ConfigError::ConfigExposed { path: path.into(), mode }),
+            _ => Ok(()),
+        },
+        (None, Some(key_path)) => {
+            let key_path = match path.parent() {
+                Some(dir) if key_path.is_relative() => dir.join(key_path),
+                _ => key_path.clone(),
+            };
+            *inline = Some(load_key_file(&key_path)?);
+            *file = Some(key_path);
+            Ok(())
+        }
+    }
 }
 
 fn invalid(path: &Path, message: String) -> ConfigError {
@@ -530,12 +686,27 @@ fn check_tuning(path: &Path, t: &Tuning) -> Result<(), ConfigError> {
 }
 
 impl ClientConfig {
+    /// Reads and checks `path`; refuses a private key that other users could read.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::from_toml(path, &read(path)?)
+        let (text, mode) = read(path)?;
+        Self::parse(path, &text, Some(mode))
     }
 
+    /// As [`ClientConfig::load`] for text that did not come from a file (the permission of the
+    /// config file is not checked; `private_key_file` is).
     pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::parse(path, text, None)
+    }
+
+    /// The daemon's private key, from `private_key` or `private_key_file`.
+    pub fn private_key(&self) -> &PrivateKey {
+        // Cannot fail: `parse` refuses a config that ends up without a key.
+        self.private_key.as_ref().expect("config has a private key")
+    }
+
+    fn parse(path: &Path, text: &str, mode: Option<u32>) -> Result<Self, ConfigError> {
         let mut c: ClientConfig = parse(path, text)?;
+        resolve_key(path, mode, &mut c.private_key, &mut c.private_key_file)?;
         check_tun(path, &mut c.tun, "roam0")?;
         check_tuning(path, &c.tuning)?;
         let names = c.uplink_names();
@@ -598,12 +769,26 @@ impl ClientConfig {
 }
 
 impl ServerConfig {
+    /// Reads and checks `path`; refuses a private key that other users could read.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::from_toml(path, &read(path)?)
+        let (text, mode) = read(path)?;
+        Self::parse(path, &text, Some(mode))
     }
 
+    /// As [`ServerConfig::load`] for text that did not come from a file.
     pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::parse(path, text, None)
+    }
+
+    /// The daemon's private key, from `private_key` or `private_key_file`.
+    pub fn private_key(&self) -> &PrivateKey {
+        // Cannot fail: `parse` refuses a config that ends up without a key.
+        self.private_key.as_ref().expect("config has a private key")
+    }
+
+    fn parse(path: &Path, text: &str, mode: Option<u32>) -> Result<Self, ConfigError> {
         let mut c: ServerConfig = parse(path, text)?;
+        resolve_key(path, mode, &mut c.private_key, &mut c.private_key_file)?;
         check_tun(path, &mut c.tun, "roamsrv0")?;
         check_tuning(path, &c.tuning)?;
         if c.listen.is_empty() {
@@ -667,7 +852,7 @@ mod tests {
     use super::*;
 
     fn key() -> String {
-        PrivateKey::generate().unwrap().to_base64()
+        PrivateKey::generate().unwrap().to_base64().to_string()
     }
 
     fn server_toml(extra: &str) -> String {
@@ -678,6 +863,139 @@ mod tests {
              virtual_ips = [\"100.64.0.2\"]\n{extra}",
             key()
         )
+    }
+
+    /// A file with these contents and exactly this mode (whatever the umask).
+    fn file_with_mode(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_key_file_private_to_its_owner_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = PrivateKey::generate().unwrap();
+        // As `roamtun genkey > server.key` writes it: one line, with its newline.
+        file_with_mode(dir.path(), "server.key", &format!("{}\n", key.to_base64().as_str()), 0o600);
+        let text = format!("private_key_file = \"server.key\"\n{}", without_inline_key(&server_toml("")));
+        let config = file_with_mode(dir.path(), "server.toml", &text, 0o644);
+        let c = ServerConfig::load(&config).unwrap();
+        assert_eq!(c.private_key().public_key(), key.public_key());
+        // Relative to the config file's directory, not to where the daemon was started.
+        assert_eq!(c.private_key_file.as_deref(), Some(dir.path().join("server.key").as_path()));
+    }
+
+    /// The inline key line of a generated config.
+    fn inline_key(text: &str) -> String {
+        let line = text.lines().find(|l| l.starts_with("private_key = ")).unwrap();
+        line.trim_start_matches("private_key = ").trim_matches('"').to_string()
+    }
+
+    fn without_inline_key(text: &str) -> String {
+        text.lines().filter(|l| !l.starts_with("private_key = ")).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_or_write_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = PrivateKey::generate().unwrap().to_base64();
+        for mode in [0o644, 0o640, 0o620, 0o602] {
+            let key_path = file_with_mode(dir.path(), "client.key", key.as_str(), mode);
+            let text =
+                format!("private_key_file = \"{}\"\n{}", key_path.display(), without_inline_key(&server_toml("")));
+            let err = ServerConfig::from_toml(Path::new("s.toml"), &text).unwrap_err().to_string();
+            let want = format!(
+                "private_key_file {} is accessible by other users (mode {mode:04o}); it must be readable by its \
+                 owner only: chmod 600 {}",
+                key_path.display(),
+                key_path.display()
+            );
+            assert_eq!(err, want);
+        }
+    }
+
+    #[test]
+    fn an_inline_key_in_a_config_file_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file_with_mode(dir.path(), "server.toml", &server_toml(""), 0o644);
+        let err = ServerConfig::load(&path).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "config file {p} holds private_key and is accessible by other users (mode 0644); make it readable by \
+                 its owner only (chmod 600 {p}) or move the key to a private_key_file",
+                p = path.display()
+            )
+        );
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        ServerConfig::load(&path).unwrap();
+        // Without the key in it, the config file may be readable by all.
+        let key = file_with_mode(dir.path(), "server.key", &inline_key(&server_toml("")), 0o400);
+        let text = format!("private_key_file = \"{}\"\n{}", key.display(), without_inline_key(&server_toml("")));
+        ClientConfig::load(&file_with_mode(dir.path(), "c.toml", &text, 0o644)).unwrap_err();
+        ServerConfig::load(&file_with_mode(dir.path(), "s.toml", &text, 0o644)).unwrap();
+    }
+
+    #[test]
+    fn exactly_one_private_key_source_is_required() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = file_with_mode(dir.path(), "k", &inline_key(&server_toml("")), 0o600);
+        let both = format!("private_key_file = \"{}\"\n{}", key.display(), server_toml(""));
+        let err = ServerConfig::from_toml(Path::new("s.toml"), &both).unwrap_err().to_string();
+        assert!(err.contains("both private_key and private_key_file are set"), "{err}");
+        let neither = without_inline_key(&server_toml(""));
+        let err = ServerConfig::from_toml(Path::new("s.toml"), &neither).unwrap_err().to_string();
+        assert!(err.contains("no private key: set private_key_file"), "{err}");
+        let missing = format!("private_key_file = \"{}/absent.key\"\n{neither}", dir.path().display());
+        let err = ServerConfig::from_toml(Path::new("s.toml"), &missing).unwrap_err();
+        assert!(err.to_string().starts_with("cannot read private_key_file "), "{err}");
+        let garbage = file_with_mode(dir.path(), "bad.key", "c2VjcmV0LWJ1dC1zaG9ydA==\n", 0o600);
+        let text = format!("private_key_file = \"{}\"\n{neither}", garbage.display());
+        let err = ServerConfig::from_toml(Path::new("s.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("does not hold a 44-character base64 Ed25519 key"), "{err}");
+        assert!(!err.contains("c2VjcmV0"), "{err}");
+    }
+
+    #[test]
+    fn a_malformed_private_key_is_never_echoed() {
+        let base = server_toml("");
+        let good = inline_key(&base);
+        // A real key with one character lost, one with a typo, and things that are not keys at all.
+        let mut typo = good.clone();
+        typo.replace_range(3..4, "!");
+        for bad in [&good[1..], typo.as_str(), "hunter2hunter2", "", "c2VjcmV0IHNlY3JldCBzZWNyZXQgc2VjcmV0IHNlY3JldA=="]
+        {
+            let text = base.replace(&good, bad);
+            let err = ServerConfig::from_toml(Path::new("s.toml"), &text).unwrap_err().to_string();
+            assert!(err.contains("line 1") && err.contains(BAD_PRIVATE_KEY), "{err}");
+            assert!(bad.is_empty() || !err.contains(bad), "the key is echoed: {err}");
+        }
+        // Nor does a syntax error on its line quote it.
+        let text = base.replace(&format!("\"{good}\""), &format!("\"{good}"));
+        let err = ServerConfig::from_toml(Path::new("s.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("line 1") && !err.contains(&good), "{err}");
+        // Nor a misspelt key name.
+        let text = base.replace("private_key =", "privat_key =");
+        let err = ServerConfig::from_toml(Path::new("s.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("privat_key") && !err.contains(&good), "{err}");
+    }
+
+    #[test]
+    fn control_group_names_a_group_of_this_host() {
+        let c = ServerConfig::from_toml(Path::new("s.toml"), &format!("control_group = \"root\"\n{}", server_toml("")))
+            .unwrap();
+        assert_eq!(c.control_group, Some(ControlGroup { name: "root".into(), gid: 0 }));
+        let err = ServerConfig::from_toml(
+            Path::new("s.toml"),
+            &format!("control_group = \"no-such-group-rt\"\n{}", server_toml("")),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("control_group \"no-such-group-rt\" is not a group on this host"), "{err}");
+        assert!(ServerConfig::from_toml(Path::new("s.toml"), &server_toml("")).unwrap().control_group.is_none());
     }
 
     #[test]

@@ -2,9 +2,14 @@
 //!
 //! One request per connection, one JSON line each way. The status keys are documented in
 //! docs/status.md and only ever gain keys, so scripts can rely on them.
+//!
+//! Only root, the daemon's own user and members of `control_group` may use the socket: the file's
+//! mode and group say so to the kernel, and each connection's peer credentials are checked again,
+//! so that a mode loosened by hand does not open the daemon to every local user.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -14,6 +19,33 @@ use tokio::sync::{mpsc, oneshot};
 use roamtun_proto::relay::core::SwitchReport;
 use roamtun_proto::relay::engine as proto;
 use roamtun_proto::transition::SwitchKind;
+use crate::config::ControlGroup;
+
+/// A client must send its request this soon after connecting, so that idle connections do not
+/// pile up.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// After a failed accept (EMFILE and the like), wait this long before the next one: the error
+/// would come straight back.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Failed accepts are logged at most once per this, with the count of those not logged.
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Who may use the control socket, and how long a connection may stay silent.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// Besides root and the daemon's user: members of this group. The socket is then owned by the
+    /// group with mode 0660, else 0600.
+    pub group: Option<ControlGroup>,
+    pub request_timeout: Duration,
+}
+
+impl Access {
+    pub fn new(group: Option<ControlGroup>) -> Self {
+        Access { group, request_timeout: REQUEST_TIMEOUT }
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -287,43 +319,145 @@ pub enum ControlError {
 
 /// Listens on `path` and forwards each request to `requests`. A stale socket file left by a daemon
 /// that died is replaced; a live one is not (two daemons must not share a socket).
+///
+/// The socket is bound in a directory only the daemon's user can enter, given its mode and group
+/// there, and then renamed into place: at no moment can another user connect to it.
 pub async fn serve(
     path: &Path,
+    access: Access,
     requests: mpsc::Sender<ControlRequest>,
 ) -> Result<tokio::task::JoinHandle<()>, ControlError> {
     let bind_err = |source| ControlError::Bind { path: path.into(), source };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(bind_err)?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(bind_err)?;
+    if path.exists() && UnixStream::connect(path).await.is_ok() {
+        return Err(bind_err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "another daemon answers on it")));
     }
-    if path.exists() {
-        if UnixStream::connect(path).await.is_ok() {
-            return Err(bind_err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "another daemon answers on it")));
-        }
-        std::fs::remove_file(path).map_err(bind_err)?;
-    }
-    let listener = UnixListener::bind(path).map_err(bind_err)?;
-    // Status shows peers and addresses, and later commands change routing: root and the group only.
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let requests = requests.clone();
-            tokio::spawn(async move {
-                if let Err(err) = answer(stream, requests).await {
-                    tracing::debug!(%err, "control connection failed");
-                }
-            });
-        }
-    }))
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "control.sock".into());
+    let staging = dir.join(format!(".{name}.{}.new", std::process::id()));
+    let listener = bind_private(&staging, path, access.group.as_ref());
+    let _ = std::fs::remove_dir_all(&staging);
+    let listener = listener.map_err(bind_err)?;
+    Ok(tokio::spawn(accept_loop(listener, access, requests)))
 }
 
-async fn answer(stream: UnixStream, requests: mpsc::Sender<ControlRequest>) -> std::io::Result<()> {
+/// Binds `staging/sock` (`staging` a fresh directory of mode 0700), sets its mode and group, and
+/// renames it to `path`, replacing a stale socket there.
+fn bind_private(staging: &Path, path: &Path, group: Option<&ControlGroup>) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    // A leftover of a daemon that died between bind and rename.
+    let _ = std::fs::remove_dir_all(staging);
+    std::fs::DirBuilder::new().mode(0o700).create(staging)?;
+    let socket = staging.join("sock");
+    let listener = UnixListener::bind(&socket)?;
+    let mode = if let Some(group) = group {
+        nix::unistd::chown(&socket, None, Some(nix::unistd::Gid::from_raw(group.gid))).map_err(|errno| {
+            std::io::Error::new(
+                std::io::Error::from(errno).kind(),
+                format!("cannot give the socket to control_group {:?}: {errno}", group.name),
+            )
+        })?;
+        0o660
+    } else {
+        0o600
+    };
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(mode))?;
+    std::fs::rename(&socket, path)?;
+    Ok(listener)
+}
+
+async fn accept_loop(listener: UnixListener, access: Access, requests: mpsc::Sender<ControlRequest>) {
+    let mut last_logged: Option<std::time::Instant> = None;
+    let mut unlogged = 0u64;
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let requests = requests.clone();
+                let access = access.clone();
+                tokio::spawn(async move {
+                    if let Err(err) = serve_connection(stream, &access, requests).await {
+                        tracing::debug!(%err, "control connection failed");
+                    }
+                });
+            }
+            Err(err) => {
+                // EMFILE and the like come straight back: wait, and say so now and then, not in a loop.
+                if last_logged.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_INTERVAL) {
+                    tracing::warn!(%err, not_logged = unlogged, "control socket: accept failed; retrying");
+                    last_logged = Some(std::time::Instant::now());
+                    unlogged = 0;
+                } else {
+                    unlogged += 1;
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Why the peer of `stream` may not use the socket, if it may not.
+fn refusal(stream: &UnixStream, group: Option<&ControlGroup>) -> Option<String> {
+    let cred = match stream.peer_cred() {
+        Ok(cred) => cred,
+        Err(err) => return Some(format!("cannot tell who is asking ({err})")),
+    };
+    let uid = cred.uid();
+    if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
+        return None;
+    }
+    let Some(group) = group else {
+        return Some(format!(
+            "uid {uid} may not use this control socket: only root may (set control_group to let a group in)"
+        ));
+    };
+    if cred.gid() == group.gid || in_group(uid, cred.gid(), group.gid) {
+        return None;
+    }
+    Some(format!("uid {uid} may not use this control socket: only root and members of group {:?} may", group.name))
+}
+
+/// Whether the user `uid` is a member of `gid` as the group database says (its primary group
+/// `primary` counts).
+fn in_group(uid: u32, primary: u32, gid: u32) -> bool {
+    let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) else { return false };
+    let Ok(name) = std::ffi::CString::new(user.name) else { return false };
+    nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(primary))
+        .is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == gid))
+}
+
+async fn serve_connection(
+    stream: UnixStream,
+    access: &Access,
+    requests: mpsc::Sender<ControlRequest>,
+) -> std::io::Result<()> {
+    if let Some(why) = refusal(&stream, access.group.as_ref()) {
+        tracing::info!(reason = %why, "control connection refused");
+        let (_, mut w) = stream.into_split();
+        return send(&mut w, &Response::Error { message: format!("refused: {why}") }).await;
+    }
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     // One request line, bounded so a stray client cannot make us buffer without limit.
-    BufReader::new(r).take(64 * 1024).read_line(&mut line).await?;
-    let response = match serde_json::from_str::<Request>(&line) {
+    let mut reader = BufReader::new(r).take(64 * 1024);
+    let read = reader.read_line(&mut line);
+    let response = match tokio::time::timeout(access.request_timeout, read).await {
+        Err(_) => {
+            let message = format!("no request within {} ms: closing", access.request_timeout.as_millis());
+            return send(&mut w, &Response::Error { message }).await;
+        }
+        Ok(read) => {
+            read?;
+            answer(&line, requests).await
+        }
+    };
+    send(&mut w, &response).await
+}
+
+async fn answer(line: &str, requests: mpsc::Sender<ControlRequest>) -> Response {
+    match serde_json::from_str::<Request>(line) {
         Ok(request) => {
             let (reply, rx) = oneshot::channel();
             if requests.send(ControlRequest { request, reply }).await.is_err() {
@@ -333,8 +467,12 @@ async fn answer(stream: UnixStream, requests: mpsc::Sender<ControlRequest>) -> s
             }
         }
         Err(err) => Response::Error { message: format!("bad request: {err}") },
-    };
-    let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
+    }
+}
+
+/// One JSON line, then the end of the connection.
+async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, response: &Response) -> std::io::Result<()> {
+    let mut out = serde_json::to_vec(response).map_err(std::io::Error::other)?;
     out.push(b'\n');
     w.write_all(&out).await?;
     w.shutdown().await
@@ -350,10 +488,15 @@ pub async fn request(path: &Path, request: &Request) -> Result<Response, Control
     let (r, mut w) = stream.into_split();
     let mut line = serde_json::to_vec(request).map_err(|e| bad(e.into()))?;
     line.push(b'\n');
-    w.write_all(&line).await.map_err(|e| bad(e.into()))?;
+    // A daemon that refuses us answers without reading, and may have closed before we wrote: its
+    // answer says why, the broken pipe would not.
+    let written = w.write_all(&line).await;
     let mut answer = String::new();
     BufReader::new(r).read_line(&mut answer).await.map_err(|e| bad(e.into()))?;
-    serde_json::from_str(&answer).map_err(|e| bad(e.into()))
+    match serde_json::from_str(&answer) {
+        Ok(response) => Ok(response),
+        Err(e) => Err(bad(written.err().map_or_else(|| e.into(), Into::into))),
+    }
 }
 
 /// The human form of a status: what a person checks first, in that order.

@@ -8,6 +8,10 @@
 //! come from rustls's *ring* crypto provider. This module only moves the
 //! 32 bytes in and out of their fixed DER wrappers (PKCS#8 v1 for the
 //! seed, SubjectPublicKeyInfo for the public key, RFC 8410).
+//!
+//! The seed, the base64 text it was read from and the PKCS#8 wrapper handed to rustls are wiped
+//! when dropped ([`zeroize`]), so a key does not linger in freed memory after its last use. The
+//! copy that *ring* expands it into is outside our reach.
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,6 +20,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use zeroize::Zeroizing;
 
 /// Length in bytes of an Ed25519 seed and of an Ed25519 public key.
 pub const KEY_LEN: usize = 32;
@@ -61,7 +66,7 @@ impl PublicKey {
 
     /// Parses standard base64 (with padding); surrounding whitespace is ignored.
     pub fn from_base64(s: &str) -> Result<Self, KeyError> {
-        decode_32(s).map(Self)
+        decode_32(s).map(|key| Self(*key))
     }
 
     /// Standard base64 with padding (44 characters).
@@ -110,20 +115,25 @@ impl FromStr for PublicKey {
 /// public half.
 #[derive(Clone)]
 pub struct PrivateKey {
-    seed: [u8; KEY_LEN],
+    seed: Zeroizing<[u8; KEY_LEN]>,
     public: PublicKey,
 }
 
 impl PrivateKey {
     /// A fresh key from the operating system's random generator.
     pub fn generate() -> Result<Self, KeyError> {
-        let mut seed = [0u8; KEY_LEN];
-        provider().secure_random.fill(&mut seed).map_err(|_| KeyError::Random)?;
-        Self::from_seed(seed)
+        let mut seed = Zeroizing::new([0u8; KEY_LEN]);
+        provider().secure_random.fill(seed.as_mut()).map_err(|_| KeyError::Random)?;
+        Self::from_secret(seed)
     }
 
-    /// Uses 32 bytes as the Ed25519 seed. Every 32-byte string is a valid seed.
+    /// Uses 32 bytes as the Ed25519 seed. Every 32-byte string is a valid seed. The caller's copy
+    /// is its own to wipe.
     pub fn from_seed(seed: [u8; KEY_LEN]) -> Result<Self, KeyError> {
+        Self::from_secret(Zeroizing::new(seed))
+    }
+
+    fn from_secret(seed: Zeroizing<[u8; KEY_LEN]>) -> Result<Self, KeyError> {
         let signing_key = load_signing_key(&seed)?;
         let spki = signing_key.public_key().ok_or_else(|| KeyError::Rejected("no public key available".into()))?;
         let public = PublicKey::from_spki_der(spki.as_ref())
@@ -133,12 +143,12 @@ impl PrivateKey {
 
     /// Parses standard base64 (with padding); surrounding whitespace is ignored.
     pub fn from_base64(s: &str) -> Result<Self, KeyError> {
-        Self::from_seed(decode_32(s)?)
+        Self::from_secret(decode_32(s)?)
     }
 
     /// Standard base64 with padding (44 characters). This is the secret.
-    pub fn to_base64(&self) -> String {
-        STANDARD.encode(self.seed)
+    pub fn to_base64(&self) -> Zeroizing<String> {
+        Zeroizing::new(STANDARD.encode(self.seed.as_ref()))
     }
 
     /// The matching public key.
@@ -173,6 +183,8 @@ pub(crate) fn provider() -> CryptoProvider {
 }
 
 fn load_signing_key(seed: &[u8; KEY_LEN]) -> Result<std::sync::Arc<dyn rustls::sign::SigningKey>, KeyError> {
+    // Sized exactly, so that no reallocation leaves a copy of the seed behind; rustls wipes this
+    // buffer once ring has read it (its ring key provider holds the DER in a `Zeroizing`).
     let mut pkcs8 = Vec::with_capacity(ED25519_PKCS8_V1_PREFIX.len() + KEY_LEN);
     pkcs8.extend_from_slice(&ED25519_PKCS8_V1_PREFIX);
     pkcs8.extend_from_slice(seed);
@@ -180,9 +192,14 @@ fn load_signing_key(seed: &[u8; KEY_LEN]) -> Result<std::sync::Arc<dyn rustls::s
     provider().key_provider.load_private_key(der).map_err(|e| KeyError::Rejected(e.to_string()))
 }
 
-fn decode_32(s: &str) -> Result<[u8; KEY_LEN], KeyError> {
-    let bytes = STANDARD.decode(s.trim()).map_err(|_| KeyError::InvalidBase64)?;
-    <[u8; KEY_LEN]>::try_from(bytes.as_slice()).map_err(|_| KeyError::WrongLength(bytes.len()))
+fn decode_32(s: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyError> {
+    let bytes = Zeroizing::new(STANDARD.decode(s.trim()).map_err(|_| KeyError::InvalidBase64)?);
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    if bytes.len() != KEY_LEN {
+        return Err(KeyError::WrongLength(bytes.len()));
+    }
+    key.copy_from_slice(&bytes);
+    Ok(key)
 }
 
 #[cfg(test)]
@@ -228,7 +245,7 @@ mod tests {
     #[test]
     fn from_str_trims() {
         let key = PrivateKey::generate().unwrap();
-        let text = format!("  {}\n", key.to_base64());
+        let text = format!("  {}\n", key.to_base64().as_str());
         let parsed: PrivateKey = text.parse().unwrap();
         assert_eq!(parsed.public_key(), key.public_key());
         let public: PublicKey = format!("{}\r\n", key.public_key()).parse().unwrap();

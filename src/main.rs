@@ -82,7 +82,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Genkey => match PrivateKey::generate() {
             Ok(key) => {
-                println!("{}", key.to_base64());
+                warn_if_stdout_is_shared();
+                println!("{}", key.to_base64().as_str());
                 ExitCode::SUCCESS
             }
             Err(err) => fail(EXIT_FAILURE, &err),
@@ -114,6 +115,24 @@ fn main() -> ExitCode {
         Command::Switch { uplink, json, socket } => switch(uplink, json, socket),
         Command::Pin { uplink, socket } => simple(&socket, Request::Pin { uplink: Some(uplink) }),
         Command::Unpin { socket } => simple(&socket, Request::Pin { uplink: None }),
+    }
+}
+
+/// `roamtun genkey > FILE` with a permissive umask leaves the secret readable by others; say so, as
+/// `wg genkey` does, before the daemon refuses the file.
+fn warn_if_stdout_is_shared() {
+    use std::os::fd::AsFd as _;
+    let Ok(stat) = nix::sys::stat::fstat(std::io::stdout().as_fd()) else { return };
+    let is_file = stat.st_mode & libc::S_IFMT == libc::S_IFREG;
+    if is_file && stat.st_mode & 0o077 != 0 {
+        let name = std::fs::read_link("/proc/self/fd/1").map(|p| p.display().to_string());
+        let name = name.unwrap_or_else(|_| "FILE".into());
+        let who = if stat.st_mode & 0o007 != 0 { "world" } else { "group" };
+        eprintln!("Warning: writing to {who} accessible file.");
+        eprintln!(
+            "Consider setting the umask to 077 and trying again (umask 077; roamtun genkey > {name}), or run \
+             chmod 600 {name}: the daemons refuse a key file that other users can read."
+        );
     }
 }
 

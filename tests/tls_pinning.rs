@@ -164,7 +164,7 @@ fn key_base64_round_trip() {
     assert_eq!(public.to_string(), public_text);
     assert_eq!(format!("{public:?}"), public_text);
     assert_eq!(format!("{public_text}\n").parse::<PublicKey>().unwrap(), public);
-    assert_eq!(format!(" {text}\n").parse::<PrivateKey>().unwrap().to_base64(), text);
+    assert_eq!(format!(" {}\n", text.as_str()).parse::<PrivateKey>().unwrap().to_base64(), text);
 }
 
 #[test]
@@ -201,7 +201,7 @@ fn bad_keys_give_clear_errors() {
 fn private_key_debug_hides_the_secret() {
     let key = PrivateKey::generate().unwrap();
     let debug = format!("{key:?}");
-    assert!(!debug.contains(&key.to_base64()), "{debug}");
+    assert!(!debug.contains(key.to_base64().as_str()), "{debug}");
     assert!(debug.contains(&key.public_key().to_base64()), "{debug}");
 }
 

@@ -161,7 +161,8 @@ ${CLIENT_EXTRA:-}
 address = $addr
 public_key = "$sp"
 EOF
-    chmod 644 "$WORK"/*.toml
+    # They hold the private keys inline: the daemons refuse a config file other users can read.
+    chmod 600 "$WORK/server.toml" "$WORK/client.toml"
 }
 
 status_json() { "$ROAMTUN" status --json --socket "$1"; }

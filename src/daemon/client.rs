@@ -30,7 +30,7 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
-    let tls_config = tls::client_config(&config.private_key, config.server.public_key)?;
+    let tls_config = tls::client_config(config.private_key(), config.server.public_key)?;
     // Watch the uplinks before anything else, so the first path already knows which ones are usable.
     let uplinks = match roamtun_netlink::watch_uplinks().await {
         Ok((rx, _task)) => Some(rx),
@@ -71,6 +71,7 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
         source,
         Some(hooks),
         &config.control_socket,
+        crate::control::Access::new(config.control_group.clone()),
         |engine, room| async {
             Dialer { config: &config, connector, engine, room, shared, uplinks, clock }.run(dial_rx).await
         },

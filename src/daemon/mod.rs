@@ -185,6 +185,7 @@ pub async fn serve<F, Fut>(
     source: StatusSource,
     client: Option<ClientHooks>,
     control_socket: &std::path::Path,
+    control_access: crate::control::Access,
     role_task: F,
 ) -> anyhow::Result<()>
 where
@@ -199,7 +200,7 @@ where
     let engine_task = tokio::spawn(shell.run(uplinks, engine_rx, room.clone()));
     let result = async {
         let (ctl_tx, ctl_rx) = mpsc::channel(16);
-        let control_task = crate::control::serve(control_socket, ctl_tx).await?;
+        let control_task = crate::control::serve(control_socket, control_access, ctl_tx).await?;
         forward_control(ctl_rx, engine_tx.clone());
         tokio::select! {
             _ = role_task(engine_tx.clone(), room) => {}

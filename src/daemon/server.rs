@@ -25,7 +25,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let keys = config.peers.iter().map(|p| p.public_key).collect();
-    let acceptor = TlsAcceptor::from(tls::server_config(&config.private_key, keys)?);
+    let acceptor = TlsAcceptor::from(tls::server_config(config.private_key(), keys)?);
     let mut listeners = Vec::new();
     for addr in &config.listen {
         listeners.push(TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?);
@@ -52,7 +52,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     };
     let config = Arc::new(config);
     let transition = transition_config(&config.tuning);
-    super::serve(tun, engine, transition, clock, source, None, &config.control_socket, |engine, room| {
+    let access = crate::control::Access::new(config.control_group.clone());
+    super::serve(tun, engine, transition, clock, source, None, &config.control_socket, access, |engine, room| {
         accept_loop(listeners, acceptor, config.clone(), engine, room, shared, clock)
     })
     .await

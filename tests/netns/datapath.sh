@@ -176,6 +176,7 @@ name = "roamx"
 
 $(sed -n '/^\[server\]/,$p' "$WORK/client.toml")
 EOF
+    chmod 600 "$WORK/rogue.toml"
     spawn "$WORK/rogue.log" "$NS_C" "$ROAMTUN" client -c "$WORK/rogue.toml"
     local rogue=$LAST_PID
     wait_for 10 "the server to log the refusal" grep -q "unknown client public key $rpub" "$WORK/server.log" || return 1
@@ -199,7 +200,11 @@ test_malformed_config_exits_2_with_line() {
 
 test_no_privilege_says_so() {
     local out rc
-    out=$(setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all "$ROAMTUN" client -c "$WORK/client.toml" 2>&1)
+    # Its own copy of the config: one with a private key must be private to the user who reads it.
+    cp "$WORK/client.toml" "$WORK/nobody.toml"
+    chown 65534:65534 "$WORK/nobody.toml"
+    chmod 600 "$WORK/nobody.toml"
+    out=$(setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all "$ROAMTUN" client -c "$WORK/nobody.toml" 2>&1)
     rc=$?
     [ $rc -ne 0 ] || fail "started without privileges"
     echo "$out" | grep -q "CAP_NET_ADMIN" || fail "message does not say what is missing: $out"
