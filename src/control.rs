@@ -16,10 +16,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::config::ControlGroup;
 use roamtun_proto::relay::core::SwitchReport;
 use roamtun_proto::relay::engine as proto;
 use roamtun_proto::transition::SwitchKind;
-use crate::config::ControlGroup;
 
 /// A client must send its request this soon after connecting, so that idle connections do not
 /// pile up.
