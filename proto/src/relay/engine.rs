@@ -763,17 +763,6 @@ impl Engine {
         }
     }
 
-    /// Queues a frame of the session layer (CLOSE, PING) to a session: a PING goes urgent (its
-    /// round trip should not include our queue), anything else behind what is queued.
-    pub fn queue_frame(&mut self, sid: SessionId, frame: &Frame<'_>) -> Result<(), SessionError> {
-        let out = &mut self.sessions.get_mut(&sid).ok_or(SessionError::NoSuchSession(sid))?.out;
-        match frame {
-            Frame::Ping { .. } => out.push_urgent(frame),
-            _ => out.push_last(frame),
-        }
-        Ok(())
-    }
-
     /// For every stream of a session: its id and the bytes received from the peer in order. After a
     /// path is lost, the peer resends each stream from this offset ([`Engine::resume_session`]).
     pub fn received_offsets(&self, sid: SessionId) -> Vec<(u32, u64)> {
@@ -873,10 +862,6 @@ impl Engine {
 
     pub fn session_counters(&self, sid: SessionId) -> Option<SessionCounters> {
         self.sessions.get(&sid).map(|s| s.counters.clone())
-    }
-
-    pub fn session_ids(&self) -> Vec<SessionId> {
-        self.sessions.keys().copied().collect()
     }
 
     pub fn session_status(&self) -> Vec<SessionStatus> {
