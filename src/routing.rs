@@ -200,8 +200,34 @@ pub struct Reconciler {
 
 impl Reconciler {
     /// Opens a netlink socket (in the calling thread's namespace) for the `configured` uplinks.
+    /// Rules and routes in our tables that a daemon killed before it could remove them left behind
+    /// are removed first: they would steer the uplinks' addresses by stale gateways.
     pub async fn new(config: RoutingConfig, configured: Vec<String>) -> Result<Self, NetlinkError> {
-        Ok(Reconciler { netlink: Netlink::connect().await?, installed: Installed::new(), configured, config })
+        let reconciler =
+            Reconciler { netlink: Netlink::connect().await?, installed: Installed::new(), configured, config };
+        reconciler.clear_leftovers().await?;
+        Ok(reconciler)
+    }
+
+    async fn clear_leftovers(&self) -> Result<(), NetlinkError> {
+        let tables = self.tables();
+        let mut removed = 0;
+        for rule in self.netlink.rules().await? {
+            if tables.contains(&rule.table) && rule.priority == self.config.rule_priority {
+                self.netlink.del_rule(&rule).await?;
+                removed += 1;
+            }
+        }
+        for table in tables {
+            for route in self.netlink.table_routes(table).await? {
+                self.netlink.del_route(&route).await?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "per-uplink routing: removed the rules and routes a previous daemon left behind");
+        }
+        Ok(())
     }
 
     /// Brings the kernel in line with the plan for `snapshot`. Every change is tried; the ones the

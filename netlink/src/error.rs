@@ -121,6 +121,12 @@ pub enum NetlinkError {
         source: rtnetlink::Error,
     },
 
+    #[error("failed to list policy rules")]
+    DumpRules {
+        #[source]
+        source: rtnetlink::Error,
+    },
+
     /// Rejected before reaching the kernel: the prefix is longer than the
     /// address (more than 32 bits for IPv4, 128 for IPv6).
     #[error("invalid prefix {addr}/{prefix_len}: at most {max} bits for this address family")]
@@ -164,7 +170,8 @@ impl NetlinkError {
             | Self::DelRule { source, .. }
             | Self::DumpLinks { source }
             | Self::DumpAddresses { source }
-            | Self::DumpRoutes { source } => Some(source),
+            | Self::DumpRoutes { source }
+            | Self::DumpRules { source } => Some(source),
             Self::NoRuntime
             | Self::Connect { .. }
             | Self::Subscribe { .. }

@@ -132,6 +132,26 @@ pub(crate) fn parse_route(message: &RouteMessage) -> Option<Route> {
     })
 }
 
+/// A `from PREFIX lookup TABLE priority N` rule as [`Rule`]; other rules (no source, other actions)
+/// are not ours and are left out.
+pub(crate) fn parse_rule(message: &RuleMessage) -> Option<Rule> {
+    if message.header.action != RuleAction::ToTable {
+        return None;
+    }
+    let mut table = u32::from(message.header.table);
+    let mut priority = 0;
+    let mut from = None;
+    for attribute in &message.attributes {
+        match attribute {
+            RuleAttribute::Table(t) => table = *t,
+            RuleAttribute::Priority(p) => priority = *p,
+            RuleAttribute::Source(a) => from = Some(*a),
+            _ => {}
+        }
+    }
+    Some(Rule { from: from?, from_prefix_len: message.header.src_len, table, priority })
+}
+
 /// Output interface and table, which do not depend on the address family.
 fn with_common<T>(builder: RouteMessageBuilder<T>, route: &Route) -> RouteMessageBuilder<T> {
     let builder = builder.output_interface(route.oif);

@@ -7,7 +7,7 @@ use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use tokio::task::JoinHandle;
 
 use crate::error::{kernel_errno, NetlinkError};
-use crate::message::{address_message, check_prefix_len, parse_route, route_message, rule_message, skip_dad};
+use crate::message::{address_message, check_prefix_len, parse_route, parse_rule, route_message, rule_message, skip_dad};
 use crate::types::{Route, Rule};
 
 /// A `NETLINK_ROUTE` socket bound to one network namespace.
@@ -160,6 +160,18 @@ impl Netlink {
         *request.message_mut() = message;
         let result = request.execute().await;
         ignore_errnos(result, &[libc::EEXIST]).map_err(|source| NetlinkError::AddRule { rule: rule.clone(), source })
+    }
+
+    /// Every `from PREFIX lookup TABLE` rule of both families, as [`Rule`]s.
+    pub async fn rules(&self) -> Result<Vec<Rule>, NetlinkError> {
+        let mut rules = Vec::new();
+        for version in [rtnetlink::IpVersion::V4, rtnetlink::IpVersion::V6] {
+            let mut dump = self.handle.rule().get(version).execute();
+            while let Some(message) = dump.try_next().await.map_err(|source| NetlinkError::DumpRules { source })? {
+                rules.extend(parse_rule(&message));
+            }
+        }
+        Ok(rules)
     }
 
     /// Deletes a rule added by [`Netlink::add_rule`]. An absent rule is

@@ -8,6 +8,7 @@
 
 pub mod client;
 mod client_side;
+mod crash;
 pub mod memory;
 mod relay_socket;
 pub mod server;
@@ -197,21 +198,36 @@ where
     let (engine_tx, engine_rx) = mpsc::channel(128);
     let room = Arc::new(Notify::new());
     let (shell, uplinks) = shell::Shell::new(engine, tun.clone(), clock, transition, source, client);
-    let engine_task = tokio::spawn(shell.run(uplinks, engine_rx, room.clone()));
+    crash::install_hook();
+    let mut engine_task = tokio::spawn(shell.run(uplinks, engine_rx, room.clone()));
     let result = async {
         let (ctl_tx, ctl_rx) = mpsc::channel(16);
-        let control_task = crate::control::serve(control_socket, control_access, ctl_tx).await?;
+        let mut control_task = crate::control::serve(control_socket, control_access, ctl_tx).await?;
         forward_control(ctl_rx, engine_tx.clone());
-        tokio::select! {
-            _ = role_task(engine_tx.clone(), room) => {}
-            _ = shutdown_signal() => {}
-        }
+        // Only a signal ends the daemon well; any task that ends or panics before one leaves it
+        // unable to do its work, so it stops, cleans up and exits non-zero (see crash.rs).
+        let outcome = tokio::select! {
+            _ = shutdown_signal() => Ok(()),
+            _ = role_task(engine_tx.clone(), room) => Err(anyhow::anyhow!("the accepting or dialing task ended unexpectedly")),
+            what = crash::panicked() => Err(anyhow::anyhow!("a task panicked: {what}")),
+            end = &mut engine_task => Err(match end {
+                Err(err) if err.is_panic() => anyhow::anyhow!("the engine task panicked: {}", crash::first_panic()),
+                _ => anyhow::anyhow!("the engine task ended unexpectedly (its TUN or its queue failed)"),
+            }),
+            _ = &mut control_task => Err(anyhow::anyhow!("the control socket task ended unexpectedly")),
+        };
         control_task.abort();
-        anyhow::Ok(())
+        outcome
     }
     .await;
-    let _ = engine_tx.send(EngineMsg::Shutdown).await;
-    let _ = engine_task.await;
+    if let Err(err) = &result {
+        tracing::error!(error = %format!("{err:#}"), "stopping: removing the TUN's routes and addresses");
+    }
+    // A finished task's handle must not be polled again (the select above may have done it).
+    if !engine_task.is_finished() {
+        let _ = engine_tx.send(EngineMsg::Shutdown).await;
+        let _ = engine_task.await;
+    }
     tun.remove().await;
     let _ = std::fs::remove_file(control_socket);
     result

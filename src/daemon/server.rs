@@ -140,6 +140,9 @@ impl Accepted {
     /// Authenticates one connection and hands it to the engine task as a path; the engine task
     /// answers WELCOME with the session the path joined.
     async fn serve(&self, tcp: TcpStream, remote: SocketAddr) -> anyhow::Result<()> {
+        if super::crash::TestPanic::from_env() == Some(super::crash::TestPanic::Connection) {
+            panic!("ROAMTUN_TEST_PANIC=connection: the injected fault in a connection task");
+        }
         tcp.set_nodelay(true)?;
         let local = tcp.local_addr()?;
         let tcp = RelaySocket::new(tcp);

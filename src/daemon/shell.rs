@@ -43,6 +43,7 @@ pub(super) struct Shell {
     pub(super) source: StatusSource,
     io: BTreeMap<PathId, PathIo>,
     pub(super) client: Option<super::client_side::ClientSide>,
+    test_panic: Option<super::crash::TestPanic>,
 }
 
 impl Shell {
@@ -64,7 +65,8 @@ impl Shell {
             None => (None, None),
         };
         let core = RelayCore::new(engine, transition, seed);
-        (Shell { core, tun, clock, source, io: BTreeMap::new(), client }, watch)
+        let test_panic = super::crash::TestPanic::from_env();
+        (Shell { core, tun, clock, source, io: BTreeMap::new(), client, test_panic }, watch)
     }
 
     /// Runs until told to stop, every sender is dropped, or the TUN fails.
@@ -244,6 +246,9 @@ impl Shell {
             EngineMsg::DialFailed { error, standby: false } => self.core.switch_failed(error),
             EngineMsg::Control(ControlRequest { request, reply }) => match request {
                 Request::Status => {
+                    if self.test_panic == Some(super::crash::TestPanic::Engine) {
+                        panic!("ROAMTUN_TEST_PANIC=engine: the injected engine fault");
+                    }
                     let _ = reply.send(Response::Status(super::status::status(self)));
                 }
                 Request::Switch { uplink } => match self.client.as_mut() {
