@@ -239,6 +239,11 @@ pub struct Tuning {
     /// fastest measured on two cores: a second one moved the tasks between the cores and carried a
     /// third less (docs/benchmarks.md). A server with many clients may use more, for their TLS work.
     pub worker_threads: usize,
+    /// Server: connections between accept and authentication, all sources together; past it the
+    /// oldest of them is closed for the newcomer (see `roamtun_proto::admission`).
+    pub max_pending_handshakes: usize,
+    /// Server: the same from one IPv4 address or IPv6 /64; past it a new one is closed at once.
+    pub max_pending_handshakes_per_source: usize,
 }
 
 impl Default for Tuning {
@@ -255,6 +260,8 @@ impl Default for Tuning {
             standby_probe_interval_ms: 2000,
             switch_timeout_secs: 60,
             worker_threads: 1,
+            max_pending_handshakes: 1024,
+            max_pending_handshakes_per_source: 16,
         }
     }
 }
@@ -636,7 +643,7 @@ pub const MAX_WORKER_THREADS: usize = 64;
 
 /// Floors below which a budget or timeout makes the daemon useless (or spin).
 fn check_tuning(path: &Path, t: &Tuning) -> Result<(), ConfigError> {
-    let floors: [(&str, u64, u64); 11] = [
+    let floors: [(&str, u64, u64); 13] = [
         ("tuning.stream_window", t.stream_window, roamtun_proto::relay::stream::INITIAL_CREDIT),
         ("tuning.tcp_buffer", t.tcp_buffer as u64, 16 * 1024),
         ("tuning.session_out_budget", t.session_out_budget as u64, 128 * 1024),
@@ -649,6 +656,8 @@ fn check_tuning(path: &Path, t: &Tuning) -> Result<(), ConfigError> {
         ("tuning.standby_probe_interval_ms", t.standby_probe_interval_ms, 10),
         ("tuning.switch_timeout_secs", t.switch_timeout_secs, 1),
         ("tuning.worker_threads", t.worker_threads as u64, 1),
+        ("tuning.max_pending_handshakes", t.max_pending_handshakes as u64, 1),
+        ("tuning.max_pending_handshakes_per_source", t.max_pending_handshakes_per_source as u64, 1),
     ];
     for (key, value, floor) in floors {
         if value < floor {

@@ -88,6 +88,15 @@ pub struct Status {
     pub tun_counters: TunCounters,
     /// Server: TLS handshakes refused (unknown key, bad hello).
     pub handshakes_refused: u64,
+    /// Server: connections closed at accept, their source past `max_pending_handshakes_per_source`.
+    #[serde(default)]
+    pub connections_over_limit: u64,
+    /// Server: connections in their handshake closed for a newer one (`max_pending_handshakes`).
+    #[serde(default)]
+    pub handshakes_evicted: u64,
+    /// Server: connections in their handshake now.
+    #[serde(default)]
+    pub handshakes_pending: u64,
     /// Client: its uplinks (the configured ones, in order of preference).
     #[serde(default)]
     pub uplinks: Vec<UplinkStatus>,
@@ -509,7 +518,14 @@ pub fn render(status: &Status) -> String {
     let _ = writeln!(s, "  flows:        {} TCP, {} UDP", status.tcp_flows, status.udp_flows);
     let _ = writeln!(s, "  traffic:      {} sent, {} received", bytes(status.bytes_sent), bytes(status.bytes_received));
     if status.role == "server" {
-        let _ = writeln!(s, "  refused:      {} handshakes", status.handshakes_refused);
+        let _ = writeln!(
+            s,
+            "  handshakes:   {} in progress, {} refused; {} connections over their source's limit, {} evicted",
+            status.handshakes_pending,
+            status.handshakes_refused,
+            status.connections_over_limit,
+            status.handshakes_evicted
+        );
     }
     for u in &status.uplinks {
         let addrs: Vec<String> = u.addresses.iter().map(ToString::to_string).collect();

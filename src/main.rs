@@ -174,6 +174,12 @@ fn runtime(workers: usize) -> tokio::runtime::Runtime {
 
 fn run_daemon(workers: usize, fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     roamtun::daemon::memory::tune_malloc();
+    // Every path and every connection in its handshake holds a descriptor; the soft limit (often
+    // 1024) would make accept fail long before memory or the handshake bounds do.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
+        Err(err) => tracing::warn!(%err, "cannot raise the file descriptor limit"),
+    }
     match runtime(workers).block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -7,7 +7,9 @@ use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use tokio::task::JoinHandle;
 
 use crate::error::{kernel_errno, NetlinkError};
-use crate::message::{address_message, check_prefix_len, parse_route, parse_rule, route_message, rule_message, skip_dad};
+use crate::message::{
+    address_message, check_prefix_len, parse_route, parse_rule, route_message, rule_message, skip_dad,
+};
 use crate::types::{Route, Rule};
 
 /// A `NETLINK_ROUTE` socket bound to one network namespace.

@@ -233,6 +233,7 @@ impl Dialer<'_> {
             HandshakeError::Io(io) => anyhow::anyhow!("the server ended the connection during the handshake ({io}); is this client's public key in its [[peer]] list?"),
             other => anyhow::Error::new(other),
         })?;
+        stream.get_mut().0.grow_read_buffer();
         let Handshake::Welcome { version, session_id } = hs else {
             anyhow::bail!("the server answered HELLO with something other than WELCOME");
         };

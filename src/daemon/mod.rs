@@ -116,6 +116,13 @@ pub struct StatusSource {
 #[derive(Default)]
 pub struct SharedCounters {
     pub handshakes_refused: AtomicU64,
+    /// Server: connections closed at accept because their source was at its bound
+    /// ([`roamtun_proto::admission`]).
+    pub connections_over_limit: AtomicU64,
+    /// Server: connections between accept and authentication now.
+    pub handshakes_pending: AtomicU64,
+    /// Server: connections in their handshake closed to make room for a newer one.
+    pub handshakes_evicted: AtomicU64,
     pub connects: AtomicU64,
     pub last_error: std::sync::Mutex<Option<String>>,
     next_path: AtomicU64,

@@ -9,11 +9,14 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, BufReader, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Bytes read from the relay socket per `recv`.
+/// Bytes read from the relay socket per `recv` once the peer is authenticated.
 const READ_BUFFER: usize = 256 * 1024;
+/// The read buffer before that: enough for a ClientHello and HELLO, so that a connection from a
+/// stranger costs little memory (a flood of them must not grow the server).
+const HANDSHAKE_READ_BUFFER: usize = 4 * 1024;
 
 /// The relay socket's minimum retransmission timeout (`TCP_RTO_MIN_US`, Linux 6.15), against the
 /// kernel's 200 ms. A lost segment that nothing after it reveals (the last of a burst, a keystroke)
@@ -34,7 +37,8 @@ const TCP_RTO_MIN_US: libc::c_int = 45;
 ///
 /// It is read through a buffer: rustls reads the socket 4 KiB at a time (and shrinks its buffer
 /// whenever it is empty), so a 64 KiB frame would cost 16 or more `recv` calls; from a user-space
-/// buffer those reads are plain copies, and the socket is read once per [`READ_BUFFER`] bytes.
+/// buffer those reads are plain copies, and the socket is read once per [`READ_BUFFER`] bytes. The
+/// buffer is that big only after [`RelaySocket::grow_read_buffer`], once the peer is authenticated.
 ///
 /// While [`UnsentBound`] bounds the socket's unsent bytes, every write ends with `MSG_EOR`. The bound
 /// (`TCP_NOTSENT_LOWAT`) is checked by the kernel only when a write needs a new buffer (skb); until
@@ -44,7 +48,11 @@ const TCP_RTO_MIN_US: libc::c_int = 45;
 ///
 /// Its minimum retransmission timeout is [`RTO_MIN`].
 pub struct RelaySocket {
-    inner: BufReader<TcpStream>,
+    inner: TcpStream,
+    /// Bytes read from the socket; `read_buf[pos..filled]` are not yet handed to rustls.
+    read_buf: Vec<u8>,
+    pos: usize,
+    filled: usize,
     eor: Arc<AtomicBool>,
     rto_min: Duration,
 }
@@ -61,20 +69,30 @@ impl RelaySocket {
                 LINUX_RTO_MIN
             });
         RelaySocket {
-            inner: BufReader::with_capacity(READ_BUFFER, tcp),
+            inner: tcp,
+            read_buf: vec![0; HANDSHAKE_READ_BUFFER],
+            pos: 0,
+            filled: 0,
             eor: Arc::new(AtomicBool::new(false)),
             rto_min,
         }
     }
 
+    /// Gives the socket its full read buffer: the peer is authenticated and its path will carry bulk.
+    pub fn grow_read_buffer(&mut self) {
+        if self.read_buf.len() < READ_BUFFER {
+            self.read_buf.resize(READ_BUFFER, 0);
+        }
+    }
+
     /// The path reader's handle on the socket, which the TLS stream owns.
     pub fn handle(&self) -> SocketHandle {
-        SocketHandle { fd: self.inner.get_ref().as_raw_fd(), rto_min: self.rto_min, eor: self.eor.clone(), lowat: 0 }
+        SocketHandle { fd: self.inner.as_raw_fd(), rto_min: self.rto_min, eor: self.eor.clone(), lowat: 0 }
     }
 
     /// Writes `bufs` with `MSG_EOR`, waiting for the socket to be writable.
     fn poll_send_eor(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        let tcp = self.inner.get_ref();
+        let tcp = &self.inner;
         loop {
             ready!(tcp.poll_write_ready(cx))?;
             match tcp.try_io(Interest::WRITABLE, || send_eor(tcp.as_raw_fd(), bufs)) {
@@ -104,7 +122,21 @@ fn send_eor(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
 
 impl AsyncRead for RelaySocket {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        if this.pos == this.filled {
+            // Nothing buffered: a read as large as our buffer goes straight to the caller.
+            if buf.remaining() >= this.read_buf.len() {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            let mut fill = ReadBuf::new(&mut this.read_buf);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut fill))?;
+            this.filled = fill.filled().len();
+            this.pos = 0;
+        }
+        let n = buf.remaining().min(this.filled - this.pos);
+        buf.put_slice(&this.read_buf[this.pos..this.pos + n]);
+        this.pos += n;
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -85,6 +85,9 @@ pub(super) fn status(shell: &Shell) -> Status {
         peers,
         tun_counters: engine.tun_counters().into(),
         handshakes_refused: source.shared.handshakes_refused.load(Relaxed),
+        connections_over_limit: source.shared.connections_over_limit.load(Relaxed),
+        handshakes_pending: source.shared.handshakes_pending.load(Relaxed),
+        handshakes_evicted: source.shared.handshakes_evicted.load(Relaxed),
         uplinks: shell.client.as_ref().map(|c| uplink_status(shell, c)).unwrap_or_default(),
     }
 }

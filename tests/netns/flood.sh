@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# A stranger floods the server with connections that never send a byte (tests/netns/flood.py), from
+# 128 addresses of a third namespace (and more from one of them), while a client moves verified data (the apps of
+# tests/netns/transition.sh) and loses its uplink, and a second peer connects from the stranger's
+# own network:
+#
+#   ns client: roamtun client, wlan0 + wwan0           ns server: roamtun server 198.18.0.1:7700
+#   ns stranger: atk0 198.18.9.2 (a second peer, roamtun client) and 198.18.9.10-138 (the flood)
+#                <== veth ==> fl0 198.18.9.1 (server)
+#
+# What a server operator checks: the client's session resumes on its other uplink and every byte
+# arrives, the second peer gets its session, the flood is refused and counted (status), the server's
+# memory stays bounded and its log is not flooded.
+#
+# The file ends with "flood: N passed, N failed". Run as root.
+set -u
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=../../scripts/lib/netns.sh
+. "$ROOT/scripts/lib/netns.sh"
+trap netns_cleanup EXIT
+SERVER_ADDR=198.18.0.1
+NS_A="rt-a-$$"
+EXTRA_NS=("$NS_A")
+# shellcheck source=../../scripts/lib/roaming.sh
+. "$ROOT/scripts/lib/roaming.sh"
+SIZE=$((64 << 20))
+FLOOD_SECS=${FLOOD_SECS:-20}
+
+a() { ip netns exec "$NS_A" "$@"; }
+
+stranger_network() {
+    ip netns add "$NS_A"
+    a ip link set lo up
+    ip link add atk0 netns "$NS_A" type veth peer name fl0 netns "$NS_S"
+    s ip addr add 198.18.9.1/24 dev fl0
+    s ip link set fl0 up
+    a ip addr add 198.18.9.2/24 dev atk0
+    local i
+    for i in $(seq 10 138); do a ip addr add "198.18.9.$i/24" dev atk0; done
+    a ip link set atk0 up
+    a ip route add 198.18.0.1/32 via 198.18.9.1
+}
+
+# A second [[peer]] for the server and its client config ($WORK/phone.toml), run in the stranger's
+# namespace.
+second_peer() {
+    local key pub server_pub
+    key=$("$ROAMTUN" genkey)
+    pub=$(echo "$key" | "$ROAMTUN" pubkey)
+    server_pub=$(sed -n 's/^public_key = "\(.*\)"$/\1/p' "$WORK/client.toml")
+    cat >>"$WORK/server.toml" <<EOF
+
+[[peer]]
+name = "phone"
+public_key = "$pub"
+virtual_ips = ["100.64.0.3"]
+EOF
+    cat >"$WORK/phone.toml" <<EOF
+private_key = "$key"
+virtual_ips = ["100.64.0.3"]
+routes = ["100.64.0.1/32"]
+control_socket = "$WORK/phone.sock"
+
+[server]
+address = "198.18.0.1:7700"
+public_key = "$server_pub"
+EOF
+    chmod 600 "$WORK/phone.toml"
+}
+
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+server_get() { json_get "$WORK/server.sock" "$1"; }
+evicting() { [ "$(server_get 's["handshakes_evicted"]')" -gt 0 ]; }
+phone_connected() {
+    status_json "$WORK/phone.sock" | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["peers"][0]["connected"] else 1)'
+}
+no_pending() { [ "$(server_get 's["handshakes_pending"]')" -eq 0 ]; }
+elapsed_ms() { python3 -c "import time; print(int((time.time() - $1) * 1000))"; }
+
+test_flood_while_a_client_roams_and_another_connects() {
+    netns_topology
+    netns_second_uplink
+    stranger_network
+    CLIENT_EXTRA='uplinks = ["wlan0", "wwan0"]' netns_configs
+    second_peer
+    netns_start_daemons || fail "the daemons did not start"
+    local idle
+    idle=$(rss_kib "$SERVER_PID")
+    start_workload $((8 << 20))
+    progress 8
+    # 128 sources, 600 new connections a second, up to 4000 held: past the overall bound (1024, so
+    # the oldest are evicted); and one source with 200: past its own bound (16).
+    spawn "$WORK/flood.out" "$NS_A" python3 "$ROOT/tests/netns/flood.py" 198.18.0.1 7700 \
+        --sources 198.18.9.10 --count 128 --hold 4000 --rate 600 --duration "$FLOOD_SECS" --stats "$WORK/flood.json"
+    local flood_pid=$LAST_PID
+    spawn "$WORK/flood.out" "$NS_A" python3 "$ROOT/tests/netns/flood.py" 198.18.0.1 7700 \
+        --sources 198.18.9.138 --count 1 --hold 200 --rate 100 --duration "$FLOOD_SECS" --stats "$WORK/narrow.json"
+    local narrow_pid=$LAST_PID
+    wait_for 15 "the server's handshake table to fill (evictions)" evicting || fail "the flood never filled the handshake table"
+    echo "flood:       pending $(server_get 's["handshakes_pending"]'), evicted $(server_get 's["handshakes_evicted"]'), over the source limit $(server_get 's["connections_over_limit"]')"
+
+    # The client loses its uplink in the middle of the flood.
+    EPOCH0=$(epoch)
+    local t0
+    t0=$(date +%s.%N)
+    c ip link set wlan0 down
+    wait_resumed || fail "the session did not resume during the flood"
+    echo "resumed:     on wwan0 $(elapsed_ms "$t0") ms after wlan0 went down"
+
+    # A peer that was not connected before gets its session.
+    t0=$(date +%s.%N)
+    spawn "$WORK/phone.log" "$NS_A" env ROAMTUN_LOG=info "$ROAMTUN" client -c "$WORK/phone.toml"
+    wait_for 20 "the second peer to connect" phone_connected || fail "the second peer did not connect during the flood"
+    echo "connected:   second peer in $(elapsed_ms "$t0") ms"
+
+    local during
+    during=$(rss_kib "$SERVER_PID")
+    finish_workload
+    wait "$flood_pid" || fail "the flooder failed: $(cat "$WORK/flood.out")"
+    wait "$narrow_pid" || fail "the one-source flooder failed: $(cat "$WORK/flood.out")"
+    echo "stranger:    128 sources $(cat "$WORK/flood.json"), one source $(cat "$WORK/narrow.json")"
+    echo "memory:      server RSS idle $idle KiB, during the flood $during KiB"
+    [ "$during" -le $((idle + 65536)) ] || fail "the server grew by $(((during - idle) / 1024)) MiB during the flood"
+    [ "$(server_get 's["connections_over_limit"]')" -gt 0 ] || fail "no connection was refused at its source's limit"
+    wait_for 10 "the flood's connections to be gone" no_pending || fail "connections stay pending after the flood"
+    # At most 5 lines per kind and 10 s window, and one summary per window.
+    local lines windows
+    lines=$(grep -c "connection refused before its handshake\|client refused\|were not logged" "$WORK/server.log")
+    windows=$((FLOOD_SECS / 10 + 2))
+    echo "log:         $lines lines about refusals"
+    [ "$lines" -le $((windows * 2 * 6)) ] || fail "the server logged $lines lines about the flood"
+    return 0
+}
+
+for t in $(declare -F | awk '{print $3}' | grep '^test_'); do
+    run "$t"
+done
+echo "flood: $PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]
