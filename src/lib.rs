@@ -11,4 +11,5 @@ pub mod control;
 pub mod daemon;
 pub mod keys;
 pub mod routing;
+pub mod service;
 pub mod tls;

@@ -21,7 +21,8 @@ struct Cli {
 enum Command {
     /// Run the client daemon (CNAPT) in the foreground.
     Client {
-        #[arg(short, long, value_name = "FILE")]
+        /// The configuration (docs/config.md); the service roamtun-client@NAME uses /etc/roamtun/NAME.toml.
+        #[arg(short, long, value_name = "FILE", default_value = "/etc/roamtun/client.toml")]
         config: PathBuf,
         /// Only check the configuration file and exit.
         #[arg(long)]
@@ -29,7 +30,8 @@ enum Command {
     },
     /// Run the server daemon (SNAPT) in the foreground.
     Server {
-        #[arg(short, long, value_name = "FILE")]
+        /// The configuration (docs/config.md); the service roamtun-server@NAME uses /etc/roamtun/NAME.toml.
+        #[arg(short, long, value_name = "FILE", default_value = "/etc/roamtun/server.toml")]
         config: PathBuf,
         /// Only check the configuration file and exit.
         #[arg(long)]
@@ -139,6 +141,13 @@ fn warn_if_stdout_is_shared() {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ROAMTUN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Under systemd: to journald, each tracing field a journal field (src/service.rs).
+    if let Some(journal) = roamtun::service::journal_layer() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        tracing_subscriber::registry().with(filter).with(journal).init();
+        return;
+    }
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -196,16 +196,20 @@ where
     // past that the readers stop and TCP slows the peers down.
     let (engine_tx, engine_rx) = mpsc::channel(128);
     let room = Arc::new(Notify::new());
+    let tun_name = source.tun.clone();
     let (shell, uplinks) = shell::Shell::new(engine, tun.clone(), clock, transition, source, client);
     let engine_task = tokio::spawn(shell.run(uplinks, engine_rx, room.clone()));
     let result = async {
         let (ctl_tx, ctl_rx) = mpsc::channel(16);
         let control_task = crate::control::serve(control_socket, control_access, ctl_tx).await?;
         forward_control(ctl_rx, engine_tx.clone());
+        // Everything that can fail at start is done: the TUN, the listeners, the control socket.
+        crate::service::ready(&format!("serving on {tun_name}, control socket {}", control_socket.display()));
         tokio::select! {
             _ = role_task(engine_tx.clone(), room) => {}
             _ = shutdown_signal() => {}
         }
+        crate::service::stopping("stopping: resetting the apps' connections, removing routes");
         control_task.abort();
         anyhow::Ok(())
     }

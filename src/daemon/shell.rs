@@ -43,6 +43,8 @@ pub(super) struct Shell {
     pub(super) source: StatusSource,
     io: BTreeMap<PathId, PathIo>,
     pub(super) client: Option<super::client_side::ClientSide>,
+    /// Fed once per pass of the loop below, so systemd sees the loop itself make progress.
+    watchdog: Option<crate::service::Watchdog>,
 }
 
 impl Shell {
@@ -64,7 +66,8 @@ impl Shell {
             None => (None, None),
         };
         let core = RelayCore::new(engine, transition, seed);
-        (Shell { core, tun, clock, source, io: BTreeMap::new(), client }, watch)
+        let watchdog = crate::service::Watchdog::from_env(clock.now());
+        (Shell { core, tun, clock, source, io: BTreeMap::new(), client, watchdog }, watch)
     }
 
     /// Runs until told to stop, every sender is dropped, or the TUN fails.
@@ -91,6 +94,9 @@ impl Shell {
             }
             if let Some(at) = self.client.as_ref().and_then(|c| c.links.poll_timeout()) {
                 wait = wait.min(self.clock.until(at));
+            }
+            if let Some(dog) = &self.watchdog {
+                wait = wait.min(self.clock.until(dog.deadline()));
             }
             let uplinks_changed = async {
                 match watch.as_mut() {
@@ -170,7 +176,13 @@ impl Shell {
                 super::memory::release_freed_memory();
                 trim_again = (now_live < sessions).then(|| now + TRIM_AGAIN_AFTER);
             }
+            if now_live != sessions {
+                crate::service::status(&format!("serving: {now_live} session(s)"));
+            }
             sessions = now_live;
+            if let Some(dog) = self.watchdog.as_mut() {
+                dog.feed(now);
+            }
         }
         self.core.shutdown(self.clock.now());
         self.flush();
