@@ -4,7 +4,7 @@ use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 use roamtun::config::{ClientConfig, ConfigError, ServerConfig};
 use roamtun::control::{self, Request, Response};
@@ -72,6 +72,16 @@ enum Command {
     Genkey,
     /// Read a private key on stdin and print its public key.
     Pubkey,
+    /// Print the shell completion script for SHELL, e.g.
+    /// `roamtun completion bash > /etc/bash_completion.d/roamtun`.
+    #[command(alias = "completions")]
+    Completion { shell: clap_complete::Shell },
+    /// Print the manual page roamtun(1) in roff, or write it and one page per subcommand
+    /// (roamtun-client(1), …) into a directory: `roamtun man --dir /usr/local/share/man/man1`.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Exit codes: 0 done, 1 runtime failure, 2 bad configuration or usage.
@@ -115,6 +125,23 @@ fn main() -> ExitCode {
         },
         Command::Status { json, socket } => status(json, socket),
         Command::Switch { uplink, json, socket } => switch(uplink, json, socket),
+        Command::Completion { shell } => {
+            // Into a buffer first: the generator panics on a write error (e.g. `| head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "roamtun", &mut script);
+            print_bytes(&script)
+        }
+        Command::Man { dir } => {
+            let mut page = Vec::new();
+            let written = match &dir {
+                Some(dir) => clap_mangen::generate_to(Cli::command(), dir),
+                None => clap_mangen::Man::new(Cli::command()).render(&mut page),
+            };
+            match written {
+                Ok(()) => print_bytes(&page),
+                Err(err) => fail(EXIT_FAILURE, &err),
+            }
+        }
         Command::Pin { uplink, socket } => simple(&socket, Request::Pin { uplink: Some(uplink) }),
         Command::Unpin { socket } => simple(&socket, Request::Pin { uplink: None }),
     }
@@ -154,6 +181,16 @@ fn init_logging() {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Writes generated text to stdout; a reader that went away (`| head`) is not an error worth a panic.
+fn print_bytes(bytes: &[u8]) -> ExitCode {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(bytes) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(err) => fail(EXIT_FAILURE, &err),
+    }
 }
 
 fn fail(code: u8, err: &dyn std::error::Error) -> ExitCode {
