@@ -24,7 +24,7 @@ enum Command {
         /// The configuration (docs/config.md); the service roamtun-client@NAME uses /etc/roamtun/NAME.toml.
         #[arg(short, long, value_name = "FILE", default_value = "/etc/roamtun/client.toml")]
         config: PathBuf,
-        /// Only check the configuration file and exit.
+        /// Only check the configuration file: print what it says, warn of likely mistakes, and exit.
         #[arg(long)]
         check: bool,
     },
@@ -33,7 +33,7 @@ enum Command {
         /// The configuration (docs/config.md); the service roamtun-server@NAME uses /etc/roamtun/NAME.toml.
         #[arg(short, long, value_name = "FILE", default_value = "/etc/roamtun/server.toml")]
         config: PathBuf,
-        /// Only check the configuration file and exit.
+        /// Only check the configuration file: print what it says, warn of likely mistakes, and exit.
         #[arg(long)]
         check: bool,
     },
@@ -115,12 +115,12 @@ fn main() -> ExitCode {
         }
         Command::Client { config, check } => match ClientConfig::load(&config) {
             Err(err) => config_error(&err),
-            Ok(_) if check => ExitCode::SUCCESS,
+            Ok(cfg) if check => checked(&config, &roamtun::check::client(&cfg, roamtun::check::link_exists)),
             Ok(cfg) => run_daemon(cfg.tuning.worker_threads, roamtun::daemon::client::run(cfg)),
         },
         Command::Server { config, check } => match ServerConfig::load(&config) {
             Err(err) => config_error(&err),
-            Ok(_) if check => ExitCode::SUCCESS,
+            Ok(cfg) if check => checked(&config, &roamtun::check::server(&cfg)),
             Ok(cfg) => run_daemon(cfg.tuning.worker_threads, roamtun::daemon::server::run(cfg)),
         },
         Command::Status { json, socket } => status(json, socket),
@@ -203,6 +203,19 @@ fn fail(code: u8, err: &dyn std::error::Error) -> ExitCode {
     }
     eprintln!("roamtun: {msg}");
     ExitCode::from(code)
+}
+
+/// `--check` on a valid file: what it says on stdout, what is probably a mistake on stderr (exit 0:
+/// the daemon would start).
+fn checked(path: &std::path::Path, report: &roamtun::check::Report) -> ExitCode {
+    println!("{}: valid", path.display());
+    for fact in &report.facts {
+        println!("  {fact}");
+    }
+    for warning in &report.warnings {
+        eprintln!("roamtun: warning: {warning}");
+    }
+    ExitCode::SUCCESS
 }
 
 fn config_error(err: &ConfigError) -> ExitCode {
