@@ -16,7 +16,7 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-if ! command -v cargo >/dev/null 2>&1; then
-    echo "cargo is missing: install Rust (https://rustup.rs) or Debian's cargo package" >&2
-    exit 1
-fi
+# Debian's own rustc is older than the 1.91 roamtun needs: rustup it is (scripts/lib/cargo-env.sh).
+# shellcheck source=lib/cargo-env.sh
+. "$(dirname "$0")/lib/cargo-env.sh"
+find_cargo || exit 1

@@ -5,11 +5,14 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 if [ "$(id -u)" != 0 ]; then
-    echo "scripts/test.sh needs root: it creates network namespaces and TUN devices (sudo ./scripts/test.sh)" >&2
+    echo "scripts/test.sh needs root: it creates network namespaces and TUN devices (as root, or sudo ./scripts/test.sh)" >&2
     exit 1
 fi
 modprobe tun 2>/dev/null || true
 scripts/install-deps.sh || exit 1
+# shellcheck source=lib/cargo-env.sh
+. scripts/lib/cargo-env.sh
+find_cargo || exit 1
 
 step() { echo; echo "==> $*"; }
 failed=()

@@ -16,6 +16,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer};
 use zeroize::Zeroizing;
 
+use crate::config_shape::{line_of, Step};
 use crate::keys::{PrivateKey, PublicKey};
 
 /// What a malformed `private_key` is told, whatever was wrong with it: the value itself is never
@@ -619,6 +620,24 @@ fn invalid(path: &Path, message: String) -> ConfigError {
     ConfigError::Invalid { path: path.into(), message }
 }
 
+/// [`invalid`] for a rule that spans keys, pointing at the line of the key at `key` in `text`.
+fn invalid_at(path: &Path, text: &str, key: &[Step], message: String) -> ConfigError {
+    match line_of(text, key) {
+        Some(line) => invalid(path, format!("line {line}: {message}")),
+        None => invalid(path, message),
+    }
+}
+
+/// A parse error, or the plainer message `mistake` finds for tables written the wrong way (when it
+/// explains this error, not another one earlier in the file).
+fn or_mistake(path: &Path, text: &str, err: ConfigError, mistake: fn(&str, &str) -> Option<String>) -> ConfigError {
+    let ConfigError::Parse { message: said, .. } = &err else { return err };
+    match mistake(text, said) {
+        Some(message) => ConfigError::Parse { path: path.into(), message },
+        None => err,
+    }
+}
+
 fn check_tun(path: &Path, tun: &mut TunConfig, default_name: &str) -> Result<(), ConfigError> {
     if tun.name.is_empty() {
         tun.name = default_name.into();
@@ -714,24 +733,39 @@ impl ClientConfig {
     }
 
     fn parse(path: &Path, text: &str, mode: Option<u32>) -> Result<Self, ConfigError> {
-        let mut c: ClientConfig = parse(path, text)?;
+        let mut c: ClientConfig =
+            parse(path, text).map_err(|e| or_mistake(path, text, e, crate::config_shape::client_mistake))?;
         resolve_key(path, mode, &mut c.private_key, &mut c.private_key_file)?;
         check_tun(path, &mut c.tun, "roam0")?;
         check_tuning(path, &c.tuning)?;
         let names = c.uplink_names();
-        if let Some(name) = names.iter().find(|n| n.is_empty() || n.len() > 15 || n.contains('/')) {
-            return Err(invalid(path, format!("uplinks: {name:?} is not a Linux interface name")));
-        }
-        if let Some(dup) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)).map(|(_, n)| n) {
-            return Err(invalid(path, format!("uplinks: {dup:?} is named twice")));
-        }
-        if names.contains(&c.tun.name) {
-            // The relay would try to carry itself through its own tunnel.
-            return Err(invalid(path, format!("uplinks: {:?} is this client's own TUN, not an uplink", c.tun.name)));
-        }
-        if let Some(u) = c.uplinks.iter().find(|u| u.kind.as_deref().is_some_and(|k| !UPLINK_KINDS.contains(&k))) {
-            return Err(invalid(
+        let uplink = |i: usize| [Step::Key("uplinks"), Step::Index(i)];
+        if let Some(i) = names.iter().position(|n| n.is_empty() || n.len() > 15 || n.contains('/')) {
+            return Err(invalid_at(
                 path,
+                text,
+                &uplink(i),
+                format!("uplinks: {:?} is not a Linux interface name", names[i]),
+            ));
+        }
+        if let Some(i) = names.iter().enumerate().position(|(i, n)| names[..i].contains(n)) {
+            return Err(invalid_at(path, text, &uplink(i), format!("uplinks: {:?} is named twice", names[i])));
+        }
+        if let Some(i) = names.iter().position(|n| *n == c.tun.name) {
+            // The relay would try to carry itself through its own tunnel.
+            return Err(invalid_at(
+                path,
+                text,
+                &uplink(i),
+                format!("uplinks: {:?} is this client's own TUN, not an uplink", c.tun.name),
+            ));
+        }
+        if let Some(i) = c.uplinks.iter().position(|u| u.kind.as_deref().is_some_and(|k| !UPLINK_KINDS.contains(&k))) {
+            let u = &c.uplinks[i];
+            return Err(invalid_at(
+                path,
+                text,
+                &uplink(i),
                 format!(
                     "uplinks: kind {:?} of {:?} is not one of {UPLINK_KINDS:?}",
                     u.kind.as_deref().unwrap_or(""),
@@ -739,24 +773,46 @@ impl ClientConfig {
                 ),
             ));
         }
-        if let Some(u) = c.uplinks.iter().find(|u| u.cost_per_gib.is_nan() || u.cost_per_gib < 0.0) {
-            return Err(invalid(path, format!("uplinks: cost_per_gib of {:?} must be 0 or more", u.name)));
+        if let Some(i) = c.uplinks.iter().position(|u| u.cost_per_gib.is_nan() || u.cost_per_gib < 0.0) {
+            let name = &c.uplinks[i].name;
+            return Err(invalid_at(
+                path,
+                text,
+                &uplink(i),
+                format!("uplinks: cost_per_gib of {name:?} must be 0 or more"),
+            ));
         }
-        if let Some(u) = c.uplinks.iter().find(|u| u.cap_gib.is_some_and(|g| g.is_nan() || g <= 0.0)) {
-            return Err(invalid(path, format!("uplinks: cap_gib of {:?} must be more than 0", u.name)));
+        if let Some(i) = c.uplinks.iter().position(|u| u.cap_gib.is_some_and(|g| g.is_nan() || g <= 0.0)) {
+            let name = &c.uplinks[i].name;
+            return Err(invalid_at(
+                path,
+                text,
+                &uplink(i),
+                format!("uplinks: cap_gib of {name:?} must be more than 0"),
+            ));
         }
+        let address = [Step::Key("server"), Step::Key("address")];
         if c.server.addresses.is_empty() {
-            return Err(invalid(path, "[server] address must name at least one address".into()));
+            return Err(invalid_at(path, text, &address, "[server] address must name at least one address".into()));
         }
-        if let Some(dup) = c.server.addresses.iter().enumerate().find(|(i, a)| c.server.addresses[..*i].contains(a)) {
-            return Err(invalid(path, format!("[server] address: {} is named twice", dup.1)));
+        if let Some(i) = c.server.addresses.iter().enumerate().position(|(i, a)| c.server.addresses[..i].contains(a)) {
+            let key = [address[0], address[1], Step::Index(i)];
+            return Err(invalid_at(
+                path,
+                text,
+                &key,
+                format!("[server] address: {} is named twice", c.server.addresses[i]),
+            ));
         }
         let unbound = c.uplinks.is_empty();
         for server in &c.server.addresses {
-            if let Some(p) = c.routes.iter().find(|p| unbound && prefix_contains(p, server.ip())) {
+            if let Some(i) = c.routes.iter().position(|p| unbound && prefix_contains(p, server.ip())) {
+                let p = &c.routes[i];
                 // The relay's own packets would enter the TUN they are meant to carry.
-                return Err(invalid(
+                return Err(invalid_at(
                     path,
+                    text,
+                    &[Step::Key("routes"), Step::Index(i)],
                     format!(
                         "the server address {} lies inside the routed prefix {p}: the relay connection would loop \
                          into the TUN. Name the uplinks (uplinks = [\"eth0\", …]): the relay is then bound to them \
@@ -768,10 +824,20 @@ impl ClientConfig {
         }
         check_routing(path, &c.routing, c.uplinks.len())?;
         if c.virtual_ips.is_empty() {
-            return Err(invalid(path, "virtual_ips must name at least one address".into()));
+            return Err(invalid_at(
+                path,
+                text,
+                &[Step::Key("virtual_ips")],
+                "virtual_ips must name at least one address".into(),
+            ));
         }
         if c.routes.is_empty() {
-            return Err(invalid(path, "routes must name at least one prefix to send through the tunnel".into()));
+            return Err(invalid_at(
+                path,
+                text,
+                &[Step::Key("routes")],
+                "routes must name at least one prefix to send through the tunnel".into(),
+            ));
         }
         Ok(c)
     }
@@ -796,15 +862,17 @@ impl ServerConfig {
     }
 
     fn parse(path: &Path, text: &str, mode: Option<u32>) -> Result<Self, ConfigError> {
-        let mut c: ServerConfig = parse(path, text)?;
+        let mut c: ServerConfig =
+            parse(path, text).map_err(|e| or_mistake(path, text, e, crate::config_shape::server_mistake))?;
         resolve_key(path, mode, &mut c.private_key, &mut c.private_key_file)?;
         check_tun(path, &mut c.tun, "roamsrv0")?;
         check_tuning(path, &c.tuning)?;
         if c.listen.is_empty() {
-            return Err(invalid(path, "listen must name at least one address".into()));
+            return Err(invalid_at(path, text, &[Step::Key("listen")], "listen must name at least one address".into()));
         }
-        if let Some(dup) = c.listen.iter().enumerate().find(|(i, a)| c.listen[..*i].contains(a)) {
-            return Err(invalid(path, format!("listen: {} is named twice", dup.1)));
+        if let Some(i) = c.listen.iter().enumerate().position(|(i, a)| c.listen[..i].contains(a)) {
+            let key = [Step::Key("listen"), Step::Index(i)];
+            return Err(invalid_at(path, text, &key, format!("listen: {} is named twice", c.listen[i])));
         }
         if c.peers.is_empty() {
             return Err(invalid(
@@ -817,25 +885,27 @@ impl ServerConfig {
         for ip in &c.virtual_ips {
             owners.insert(*ip, "the server itself (virtual_ips)");
         }
-        for peer in &c.peers {
+        for (n, peer) in c.peers.iter().enumerate() {
+            let at = |key: &'static str| [Step::Key("peer"), Step::Index(n), Step::Key(key)];
             if let Some(other) = keys.insert(peer.public_key, &peer.name) {
-                return Err(invalid(path, format!("peer {:?} has the same public key as peer {other:?}", peer.name)));
+                let message = format!("peer {:?} has the same public key as peer {other:?}", peer.name);
+                return Err(invalid_at(path, text, &at("public_key"), message));
             }
             if peer.virtual_ips.is_empty() {
-                return Err(invalid(path, format!("peer {:?} has no virtual_ips", peer.name)));
+                let message = format!("peer {:?} has no virtual_ips", peer.name);
+                return Err(invalid_at(path, text, &at("virtual_ips"), message));
             }
-            for ip in &peer.virtual_ips {
+            for (i, ip) in peer.virtual_ips.iter().enumerate() {
+                let [peer_key, index, ips] = at("virtual_ips");
+                let key = [peer_key, index, ips, Step::Index(i)];
                 if let Some(other) = owners.insert(*ip, &peer.name) {
-                    return Err(invalid(
-                        path,
-                        format!("virtual IP {ip} of peer {:?} is already given to {other}", peer.name),
-                    ));
+                    let message = format!("virtual IP {ip} of peer {:?} is already given to {other}", peer.name);
+                    return Err(invalid_at(path, text, &key, message));
                 }
                 if !c.client_prefixes.iter().any(|p| prefix_contains(p, *ip)) {
-                    return Err(invalid(
-                        path,
-                        format!("virtual IP {ip} of peer {:?} is outside every client_prefixes entry", peer.name),
-                    ));
+                    let message =
+                        format!("virtual IP {ip} of peer {:?} is outside every client_prefixes entry", peer.name);
+                    return Err(invalid_at(path, text, &key, message));
                 }
             }
         }

@@ -5,10 +5,13 @@
 //! client's virtual IP as source. Between them runs one authenticated, encrypted relay connection.
 //! docs/architecture.md draws the data path.
 
+pub mod check;
 pub mod clock;
 pub mod config;
+pub mod config_shape;
 pub mod control;
 pub mod daemon;
 pub mod keys;
 pub mod routing;
+pub mod service;
 pub mod tls;

@@ -4,7 +4,7 @@ use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 use roamtun::config::{ClientConfig, ConfigError, ServerConfig};
 use roamtun::control::{self, Request, Response};
@@ -21,17 +21,19 @@ struct Cli {
 enum Command {
     /// Run the client daemon (CNAPT) in the foreground.
     Client {
-        #[arg(short, long, value_name = "FILE")]
+        /// The configuration (docs/config.md); the service roamtun-client@NAME uses /etc/roamtun/NAME.toml.
+        #[arg(short, long, value_name = "FILE", default_value = "/etc/roamtun/client.toml")]
         config: PathBuf,
-        /// Only check the configuration file and exit.
+        /// Only check the configuration file: print what it says, warn of likely mistakes, and exit.
         #[arg(long)]
         check: bool,
     },
     /// Run the server daemon (SNAPT) in the foreground.
     Server {
-        #[arg(short, long, value_name = "FILE")]
+        /// The configuration (docs/config.md); the service roamtun-server@NAME uses /etc/roamtun/NAME.toml.
+        #[arg(short, long, value_name = "FILE", default_value = "/etc/roamtun/server.toml")]
         config: PathBuf,
-        /// Only check the configuration file and exit.
+        /// Only check the configuration file: print what it says, warn of likely mistakes, and exit.
         #[arg(long)]
         check: bool,
     },
@@ -70,6 +72,16 @@ enum Command {
     Genkey,
     /// Read a private key on stdin and print its public key.
     Pubkey,
+    /// Print the shell completion script for SHELL, e.g.
+    /// `roamtun completion bash > /etc/bash_completion.d/roamtun`.
+    #[command(alias = "completions")]
+    Completion { shell: clap_complete::Shell },
+    /// Print the manual page roamtun(1) in roff, or write it and one page per subcommand
+    /// (roamtun-client(1), …) into a directory: `roamtun man --dir /usr/local/share/man/man1`.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Exit codes: 0 done, 1 runtime failure, 2 bad configuration or usage.
@@ -103,16 +115,33 @@ fn main() -> ExitCode {
         }
         Command::Client { config, check } => match ClientConfig::load(&config) {
             Err(err) => config_error(&err),
-            Ok(_) if check => ExitCode::SUCCESS,
+            Ok(cfg) if check => checked(&config, &roamtun::check::client(&cfg, roamtun::check::link_exists)),
             Ok(cfg) => run_daemon(cfg.tuning.worker_threads, roamtun::daemon::client::run(cfg)),
         },
         Command::Server { config, check } => match ServerConfig::load(&config) {
             Err(err) => config_error(&err),
-            Ok(_) if check => ExitCode::SUCCESS,
+            Ok(cfg) if check => checked(&config, &roamtun::check::server(&cfg)),
             Ok(cfg) => run_daemon(cfg.tuning.worker_threads, roamtun::daemon::server::run(cfg)),
         },
         Command::Status { json, socket } => status(json, socket),
         Command::Switch { uplink, json, socket } => switch(uplink, json, socket),
+        Command::Completion { shell } => {
+            // Into a buffer first: the generator panics on a write error (e.g. `| head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "roamtun", &mut script);
+            print_bytes(&script)
+        }
+        Command::Man { dir } => {
+            let mut page = Vec::new();
+            let written = match &dir {
+                Some(dir) => clap_mangen::generate_to(Cli::command(), dir),
+                None => clap_mangen::Man::new(Cli::command()).render(&mut page),
+            };
+            match written {
+                Ok(()) => print_bytes(&page),
+                Err(err) => fail(EXIT_FAILURE, &err),
+            }
+        }
         Command::Pin { uplink, socket } => simple(&socket, Request::Pin { uplink: Some(uplink) }),
         Command::Unpin { socket } => simple(&socket, Request::Pin { uplink: None }),
     }
@@ -139,12 +168,29 @@ fn warn_if_stdout_is_shared() {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ROAMTUN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Under systemd: to journald, each tracing field a journal field (src/service.rs).
+    if let Some(journal) = roamtun::service::journal_layer() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        tracing_subscriber::registry().with(filter).with(journal).init();
+        return;
+    }
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Writes generated text to stdout; a reader that went away (`| head`) is not an error worth a panic.
+fn print_bytes(bytes: &[u8]) -> ExitCode {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(bytes) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(err) => fail(EXIT_FAILURE, &err),
+    }
 }
 
 fn fail(code: u8, err: &dyn std::error::Error) -> ExitCode {
@@ -157,6 +203,19 @@ fn fail(code: u8, err: &dyn std::error::Error) -> ExitCode {
     }
     eprintln!("roamtun: {msg}");
     ExitCode::from(code)
+}
+
+/// `--check` on a valid file: what it says on stdout, what is probably a mistake on stderr (exit 0:
+/// the daemon would start).
+fn checked(path: &std::path::Path, report: &roamtun::check::Report) -> ExitCode {
+    println!("{}: valid", path.display());
+    for fact in &report.facts {
+        println!("  {fact}");
+    }
+    for warning in &report.warnings {
+        eprintln!("roamtun: warning: {warning}");
+    }
+    ExitCode::SUCCESS
 }
 
 fn config_error(err: &ConfigError) -> ExitCode {

@@ -12,12 +12,15 @@ log() { echo "==> $*" >&2; }
 prepare() {
     local what=$1 deps=${2:-}
     if [ "$(id -u)" != 0 ]; then
-        echo "$what needs root for network namespaces and TUN devices: sudo $0" >&2
+        echo "$what needs root for network namespaces and TUN devices: run it as root, or sudo $0" >&2
         exit 1
     fi
     modprobe tun 2>/dev/null || true
     # shellcheck disable=SC2086 # deps is empty or one flag
     "$ROOT/scripts/install-deps.sh" $deps >&2 || exit 1
+    # shellcheck source=cargo-env.sh
+    . "$ROOT/scripts/lib/cargo-env.sh"
+    find_cargo || exit 1
     log "building roamtun (release)"
     cargo build --release --quiet || exit 1
     # Sourced here, its variables and functions are still global: it declares nothing local at the

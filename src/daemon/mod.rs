@@ -204,6 +204,7 @@ where
     // past that the readers stop and TCP slows the peers down.
     let (engine_tx, engine_rx) = mpsc::channel(128);
     let room = Arc::new(Notify::new());
+    let tun_name = source.tun.clone();
     let (shell, uplinks) = shell::Shell::new(engine, tun.clone(), clock, transition, source, client);
     crash::install_hook();
     let mut engine_task = tokio::spawn(shell.run(uplinks, engine_rx, room.clone()));
@@ -211,6 +212,8 @@ where
         let (ctl_tx, ctl_rx) = mpsc::channel(16);
         let mut control_task = crate::control::serve(control_socket, control_access, ctl_tx).await?;
         forward_control(ctl_rx, engine_tx.clone());
+        // Everything that can fail at start is done: the TUN, the listeners, the control socket.
+        crate::service::ready(&format!("serving on {tun_name}, control socket {}", control_socket.display()));
         // Only a signal ends the daemon well; any task that ends or panics before one leaves it
         // unable to do its work, so it stops, cleans up and exits non-zero (see crash.rs).
         let outcome = tokio::select! {
@@ -223,6 +226,7 @@ where
             }),
             _ = &mut control_task => Err(anyhow::anyhow!("the control socket task ended unexpectedly")),
         };
+        crate::service::stopping("stopping: resetting the apps' connections, removing routes");
         control_task.abort();
         outcome
     }

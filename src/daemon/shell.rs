@@ -44,6 +44,8 @@ pub(super) struct Shell {
     io: BTreeMap<PathId, PathIo>,
     pub(super) client: Option<super::client_side::ClientSide>,
     test_panic: Option<super::crash::TestPanic>,
+    /// Fed once per pass of the loop below, so systemd sees the loop itself make progress.
+    watchdog: Option<crate::service::Watchdog>,
 }
 
 impl Shell {
@@ -66,7 +68,8 @@ impl Shell {
         };
         let core = RelayCore::new(engine, transition, seed);
         let test_panic = super::crash::TestPanic::from_env();
-        (Shell { core, tun, clock, source, io: BTreeMap::new(), client, test_panic }, watch)
+        let watchdog = crate::service::Watchdog::from_env(clock.now());
+        (Shell { core, tun, clock, source, io: BTreeMap::new(), client, test_panic, watchdog }, watch)
     }
 
     /// Runs until told to stop, every sender is dropped, or the TUN fails.
@@ -93,6 +96,9 @@ impl Shell {
             }
             if let Some(at) = self.client.as_ref().and_then(|c| c.links.poll_timeout()) {
                 wait = wait.min(self.clock.until(at));
+            }
+            if let Some(dog) = &self.watchdog {
+                wait = wait.min(self.clock.until(dog.deadline()));
             }
             let uplinks_changed = async {
                 match watch.as_mut() {
@@ -172,7 +178,13 @@ impl Shell {
                 super::memory::release_freed_memory();
                 trim_again = (now_live < sessions).then(|| now + TRIM_AGAIN_AFTER);
             }
+            if now_live != sessions {
+                crate::service::status(&format!("serving: {now_live} session(s)"));
+            }
             sessions = now_live;
+            if let Some(dog) = self.watchdog.as_mut() {
+                dog.feed(now);
+            }
         }
         self.core.shutdown(self.clock.now());
         self.flush();

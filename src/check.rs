@@ -1,0 +1,307 @@
+//! `roamtun client|server --check`: what a valid configuration says, one fact a line, and the
+//! mistakes that parse and pass every rule but will not work as meant (warnings). The config module
+//! refuses what cannot work; this module says what is probably not what the user meant. Only the
+//! uplinks' existence is read from the host (through `if_nametoindex`, no shelling out).
+
+use std::net::IpAddr;
+
+use crate::config::{ClientConfig, Prefix, ServerConfig};
+use crate::keys::{PrivateKey, PublicKey};
+
+/// What `--check` prints: facts on stdout, warnings on stderr.
+#[derive(Debug, Default, PartialEq)]
+pub struct Report {
+    pub facts: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Whether this host has an interface `name` now.
+pub fn link_exists(name: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(name) else { return false };
+    // SAFETY: if_nametoindex reads the NUL-terminated string we own and keeps no pointer to it.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+}
+
+fn list<T: ToString>(items: &[T]) -> String {
+    if items.is_empty() {
+        return "none".into();
+    }
+    items.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+fn key_source(file: Option<&std::path::Path>) -> String {
+    file.map_or_else(|| "inline private_key".into(), |p| format!("private_key_file {}", p.display()))
+}
+
+/// Whether the private key is, byte for byte, the public key `public` (a public key pasted where the
+/// private one belongs: any 32 bytes are a valid Ed25519 seed, so only this comparison can tell).
+fn is_pasted(private: &PrivateKey, public: &PublicKey) -> bool {
+    private.to_base64().as_str() == public.to_base64()
+}
+
+/// Routes of a family the client has no virtual IP of: apps would have no source address for them.
+fn family_warnings(virtual_ips: &[IpAddr], routes: &[Prefix]) -> Vec<String> {
+    let has_v4 = virtual_ips.iter().any(IpAddr::is_ipv4);
+    let has_v6 = virtual_ips.iter().any(IpAddr::is_ipv6);
+    let mut out = Vec::new();
+    let v4: Vec<&Prefix> = routes.iter().filter(|p| p.addr.is_ipv4()).collect();
+    let v6: Vec<&Prefix> = routes.iter().filter(|p| p.addr.is_ipv6()).collect();
+    if !has_v4 && !v4.is_empty() {
+        out.push(format!(
+            "routes {} are IPv4 but virtual_ips has only IPv6 addresses: apps have no IPv4 source address for them \
+             (add an IPv4 virtual IP, as the server gives this peer)",
+            list(&v4)
+        ));
+    }
+    if !has_v6 && !v6.is_empty() {
+        out.push(format!(
+            "routes {} are IPv6 but virtual_ips has only IPv4 addresses: apps have no IPv6 source address for them \
+             (add an IPv6 virtual IP, as the server gives this peer)",
+            list(&v6)
+        ));
+    }
+    out
+}
+
+/// The client's facts and warnings; `link_exists` says whether an uplink is on this host.
+pub fn client(c: &ClientConfig, link_exists: impl Fn(&str) -> bool) -> Report {
+    let mut r = Report::default();
+    let own = c.private_key().public_key();
+    r.facts.push(format!(
+        "key: {}, public key {own} (give it to the server's [[peer]])",
+        key_source(c.private_key_file.as_deref())
+    ));
+    r.facts.push(format!("server: {}, public key {}", list(&c.server.addresses), c.server.public_key));
+    r.facts.push(format!("tun: {} (mtu {}), virtual IPs {}", c.tun.name, c.tun.mtu, list(&c.virtual_ips)));
+    r.facts.push(format!("routes into the tunnel: {}", list(&c.routes)));
+    if c.uplinks.is_empty() {
+        r.facts.push("uplinks: none named (the kernel's routing chooses the relay's interface)".into());
+    }
+    for u in &c.uplinks {
+        let mut notes = vec![u.kind.clone().unwrap_or_else(|| crate::config::uplink_kind(&u.name).to_string())];
+        if u.metered {
+            notes.push("metered".into());
+        }
+        if u.cost_per_gib > 0.0 {
+            notes.push(format!("cost {} per GiB", u.cost_per_gib));
+        }
+        if let Some(cap) = u.cap_gib {
+            notes.push(format!("cap {cap} GiB"));
+        }
+        let present = link_exists(&u.name);
+        notes.push(if present { "present".into() } else { "not on this host now".into() });
+        r.facts.push(format!("uplink {}: {}", u.name, notes.join(", ")));
+        if !present {
+            r.warnings.push(format!(
+                "uplink {:?} does not exist on this host (see `ip link`): the client waits for it to appear; check the \
+                 name if it is a typo",
+                u.name
+            ));
+        }
+    }
+    if c.routing.per_uplink_tables {
+        r.facts.push(format!(
+            "per-uplink routing: tables from {}, rules at priority {}",
+            c.routing.table_base, c.routing.rule_priority
+        ));
+    }
+    r.facts.push(control_fact(&c.control_socket, c.control_group.as_ref()));
+    r.warnings.extend(family_warnings(&c.virtual_ips, &c.routes));
+    if is_pasted(c.private_key(), &c.server.public_key) {
+        r.warnings.push(
+            "private_key is the server's public key, pasted in the wrong place: the client's private_key is its own \
+             (roamtun genkey), the server's public key goes in [server] public_key"
+                .into(),
+        );
+    } else if own == c.server.public_key {
+        r.warnings.push(
+            "the client's key is the server's own key ([server] public_key is this private key's public key): each \
+             side needs its own key (roamtun genkey)"
+                .into(),
+        );
+    }
+    r
+}
+
+/// The server's facts and warnings.
+pub fn server(c: &ServerConfig) -> Report {
+    let mut r = Report::default();
+    let own = c.private_key().public_key();
+    r.facts.push(format!(
+        "key: {}, public key {own} (give it to the clients' [server])",
+        key_source(c.private_key_file.as_deref())
+    ));
+    r.facts.push(format!("listen: {}", list(&c.listen)));
+    r.facts.push(format!("tun: {} (mtu {}), virtual IPs {}", c.tun.name, c.tun.mtu, list(&c.virtual_ips)));
+    r.facts.push(format!("client prefixes: {}", list(&c.client_prefixes)));
+    r.facts.push(format!("exit mode: {}", if c.exit { "on (IP forwarding enabled while running)" } else { "off" }));
+    for p in &c.peers {
+        r.facts.push(format!("peer {:?}: public key {}, virtual IPs {}", p.name, p.public_key, list(&p.virtual_ips)));
+    }
+    r.facts.push(control_fact(&c.control_socket, c.control_group.as_ref()));
+    for (i, p) in c.peers.iter().enumerate() {
+        if c.peers[..i].iter().any(|q| q.name == p.name) {
+            r.warnings.push(format!(
+                "two peers are named {:?}: `roamtun status` and the logs cannot tell them apart; give each its own name",
+                p.name
+            ));
+        }
+        if is_pasted(c.private_key(), &p.public_key) {
+            r.warnings.push(format!(
+                "private_key is peer {:?}'s public key, pasted in the wrong place: the server's private_key is its own \
+                 (roamtun genkey)",
+                p.name
+            ));
+        } else if p.public_key == own {
+            r.warnings.push(format!(
+                "peer {:?} has the server's own public key: the client needs a key of its own (roamtun genkey on the \
+                 client, roamtun pubkey for this [[peer]])",
+                p.name
+            ));
+        }
+    }
+    r
+}
+
+fn control_fact(socket: &std::path::Path, group: Option<&crate::config::ControlGroup>) -> String {
+    match group {
+        Some(g) => format!("control socket: {} (root and group {})", socket.display(), g.name),
+        None => format!("control socket: {} (root only)", socket.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn key() -> PrivateKey {
+        PrivateKey::generate().unwrap()
+    }
+
+    fn client_toml(private: &str, server_pub: &PublicKey, extra: &str) -> String {
+        format!(
+            "private_key = \"{private}\"\nvirtual_ips = [\"100.64.0.2\"]\nroutes = [\"100.64.0.0/10\"]\n{extra}\n\
+             [server]\naddress = \"198.18.1.1:7700\"\npublic_key = \"{server_pub}\"\n"
+        )
+    }
+
+    fn load_client(text: &str) -> ClientConfig {
+        ClientConfig::from_toml(Path::new("c.toml"), text).unwrap()
+    }
+
+    fn server_toml(private: &str, peers: &[(&str, PublicKey, &str)]) -> String {
+        let mut text = format!(
+            "private_key = \"{private}\"\nlisten = \"198.18.1.1:7700\"\nvirtual_ips = [\"100.64.0.1\"]\n\
+             client_prefixes = [\"100.64.0.0/10\"]\n"
+        );
+        for (name, pk, ip) in peers {
+            text.push_str(&format!("[[peer]]\nname = \"{name}\"\npublic_key = \"{pk}\"\nvirtual_ips = [\"{ip}\"]\n"));
+        }
+        text
+    }
+
+    #[test]
+    fn a_clean_client_config_lists_what_was_checked_and_warns_of_nothing() {
+        let own = key();
+        let server = key().public_key();
+        let c = load_client(&client_toml(own.to_base64().as_str(), &server, "uplinks = [\"eth0\"]"));
+        let r = client(&c, |_| true);
+        assert_eq!(r.warnings, Vec::<String>::new());
+        assert_eq!(
+            r.facts,
+            vec![
+                format!("key: inline private_key, public key {} (give it to the server's [[peer]])", own.public_key()),
+                format!("server: 198.18.1.1:7700, public key {server}"),
+                "tun: roam0 (mtu 65535), virtual IPs 100.64.0.2".to_string(),
+                "routes into the tunnel: 100.64.0.0/10".to_string(),
+                format!("uplink eth0: {}, present", crate::config::uplink_kind("eth0")),
+                "control socket: /run/roamtun/client.sock (root only)".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_uplink_that_is_not_on_this_host_is_named() {
+        let c = load_client(&client_toml(
+            key().to_base64().as_str(),
+            &key().public_key(),
+            "uplinks = [\"lo\", \"wwan-typo0\"]",
+        ));
+        // The real lookup: lo exists on every host, this name on none.
+        let r = client(&c, link_exists);
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(r.warnings[0].starts_with("uplink \"wwan-typo0\" does not exist on this host"), "{:?}", r.warnings);
+        assert!(r.facts.iter().any(|f| f.starts_with("uplink lo: ") && f.ends_with(", present")), "{:?}", r.facts);
+        assert!(r.facts.iter().any(|f| f == "uplink wwan-typo0: ethernet, not on this host now"), "{:?}", r.facts);
+    }
+
+    #[test]
+    fn routes_of_a_family_without_a_virtual_ip_are_named() {
+        let text = client_toml(key().to_base64().as_str(), &key().public_key(), "")
+            .replace("virtual_ips = [\"100.64.0.2\"]", "virtual_ips = [\"fd00:64::2\"]")
+            .replace("routes = [\"100.64.0.0/10\"]", "routes = [\"100.64.0.0/10\", \"fd00:64::/64\"]");
+        let r = client(&load_client(&text), |_| true);
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(r.warnings[0].starts_with("routes 100.64.0.0/10 are IPv4 but virtual_ips has only IPv6 addresses"));
+        let text = client_toml(key().to_base64().as_str(), &key().public_key(), "")
+            .replace("routes = [\"100.64.0.0/10\"]", "routes = [\"100.64.0.0/10\", \"fd00:64::/64\"]");
+        let r = client(&load_client(&text), |_| true);
+        assert!(r.warnings[0].starts_with("routes fd00:64::/64 are IPv6 but virtual_ips has only IPv4 addresses"));
+        // Both families present: nothing to say.
+        let text = text.replace("virtual_ips = [\"100.64.0.2\"]", "virtual_ips = [\"100.64.0.2\", \"fd00:64::2\"]");
+        assert_eq!(client(&load_client(&text), |_| true).warnings, Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_servers_key_on_the_client_is_named() {
+        let server = key();
+        let c = load_client(&client_toml(server.to_base64().as_str(), &server.public_key(), ""));
+        let r = client(&c, |_| true);
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(r.warnings[0].starts_with("the client's key is the server's own key"), "{:?}", r.warnings);
+    }
+
+    #[test]
+    fn a_public_key_pasted_as_private_key_is_named() {
+        let server_pub = key().public_key();
+        // The server's public key where the client's private key belongs: it parses as a key.
+        let c = load_client(&client_toml(&server_pub.to_base64(), &server_pub, ""));
+        let r = client(&c, |_| true);
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(r.warnings[0].starts_with("private_key is the server's public key, pasted in the wrong place"));
+        let laptop = key().public_key();
+        let s = ServerConfig::from_toml(
+            Path::new("s.toml"),
+            &server_toml(&laptop.to_base64(), &[("laptop", laptop, "100.64.0.2")]),
+        )
+        .unwrap();
+        let r = server(&s);
+        assert_eq!(
+            r.warnings,
+            vec![
+            "private_key is peer \"laptop\"'s public key, pasted in the wrong place: the server's private_key is its \
+             own (roamtun genkey)"
+                .to_string()
+        ]
+        );
+    }
+
+    #[test]
+    fn two_peers_with_one_name_and_a_peer_with_the_servers_key_are_named() {
+        let own = key();
+        let text = server_toml(
+            own.to_base64().as_str(),
+            &[("laptop", key().public_key(), "100.64.0.2"), ("laptop", key().public_key(), "100.64.0.3")],
+        );
+        let r = server(&ServerConfig::from_toml(Path::new("s.toml"), &text).unwrap());
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(r.warnings[0].starts_with("two peers are named \"laptop\""), "{:?}", r.warnings);
+        assert!(r.facts.iter().filter(|f| f.starts_with("peer \"laptop\": public key")).count() == 2, "{:?}", r.facts);
+        assert!(r.facts.contains(&"listen: 198.18.1.1:7700".to_string()), "{:?}", r.facts);
+        let text = server_toml(own.to_base64().as_str(), &[("phone", own.public_key(), "100.64.0.2")]);
+        let r = server(&ServerConfig::from_toml(Path::new("s.toml"), &text).unwrap());
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(r.warnings[0].starts_with("peer \"phone\" has the server's own public key"), "{:?}", r.warnings);
+    }
+}
