@@ -51,6 +51,8 @@ pub mod close_code {
     pub const SHUTDOWN: u16 = 4;
     /// The server cannot start the session (e.g. its virtual IPs are taken).
     pub const SESSION: u16 = 5;
+    /// The session has `max_paths_per_session` paths already: this one is not taken.
+    pub const PATH_LIMIT: u16 = 6;
 }
 
 /// Who a session talks to, for status and logs.
@@ -249,6 +251,10 @@ struct SessionState {
     since: Instant,
     stale_frames: u64,
     control_malformed: u64,
+    /// Server: paths of this session refused because it had `max_paths` already.
+    paths_refused_limit: u64,
+    /// Paths dropped because the peer did not read what was queued for it.
+    paths_lost_not_reading: u64,
 }
 
 struct PathState {
@@ -307,6 +313,10 @@ pub struct SessionView<'a> {
     pub switching: bool,
     pub stale_frames: u64,
     pub control_malformed: u64,
+    /// Server: paths refused because the session had `max_paths_per_session` already.
+    pub paths_refused_limit: u64,
+    /// Paths dropped because the peer did not read what was queued for it.
+    pub paths_lost_not_reading: u64,
     /// Finished switches, oldest first.
     pub switches: &'a VecDeque<SwitchReport>,
     pub since: Instant,
@@ -330,12 +340,16 @@ pub struct RelayCore {
     /// Client: the uplinks best first, as the decision task ranks them: a lost session resumes on
     /// the best standby path.
     preference: Vec<String>,
+    /// Server: the most paths one session may have at once (`EngineConfig::max_paths_per_session`,
+    /// at least 2 so that a switch, old path and new, always fits).
+    max_paths: usize,
 }
 
 impl RelayCore {
     /// `first_session`: server session ids count up from here; pick it so that ids differ across
     /// restarts (a client must never resume a stranger's session).
     pub fn new(engine: Engine, transition: TransitionConfig, first_session: u64) -> Self {
+        let max_paths = engine.config().max_paths_per_session.max(2);
         RelayCore {
             engine,
             transition,
@@ -347,6 +361,7 @@ impl RelayCore {
             abandoned: BTreeSet::new(),
             switch_wanted: None,
             preference: Vec::new(),
+            max_paths,
         }
     }
 
@@ -389,6 +404,17 @@ impl RelayCore {
             .map(|(id, _)| *id);
         let sid = match existing {
             Some(sid) => {
+                let open = self.paths.values().filter(|p| p.session == sid).count();
+                if open >= self.max_paths {
+                    tracing::warn!(peer = %peer.name, session = sid.0, ?path, paths = open, "refusing a path: the session has max_paths_per_session paths");
+                    if let Some(state) = self.sessions.get_mut(&sid) {
+                        state.paths_refused_limit += 1;
+                    }
+                    let reason = format!("the session has {open} paths already (max_paths_per_session)");
+                    let close = encode(&Frame::Close { code: close_code::PATH_LIMIT, reason: &reason });
+                    self.actions.push_back(Action::ClosePath { path, last: vec![close] });
+                    return;
+                }
                 tracing::info!(peer = %peer.name, session = sid.0, ?path, remote = ?info.remote, "client opened a new path");
                 sid
             }
@@ -591,6 +617,14 @@ impl RelayCore {
                         // were reset; a new session serves the next ones.
                         self.dial(DialRequest { resume: 0, uplink: None, avoid: None, standby: false });
                     }
+                }
+                SessionError::PeerNotReading { queued, limit } => {
+                    if let Some(state) = self.sessions.get_mut(&sid) {
+                        state.paths_lost_not_reading += 1;
+                    }
+                    // The path goes; the session waits for a resume as after any lost path, which
+                    // regenerates the queue from the replay buffers (no stream byte is lost).
+                    self.path_lost(path, &PathLoss::NotReading { queued, limit }, now);
                 }
                 other => tracing::warn!(session = sid.0, err = %other, "session input refused"),
             }
@@ -1014,6 +1048,8 @@ impl RelayCore {
             switching: s.machine.is_switching(),
             stale_frames: s.stale_frames,
             control_malformed: s.control_malformed,
+            paths_refused_limit: s.paths_refused_limit,
+            paths_lost_not_reading: s.paths_lost_not_reading,
             switches: &s.history,
             since: s.since,
         })
@@ -1033,6 +1069,8 @@ impl SessionState {
             since: now,
             stale_frames: 0,
             control_malformed: 0,
+            paths_refused_limit: 0,
+            paths_lost_not_reading: 0,
         }
     }
 }
