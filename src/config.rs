@@ -1199,4 +1199,35 @@ mod tests {
         let ok = ServerConfig::from_toml(Path::new("s.toml"), &server_toml("\n[tuning]\nworker_threads = 4\n"));
         assert_eq!(ok.unwrap().tuning.worker_threads, 4);
     }
+
+    #[test]
+    fn destination_policy_and_per_peer_limits_parse_and_are_checked() {
+        let c = ServerConfig::from_toml(Path::new("s.toml"), &server_toml("")).unwrap();
+        assert!(c.allowed_destinations.is_empty() && !c.client_to_client);
+        let t = &c.tuning;
+        assert_eq!((t.max_flows_per_session, t.max_udp_flows_per_session, t.max_paths_per_session), (1024, 1024, 8));
+        let text = format!(
+            "allowed_destinations = [\"198.18.9.0/24\", \"fd00:9::/64\"]\nclient_to_client = true\n{}\n[tuning]\n\
+             max_flows_per_session = 20\nmax_udp_flows_per_session = 30\nmax_paths_per_session = 3\n",
+            server_toml("")
+        );
+        let c = ServerConfig::from_toml(Path::new("s.toml"), &text).unwrap();
+        assert_eq!(c.allowed_destinations, vec!["198.18.9.0/24".parse().unwrap(), "fd00:9::/64".parse().unwrap()]);
+        assert!(c.client_to_client);
+        let t = &c.tuning;
+        assert_eq!((t.max_flows_per_session, t.max_udp_flows_per_session, t.max_paths_per_session), (20, 30, 3));
+        let bad = format!("allowed_destinations = [\"198.18.9.1/24\"]\n{}", server_toml(""));
+        let err = ServerConfig::from_toml(Path::new("s.toml"), &bad).unwrap_err().to_string();
+        assert!(err.contains("did you mean 198.18.9.0/24"), "{err}");
+        for (key, value, says) in [
+            ("max_paths_per_session", 1, "tuning.max_paths_per_session = 1 is below the minimum 2"),
+            ("max_flows_per_session", 0, "below the minimum 1"),
+            ("max_flows_per_session", 5001, "tuning.max_flows_per_session = 5001 is above the maximum 5000"),
+            ("max_udp_flows_per_session", 0, "below the minimum 1"),
+        ] {
+            let text = server_toml(&format!("\n[tuning]\n{key} = {value}\n"));
+            let err = ServerConfig::from_toml(Path::new("s.toml"), &text).unwrap_err().to_string();
+            assert!(err.contains(says), "{key} = {value}: {err}");
+        }
+    }
 }
