@@ -220,7 +220,14 @@ pub struct Tuning {
     pub tcp_buffer: usize,
     /// Per peer: bytes queued for the uplink before the apps are slowed down.
     pub session_out_budget: usize,
+    /// All peers together: TCP connections through the daemon's Stack.
     pub max_tcp_flows: usize,
+    /// Per peer: TCP connections at once, so that one client cannot take every flow.
+    pub max_flows_per_session: usize,
+    /// Per peer: UDP flows (endpoint pairs) at once.
+    pub max_udp_flows_per_session: usize,
+    /// Server, per peer: relay connections (paths) at once.
+    pub max_paths_per_session: usize,
     pub udp_idle_timeout_secs: u64,
     /// Check: a path that receives nothing for this long is dead (the session moves or resumes).
     pub dead_after_ms: u64,
@@ -254,6 +261,9 @@ impl Default for Tuning {
             tcp_buffer: 256 * 1024,
             session_out_budget: 2 * 1024 * 1024,
             max_tcp_flows: 4096,
+            max_flows_per_session: 1024,
+            max_udp_flows_per_session: 1024,
+            max_paths_per_session: 8,
             udp_idle_timeout_secs: 60,
             dead_after_ms: 3000,
             probe_interval_ms: 500,
@@ -522,6 +532,13 @@ pub struct ServerConfig {
     /// the masquerade rule).
     #[serde(default)]
     pub exit: bool,
+    /// Without `exit`: what clients may reach beyond the server's virtual IPs (also turns on IP
+    /// forwarding). Other clients' virtual IPs stay behind `client_to_client`.
+    #[serde(default, deserialize_with = "vec_from_str")]
+    pub allowed_destinations: Vec<Prefix>,
+    /// Clients may reach each other's virtual IPs (in exit mode too).
+    #[serde(default)]
+    pub client_to_client: bool,
     #[serde(default = "default_server_socket")]
     pub control_socket: PathBuf,
     #[serde(default, deserialize_with = "optional_from_str")]
@@ -662,11 +679,15 @@ pub const MAX_WORKER_THREADS: usize = 64;
 
 /// Floors below which a budget or timeout makes the daemon useless (or spin).
 fn check_tuning(path: &Path, t: &Tuning) -> Result<(), ConfigError> {
-    let floors: [(&str, u64, u64); 13] = [
+    let floors: [(&str, u64, u64); 16] = [
         ("tuning.stream_window", t.stream_window, roamtun_proto::relay::stream::INITIAL_CREDIT),
         ("tuning.tcp_buffer", t.tcp_buffer as u64, 16 * 1024),
         ("tuning.session_out_budget", t.session_out_budget as u64, 128 * 1024),
         ("tuning.max_tcp_flows", t.max_tcp_flows as u64, 1),
+        ("tuning.max_flows_per_session", t.max_flows_per_session as u64, 1),
+        ("tuning.max_udp_flows_per_session", t.max_udp_flows_per_session as u64, 1),
+        // A switch needs the old path and the new one.
+        ("tuning.max_paths_per_session", t.max_paths_per_session as u64, 2),
         ("tuning.udp_idle_timeout_secs", t.udp_idle_timeout_secs, 1),
         ("tuning.dead_after_ms", t.dead_after_ms, 50),
         ("tuning.probe_interval_ms", t.probe_interval_ms, 10),
@@ -701,14 +722,17 @@ fn check_tuning(path: &Path, t: &Tuning) -> Result<(), ConfigError> {
         ));
     }
     // An unexpected switch names every stream's offset in one CONTROL frame (12 bytes each).
-    if t.max_tcp_flows > MAX_TCP_FLOWS {
-        return Err(invalid(
-            path,
-            format!(
-                "tuning.max_tcp_flows = {} is above the maximum {MAX_TCP_FLOWS}: a switch lists every stream in one frame",
-                t.max_tcp_flows
-            ),
-        ));
+    for (key, value) in
+        [("tuning.max_tcp_flows", t.max_tcp_flows), ("tuning.max_flows_per_session", t.max_flows_per_session)]
+    {
+        if value > MAX_TCP_FLOWS {
+            return Err(invalid(
+                path,
+                format!(
+                    "{key} = {value} is above the maximum {MAX_TCP_FLOWS}: a switch lists every stream in one frame"
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -1253,5 +1277,36 @@ mod tests {
         }
         let ok = ServerConfig::from_toml(Path::new("s.toml"), &server_toml("\n[tuning]\nworker_threads = 4\n"));
         assert_eq!(ok.unwrap().tuning.worker_threads, 4);
+    }
+
+    #[test]
+    fn destination_policy_and_per_peer_limits_parse_and_are_checked() {
+        let c = ServerConfig::from_toml(Path::new("s.toml"), &server_toml("")).unwrap();
+        assert!(c.allowed_destinations.is_empty() && !c.client_to_client);
+        let t = &c.tuning;
+        assert_eq!((t.max_flows_per_session, t.max_udp_flows_per_session, t.max_paths_per_session), (1024, 1024, 8));
+        let text = format!(
+            "allowed_destinations = [\"198.18.9.0/24\", \"fd00:9::/64\"]\nclient_to_client = true\n{}\n[tuning]\n\
+             max_flows_per_session = 20\nmax_udp_flows_per_session = 30\nmax_paths_per_session = 3\n",
+            server_toml("")
+        );
+        let c = ServerConfig::from_toml(Path::new("s.toml"), &text).unwrap();
+        assert_eq!(c.allowed_destinations, vec!["198.18.9.0/24".parse().unwrap(), "fd00:9::/64".parse().unwrap()]);
+        assert!(c.client_to_client);
+        let t = &c.tuning;
+        assert_eq!((t.max_flows_per_session, t.max_udp_flows_per_session, t.max_paths_per_session), (20, 30, 3));
+        let bad = format!("allowed_destinations = [\"198.18.9.1/24\"]\n{}", server_toml(""));
+        let err = ServerConfig::from_toml(Path::new("s.toml"), &bad).unwrap_err().to_string();
+        assert!(err.contains("did you mean 198.18.9.0/24"), "{err}");
+        for (key, value, says) in [
+            ("max_paths_per_session", 1, "tuning.max_paths_per_session = 1 is below the minimum 2"),
+            ("max_flows_per_session", 0, "below the minimum 1"),
+            ("max_flows_per_session", 5001, "tuning.max_flows_per_session = 5001 is above the maximum 5000"),
+            ("max_udp_flows_per_session", 0, "below the minimum 1"),
+        ] {
+            let text = server_toml(&format!("\n[tuning]\n{key} = {value}\n"));
+            let err = ServerConfig::from_toml(Path::new("s.toml"), &text).unwrap_err().to_string();
+            assert!(err.contains(says), "{key} = {value}: {err}");
+        }
     }
 }

@@ -220,6 +220,19 @@ pub struct SessionCounters {
     pub bytes_resent: u64,
     pub datagrams_held: u64,
     pub datagrams_dropped_switching: u64,
+    #[serde(default)]
+    pub streams_refused_limit: u64,
+    #[serde(default)]
+    pub datagrams_refused_limit: u64,
+    #[serde(default)]
+    pub streams_forbidden: u64,
+    #[serde(default)]
+    pub datagrams_forbidden: u64,
+    /// From the core, not the engine (filled in by the status).
+    #[serde(default)]
+    pub paths_refused_limit: u64,
+    #[serde(default)]
+    pub paths_lost_not_reading: u64,
 }
 
 impl From<&proto::SessionCounters> for SessionCounters {
@@ -237,6 +250,12 @@ impl From<&proto::SessionCounters> for SessionCounters {
             bytes_resent: c.bytes_resent,
             datagrams_held: c.datagrams_held,
             datagrams_dropped_switching: c.datagrams_dropped_switching,
+            streams_refused_limit: c.streams_refused_limit,
+            datagrams_refused_limit: c.datagrams_refused_limit,
+            streams_forbidden: c.streams_forbidden,
+            datagrams_forbidden: c.datagrams_forbidden,
+            paths_refused_limit: 0,
+            paths_lost_not_reading: 0,
         }
     }
 }
@@ -596,6 +615,21 @@ pub fn render(status: &Status) -> String {
                 s,
                 "  rejected:     {} malformed frames, {} stream violations, {} spoofed datagrams",
                 c.frames_malformed, c.streams_violated, c.datagrams_spoofed
+            );
+        }
+        if c.streams_forbidden + c.datagrams_forbidden > 0 {
+            let _ = writeln!(
+                s,
+                "  not allowed:  {} connections, {} datagrams (destination policy)",
+                c.streams_forbidden, c.datagrams_forbidden
+            );
+        }
+        let limited = c.streams_refused_limit + c.datagrams_refused_limit + c.paths_refused_limit;
+        if limited + c.paths_lost_not_reading > 0 {
+            let _ = writeln!(
+                s,
+                "  limits:       {} connections, {} datagrams, {} paths refused; {} paths dropped (peer not reading)",
+                c.streams_refused_limit, c.datagrams_refused_limit, c.paths_refused_limit, c.paths_lost_not_reading
             );
         }
         if let Some(err) = &p.last_error {

@@ -318,6 +318,11 @@ pub enum ResetCode {
     Internal,
     /// 6: the stream id is not known to the sender of the RESET.
     UnknownStream,
+    /// 7: the destination is not one this peer may reach (the server's destination policy:
+    /// `exit`, `allowed_destinations`, `client_to_client`).
+    NotAllowed,
+    /// 8: the peer's session is at its stream limit (`max_flows_per_session`).
+    LimitReached,
     /// Any other value, kept verbatim.
     Other(u16),
 }
@@ -331,6 +336,8 @@ impl From<u16> for ResetCode {
             4 => ResetCode::TimedOut,
             5 => ResetCode::Internal,
             6 => ResetCode::UnknownStream,
+            7 => ResetCode::NotAllowed,
+            8 => ResetCode::LimitReached,
             other => ResetCode::Other(other),
         }
     }
@@ -345,6 +352,8 @@ impl From<ResetCode> for u16 {
             ResetCode::TimedOut => 4,
             ResetCode::Internal => 5,
             ResetCode::UnknownStream => 6,
+            ResetCode::NotAllowed => 7,
+            ResetCode::LimitReached => 8,
             ResetCode::Other(other) => other,
         }
     }
@@ -359,6 +368,8 @@ impl fmt::Display for ResetCode {
             ResetCode::TimedOut => f.write_str("timed out"),
             ResetCode::Internal => f.write_str("internal error"),
             ResetCode::UnknownStream => f.write_str("unknown stream"),
+            ResetCode::NotAllowed => f.write_str("destination not allowed"),
+            ResetCode::LimitReached => f.write_str("stream limit of the session reached"),
             ResetCode::Other(code) => write!(f, "reset code {code}"),
         }
     }
@@ -1390,7 +1401,10 @@ mod tests {
         assert_eq!(ResetCode::from(1), ResetCode::Refused);
         assert_eq!(ResetCode::from(6), ResetCode::UnknownStream);
         assert_eq!(ResetCode::from(0), ResetCode::Other(0));
-        assert_eq!(ResetCode::from(7), ResetCode::Other(7));
+        assert_eq!(ResetCode::from(7), ResetCode::NotAllowed);
+        assert_eq!(ResetCode::from(8), ResetCode::LimitReached);
+        assert_eq!(ResetCode::from(9), ResetCode::Other(9));
+        assert_eq!(ResetCode::NotAllowed.to_string(), "destination not allowed");
         assert_eq!(ResetCode::Refused.to_string(), "connection refused");
         assert_eq!(ResetCode::Other(300).to_string(), "reset code 300");
     }

@@ -31,6 +31,7 @@ use crate::control::ControlRequest;
 use roamtun_proto::path::PathLoss;
 pub use roamtun_proto::relay::core::{DialRequest, PathInfo, PeerInfo};
 use roamtun_proto::relay::engine::{Engine, EngineConfig, Role};
+use roamtun_proto::relay::policy::DestinationPolicy;
 use roamtun_proto::time::Duration;
 use roamtun_proto::transition::{PathId, TransitionConfig};
 use roamtun_stack::StackConfig;
@@ -147,6 +148,11 @@ pub fn engine_config(role: Role, tuning: &Tuning, mtu: u16) -> EngineConfig {
         stream_window: tuning.stream_window,
         session_out_budget: tuning.session_out_budget,
         udp_idle_timeout: Duration::from_secs(tuning.udp_idle_timeout_secs),
+        max_streams_per_session: tuning.max_flows_per_session,
+        max_udp_flows_per_session: tuning.max_udp_flows_per_session,
+        max_paths_per_session: tuning.max_paths_per_session,
+        // The server sets its own (server::destination_policy); the client engine does not use it.
+        destinations: DestinationPolicy::allow_all(),
         stack: StackConfig {
             mtu: usize::from(mtu),
             tcp_rx_buffer: tuning.tcp_buffer,

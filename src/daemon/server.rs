@@ -20,6 +20,7 @@ use crate::config::ServerConfig;
 use crate::tls;
 use roamtun_proto::admission::{Admission, AdmissionLimits, HandshakeId};
 use roamtun_proto::relay::engine::{Engine, Role};
+use roamtun_proto::relay::policy::{DestinationPolicy, IpPrefix};
 use roamtun_proto::wire::{Frame, PROTOCOL_VERSION};
 
 /// From accept to an authenticated HELLO.
@@ -37,12 +38,16 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         listeners.push(TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?);
     }
     // Held until the end of `run`: restores the host's forwarding settings however the daemon stops.
-    let _forwarding = if config.exit { Some(Forwarding::enable()?) } else { None };
+    // allowed_destinations beyond this host need forwarding as exit mode does.
+    let forward = config.exit || !config.allowed_destinations.is_empty();
+    let _forwarding = if forward { Some(Forwarding::enable()?) } else { None };
     let tun =
         Arc::new(Tun::create(&config.tun.name, config.tun.mtu, &config.virtual_ips, &config.client_prefixes).await?);
     tracing::info!(listen = ?config.listen, tun = %config.tun.name, peers = config.peers.len(), exit = config.exit, "server up");
     let clock = Clock::new();
-    let engine = Engine::new(engine_config(Role::Server, &config.tuning, config.tun.mtu), clock.now());
+    let mut relay = engine_config(Role::Server, &config.tuning, config.tun.mtu);
+    relay.destinations = destination_policy(&config);
+    let engine = Engine::new(relay, clock.now());
     let shared = Arc::new(SharedCounters::default());
     let source = StatusSource {
         role: Role::Server,
@@ -234,6 +239,18 @@ impl LogBudget {
     /// How many were left out in this window so far (shown with the lines that are logged).
     fn take_suppressed(&self) -> u64 {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).2
+    }
+}
+
+/// Where the clients may send (docs/config.md `exit`, `allowed_destinations`, `client_to_client`).
+fn destination_policy(config: &ServerConfig) -> DestinationPolicy {
+    let prefix = |p: &crate::config::Prefix| IpPrefix::new(p.addr, p.len);
+    DestinationPolicy {
+        server_ips: config.virtual_ips.clone(),
+        client_prefixes: config.client_prefixes.iter().map(prefix).collect(),
+        exit: config.exit,
+        allowed: config.allowed_destinations.iter().map(prefix).collect(),
+        client_to_client: config.client_to_client,
     }
 }
 

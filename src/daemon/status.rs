@@ -62,6 +62,8 @@ pub(super) fn status(shell: &Shell) -> Status {
                 p.counters = (&l.counters).into();
             }
             p.counters.frames_malformed += s.control_malformed;
+            p.counters.paths_refused_limit = s.paths_refused_limit;
+            p.counters.paths_lost_not_reading = s.paths_lost_not_reading;
         }
         if source.role == Role::Client {
             p.connects = source.shared.connects.load(Relaxed);

@@ -433,6 +433,128 @@ def http_server(host, port, root, ready_file):
     srv.serve_forever()
 
 
+# ---- isolation: many held connections, silence, packets written straight into a TUN -------------
+
+def hold_many(host, port, count, ready_file, stop_file, timeout):
+    """Opens `count` connections one after the other and keeps those that were accepted until
+    `stop_file` exists; the ready file gets "opened N refused M"."""
+    held, refused_n, other = [], 0, []
+    for _ in range(count):
+        try:
+            held.append(socket.create_connection((host, port), timeout=10))
+        except (ConnectionRefusedError, ConnectionResetError):
+            refused_n += 1
+        except OSError as e:
+            other.append(repr(e))
+    summary = f"opened {len(held)} refused {refused_n}" + (f" failed {len(other)}: {other[:2]}" if other else "")
+    with open(ready_file + ".tmp", "w") as f:
+        f.write(summary + "\n")
+    os.rename(ready_file + ".tmp", ready_file)
+    log(summary)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(stop_file) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for s in held:
+        s.close()
+    return 0
+
+
+def udp_silent(host, port, count, wait):
+    """Sends `count` datagrams; succeeds only if nothing at all comes back within `wait` seconds."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect((host, port))
+    for i in range(count):
+        s.send(b"anyone there? %d" % i)
+    s.settimeout(wait)
+    try:
+        data = s.recv(65535)
+        log(f"udp: {host}:{port} answered {data[:20]!r}")
+        return 1
+    except socket.timeout:
+        log(f"udp: {count} datagrams to {host}:{port}, no answer in {wait:.1f} s")
+        return 0
+    except ConnectionRefusedError:
+        log(f"udp: {host}:{port} answered with ICMP port unreachable")
+        return 1
+
+
+def udp_sink(host, port, ready_file, out_file):
+    """Appends the source address of every datagram received to `out_file`."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((host, port))
+    open(ready_file, "w").close()
+    while True:
+        data, addr = s.recvfrom(65535)
+        with open(out_file, "a") as f:
+            f.write(f"{addr[0]} {data[:32].decode(errors='replace')}\n")
+
+
+def _csum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return (~total) & 0xFFFF
+
+
+def _ipv4(src, dst, proto, payload):
+    import struct
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0x1234, 0x4000, 64, proto, 0,
+                      socket.inet_aton(src), socket.inet_aton(dst))
+    hdr = hdr[:10] + _csum(hdr).to_bytes(2, "big") + hdr[12:]
+    return hdr + payload
+
+
+def _l4_csum(src, dst, proto, segment):
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + bytes([0, proto]) + len(segment).to_bytes(2, "big")
+    return _csum(pseudo + segment)
+
+
+def inject(iface, kind, src, dst, limit):
+    """Writes one IPv4 packet from `src` (ip:port) to `dst` straight into `iface` (a TUN: the daemon
+    reads it as if an app had sent it, whatever its source). kind `udp`: a datagram, nothing awaited.
+    kind `syn`: a TCP SYN; succeeds if a RST from `dst` comes back within `limit` seconds."""
+    import struct
+    (sip, sport), (dip, dport) = [(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in (src, dst)]
+    ETH_P_IP, ETH_P_ALL = 0x0800, 0x0003
+    sniff = None
+    if kind == "syn":
+        sniff = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+        sniff.bind((iface, 0))
+        tcp = struct.pack("!HHIIBBHHH", sport, dport, 1000, 0, 5 << 4, 0x02, 65535, 0, 0)
+        tcp = tcp[:16] + _l4_csum(sip, dip, 6, tcp).to_bytes(2, "big") + tcp[18:]
+        packet = _ipv4(sip, dip, 6, tcp)
+    else:
+        body = b"injected from " + sip.encode()
+        udp = struct.pack("!HHHH", sport, dport, 8 + len(body), 0) + body
+        udp = udp[:6] + (_l4_csum(sip, dip, 17, udp) or 0xFFFF).to_bytes(2, "big") + udp[8:]
+        packet = _ipv4(sip, dip, 17, udp)
+    out = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+    out.sendto(packet, (iface, ETH_P_IP))
+    start = time.monotonic()
+    if sniff is None:
+        log(f"inject: UDP {src} -> {dst} written into {iface}")
+        return 0
+    while time.monotonic() - start < limit:
+        sniff.settimeout(max(0.01, limit - (time.monotonic() - start)))
+        try:
+            p = sniff.recv(65535)
+        except socket.timeout:
+            break
+        if len(p) < 40 or p[9] != 6:
+            continue
+        ihl = (p[0] & 15) * 4
+        psrc, pdst = socket.inet_ntoa(p[12:16]), socket.inet_ntoa(p[16:20])
+        tsport, tdport = struct.unpack("!HH", p[ihl:ihl + 4])
+        flags = p[ihl + 13]
+        if (psrc, tsport, pdst, tdport) == (dip, dport, sip, sport) and flags & 0x04:
+            log(f"inject: SYN {src} -> {dst} answered with RST after {(time.monotonic() - start) * 1000:.0f} ms")
+            return 0
+    log(f"inject: SYN {src} -> {dst}: no RST within {limit:.1f} s")
+    return 1
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -469,6 +591,17 @@ def main():
     q = sub.add_parser("udp-stream")
     q.add_argument("host"), q.add_argument("port", type=int), q.add_argument("stop_file")
     q.add_argument("--rate", type=float, default=200), q.add_argument("--timeout", type=float, default=300)
+    q = sub.add_parser("hold-many")
+    q.add_argument("host"), q.add_argument("port", type=int), q.add_argument("count", type=int)
+    q.add_argument("ready_file"), q.add_argument("stop_file"), q.add_argument("--timeout", type=float, default=60)
+    q = sub.add_parser("udp-silent")
+    q.add_argument("host"), q.add_argument("port", type=int)
+    q.add_argument("--count", type=int, default=5), q.add_argument("--wait", type=float, default=1.0)
+    q = sub.add_parser("udp-sink")
+    q.add_argument("host"), q.add_argument("port", type=int), q.add_argument("ready_file"), q.add_argument("out_file")
+    q = sub.add_parser("inject")
+    q.add_argument("iface"), q.add_argument("kind", choices=["syn", "udp"]), q.add_argument("src"), q.add_argument("dst")
+    q.add_argument("--limit", type=float, default=1.0)
     a = p.parse_args()
 
     if a.cmd == "echo-server":
@@ -499,6 +632,14 @@ def main():
         return interactive(a.host, a.port, a.interval, a.stop_file, a.timeout)
     elif a.cmd == "udp-stream":
         return udp_stream(a.host, a.port, a.rate, a.stop_file, a.timeout)
+    elif a.cmd == "hold-many":
+        return hold_many(a.host, a.port, a.count, a.ready_file, a.stop_file, a.timeout)
+    elif a.cmd == "udp-silent":
+        return udp_silent(a.host, a.port, a.count, a.wait)
+    elif a.cmd == "udp-sink":
+        udp_sink(a.host, a.port, a.ready_file, a.out_file)
+    elif a.cmd == "inject":
+        return inject(a.iface, a.kind, a.src, a.dst, a.limit)
     elif a.cmd == "http-server":
         http_server(a.host, a.port, a.root, a.ready_file)
     return 0

@@ -87,6 +87,9 @@ pub enum PathLoss {
     AddressLost { uplink: String, address: std::net::IpAddr },
     #[error("its interface is gone or lost the address")]
     InterfaceGone,
+    /// The peer sends but does not read what we queue for it (`Engine`'s queue limit).
+    #[error("the peer does not read: {queued} bytes queued towards it (limit {limit})")]
+    NotReading { queued: usize, limit: usize },
 }
 
 /// What the monitor asks of the reader.

@@ -51,6 +51,8 @@ pub mod close_code {
     pub const SHUTDOWN: u16 = 4;
     /// The server cannot start the session (e.g. its virtual IPs are taken).
     pub const SESSION: u16 = 5;
+    /// The session has `max_paths_per_session` paths already: this one is not taken.
+    pub const PATH_LIMIT: u16 = 6;
 }
 
 /// Who a session talks to, for status and logs.
@@ -249,6 +251,10 @@ struct SessionState {
     since: Instant,
     stale_frames: u64,
     control_malformed: u64,
+    /// Server: paths of this session refused because it had `max_paths` already.
+    paths_refused_limit: u64,
+    /// Paths dropped because the peer did not read what was queued for it.
+    paths_lost_not_reading: u64,
 }
 
 struct PathState {
@@ -307,6 +313,10 @@ pub struct SessionView<'a> {
     pub switching: bool,
     pub stale_frames: u64,
     pub control_malformed: u64,
+    /// Server: paths refused because the session had `max_paths_per_session` already.
+    pub paths_refused_limit: u64,
+    /// Paths dropped because the peer did not read what was queued for it.
+    pub paths_lost_not_reading: u64,
     /// Finished switches, oldest first.
     pub switches: &'a VecDeque<SwitchReport>,
     pub since: Instant,
@@ -330,12 +340,16 @@ pub struct RelayCore {
     /// Client: the uplinks best first, as the decision task ranks them: a lost session resumes on
     /// the best standby path.
     preference: Vec<String>,
+    /// Server: the most paths one session may have at once (`EngineConfig::max_paths_per_session`,
+    /// at least 2 so that a switch, old path and new, always fits).
+    max_paths: usize,
 }
 
 impl RelayCore {
     /// `first_session`: server session ids count up from here; pick it so that ids differ across
     /// restarts (a client must never resume a stranger's session).
     pub fn new(engine: Engine, transition: TransitionConfig, first_session: u64) -> Self {
+        let max_paths = engine.config().max_paths_per_session.max(2);
         RelayCore {
             engine,
             transition,
@@ -347,6 +361,7 @@ impl RelayCore {
             abandoned: BTreeSet::new(),
             switch_wanted: None,
             preference: Vec::new(),
+            max_paths,
         }
     }
 
@@ -389,6 +404,17 @@ impl RelayCore {
             .map(|(id, _)| *id);
         let sid = match existing {
             Some(sid) => {
+                let open = self.paths.values().filter(|p| p.session == sid).count();
+                if open >= self.max_paths {
+                    tracing::warn!(peer = %peer.name, session = sid.0, ?path, paths = open, "refusing a path: the session has max_paths_per_session paths");
+                    if let Some(state) = self.sessions.get_mut(&sid) {
+                        state.paths_refused_limit += 1;
+                    }
+                    let reason = format!("the session has {open} paths already (max_paths_per_session)");
+                    let close = encode(&Frame::Close { code: close_code::PATH_LIMIT, reason: &reason });
+                    self.actions.push_back(Action::ClosePath { path, last: vec![close] });
+                    return;
+                }
                 tracing::info!(peer = %peer.name, session = sid.0, ?path, remote = ?info.remote, "client opened a new path");
                 sid
             }
@@ -591,6 +617,14 @@ impl RelayCore {
                         // were reset; a new session serves the next ones.
                         self.dial(DialRequest { resume: 0, uplink: None, avoid: None, standby: false });
                     }
+                }
+                SessionError::PeerNotReading { queued, limit } => {
+                    if let Some(state) = self.sessions.get_mut(&sid) {
+                        state.paths_lost_not_reading += 1;
+                    }
+                    // The path goes; the session waits for a resume as after any lost path, which
+                    // regenerates the queue from the replay buffers (no stream byte is lost).
+                    self.path_lost(path, &PathLoss::NotReading { queued, limit }, now);
                 }
                 other => tracing::warn!(session = sid.0, err = %other, "session input refused"),
             }
@@ -1014,6 +1048,8 @@ impl RelayCore {
             switching: s.machine.is_switching(),
             stale_frames: s.stale_frames,
             control_malformed: s.control_malformed,
+            paths_refused_limit: s.paths_refused_limit,
+            paths_lost_not_reading: s.paths_lost_not_reading,
             switches: &s.history,
             since: s.since,
         })
@@ -1033,6 +1069,8 @@ impl SessionState {
             since: now,
             stale_frames: 0,
             control_malformed: 0,
+            paths_refused_limit: 0,
+            paths_lost_not_reading: 0,
         }
     }
 }
@@ -1082,5 +1120,90 @@ mod tests {
         core.path_stats(path, sample(Some(100_000_000 / 8)));
         assert_eq!(core.writer_depth(path, 8), 8, "100 Mbit/s: 8 chunks of 6 KiB");
         assert_eq!(core.writer_depth(PathId(2), 8), 8, "no such path");
+    }
+
+    fn server(max_paths: usize, now: Instant) -> RelayCore {
+        let mut config = EngineConfig::new(Role::Server);
+        config.max_paths_per_session = max_paths;
+        // A small queue limit (about 280 KiB), quick to fill.
+        config.session_out_budget = 16 * 1024;
+        config.max_streams_per_session = 16;
+        RelayCore::new(Engine::new(config, now), TransitionConfig::default(), 1)
+    }
+
+    fn peer() -> PeerInfo {
+        PeerInfo { name: "laptop".into(), public_key: "k".into() }
+    }
+
+    fn vips() -> Vec<IpAddr> {
+        vec!["100.64.0.2".parse().unwrap()]
+    }
+
+    /// The CLOSE codes of the ClosePath actions queued so far, by path (None: closed without one).
+    fn closes(core: &mut RelayCore) -> Vec<(PathId, Option<u16>)> {
+        std::iter::from_fn(|| core.poll_action())
+            .filter_map(|a| match a {
+                Action::ClosePath { path, last } => {
+                    let code = last.iter().find_map(|b| match Frame::decode(b) {
+                        Ok(Some((Frame::Close { code, .. }, _))) => Some(code),
+                        _ => None,
+                    });
+                    Some((path, code))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_session_with_its_paths_full_refuses_another_and_other_sessions_still_join() {
+        let now = Instant::from_millis(0);
+        let mut core = server(3, now);
+        let info = PathInfo::default();
+        core.server_path_up(PathId(1), info.clone(), peer(), 0, vips(), now);
+        let sid = core.sessions().next().unwrap().id;
+        core.server_path_up(PathId(2), info.clone(), peer(), sid.0, vips(), now);
+        core.server_path_up(PathId(3), info.clone(), peer(), sid.0, vips(), now);
+        assert!(closes(&mut core).is_empty());
+        core.server_path_up(PathId(4), info.clone(), peer(), sid.0, vips(), now);
+        assert_eq!(closes(&mut core), vec![(PathId(4), Some(close_code::PATH_LIMIT))]);
+        assert_eq!(core.paths().count(), 3);
+        assert_eq!(core.sessions().next().unwrap().paths_refused_limit, 1);
+        // Another client is not held to this one's count.
+        let other = PeerInfo { name: "phone".into(), public_key: "k2".into() };
+        core.server_path_up(PathId(5), info.clone(), other, 0, vec!["100.64.0.3".parse().unwrap()], now);
+        assert!(closes(&mut core).is_empty(), "the other client's path was refused");
+        // A path of the full session that goes makes room again.
+        core.path_lost(PathId(3), &PathLoss::PeerClosed, now);
+        closes(&mut core);
+        core.server_path_up(PathId(6), info, peer(), sid.0, vips(), now);
+        assert!(closes(&mut core).is_empty(), "no room after a path was lost");
+        // Fewer than two paths would make every switch fail: the floor is two.
+        assert_eq!(server(0, now).max_paths, 2);
+    }
+
+    #[test]
+    fn a_peer_that_does_not_read_loses_its_path_not_its_session() {
+        let now = Instant::from_millis(0);
+        let mut core = server(8, now);
+        core.server_path_up(PathId(1), PathInfo::default(), peer(), 0, vips(), now);
+        let sid = core.sessions().next().unwrap().id;
+        // Refused OPENs (the server's id parity), none of whose RESETs the peer reads.
+        let mut frames = Vec::new();
+        for i in 0..40_000u32 {
+            let open = Frame::Open {
+                stream_id: 2 * i,
+                src: "100.64.0.2:1000".parse().unwrap(),
+                dst: "100.64.0.1:80".parse().unwrap(),
+            };
+            open.encode(&mut frames).unwrap();
+        }
+        for piece in frames.chunks(60_000) {
+            core.path_bytes(PathId(1), piece, now);
+        }
+        assert_eq!(closes(&mut core), vec![(PathId(1), None)], "the path was not dropped");
+        let view = core.sessions().next().expect("the session waits for its client to come back");
+        assert_eq!((view.id, view.paths_lost_not_reading), (sid, 1));
+        assert!(core.paths().next().is_none());
     }
 }

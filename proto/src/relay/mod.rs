@@ -3,4 +3,5 @@ pub mod core;
 pub mod engine;
 pub mod outqueue;
 pub mod packet;
+pub mod policy;
 pub mod stream;

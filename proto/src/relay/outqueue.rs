@@ -11,7 +11,10 @@
 //!
 //! The urgent lane holds at most [`URGENT_BUDGET`] bytes; beyond it small frames queue as bulk (and
 //! the rest of their stream's follow them there), so a flood of small frames cannot starve the bulk
-//! lane.
+//! lane. Replies that belong to no stream ([`OutQueue::push_urgent`]) obey the same budget. The
+//! bulk lane has no limit of its own: the engine stops reading the apps at its out budget and
+//! treats a peer whose replies pile up beyond its queue limit as one that does not read
+//! (`EngineConfig::queue_limit`).
 //!
 //! The lanes only help if little waits downstream of them, where everything is first come, first
 //! served: the path's queue (one chunk), the writer's (up to eight) and the relay socket's send
@@ -194,9 +197,13 @@ impl OutQueue {
         }
     }
 
-    /// Queues a frame that belongs to no stream and needs no order against any other: urgent.
+    /// Queues a frame that belongs to no stream and needs no order against any other: urgent, while
+    /// the urgent lane has room ([`URGENT_BUDGET`]), else bulk. Such frames are replies to the peer's
+    /// own frames (a RESET for a refused OPEN); a peer that sends many and reads none fills the bulk
+    /// lane with them, where the engine's queue limit catches it.
     pub fn push_urgent(&mut self, frame: &Frame<'_>) {
-        self.push_frame(Lane::Urgent, frame);
+        let lane = if self.urgent_bytes + frame.encoded_len() <= URGENT_BUDGET { Lane::Urgent } else { Lane::Bulk };
+        self.push_frame(lane, frame);
     }
 
     /// Queues a frame behind everything queued so far (a CLOSE after the data before it).
@@ -407,5 +414,17 @@ mod tests {
         let total: usize = q.drain().map(|c| data_frames(&c.bytes).len()).sum();
         assert_eq!(total, 200);
         assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn replies_keep_to_the_urgent_budget_too() {
+        let mut q = OutQueue::default();
+        let reset = Frame::Reset { stream_id: 1, code: crate::wire::ResetCode::Refused };
+        let n = 3 * URGENT_BUDGET / reset.encoded_len();
+        for _ in 0..n {
+            q.push_urgent(&reset);
+        }
+        assert!(q.urgent_bytes <= URGENT_BUDGET, "urgent lane holds {} bytes", q.urgent_bytes);
+        assert_eq!(q.bytes(), n * reset.encoded_len(), "none lost: the rest queues as bulk");
     }
 }
