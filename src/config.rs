@@ -252,6 +252,9 @@ pub struct Tuning {
     pub max_pending_handshakes: usize,
     /// Server: the same from one IPv4 address or IPv6 /64; past it a new one is closed at once.
     pub max_pending_handshakes_per_source: usize,
+    /// Each path's writer refreshes the TLS traffic keys this often (a TLS 1.3 key update that
+    /// asks the peer to update its own too).
+    pub rekey_interval_secs: u64,
 }
 
 impl Default for Tuning {
@@ -273,6 +276,7 @@ impl Default for Tuning {
             worker_threads: 1,
             max_pending_handshakes: 1024,
             max_pending_handshakes_per_source: 16,
+            rekey_interval_secs: 120,
         }
     }
 }
@@ -679,7 +683,7 @@ pub const MAX_WORKER_THREADS: usize = 64;
 
 /// Floors below which a budget or timeout makes the daemon useless (or spin).
 fn check_tuning(path: &Path, t: &Tuning) -> Result<(), ConfigError> {
-    let floors: [(&str, u64, u64); 16] = [
+    let floors: [(&str, u64, u64); 17] = [
         ("tuning.stream_window", t.stream_window, roamtun_proto::relay::stream::INITIAL_CREDIT),
         ("tuning.tcp_buffer", t.tcp_buffer as u64, 16 * 1024),
         ("tuning.session_out_budget", t.session_out_budget as u64, 128 * 1024),
@@ -698,6 +702,7 @@ fn check_tuning(path: &Path, t: &Tuning) -> Result<(), ConfigError> {
         ("tuning.worker_threads", t.worker_threads as u64, 1),
         ("tuning.max_pending_handshakes", t.max_pending_handshakes as u64, 1),
         ("tuning.max_pending_handshakes_per_source", t.max_pending_handshakes_per_source as u64, 1),
+        ("tuning.rekey_interval_secs", t.rekey_interval_secs, 1),
     ];
     for (key, value, floor) in floors {
         if value < floor {

@@ -97,6 +97,9 @@ pub struct Status {
     /// Server: connections in their handshake now.
     #[serde(default)]
     pub handshakes_pending: u64,
+    /// TLS traffic key refreshes sent on this daemon's paths since start (`tuning.rekey_interval_secs`).
+    #[serde(default)]
+    pub tls_key_updates: u64,
     /// Client: its uplinks (the configured ones, in order of preference).
     #[serde(default)]
     pub uplinks: Vec<UplinkStatus>,
@@ -536,6 +539,7 @@ pub fn render(status: &Status) -> String {
     let _ = writeln!(s, "  tun:          {} [{}]", status.tun, ips.join(", "));
     let _ = writeln!(s, "  flows:        {} TCP, {} UDP", status.tcp_flows, status.udp_flows);
     let _ = writeln!(s, "  traffic:      {} sent, {} received", bytes(status.bytes_sent), bytes(status.bytes_received));
+    let _ = writeln!(s, "  tls keys:     refreshed {} times", status.tls_key_updates);
     if status.role == "server" {
         let _ = writeln!(
             s,

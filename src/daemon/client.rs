@@ -251,6 +251,7 @@ impl Dialer<'_> {
             self.engine.clone(),
             self.room.clone(),
             liveness,
+            transport::Rekey::new(&self.config.tuning, &self.shared),
             self.clock,
         );
         let uplink = uplink.map(str::to_string).or_else(|| super::tun::interface_of(local.ip()));

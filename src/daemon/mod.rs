@@ -14,6 +14,7 @@ mod relay_socket;
 pub mod server;
 mod shell;
 mod status;
+mod tls_split;
 mod transport;
 mod tun;
 mod vnet;
@@ -117,6 +118,8 @@ pub struct StatusSource {
 #[derive(Default)]
 pub struct SharedCounters {
     pub handshakes_refused: AtomicU64,
+    /// TLS traffic key refreshes this daemon's path writers sent (`tuning.rekey_interval_secs`).
+    pub key_updates: Arc<AtomicU64>,
     /// Server: connections closed at accept because their source was at its bound
     /// ([`roamtun_proto::admission`]).
     pub connections_over_limit: AtomicU64,

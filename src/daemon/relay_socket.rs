@@ -27,6 +27,9 @@ const HANDSHAKE_READ_BUFFER: usize = 4 * 1024;
 /// retransmission, which the kernel detects and undoes (F-RTO).
 const RTO_MIN: Duration = Duration::from_millis(50);
 
+/// `TCP_USER_TIMEOUT` of every relay socket.
+const USER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Linux's own minimum, where `TCP_RTO_MIN_US` is not known (before 6.15).
 const LINUX_RTO_MIN: Duration = Duration::from_millis(200);
 
@@ -68,6 +71,12 @@ impl RelaySocket {
                 tracing::debug!(%err, "setting TCP_RTO_MIN_US failed; the relay socket keeps Linux's 200 ms");
                 LINUX_RTO_MIN
             });
+        // The kernel's backstop: unacknowledged data this old aborts the connection (ETIMEDOUT), so
+        // a socket towards a peer that vanished cannot hold its memory and descriptor for the
+        // kernel's default of about 15 minutes of retransmissions.
+        if let Err(err) = set_int(fd, libc::TCP_USER_TIMEOUT, USER_TIMEOUT.as_millis() as usize) {
+            tracing::debug!(%err, "setting TCP_USER_TIMEOUT failed");
+        }
         RelaySocket {
             inner: tcp,
             read_buf: vec![0; HANDSHAKE_READ_BUFFER],

@@ -357,6 +357,7 @@ impl Accepted {
             self.engine.clone(),
             self.room.clone(),
             liveness,
+            transport::Rekey::new(&self.config.tuning, &self.shared),
             self.clock,
         );
         let info = PathInfo { local: Some(local), remote: Some(remote), uplink: None };

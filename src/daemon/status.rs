@@ -90,6 +90,7 @@ pub(super) fn status(shell: &Shell) -> Status {
         connections_over_limit: source.shared.connections_over_limit.load(Relaxed),
         handshakes_pending: source.shared.handshakes_pending.load(Relaxed),
         handshakes_evicted: source.shared.handshakes_evicted.load(Relaxed),
+        tls_key_updates: source.shared.key_updates.load(Relaxed),
         uplinks: shell.client.as_ref().map(|c| uplink_status(shell, c)).unwrap_or_default(),
     }
 }

@@ -15,6 +15,7 @@ use roamtun_proto::path::{take_frames, Liveness, PathEvent, PathLoss, PathMonito
 use roamtun_proto::transition::PathId;
 
 use super::relay_socket::SocketHandle;
+use super::tls_split::{RefreshKeys, WriteHalf};
 use super::EngineMsg;
 use crate::clock::Clock;
 use roamtun_proto::wire::{self, Frame, WireError};
@@ -113,6 +114,20 @@ pub struct PathIo {
     pub standby: Arc<AtomicBool>,
 }
 
+/// How often a path's writer refreshes the TLS traffic keys (both directions: the `key_update` asks
+/// the peer to update its own), and where it counts them for the status.
+#[derive(Clone)]
+pub struct Rekey {
+    pub every: std::time::Duration,
+    pub done: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Rekey {
+    pub fn new(tuning: &crate::config::Tuning, shared: &super::SharedCounters) -> Self {
+        Rekey { every: std::time::Duration::from_secs(tuning.rekey_interval_secs), done: shared.key_updates.clone() }
+    }
+}
+
 /// Starts the reader and writer of an established path. `early` holds bytes that arrived behind the
 /// handshake. Both tasks report the end of the path to the engine task as [`EngineMsg::PathDown`].
 #[allow(clippy::too_many_arguments)]
@@ -124,18 +139,19 @@ pub fn spawn_path_io<S>(
     engine: mpsc::Sender<EngineMsg>,
     room: Arc<Notify>,
     liveness: Liveness,
+    rekey: Rekey,
     clock: Clock,
 ) -> PathIo
 where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    S: AsyncRead + AsyncWrite + RefreshKeys + Unpin + Send + 'static,
 {
-    let (r, w) = tokio::io::split(stream);
+    let (r, w) = super::tls_split::split(stream);
     // Up to 8 chunks wait for the writer, on top of the engine's session_out_budget. Chunks are sized
     // to the path's rate, so on a slow path that is a few milliseconds (relay::outqueue).
     let (out_tx, out_rx) = mpsc::channel::<Bytes>(8);
     let standby = Arc::new(AtomicBool::new(false));
     let pace = Pace { liveness, standby: standby.clone() };
-    tokio::spawn(writer(w, path, out_rx, engine.clone(), room, pace.clone(), clock));
+    tokio::spawn(writer(w, path, out_rx, engine.clone(), room, pace.clone(), rekey, clock));
     let pongs = out_tx.clone();
     let monitor = PathMonitor::new(liveness, socket.rto_min().into(), clock.now());
     let watch = Watch { socket, standby: standby.clone(), monitor, clock };
@@ -265,44 +281,77 @@ async fn reader<R: AsyncRead + Unpin>(
     let _ = engine.send(EngineMsg::PathDown { path, reason }).await;
 }
 
-async fn writer<W: AsyncWrite + Unpin>(
-    mut w: W,
+#[allow(clippy::too_many_arguments)]
+async fn writer<S: AsyncWrite + RefreshKeys + Unpin>(
+    mut w: WriteHalf<S>,
     path: PathId,
     mut out: mpsc::Receiver<Bytes>,
     engine: mpsc::Sender<EngineMsg>,
     room: Arc<Notify>,
     pace: Pace,
+    rekey: Rekey,
     clock: Clock,
 ) {
     let failed = |err: std::io::Error| EngineMsg::PathDown { path, reason: PathLoss::WriteFailed(err.to_string()) };
+    let stuck = EngineMsg::PathDown { path, reason: PathLoss::Unwritable { after: UNWRITABLE_AFTER.into() } };
+    let mut next_rekey = tokio::time::Instant::now() + rekey.every;
     loop {
-        let chunk = match tokio::time::timeout(pace.probe_interval(), out.recv()).await {
+        let idle = pace.probe_interval().min(next_rekey.saturating_duration_since(tokio::time::Instant::now()));
+        let chunk = match tokio::time::timeout(idle, out.recv()).await {
             Ok(Some(chunk)) => chunk,
-            // The daemon closed the path: say goodbye at the TLS level.
+            // The daemon closed the path: say goodbye at the TLS level, if the peer still reads.
             Ok(None) => break,
             // PING nonces are the time they left, so a PONG tells its round trip by itself.
             Err(_) => encode(&Frame::Ping { nonce: clock.now().total_micros() }),
         };
-        room.notify_one();
-        if let Err(err) = w.write_all(&chunk).await {
-            let _ = engine.send(failed(err)).await;
-            return;
+        // Like WireGuard's rekey: a path that lives for days does not keep one key for all of it.
+        // The key_update leaves with the flush below, ahead of nothing it could reorder.
+        if tokio::time::Instant::now() >= next_rekey {
+            next_rekey += rekey.every;
+            match w.refresh_keys() {
+                Ok(()) => {
+                    rekey.done.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(?path, "TLS traffic keys refreshed");
+                }
+                Err(err) => {
+                    let _ = engine.send(failed(std::io::Error::other(format!("refreshing the TLS keys: {err}")))).await;
+                    return;
+                }
+            }
         }
-        // Write what else is queued before flushing, so TLS records stay large.
-        while let Ok(chunk) = out.try_recv() {
-            room.notify_one();
-            if let Err(err) = w.write_all(&chunk).await {
+        room.notify_one();
+        let written = tokio::time::timeout(UNWRITABLE_AFTER, async {
+            w.write_all(&chunk).await?;
+            // Write what else is queued before flushing, so TLS records stay large.
+            while let Ok(chunk) = out.try_recv() {
+                room.notify_one();
+                w.write_all(&chunk).await?;
+            }
+            w.flush().await
+        });
+        match written.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
                 let _ = engine.send(failed(err)).await;
                 return;
             }
-        }
-        if let Err(err) = w.flush().await {
-            let _ = engine.send(failed(err)).await;
-            return;
+            // The task ends and drops its half of the socket: a peer that never reads holds no
+            // task and, once the reader is stopped too, no descriptor.
+            Err(_) => {
+                let _ = engine.send(stuck).await;
+                return;
+            }
         }
     }
-    let _ = w.shutdown().await;
+    let _ = tokio::time::timeout(CLOSE_NOTIFY_WAIT, w.shutdown()).await;
 }
+
+/// A relay socket that accepts no byte for this long belongs to a peer that does not read (or to a
+/// way that is gone): its writer gives up. A healthy path frees room at every acknowledgement, so
+/// this is only the backstop behind the path monitor, which calls a stalled path dead much sooner.
+const UNWRITABLE_AFTER: Duration = Duration::from_secs(10);
+/// How long a closed path's writer tries to say goodbye (TLS close_notify) to a peer.
+const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
 
 /// Reads TCP_INFO of a TCP socket (Linux ≥ 4.9 layout: tcpi_delivery_rate_app_limited is bit 0 of
 /// byte 7, tcpi_snd_mss at 16, tcpi_unacked at 24, tcpi_last_ack_recv at 56, tcpi_rtt at 68,

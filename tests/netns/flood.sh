@@ -132,6 +132,62 @@ test_flood_while_a_client_roams_and_another_connects() {
     return 0
 }
 
+has_standby() { json_get "$WORK/client.sock" '"standby" in [u["state"] for u in s["uplinks"]]' | grep -q True; }
+fds() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 | wc -l; }
+
+# A path that ends must leave nothing behind: 100 planned switches between two uplinks (each one
+# closes the old path) while a transfer runs, and the descriptors and memory of both daemons stay
+# where they were after the first few.
+test_hundred_switches_leave_descriptors_and_memory_flat() {
+    netns_topology
+    netns_second_uplink
+    CLIENT_EXTRA='uplinks = ["wlan0", "wwan0"]' netns_configs
+    netns_start_daemons || fail "the daemons did not start"
+    SIZE=$((32 << 20)) start_workload $((1 << 20))
+    local i to
+    for i in 1 2 3 4; do
+        to=$([ $((i % 2)) = 1 ] && echo wwan0 || echo wlan0)
+        timeout 20 "$ROAMTUN" switch "$to" --socket "$WORK/client.sock" >/dev/null || fail "switch $i to $to failed"
+    done
+    local c_fd s_fd c_rss s_rss
+    c_fd=$(fds "$CLIENT_PID") s_fd=$(fds "$SERVER_PID") c_rss=$(rss_kib "$CLIENT_PID") s_rss=$(rss_kib "$SERVER_PID")
+    for i in $(seq 5 104); do
+        to=$([ $((i % 2)) = 1 ] && echo wwan0 || echo wlan0)
+        timeout 20 "$ROAMTUN" switch "$to" --socket "$WORK/client.sock" >/dev/null || fail "switch $i to $to failed"
+    done
+    # Let the last closed path's tasks end (the standby path is re-opened by Search).
+    wait_for 10 "a warm standby again" sh -c "$ROAMTUN status --json --socket $WORK/client.sock | grep -q '\"standby\": *true'" || true
+    SIZE=$((32 << 20)) finish_workload
+    local c_fd2 s_fd2 c_rss2 s_rss2
+    c_fd2=$(fds "$CLIENT_PID") s_fd2=$(fds "$SERVER_PID") c_rss2=$(rss_kib "$CLIENT_PID") s_rss2=$(rss_kib "$SERVER_PID")
+    echo "switches:    100 more, epoch $(epoch)"
+    echo "memory:      fds client $c_fd -> $c_fd2, server $s_fd -> $s_fd2; RSS client $c_rss -> $c_rss2 KiB, server $s_rss -> $s_rss2 KiB"
+    [ "$c_fd2" -le $((c_fd + 2)) ] || fail "the client holds $((c_fd2 - c_fd)) more descriptors after 100 switches"
+    [ "$s_fd2" -le $((s_fd + 2)) ] || fail "the server holds $((s_fd2 - s_fd)) more descriptors after 100 switches"
+    [ "$c_rss2" -le $((c_rss + 8192)) ] || fail "the client grew by $(((c_rss2 - c_rss) / 1024)) MiB over 100 switches"
+    [ "$s_rss2" -le $((s_rss + 8192)) ] || fail "the server grew by $(((s_rss2 - s_rss) / 1024)) MiB over 100 switches"
+}
+
+key_updates() { json_get "$1" 's["tls_key_updates"]'; }
+
+# Not a flood, but the other half of a path that strangers may watch for days: its TLS keys roll.
+test_tls_keys_refresh_under_traffic() {
+    netns_topology
+    CLIENT_EXTRA='[tuning]
+rekey_interval_secs = 1' SERVER_EXTRA='[tuning]
+rekey_interval_secs = 1' netns_configs
+    netns_start_daemons || fail "the daemons did not start"
+    SIZE=$((16 << 20)) start_workload $((4 << 20))
+    SIZE=$((16 << 20)) finish_workload
+    local client server
+    client=$(key_updates "$WORK/client.sock")
+    server=$(key_updates "$WORK/server.sock")
+    echo "rekey:       $client key updates sent by the client, $server by the server, during a 4 s transfer"
+    [ "$client" -ge 3 ] || fail "the client refreshed its keys $client times in 4 s (every 1 s configured)"
+    [ "$server" -ge 3 ] || fail "the server refreshed its keys $server times in 4 s"
+    [ "$(json_get "$WORK/client.sock" 's["peers"][0]["epoch"]')" = 1 ] || fail "the session changed paths: the refreshes broke a path"
+}
+
 for t in $(declare -F | awk '{print $3}' | grep '^test_'); do
     run "$t"
 done

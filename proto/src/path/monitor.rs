@@ -81,6 +81,10 @@ pub enum PathLoss {
     WriteFailed(String),
     #[error("its writer stopped")]
     WriterStopped,
+    /// The relay socket stayed full (the peer acknowledges nothing: it does not read, or the way is
+    /// gone) for this long.
+    #[error("nothing could be written for {} ms: the peer does not read", .after.total_millis())]
+    Unwritable { after: Duration },
     #[error("{uplink} is down")]
     UplinkDown { uplink: String },
     #[error("{uplink} lost {address}")]
