@@ -274,12 +274,16 @@ def bulk_server(host, port, ready_file):
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 
-def bulk_client(host, port, size, seed, rate, timeout):
+def bulk_client(host, port, size, seed, rate, timeout, read_after=None):
+    """With `read_after`, an app that does not read: it reads nothing until that file exists."""
     import threading
     start = time.monotonic()
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.sendall(size.to_bytes(8, "big") + seed.to_bytes(8, "big") + rate.to_bytes(8, "big"))
     failure = []
+    if read_after:
+        while not os.path.exists(read_after) and time.monotonic() - start < timeout:
+            time.sleep(0.05)
 
     def send():
         try:
@@ -585,6 +589,7 @@ def main():
     q.add_argument("--size", type=int, default=256 << 20), q.add_argument("--seed", type=int, default=1)
     q.add_argument("--rate", type=int, default=0, help="bytes/s each way, 0: as fast as possible")
     q.add_argument("--timeout", type=float, default=300)
+    q.add_argument("--read-after", help="read nothing until this file exists (an app that stops reading)")
     q = sub.add_parser("interactive")
     q.add_argument("host"), q.add_argument("port", type=int), q.add_argument("stop_file")
     q.add_argument("--interval", type=float, default=0.05), q.add_argument("--timeout", type=float, default=300)
@@ -627,7 +632,7 @@ def main():
     elif a.cmd == "bulk-server":
         bulk_server(a.host, a.port, a.ready_file)
     elif a.cmd == "bulk-client":
-        return bulk_client(a.host, a.port, a.size, a.seed, a.rate, a.timeout)
+        return bulk_client(a.host, a.port, a.size, a.seed, a.rate, a.timeout, a.read_after)
     elif a.cmd == "interactive":
         return interactive(a.host, a.port, a.interval, a.stop_file, a.timeout)
     elif a.cmd == "udp-stream":
