@@ -93,6 +93,7 @@ async fn accept_loop(
     });
     let refusals = Arc::new(LogBudget::new("connections refused before their handshake"));
     let failures = Arc::new(LogBudget::new("clients refused"));
+    let accept_errors = LogBudget::new("accept failures");
     loop {
         let accepts = listeners.iter().map(|l| Box::pin(l.accept()));
         let (tcp, remote) = match futures::future::select_all(accepts).await.0 {
@@ -100,7 +101,9 @@ async fn accept_loop(
             Err(err) => {
                 // EMFILE and the like: wait a little instead of spinning; the connections queued
                 // meanwhile wait in the listen backlog.
-                tracing::warn!(%err, "accept failed");
+                if accept_errors.allow() {
+                    tracing::warn!(%err, suppressed = accept_errors.take_suppressed(), "accept failed; retrying in 100 ms");
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }

@@ -136,6 +136,39 @@ test_flood_while_a_client_roams_and_another_connects() {
 }
 
 has_standby() { json_get "$WORK/client.sock" '"standby" in [u["state"] for u in s["uplinks"]]' | grep -q True; }
+# The server started with a hard limit of 64 descriptors, so the flood exhausts them (accept fails
+# with EMFILE): it must neither spin nor stop serving its session, and it recovers once the flood
+# ends.
+test_descriptor_exhaustion_does_not_stop_the_server() {
+    netns_topology
+    netns_second_uplink
+    stranger_network
+    netns_configs
+    second_peer
+    spawn "$WORK/server.log" "$NS_S" prlimit --nofile=64:64 env ROAMTUN_LOG=info "$ROAMTUN" server -c "$WORK/server.toml"
+    SERVER_PID=$LAST_PID
+    wait_for 10 "server control socket" test -S "$WORK/server.sock" || fail "the server did not start"
+    spawn "$WORK/client.log" "$NS_C" env ROAMTUN_LOG=info "$ROAMTUN" client -c "$WORK/client.toml"
+    CLIENT_PID=$LAST_PID
+    wait_for 15 "client to connect to the server" client_connected || fail "the client did not connect"
+    SIZE=$((16 << 20)) start_workload $((2 << 20))
+    spawn "$WORK/flood.out" "$NS_A" python3 "$ROOT/tests/netns/flood.py" 198.18.0.1 7700 \
+        --sources 198.18.9.10 --count 128 --hold 2000 --rate 600 --duration 8 --stats "$WORK/flood.json"
+    local flood_pid=$LAST_PID
+    wait_for 10 "accept to fail" grep -q "accept failed" "$WORK/server.log" || fail "the flood did not exhaust the descriptors"
+    local cpu0 cpu1
+    cpu0=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat")
+    wait "$flood_pid" || fail "the flooder failed"
+    cpu1=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat")
+    SIZE=$((16 << 20)) finish_workload
+    echo "emfile:      $(grep -c "accept failed" "$WORK/server.log") accept-failure lines logged; server CPU during the flood $(((cpu1 - cpu0) * 10)) ms"
+    # Not spinning: far less than the two cores' time of the flood (8 s).
+    [ $((cpu1 - cpu0)) -le 400 ] || fail "the server used $(((cpu1 - cpu0) * 10)) ms of CPU: it spins on accept"
+    [ "$(grep -c "accept failed" "$WORK/server.log")" -le 18 ] || fail "accept failures flood the log"
+    spawn "$WORK/phone.log" "$NS_A" env ROAMTUN_LOG=info "$ROAMTUN" client -c "$WORK/phone.toml"
+    wait_for 20 "the second peer to connect after the flood" phone_connected || fail "a new peer cannot connect after the flood"
+}
+
 fds() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 | wc -l; }
 
 # A path that ends must leave nothing behind: 100 planned switches between two uplinks (each one
