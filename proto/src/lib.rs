@@ -10,6 +10,7 @@
 
 pub mod admission;
 pub mod link;
+pub mod log_budget;
 pub mod path;
 pub mod relay;
 pub mod time;

@@ -19,6 +19,7 @@ use crate::clock::Clock;
 use crate::config::ServerConfig;
 use crate::tls;
 use roamtun_proto::admission::{Admission, AdmissionLimits, HandshakeId};
+use roamtun_proto::log_budget::LogBudget;
 use roamtun_proto::relay::engine::{Engine, Role};
 use roamtun_proto::relay::policy::{DestinationPolicy, IpPrefix};
 use roamtun_proto::wire::{Frame, PROTOCOL_VERSION};
@@ -91,9 +92,10 @@ async fn accept_loop(
         )),
         shared: shared.clone(),
     });
-    let refusals = Arc::new(LogBudget::new("connections refused before their handshake"));
-    let failures = Arc::new(LogBudget::new("clients refused"));
-    let accept_errors = LogBudget::new("accept failures");
+    // A stranger decides how often these happen: each kind is logged at a bounded rate.
+    let refusals = SharedBudget::new(clock);
+    let failures = Arc::new(SharedBudget::new(clock));
+    let accept_errors = SharedBudget::new(clock);
     loop {
         let accepts = listeners.iter().map(|l| Box::pin(l.accept()));
         let (tcp, remote) = match futures::future::select_all(accepts).await.0 {
@@ -101,8 +103,8 @@ async fn accept_loop(
             Err(err) => {
                 // EMFILE and the like: wait a little instead of spinning; the connections queued
                 // meanwhile wait in the listen backlog.
-                if accept_errors.allow() {
-                    tracing::warn!(%err, suppressed = accept_errors.take_suppressed(), "accept failed; retrying in 100 ms");
+                if let Some(left_out) = accept_errors.allow() {
+                    tracing::warn!(%err, left_out, "accept failed; retrying in 100 ms");
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
@@ -121,8 +123,8 @@ async fn accept_loop(
             tokio::spawn(async move {
                 if let Err(err) = ctx.serve(tcp, remote, ticket).await {
                     ctx.shared.handshakes_refused.fetch_add(1, Ordering::Relaxed);
-                    if failures.allow() {
-                        tracing::warn!(%remote, error = %format!("{err:#}"), suppressed = failures.take_suppressed(), "client refused");
+                    if let Some(left_out) = failures.allow() {
+                        tracing::warn!(%remote, error = %format!("{err:#}"), left_out, "client refused");
                     }
                 }
             })
@@ -132,8 +134,8 @@ async fn accept_loop(
             // The connection (moved into the closure, which did not run) is closed already: no TLS
             // state, no task, no buffer.
             shared.connections_over_limit.fetch_add(1, Ordering::Relaxed);
-            if refusals.allow() {
-                tracing::warn!(%remote, reason = %refusal, suppressed = refusals.take_suppressed(), "connection refused before its handshake");
+            if let Some(left_out) = refusals.allow() {
+                tracing::warn!(%remote, reason = %refusal, left_out, "connection refused before its handshake");
             }
         }
     }
@@ -198,50 +200,20 @@ impl Drop for Ticket {
     }
 }
 
-/// Bounds how often one kind of refusal is logged: a flood of strangers must not flood the journal.
-/// A few lines per window, then one line that says how many were left out.
-struct LogBudget {
-    what: &'static str,
-    state: std::sync::Mutex<(StdInstant, u32, u64)>,
+/// A [`LogBudget`] shared by the accept loop and the connection tasks, on the daemon's clock.
+struct SharedBudget {
+    budget: std::sync::Mutex<LogBudget>,
+    clock: Clock,
 }
 
-impl LogBudget {
-    const WINDOW: Duration = Duration::from_secs(10);
-    const LINES: u32 = 5;
-
-    fn new(what: &'static str) -> Self {
-        LogBudget { what, state: std::sync::Mutex::new((StdInstant::now(), 0, 0)) }
+impl SharedBudget {
+    fn new(clock: Clock) -> Self {
+        SharedBudget { budget: std::sync::Mutex::new(LogBudget::for_peer_input()), clock }
     }
 
-    /// Whether this occurrence may be logged; counts it as left out if not.
-    fn allow(&self) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (start, lines, suppressed) = &mut *state;
-        if start.elapsed() >= Self::WINDOW {
-            if *suppressed > 0 {
-                tracing::warn!(
-                    count = *suppressed,
-                    window_secs = Self::WINDOW.as_secs(),
-                    "{}: more were not logged",
-                    self.what
-                );
-            }
-            *start = StdInstant::now();
-            *lines = 0;
-            *suppressed = 0;
-        }
-        if *lines < Self::LINES {
-            *lines += 1;
-            true
-        } else {
-            *suppressed += 1;
-            false
-        }
-    }
-
-    /// How many were left out in this window so far (shown with the lines that are logged).
-    fn take_suppressed(&self) -> u64 {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).2
+    /// `Some(left_out)`: log this one, saying how many were not logged before it.
+    fn allow(&self) -> Option<u64> {
+        self.budget.lock().unwrap_or_else(|e| e.into_inner()).allow(self.clock.now())
     }
 }
 

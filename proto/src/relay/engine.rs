@@ -217,6 +217,9 @@ impl Stream {
 
 struct Session {
     virtual_ips: Vec<IpAddr>,
+    /// Warnings about this peer's input are logged at a bounded rate (a peer may send garbage on
+    /// purpose); the counters count every one.
+    warnings: crate::log_budget::LogBudget,
     /// Bytes of a frame that has not fully arrived.
     rx: Vec<u8>,
     out: OutQueue,
@@ -298,6 +301,7 @@ impl Engine {
         self.sessions.insert(
             id,
             Session {
+                warnings: crate::log_budget::LogBudget::for_peer_input(),
                 virtual_ips,
                 rx: Vec::new(),
                 out: OutQueue::default(),
@@ -497,7 +501,9 @@ impl Engine {
                 Err(err) => match wire::frame_len(&data[pos..]) {
                     // The header's length still delimits the frame: skip it, keep the session.
                     Some(n) => {
-                        tracing::warn!(session = sid.0, %err, "skipping a malformed frame");
+                        if let Some(left_out) = self.session_mut(sid).warnings.allow(now) {
+                            tracing::warn!(session = sid.0, %err, left_out, "skipping a malformed frame");
+                        }
                         self.counters_mut(sid).frames_malformed += 1;
                         pos += n;
                     }
@@ -569,7 +575,9 @@ impl Engine {
     /// frames in flight are expected and ignored).
     fn after_stream_input(&mut self, sid: SessionId, stream_id: u32, r: Option<Result<(), StreamError>>, now: Instant) {
         if let Some(Err(err)) = r {
-            tracing::warn!(session = sid.0, stream = stream_id, %err, "peer broke the stream rules; resetting the stream");
+            if let Some(left_out) = self.session_mut(sid).warnings.allow(now) {
+                tracing::warn!(session = sid.0, stream = stream_id, %err, left_out, "peer broke the stream rules; resetting the stream");
+            }
             self.counters_mut(sid).streams_violated += 1;
             self.reset_stream(sid, stream_id, ResetCode::Internal, now);
         }
@@ -602,13 +610,22 @@ impl Engine {
         };
         if session.streams.contains_key(&stream_id) {
             // An OPEN for a live stream: the two sides no longer agree on it, so neither may keep it.
-            tracing::warn!(session = sid.0, stream = stream_id, "peer reopened a live stream; resetting it");
+            if let Some(left_out) = session.warnings.allow(now) {
+                tracing::warn!(
+                    session = sid.0,
+                    stream = stream_id,
+                    left_out,
+                    "peer reopened a live stream; resetting it"
+                );
+            }
             session.counters.streams_violated += 1;
             self.reset_stream(sid, stream_id, ResetCode::Internal, now);
             return;
         }
         if stream_id % 2 != peer_parity || !allowed {
-            tracing::warn!(session = sid.0, stream = stream_id, %src, %dst, "refusing a stream the peer may not open");
+            if let Some(left_out) = session.warnings.allow(now) {
+                tracing::warn!(session = sid.0, stream = stream_id, %src, %dst, left_out, "refusing a stream the peer may not open");
+            }
             session.counters.streams_violated += 1;
             // Nothing of ours went out on this stream: no order to keep.
             session.out.push_urgent(&Frame::Reset { stream_id, code: ResetCode::Refused });
@@ -646,7 +663,9 @@ impl Engine {
                 tracing::debug!(session = sid.0, stream = stream_id, %src, %dst, "peer opened a TCP connection");
             }
             Err(err) => {
-                tracing::warn!(session = sid.0, stream = stream_id, %err, "cannot open the connection the peer asked for");
+                if let Some(left_out) = self.session_mut(sid).warnings.allow(now) {
+                    tracing::warn!(session = sid.0, stream = stream_id, %err, left_out, "cannot open the connection the peer asked for");
+                }
                 self.session_mut(sid).out.push_urgent(&Frame::Reset { stream_id, code: ResetCode::Refused });
             }
         }
