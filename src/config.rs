@@ -322,6 +322,9 @@ pub struct ClientConfig {
     /// Besides root, members of this group may use the control socket.
     #[serde(default, deserialize_with = "optional_from_str")]
     pub control_group: Option<ControlGroup>,
+    /// Where to serve Prometheus metrics (`GET /metrics`); off when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     #[serde(default)]
     pub tuning: Tuning,
     #[serde(default)]
@@ -547,6 +550,9 @@ pub struct ServerConfig {
     pub control_socket: PathBuf,
     #[serde(default, deserialize_with = "optional_from_str")]
     pub control_group: Option<ControlGroup>,
+    /// Where to serve Prometheus metrics (`GET /metrics`); off when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     #[serde(default)]
     pub tuning: Tuning,
     #[serde(rename = "peer", default)]

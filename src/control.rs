@@ -149,6 +149,16 @@ pub struct UplinkStatus {
     pub pinned: bool,
 }
 
+/// A session's switches by kind since it began.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SwitchTotals {
+    pub planned: u64,
+    pub unexpected: u64,
+    /// The apps' stalls of the planned switches, summed.
+    pub planned_stall_ms: f64,
+    pub unexpected_stall_ms: f64,
+}
+
 /// One finished uplink switch of a session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SwitchRecord {
@@ -318,6 +328,9 @@ pub struct PeerStatus {
     /// The last switches, oldest first.
     #[serde(default)]
     pub switches: Vec<SwitchRecord>,
+    /// Every switch of this session by kind since it began (`switches` keeps only the last few).
+    #[serde(default)]
+    pub switch_totals: SwitchTotals,
 }
 
 /// A request from the socket, with where to send the answer.

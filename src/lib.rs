@@ -12,6 +12,7 @@ pub mod config_shape;
 pub mod control;
 pub mod daemon;
 pub mod keys;
+pub mod metrics;
 pub mod routing;
 pub mod service;
 pub mod tls;

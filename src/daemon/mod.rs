@@ -203,6 +203,7 @@ pub async fn serve<F, Fut>(
     client: Option<ClientHooks>,
     control_socket: &std::path::Path,
     control_access: crate::control::Access,
+    metrics: Option<std::net::SocketAddr>,
     role_task: F,
 ) -> anyhow::Result<()>
 where
@@ -219,6 +220,10 @@ where
     let mut engine_task = tokio::spawn(shell.run(uplinks, engine_rx, room.clone()));
     let result = async {
         let (ctl_tx, ctl_rx) = mpsc::channel(16);
+        let metrics_task = match metrics {
+            Some(addr) => Some(crate::metrics::serve(addr, ctl_tx.clone()).await?),
+            None => None,
+        };
         let mut control_task = crate::control::serve(control_socket, control_access, ctl_tx).await?;
         forward_control(ctl_rx, engine_tx.clone());
         // Everything that can fail at start is done: the TUN, the listeners, the control socket.
@@ -237,6 +242,9 @@ where
         };
         crate::service::stopping("stopping: resetting the apps' connections, removing routes");
         control_task.abort();
+        if let Some(task) = metrics_task {
+            task.abort();
+        }
         outcome
     }
     .await;

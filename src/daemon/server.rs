@@ -65,9 +65,19 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let transition = transition_config(&config.tuning);
     let access = crate::control::Access::new(config.control_group.clone());
-    super::serve(tun, engine, transition, clock, source, None, &config.control_socket, access, |engine, room| {
-        accept_loop(listeners, tls, config.clone(), engine, room, shared, clock)
-    })
+    let metrics = config.metrics_listen;
+    super::serve(
+        tun,
+        engine,
+        transition,
+        clock,
+        source,
+        None,
+        &config.control_socket,
+        access,
+        metrics,
+        |engine, room| accept_loop(listeners, tls, config.clone(), engine, room, shared, clock),
+    )
     .await
 }
 

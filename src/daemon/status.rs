@@ -7,7 +7,7 @@ use roamtun_proto::relay::engine::Role;
 
 use super::client_side::ClientSide;
 use super::shell::{unix_ms, Shell};
-use crate::control::{PeerStatus, Status, SwitchRecord, UplinkStatus};
+use crate::control::{PeerStatus, Status, SwitchRecord, SwitchTotals, UplinkStatus};
 
 pub(super) fn status(shell: &Shell) -> Status {
     let core = &shell.core;
@@ -40,6 +40,7 @@ pub(super) fn status(shell: &Shell) -> Status {
             rtt_ms: None,
             stale_frames_dropped: 0,
             switches: Vec::new(),
+            switch_totals: SwitchTotals::default(),
         };
         if let Some(s) = session {
             p.connected = s.path.is_some() && !s.switching;
@@ -49,6 +50,12 @@ pub(super) fn status(shell: &Shell) -> Status {
             p.rtt_ms = s.rtt.map(|r| r.as_millis_f64());
             p.stale_frames_dropped = s.stale_frames;
             p.switches = s.switches.iter().map(|r| SwitchRecord::new(r, now, unix_now)).collect();
+            p.switch_totals = SwitchTotals {
+                planned: s.switch_totals.planned,
+                unexpected: s.switch_totals.unexpected,
+                planned_stall_ms: s.switch_totals.planned_stall.as_millis_f64(),
+                unexpected_stall_ms: s.switch_totals.unexpected_stall.as_millis_f64(),
+            };
             p.connected_secs = Some((now - s.since).secs());
             if let Some(info) = s.path {
                 p.local_address = info.local;

@@ -124,6 +124,17 @@ pub enum Action {
     SwitchDone(Result<SwitchReport, SwitchError>),
 }
 
+/// Every finished switch of a session by kind, since it began: the history keeps only the last few,
+/// metrics need totals that only grow.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SwitchTotals {
+    pub planned: u64,
+    pub unexpected: u64,
+    /// The apps' stall (stop sending → resume), summed per kind.
+    pub planned_stall: Duration,
+    pub unexpected_stall: Duration,
+}
+
 /// One finished uplink switch of a session, as the core saw it; the daemon renders it for the
 /// status (with wall-clock times) and the log.
 #[derive(Debug, Clone, PartialEq)]
@@ -248,6 +259,7 @@ struct SessionState {
     resends: Vec<(u32, u64)>,
     progress: Option<Progress>,
     history: VecDeque<SwitchReport>,
+    totals: SwitchTotals,
     since: Instant,
     stale_frames: u64,
     control_malformed: u64,
@@ -317,8 +329,9 @@ pub struct SessionView<'a> {
     pub paths_refused_limit: u64,
     /// Paths dropped because the peer did not read what was queued for it.
     pub paths_lost_not_reading: u64,
-    /// Finished switches, oldest first.
+    /// Finished switches, oldest first (the last few).
     pub switches: &'a VecDeque<SwitchReport>,
+    pub switch_totals: SwitchTotals,
     pub since: Instant,
 }
 
@@ -896,6 +909,16 @@ impl RelayCore {
             datagrams_dropped = report.datagrams_dropped,
             "uplink switch"
         );
+        match report.kind {
+            SwitchKind::Planned => {
+                state.totals.planned += 1;
+                state.totals.planned_stall += report.stall;
+            }
+            SwitchKind::Unexpected => {
+                state.totals.unexpected += 1;
+                state.totals.unexpected_stall += report.stall;
+            }
+        }
         if state.history.len() == HISTORY {
             state.history.pop_front();
         }
@@ -1051,6 +1074,7 @@ impl RelayCore {
             paths_refused_limit: s.paths_refused_limit,
             paths_lost_not_reading: s.paths_lost_not_reading,
             switches: &s.history,
+            switch_totals: s.totals,
             since: s.since,
         })
     }
@@ -1066,6 +1090,7 @@ impl SessionState {
             resends: Vec::new(),
             progress: None,
             history: VecDeque::new(),
+            totals: SwitchTotals::default(),
             since: now,
             stale_frames: 0,
             control_malformed: 0,
