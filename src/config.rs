@@ -557,6 +557,43 @@ pub struct ServerConfig {
     pub tuning: Tuning,
     #[serde(rename = "peer", default)]
     pub peers: Vec<PeerConfig>,
+    /// A directory of one file per peer (`NAME.toml` holding `public_key`, `virtual_ips` and
+    /// optionally `name`), read after the `[[peer]]` tables and again at every reload.
+    #[serde(default)]
+    pub peers_dir: Option<PathBuf>,
+    /// Where each peer came from: `None` for a `[[peer]]` table, else its file in `peers_dir`.
+    #[serde(skip)]
+    pub peer_files: Vec<Option<PathBuf>>,
+}
+
+/// One file of `peers_dir`: a `[[peer]]` table whose name defaults to the file's stem.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerFile {
+    name: Option<String>,
+    #[serde(deserialize_with = "from_str")]
+    public_key: PublicKey,
+    virtual_ips: Vec<IpAddr>,
+}
+
+/// Every `*.toml` of `dir`, in name order, as peers.
+fn read_peers_dir(dir: &Path) -> Result<Vec<(PeerConfig, PathBuf)>, ConfigError> {
+    let read_err = |source| ConfigError::Read { path: dir.into(), source };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(read_err)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    let mut peers = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read { path: file.clone(), source })?;
+        let peer: PeerFile = parse(&file, &text)?;
+        let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = peer.name.unwrap_or(stem);
+        peers.push((PeerConfig { name, public_key: peer.public_key, virtual_ips: peer.virtual_ips }, file));
+    }
+    Ok(peers)
 }
 
 fn default_server_tun() -> TunConfig {
@@ -909,10 +946,20 @@ impl ServerConfig {
             let key = [Step::Key("listen"), Step::Index(i)];
             return Err(invalid_at(path, text, &key, format!("listen: {} is named twice", c.listen[i])));
         }
+        c.peer_files = vec![None; c.peers.len()];
+        if let Some(dir) = c.peers_dir.clone() {
+            // Relative to the config file, like a path in any other key would be read by a person.
+            let dir = path.parent().map_or(dir.clone(), |base| base.join(&dir));
+            for (peer, file) in read_peers_dir(&dir)? {
+                c.peers.push(peer);
+                c.peer_files.push(Some(file));
+            }
+        }
         if c.peers.is_empty() {
             return Err(invalid(
                 path,
-                "no [[peer]] is configured: add one per client (name, public_key, virtual_ips)".into(),
+                "no [[peer]] is configured (and peers_dir holds none): add one per client (name, public_key, virtual_ips)"
+                    .into(),
             ));
         }
         let mut owners: BTreeMap<IpAddr, &str> = BTreeMap::new();
@@ -922,6 +969,11 @@ impl ServerConfig {
         }
         for (n, peer) in c.peers.iter().enumerate() {
             let at = |key: &'static str| [Step::Key("peer"), Step::Index(n), Step::Key(key)];
+            // A peer from peers_dir: its errors name its file.
+            let invalid_at = |path: &Path, text: &str, key: &[Step], message: String| match &c.peer_files[n] {
+                Some(file) => invalid(file, message),
+                None => invalid_at(path, text, key, message),
+            };
             if let Some(other) = keys.insert(peer.public_key, &peer.name) {
                 let message = format!("peer {:?} has the same public key as peer {other:?}", peer.name);
                 return Err(invalid_at(path, text, &at("public_key"), message));

@@ -59,6 +59,8 @@ pub enum Request {
     Pin {
         uplink: Option<String>,
     },
+    /// Server: read the config file and `peers_dir` again and apply the peers' changes.
+    Reload,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

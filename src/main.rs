@@ -68,6 +68,12 @@ enum Command {
         #[arg(short, long, value_name = "PATH", default_value = "/run/roamtun/client.sock")]
         socket: PathBuf,
     },
+    /// Server: read the config file and peers_dir again; added, changed and removed peers take effect
+    /// without touching the other sessions (SIGHUP does the same).
+    Reload {
+        #[arg(short, long, value_name = "PATH", default_value = "/run/roamtun/server.sock")]
+        socket: PathBuf,
+    },
     /// Print a new private key.
     Genkey,
     /// Read a private key on stdin and print its public key.
@@ -121,7 +127,7 @@ fn main() -> ExitCode {
         Command::Server { config, check } => match ServerConfig::load(&config) {
             Err(err) => config_error(&err),
             Ok(cfg) if check => checked(&config, &roamtun::check::server(&cfg)),
-            Ok(cfg) => run_daemon(cfg.tuning.worker_threads, roamtun::daemon::server::run(cfg)),
+            Ok(cfg) => run_daemon(cfg.tuning.worker_threads, roamtun::daemon::server::run(cfg, config)),
         },
         Command::Status { json, socket } => status(json, socket),
         Command::Switch { uplink, json, socket } => switch(uplink, json, socket),
@@ -144,6 +150,7 @@ fn main() -> ExitCode {
         }
         Command::Pin { uplink, socket } => simple(&socket, Request::Pin { uplink: Some(uplink) }),
         Command::Unpin { socket } => simple(&socket, Request::Pin { uplink: None }),
+        Command::Reload { socket } => simple(&socket, Request::Reload),
     }
 }
 

@@ -73,6 +73,7 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
         &config.control_socket,
         crate::control::Access::new(config.control_group.clone()),
         config.metrics_listen,
+        None,
         |engine, room| async {
             Dialer { config: &config, connector, engine, room, shared, uplinks, clock }.run(dial_rx).await
         },

@@ -11,6 +11,7 @@ mod client_side;
 mod crash;
 pub mod memory;
 mod relay_socket;
+pub mod reload;
 pub mod server;
 mod shell;
 mod status;
@@ -99,6 +100,12 @@ pub enum EngineMsg {
         standby: bool,
     },
     Control(ControlRequest),
+    /// Server: a reload changed the configured peers: `known` is the new list (for the status),
+    /// `ended` the public keys (base64) whose sessions must end, with why.
+    PeersChanged {
+        known: Vec<(String, String, Vec<IpAddr>)>,
+        ended: Vec<(String, String)>,
+    },
     /// Stop: reset the apps' connections, close the sessions, return.
     Shutdown,
 }
@@ -204,6 +211,7 @@ pub async fn serve<F, Fut>(
     control_socket: &std::path::Path,
     control_access: crate::control::Access,
     metrics: Option<std::net::SocketAddr>,
+    reloads: Option<mpsc::Sender<reload::ReloadRequest>>,
     role_task: F,
 ) -> anyhow::Result<()>
 where
@@ -225,7 +233,7 @@ where
             None => None,
         };
         let mut control_task = crate::control::serve(control_socket, control_access, ctl_tx).await?;
-        forward_control(ctl_rx, engine_tx.clone());
+        forward_control(ctl_rx, engine_tx.clone(), reloads);
         // Everything that can fail at start is done: the TUN, the listeners, the control socket.
         crate::service::ready(&format!("serving on {tun_name}, control socket {}", control_socket.display()));
         // Only a signal ends the daemon well; any task that ends or panics before one leaves it
@@ -278,10 +286,27 @@ async fn shutdown_signal() {
     }
 }
 
-/// Forwards control requests into the engine task's queue.
-fn forward_control(mut rx: mpsc::Receiver<ControlRequest>, engine: mpsc::Sender<EngineMsg>) {
+/// Forwards control requests into the engine task's queue; `roamtun reload` goes to the reload task
+/// instead (it reads files, which the engine task never does).
+fn forward_control(
+    mut rx: mpsc::Receiver<ControlRequest>,
+    engine: mpsc::Sender<EngineMsg>,
+    reloads: Option<mpsc::Sender<reload::ReloadRequest>>,
+) {
     tokio::spawn(async move {
         while let Some(req) = rx.recv().await {
+            if matches!(req.request, crate::control::Request::Reload) {
+                match &reloads {
+                    Some(reloads) => {
+                        let _ = reloads.send(req.reply).await;
+                    }
+                    None => {
+                        let message = "only the server reloads its configuration (restart the client)".into();
+                        let _ = req.reply.send(crate::control::Response::Error { message });
+                    }
+                }
+                continue;
+            }
             if engine.send(EngineMsg::Control(req)).await.is_err() {
                 break;
             }

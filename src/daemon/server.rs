@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::relay_socket::RelaySocket;
+use super::reload::{Live, SharedLive};
 use super::transport::{self, close_code, Handshake};
 use super::{engine_config, transition_config, EngineMsg, Join, PathInfo, PeerInfo, SharedCounters, StatusSource, Tun};
 use crate::clock::Clock;
@@ -31,7 +32,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// for two lost segments on a slow mobile link.
 const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(3);
 
-pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+/// Runs the server of `config`, read from `path` (read again at every reload).
+pub async fn run(config: ServerConfig, path: std::path::PathBuf) -> anyhow::Result<()> {
     let keys = config.peers.iter().map(|p| p.public_key).collect();
     let tls = tls::server_config(config.private_key(), keys)?;
     let mut listeners = Vec::new();
@@ -66,6 +68,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let transition = transition_config(&config.tuning);
     let access = crate::control::Access::new(config.control_group.clone());
     let metrics = config.metrics_listen;
+    let live: SharedLive = Arc::new(std::sync::RwLock::new(Live { config: config.clone(), tls }));
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    let tuning = config.tuning.clone();
     super::serve(
         tun,
         engine,
@@ -76,7 +81,11 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         &config.control_socket,
         access,
         metrics,
-        |engine, room| accept_loop(listeners, tls, config.clone(), engine, room, shared, clock),
+        Some(reload_tx),
+        |engine, room| async move {
+            let reloads = super::reload::serve(path, live.clone(), engine.clone(), reload_rx);
+            tokio::join!(accept_loop(listeners, live, &tuning, engine, room, shared, clock), reloads);
+        },
     )
     .await
 }
@@ -85,8 +94,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
 /// once [`Admission`] lets it in.
 async fn accept_loop(
     listeners: Vec<TcpListener>,
-    tls: Arc<rustls::ServerConfig>,
-    config: Arc<ServerConfig>,
+    live: SharedLive,
+    tuning: &crate::config::Tuning,
     engine: mpsc::Sender<EngineMsg>,
     room: Arc<Notify>,
     shared: Arc<SharedCounters>,
@@ -95,8 +104,8 @@ async fn accept_loop(
     let gate = Arc::new(Gate {
         state: std::sync::Mutex::new((
             Admission::new(AdmissionLimits {
-                pending: config.tuning.max_pending_handshakes,
-                pending_per_source: config.tuning.max_pending_handshakes_per_source,
+                pending: tuning.max_pending_handshakes,
+                pending_per_source: tuning.max_pending_handshakes_per_source,
             }),
             HashMap::new(),
         )),
@@ -120,14 +129,12 @@ async fn accept_loop(
                 continue;
             }
         };
-        let ctx = Accepted {
-            config: config.clone(),
-            tls: tls.clone(),
-            engine: engine.clone(),
-            room: room.clone(),
-            shared: shared.clone(),
-            clock,
+        // The configuration of this moment: a reload later does not change this connection's.
+        let (config, tls) = {
+            let live = live.read().unwrap_or_else(|e| e.into_inner());
+            (live.config.clone(), live.tls.clone())
         };
+        let ctx = Accepted { config, tls, engine: engine.clone(), room: room.clone(), shared: shared.clone(), clock };
         let failures = failures.clone();
         let admitted = gate.admit(remote.ip(), |ticket| {
             tokio::spawn(async move {

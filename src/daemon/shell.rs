@@ -269,6 +269,10 @@ impl Shell {
                         let _ = reply.send(Response::Error { message: "only the client switches uplinks".into() });
                     }
                 },
+                // The reload task answers it (forward_control); it never comes here.
+                Request::Reload => {
+                    let _ = reply.send(Response::Error { message: "reload is not handled by the engine task".into() });
+                }
                 Request::Pin { uplink } => {
                     let answer = match self.client.as_mut() {
                         Some(client) => client.pin(uplink),
@@ -277,6 +281,13 @@ impl Shell {
                     let _ = reply.send(answer);
                 }
             },
+            EngineMsg::PeersChanged { known, ended } => {
+                self.source.known_peers = known;
+                for (key, why) in ended {
+                    let sessions = self.core.end_peer(&key, &why, now);
+                    tracing::info!(reason = %why, sessions, "a reload ended the peer's sessions");
+                }
+            }
             // Handled by the loop in run.
             EngineMsg::Shutdown => {}
         }

@@ -53,6 +53,9 @@ pub mod close_code {
     pub const SESSION: u16 = 5;
     /// The session has `max_paths_per_session` paths already: this one is not taken.
     pub const PATH_LIMIT: u16 = 6;
+    /// The server's configuration no longer has this client, or gives it other virtual IPs: the
+    /// session ends (a changed peer dials a new one).
+    pub const PEER_CHANGED: u16 = 7;
 }
 
 /// Who a session talks to, for status and logs.
@@ -1025,6 +1028,22 @@ impl RelayCore {
         for id in ids {
             self.end_session(id, "the daemon is stopping", now);
         }
+    }
+
+    /// Server: the configuration no longer has the peer with `public_key` as it was (a reload removed
+    /// or changed it): its sessions end, and each of their paths gets a CLOSE saying why. Returns how
+    /// many sessions ended.
+    pub fn end_peer(&mut self, public_key: &str, reason: &str, now: Instant) -> usize {
+        let ids: Vec<SessionId> =
+            self.sessions.iter().filter(|(_, s)| s.peer.public_key == public_key).map(|(id, _)| *id).collect();
+        let goodbye = encode(&Frame::Close { code: close_code::PEER_CHANGED, reason });
+        for p in self.paths.values_mut().filter(|p| ids.contains(&p.session)) {
+            p.out.push_back(goodbye.clone());
+        }
+        for id in &ids {
+            self.end_session(*id, reason, now);
+        }
+        ids.len()
     }
 
     /// Closes a path; what is queued for it still goes out.
