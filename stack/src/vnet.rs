@@ -9,7 +9,9 @@
 //! Segmentation offload (TSO) is deliberately not enabled: with the TUN's 64 KiB MTU the kernel's
 //! segments are already as large as TSO would make them.
 //!
-//! Sans-IO: functions on byte slices; `tun.rs` does the reads and writes.
+//! Sans-IO: functions on byte slices; the daemon's `src/daemon/tun.rs` does the reads and writes. It
+//! lives in this crate, beside the stack whose packets it frames, so that it can be fuzzed and tested
+//! without the daemon.
 
 /// Size of `struct virtio_net_hdr` (no `num_buffers`): the kernel's default for a TUN.
 pub const HEADER_LEN: usize = 10;
