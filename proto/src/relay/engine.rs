@@ -510,8 +510,12 @@ impl Engine {
             self.reset_stream(sid, stream_id, ResetCode::Internal, now);
             return;
         }
-        if stream_id % 2 != peer_parity || !allowed {
-            tracing::warn!(session = sid.0, stream = stream_id, %src, %dst, "refusing a stream the peer may not open");
+        // Ids only grow: one at or below the highest the peer opened names a stream that was here and
+        // is gone (reset, or finished). Opening it again would mix two streams under one id, the old
+        // one's frames still queued with the new one's.
+        let reused = session.highest_peer_stream.is_some_and(|highest| stream_id <= highest);
+        if stream_id % 2 != peer_parity || !allowed || reused {
+            tracing::warn!(session = sid.0, stream = stream_id, %src, %dst, reused, "refusing a stream the peer may not open");
             session.counters.streams_violated += 1;
             // Nothing of ours went out on this stream: no order to keep.
             session.out.push_urgent(&Frame::Reset { stream_id, code: ResetCode::Refused });
