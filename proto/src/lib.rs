@@ -7,6 +7,9 @@
 //! and `poll_at` / `poll_timeout` say when to call again. The daemons (the `roamtun` crate) own every
 //! file descriptor and the clock, and turn the records this crate emits into the status JSON.
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod link;
 pub mod path;
 pub mod relay;

@@ -587,7 +587,8 @@ fn transition_a_client_cannot_push_the_epoch_out_of_reach() {
     let now = Instant::from_millis(1_000);
     let none = Vec::<StreamOffset>::new();
     let mut server = ServerTransition::new(TransitionConfig::default(), SESSION, P0);
-    let jump = |proposed, highest| Err(TransitionError::EpochJump { proposed: Epoch(proposed), highest: Epoch(highest) });
+    let jump =
+        |proposed, highest| Err(TransitionError::EpochJump { proposed: Epoch(proposed), highest: Epoch(highest) });
 
     // Straight to the last epoch, where no later switch could be proposed: refused, nothing moves.
     let last = ControlMessage::SwitchUnexpected { epoch: Epoch(u32::MAX), session: SESSION, received: vec![] };
@@ -609,7 +610,10 @@ fn transition_a_client_cannot_push_the_epoch_out_of_reach() {
     let next = ControlMessage::SwitchStep1 { epoch: Epoch(MAX_EPOCH_STEP + 1) };
     assert_eq!(server.handle_message(P1, next, &none, now), Ok(()));
     assert!(server.is_switching());
-    assert_eq!(server.poll_transmit(), Some((P1, ControlMessage::LastMessageBeforeRedirection { epoch: Epoch(MAX_EPOCH_STEP + 1) })));
+    assert_eq!(
+        server.poll_transmit(),
+        Some((P1, ControlMessage::LastMessageBeforeRedirection { epoch: Epoch(MAX_EPOCH_STEP + 1) }))
+    );
 }
 
 #[test]
@@ -670,7 +674,12 @@ fn transition_late_messages_from_an_old_epoch_are_ignored() {
     }
     assert_eq!(pair.client.poll_transmit(), None);
     pair.server
-        .handle_message(P1, ControlMessage::SwitchStep2 { epoch: e1, session: SESSION }, &pair.server_received, pair.now)
+        .handle_message(
+            P1,
+            ControlMessage::SwitchStep2 { epoch: e1, session: SESSION },
+            &pair.server_received,
+            pair.now,
+        )
         .unwrap();
     while pair.server.poll_transmit().is_some() {}
     pair.settle(Duration::from_secs(5));

@@ -3,8 +3,8 @@
 use std::net::IpAddr;
 
 use roamtun_netlink::{Installed, Netlink, NetlinkError, Route};
-
 use roamtun_stack::vnet;
+
 use crate::config::Prefix;
 
 /// Why the TUN could not be set up; each says what to do about it.

@@ -16,6 +16,9 @@
 mod checksum;
 mod device;
 mod flow;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod vnet;
 
 pub use flow::{FlowEvent, FlowId};

@@ -247,7 +247,9 @@ pub enum TransitionError {
     NotLost(PathId),
     /// Server: the client proposed an epoch too far above the highest one so far
     /// ([`MAX_EPOCH_STEP`]); the request is dropped.
-    #[error("refused a switch to epoch {proposed}: more than {MAX_EPOCH_STEP} above the highest epoch so far, {highest}")]
+    #[error(
+        "refused a switch to epoch {proposed}: more than {MAX_EPOCH_STEP} above the highest epoch so far, {highest}"
+    )]
     EpochJump {
         /// The epoch the client's request named.
         proposed: Epoch,
