@@ -19,6 +19,9 @@ failed=()
 
 step "cargo fmt --check"
 cargo fmt --all -- --check || failed+=(fmt)
+# The fuzz crate is a workspace of its own (docs/fuzzing.md); its one-line targets need no build here:
+# tests/fuzz_replay.rs of each crate replays their corpora.
+(cd "$ROOT/fuzz" && cargo fmt -- --check) || failed+=(fmt-fuzz)
 step "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings || failed+=(clippy)
 step "cargo build --release"

@@ -32,6 +32,9 @@
 //!   namespace of the calling thread.
 
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod installed;
 mod message;
 mod monitor;

@@ -9,6 +9,9 @@
 //! file descriptor and the clock, and turn the records this crate emits into the status JSON.
 
 pub mod admission;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod link;
 pub mod log_budget;
 pub mod path;

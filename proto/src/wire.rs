@@ -379,8 +379,11 @@ impl fmt::Display for ResetCode {
 /// (encoding).
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
-    /// The type byte is not an assigned [`FrameType`]. The connection must be
-    /// closed: the frame boundary of an unknown type cannot be trusted.
+    /// The type byte is not an assigned [`FrameType`]. The header has the same
+    /// layout for every type, so the frame's boundary is still known
+    /// ([`frame_len`]): in a session the engine steps over it and counts it as
+    /// malformed (docs/protocol.md, "Malformed frames"); in the handshake it
+    /// ends the connection like any malformed frame.
     #[error("unknown frame type 0x{0:02x}")]
     UnknownType(u8),
 

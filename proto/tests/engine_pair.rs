@@ -1377,3 +1377,30 @@ fn an_app_connecting_to_a_forbidden_destination_is_refused_at_once() {
     let bytes = pattern(20_000, 10);
     assert!(n.transfer((Which::Client, fc), (Which::Server, fs), &bytes) == bytes);
 }
+
+// Found by the engine_peer fuzz target (fuzz/regressions/engine_peer/crash-38bd…): a peer that
+// repeats an OPEN after its stream was reset got a new stream under the old id while the old one's
+// DATA still waited in the queue, and handing that chunk to the writer panicked the engine (the
+// bytes were settled into the new stream's replay buffer). Stream ids are never reused in a session.
+#[test]
+fn a_stream_id_the_peer_opened_once_is_never_opened_again() {
+    let mut n = Net::new();
+    let (_fc, fs) = n.client_connects(40004);
+    // The server's app sends; the DATA frames wait in the server's queue towards the client.
+    let now = n.now;
+    assert!(n.server.app.send(fs, &pattern(20_000, 7)) > 0);
+    n.server.app.poll(now.into());
+    n.server.move_packets(now);
+    assert!(n.server.status().queued_bytes > 0, "no DATA queued for the client");
+    let before = n.server.counters();
+
+    // The client opens stream 1 again (live: both ends reset it), and then once more.
+    let open = Frame::Open { stream_id: 1, src: SocketAddr::new(vip(), 40004), dst: addr("100.64.0.1:80") };
+    let bytes = encode(&[open.clone(), open]);
+    n.server.engine.handle_session_bytes(SS, &bytes, now).unwrap();
+    assert_eq!(n.server.status().tcp_flows, 0, "a second stream 1 was opened");
+    assert_eq!(n.server.counters().streams_violated, before.streams_violated + 2);
+    let sent = drain_frames(&mut n.server.engine, SS);
+    assert!(sent.contains(&Seen::Reset(1, ResetCode::Internal)), "{sent:?}");
+    assert!(sent.contains(&Seen::Reset(1, ResetCode::Refused)), "{sent:?}");
+}

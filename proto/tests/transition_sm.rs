@@ -4,7 +4,7 @@
 use roamtun_proto::time::{Duration, Instant};
 use roamtun_proto::transition::{
     ClientTransition, ControlMessage, Epoch, Event, ExpiryReason, PathId, ServerTransition, StreamOffset, SwitchKind,
-    SwitchRequest, SwitchSummary, TimerReason, TransitionConfig, TransitionError,
+    SwitchRequest, SwitchSummary, TimerReason, TransitionConfig, TransitionError, MAX_EPOCH_STEP,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -181,7 +181,10 @@ impl Pair {
             let msg = ControlMessage::decode(&m.bytes).expect("encoded by the machines");
             match m.to {
                 Side::Client => self.client.handle_message(m.path, msg, self.now),
-                Side::Server => self.server.handle_message(m.path, msg, &self.server_received, self.now),
+                Side::Server => self
+                    .server
+                    .handle_message(m.path, msg, &self.server_received, self.now)
+                    .expect("the client's epochs are within a step"),
             }
             self.pump();
         }
@@ -547,7 +550,7 @@ fn transition_outage_beyond_the_switch_timeout_expires_both_sides() {
     // Nothing brings an expired session back.
     assert_eq!(pair.client.request_switch(P2, pair.now), Err(TransitionError::Expired));
     let late = ControlMessage::SwitchUnexpected { epoch: Epoch(9), session: SESSION, received: vec![] };
-    pair.server.handle_message(P2, late, &pair.server_received, pair.now);
+    pair.server.handle_message(P2, late, &pair.server_received, pair.now).unwrap();
     assert_eq!(pair.server.poll_transmit(), None);
     assert_eq!(pair.server.poll_event(), None);
     assert_eq!(pair.server.poll_timeout(), None);
@@ -572,11 +575,45 @@ fn transition_switch_timeout_fires_within_one_poll() {
     let mut server = ServerTransition::new(config, SESSION, P0);
     server.handle_path_lost(P0, t0);
     let resume = ControlMessage::SwitchUnexpected { epoch: Epoch(1), session: SESSION, received: vec![] };
-    server.handle_message(P1, resume, &Vec::<StreamOffset>::new(), at - Duration::from_millis(1));
+    server.handle_message(P1, resume, &Vec::<StreamOffset>::new(), at - Duration::from_millis(1)).unwrap();
     server.handle_timeout(at);
     assert!(!server.is_expired());
     assert_eq!((server.epoch(), server.path()), (Epoch(1), P1));
     assert_eq!(server.poll_timeout(), None);
+}
+
+#[test]
+fn transition_a_client_cannot_push_the_epoch_out_of_reach() {
+    let now = Instant::from_millis(1_000);
+    let none = Vec::<StreamOffset>::new();
+    let mut server = ServerTransition::new(TransitionConfig::default(), SESSION, P0);
+    let jump =
+        |proposed, highest| Err(TransitionError::EpochJump { proposed: Epoch(proposed), highest: Epoch(highest) });
+
+    // Straight to the last epoch, where no later switch could be proposed: refused, nothing moves.
+    let last = ControlMessage::SwitchUnexpected { epoch: Epoch(u32::MAX), session: SESSION, received: vec![] };
+    assert_eq!(server.handle_message(P1, last, &none, now), jump(u32::MAX, 0));
+    let planned = ControlMessage::SwitchStep1 { epoch: Epoch(MAX_EPOCH_STEP + 1) };
+    assert_eq!(server.handle_message(P0, planned, &none, now), jump(MAX_EPOCH_STEP + 1, 0));
+    assert_eq!(server.poll_transmit(), None);
+    assert_eq!(server.poll_event(), None);
+    assert_eq!((server.epoch(), server.path(), server.is_switching()), (Epoch(0), P0, false));
+
+    // A client whose proposals got lost on the way (resumptions that died before their message
+    // arrived) is still within reach, and the step counts from the epoch accepted.
+    let resume = ControlMessage::SwitchUnexpected { epoch: Epoch(MAX_EPOCH_STEP), session: SESSION, received: vec![] };
+    assert_eq!(server.handle_message(P1, resume, &none, now), Ok(()));
+    assert_eq!((server.epoch(), server.path()), (Epoch(MAX_EPOCH_STEP), P1));
+    let too_far = ControlMessage::SwitchStep1 { epoch: Epoch(2 * MAX_EPOCH_STEP + 1) };
+    assert_eq!(server.handle_message(P1, too_far, &none, now), jump(2 * MAX_EPOCH_STEP + 1, MAX_EPOCH_STEP));
+    while server.poll_transmit().is_some() {}
+    let next = ControlMessage::SwitchStep1 { epoch: Epoch(MAX_EPOCH_STEP + 1) };
+    assert_eq!(server.handle_message(P1, next, &none, now), Ok(()));
+    assert!(server.is_switching());
+    assert_eq!(
+        server.poll_transmit(),
+        Some((P1, ControlMessage::LastMessageBeforeRedirection { epoch: Epoch(MAX_EPOCH_STEP + 1) }))
+    );
 }
 
 #[test]
@@ -617,17 +654,14 @@ fn transition_late_messages_from_an_old_epoch_are_ignored() {
         ControlMessage::SwitchUnexpected { epoch: Epoch(5), session: SESSION + 1, received: vec![] },
     ];
     for msg in to_server {
-        pair.server.handle_message(P0, msg, &pair.server_received, now);
+        pair.server.handle_message(P0, msg, &pair.server_received, now).unwrap();
     }
     assert_eq!(pair.server.poll_transmit(), None, "old-path messages must not be answered");
     assert_eq!(pair.server.poll_event(), None);
     // A duplicate SWITCH_STEP2 on the current path only gets ALL_REDIRECTED again, no event.
-    pair.server.handle_message(
-        P1,
-        ControlMessage::SwitchStep2 { epoch: e1, session: SESSION },
-        &pair.server_received,
-        now,
-    );
+    pair.server
+        .handle_message(P1, ControlMessage::SwitchStep2 { epoch: e1, session: SESSION }, &pair.server_received, now)
+        .unwrap();
     assert_eq!(pair.server.poll_transmit(), Some((P1, ControlMessage::AllRedirected { epoch: e1, received: vec![] })));
     assert_eq!(pair.server.poll_event(), None);
     assert_eq!((pair.client_events.len(), pair.server_events.len()), (ce, se));
@@ -639,12 +673,14 @@ fn transition_late_messages_from_an_old_epoch_are_ignored() {
         pair.client.handle_message(P1, msg, pair.now);
     }
     assert_eq!(pair.client.poll_transmit(), None);
-    pair.server.handle_message(
-        P1,
-        ControlMessage::SwitchStep2 { epoch: e1, session: SESSION },
-        &pair.server_received,
-        pair.now,
-    );
+    pair.server
+        .handle_message(
+            P1,
+            ControlMessage::SwitchStep2 { epoch: e1, session: SESSION },
+            &pair.server_received,
+            pair.now,
+        )
+        .unwrap();
     while pair.server.poll_transmit().is_some() {}
     pair.settle(Duration::from_secs(5));
     assert_eq!((pair.client.epoch(), pair.client.path()), (Epoch(2), P2));

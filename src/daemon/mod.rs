@@ -18,7 +18,6 @@ mod status;
 mod tls_split;
 mod transport;
 mod tun;
-mod vnet;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -168,7 +167,7 @@ pub fn engine_config(role: Role, tuning: &Tuning, mtu: u16) -> EngineConfig {
             tcp_rx_buffer: tuning.tcp_buffer,
             tcp_tx_buffer: tuning.tcp_buffer,
             max_flows: tuning.max_tcp_flows,
-            // Our TUN devices finish TCP checksums themselves (tun.rs, vnet.rs).
+            // Our TUN devices finish TCP checksums themselves (tun.rs, roamtun_stack::vnet).
             tcp_checksum_offload: true,
             ..StackConfig::default()
         },

@@ -3,8 +3,8 @@
 use std::net::IpAddr;
 
 use roamtun_netlink::{Installed, Netlink, NetlinkError, Route};
+use roamtun_stack::vnet;
 
-use super::vnet;
 use crate::config::Prefix;
 
 /// Why the TUN could not be set up; each says what to do about it.
@@ -55,7 +55,7 @@ impl Tun {
             return Err(TunError::NoTunDevice);
         }
         // offload(true) opens the device with a virtio-net header on every packet (IFF_VNET_HDR) and
-        // turns on checksum and segmentation offloads; we keep only checksums (see vnet.rs).
+        // turns on checksum and segmentation offloads; we keep only checksums (see roamtun_stack::vnet).
         let device =
             tun_rs::DeviceBuilder::new().name(name).mtu(mtu).offload(true).build_async().map_err(|source| {
                 if source.kind() == std::io::ErrorKind::PermissionDenied {

@@ -10,11 +10,16 @@
 //! The stack is sans-IO: the caller feeds IP packets read from the TUN and drains the packets to write
 //! back ([`Stack::pop_transmit`]); time comes in as a parameter and [`Stack::poll_at`] says when to call
 //! [`Stack::poll`] again. It deliberately knows nothing of UDP or ICMP (relayed as whole packets by the
-//! caller), of the relay protocol, or of uplinks.
+//! caller), of the relay protocol, or of uplinks. Beside it, [`vnet`] frames the packets for a TUN
+//! opened with a virtio-net header.
 
 mod checksum;
 mod device;
 mod flow;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod vnet;
 
 pub use flow::{FlowEvent, FlowId};
 pub use smoltcp::time::{Duration, Instant};

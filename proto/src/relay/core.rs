@@ -663,7 +663,13 @@ impl RelayCore {
         tracing::debug!(session = sid.0, ?path, msg = msg.name(), epoch = msg.epoch().0, "transition message");
         match &mut state.machine {
             Machine::Client(m) => m.handle_message(path, msg, now),
-            Machine::Server(m) => m.handle_message(path, msg, &received, now),
+            Machine::Server(m) => {
+                if let Err(err) = m.handle_message(path, msg, &received, now) {
+                    // A client that proposes an epoch out of reach: dropped like a malformed message.
+                    state.control_malformed += 1;
+                    tracing::warn!(session = sid.0, ?path, %err, "transition message refused");
+                }
+            }
         }
         self.drive(sid, now);
     }

@@ -622,9 +622,13 @@ impl Engine {
             self.reset_stream(sid, stream_id, ResetCode::Internal, now);
             return;
         }
-        if stream_id % 2 != peer_parity || !allowed {
+        // Ids only grow: one at or below the highest the peer opened names a stream that was here and
+        // is gone (reset, or finished). Opening it again would mix two streams under one id, the old
+        // one's frames still queued with the new one's.
+        let reused = session.highest_peer_stream.is_some_and(|highest| stream_id <= highest);
+        if stream_id % 2 != peer_parity || !allowed || reused {
             if let Some(left_out) = session.warnings.allow(now) {
-                tracing::warn!(session = sid.0, stream = stream_id, %src, %dst, left_out, "refusing a stream the peer may not open");
+                tracing::warn!(session = sid.0, stream = stream_id, %src, %dst, reused, left_out, "refusing a stream the peer may not open");
             }
             session.counters.streams_violated += 1;
             // Nothing of ours went out on this stream: no order to keep.

@@ -107,7 +107,7 @@ mod server;
 
 pub use client::ClientTransition;
 pub use message::{ControlMessage, DecodeError, Epoch, StreamOffset};
-pub use server::ServerTransition;
+pub use server::{ServerTransition, MAX_EPOCH_STEP};
 
 use crate::time::{Duration, Instant};
 use std::collections::BTreeMap;
@@ -245,6 +245,17 @@ pub enum TransitionError {
     /// `resume_on` without a lost path.
     #[error("cannot resume on path {0:?}: the session has not lost its path")]
     NotLost(PathId),
+    /// Server: the client proposed an epoch too far above the highest one so far
+    /// ([`MAX_EPOCH_STEP`]); the request is dropped.
+    #[error(
+        "refused a switch to epoch {proposed}: more than {MAX_EPOCH_STEP} above the highest epoch so far, {highest}"
+    )]
+    EpochJump {
+        /// The epoch the client's request named.
+        proposed: Epoch,
+        /// The highest epoch the session had seen.
+        highest: Epoch,
+    },
 }
 
 /// A read-only view of what this side received per stream (the engine's `RecvHalf::received()`).

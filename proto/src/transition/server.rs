@@ -2,10 +2,19 @@
 
 use super::{
     earliest, ControlMessage, Epoch, Event, ExpiryReason, PathId, ReceivedOffsets, SwitchKind, SwitchSummary, Timeline,
-    TimerReason, TransitionConfig,
+    TimerReason, TransitionConfig, TransitionError,
 };
 use crate::time::Instant;
 use std::collections::VecDeque;
+
+/// How far above the highest epoch seen so far a client may propose the next one.
+///
+/// An honest client proposes its own highest + 1 for every switch it starts, planned or unexpected,
+/// so it runs ahead of the server only by the proposals that never arrived: resumptions whose path
+/// died before their SWITCH_UNEXPECTED got through, at most one per dial (100 ms apart at the
+/// shortest backoff, for the 60 s give-up: 600). Without a bound, a client could propose
+/// `u32::MAX` and leave its session on the last epoch, where no further switch can be proposed.
+pub const MAX_EPOCH_STEP: u32 = 1024;
 
 /// Where a planned switch stands on the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,23 +131,27 @@ impl ServerTransition {
     /// A control message arrived on `path`. `received` is read only to answer SWITCH_UNEXPECTED
     /// (from then on the engine must drop stream data from older epochs). Messages for epochs other
     /// than the one awaited are ignored; a duplicate request is answered again.
+    ///
+    /// A request that proposes an epoch more than [`MAX_EPOCH_STEP`] above the highest so far is
+    /// refused ([`TransitionError::EpochJump`]) and changes nothing.
     pub fn handle_message(
         &mut self,
         path: PathId,
         msg: ControlMessage,
         received: &(impl ReceivedOffsets + ?Sized),
         now: Instant,
-    ) {
+    ) -> Result<(), TransitionError> {
         if matches!(self.state, State::Expired) {
-            return;
+            return Ok(());
         }
         let e = msg.epoch();
         match msg {
             ControlMessage::SwitchUnexpected { session, received: client_received, .. } => {
                 if session != self.session {
-                    return;
+                    return Ok(());
                 }
                 if e > self.highest {
+                    self.check_step(e)?;
                     self.accept_unexpected(path, e, &client_received, received, now);
                 } else if e == self.epoch && matches!(self.state, State::Active) {
                     self.resend_reply(path, e);
@@ -146,7 +159,7 @@ impl ServerTransition {
             }
             ControlMessage::SwitchStep2 { session, .. } => {
                 if session != self.session {
-                    return;
+                    return Ok(());
                 }
                 match self.state {
                     State::Planned { phase: Awaiting::Step2, target, .. } if e == target => {
@@ -165,6 +178,7 @@ impl ServerTransition {
             }
             ControlMessage::SwitchStep1 { .. } => match self.state {
                 State::Active if e > self.highest && path == self.path => {
+                    self.check_step(e)?;
                     self.highest = e;
                     self.kind = SwitchKind::Planned;
                     self.timeline = Timeline::default();
@@ -210,6 +224,15 @@ impl ServerTransition {
             | ControlMessage::ServerServicesReadyForRedirection { .. }
             | ControlMessage::AllRedirected { .. } => {}
         }
+        Ok(())
+    }
+
+    /// Whether the client may move on to `proposed` from the highest epoch so far.
+    fn check_step(&self, proposed: Epoch) -> Result<(), TransitionError> {
+        if proposed.0 - self.highest.0 > MAX_EPOCH_STEP {
+            return Err(TransitionError::EpochJump { proposed, highest: self.highest });
+        }
+        Ok(())
     }
 
     /// SNAPT-8, SNAPT-9 (again for a duplicate SWITCH_STEP1).
