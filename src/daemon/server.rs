@@ -43,7 +43,12 @@ pub async fn run(config: ServerConfig, path: std::path::PathBuf) -> anyhow::Resu
     // Held until the end of `run`: restores the host's forwarding settings however the daemon stops.
     // allowed_destinations beyond this host need forwarding as exit mode does.
     let forward = config.exit || !config.allowed_destinations.is_empty();
-    let _forwarding = if forward { Some(Forwarding::enable()?) } else { None };
+    let _forwarding = if forward {
+        // Beside the control socket, in the daemon's runtime directory.
+        Some(Forwarding::enable(config.control_socket.with_extension("forwarding"))?)
+    } else {
+        None
+    };
     let tun =
         Arc::new(Tun::create(&config.tun.name, config.tun.mtu, &config.virtual_ips, &config.client_prefixes).await?);
     tracing::info!(listen = ?config.listen, tun = %config.tun.name, peers = config.peers.len(), exit = config.exit, "server up");
@@ -247,20 +252,38 @@ fn destination_policy(config: &ServerConfig) -> DestinationPolicy {
 }
 
 /// Lets the kernel forward the clients' packets to destinations beyond this host (exit mode), and puts
-/// the previous settings back when dropped.
+/// the previous settings back when dropped. The previous settings are also written to `state` first,
+/// so that the next start can put them back after a daemon that was killed (SIGKILL) could not.
 struct Forwarding {
     previous: Vec<(&'static str, String)>,
+    state: std::path::PathBuf,
 }
 
 impl Forwarding {
     const SYSCTLS: [&'static str; 2] = ["/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"];
 
-    fn enable() -> anyhow::Result<Self> {
-        let mut fwd = Forwarding { previous: Vec::new() };
+    fn enable(state: std::path::PathBuf) -> anyhow::Result<Self> {
+        if let Ok(left) = std::fs::read_to_string(&state) {
+            // A daemon before us changed them and was killed before it could restore them.
+            for (path, value) in left.lines().filter_map(|l| l.split_once(' ')) {
+                if Self::SYSCTLS.contains(&path) && std::fs::write(path, value).is_ok() {
+                    tracing::info!(%path, %value, "restored the forwarding setting a killed daemon left changed");
+                }
+            }
+        }
+        if let Some(dir) = state.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("exit mode: cannot create {}", dir.display()))?;
+        }
+        let mut fwd = Forwarding { previous: Vec::new(), state };
         for path in Self::SYSCTLS {
             let before = std::fs::read_to_string(path).with_context(|| format!("exit mode: cannot read {path}"))?;
+            fwd.previous.push((path, before.trim().to_string()));
+        }
+        let record: String = fwd.previous.iter().map(|(path, before)| format!("{path} {before}\n")).collect();
+        std::fs::write(&fwd.state, record)
+            .with_context(|| format!("exit mode: cannot record the forwarding settings in {}", fwd.state.display()))?;
+        for path in Self::SYSCTLS {
             std::fs::write(path, "1").with_context(|| format!("exit mode: cannot enable forwarding in {path}"))?;
-            fwd.previous.push((path, before));
         }
         Ok(fwd)
     }
@@ -269,10 +292,11 @@ impl Forwarding {
 impl Drop for Forwarding {
     fn drop(&mut self) {
         for (path, before) in &self.previous {
-            if let Err(err) = std::fs::write(path, before.trim()) {
+            if let Err(err) = std::fs::write(path, before) {
                 tracing::warn!(%path, %err, "cannot restore the forwarding setting");
             }
         }
+        let _ = std::fs::remove_file(&self.state);
     }
 }
 

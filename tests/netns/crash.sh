@@ -6,7 +6,9 @@
 #   * a panic in one of the server's connection tasks (ROAMTUN_TEST_PANIC=connection): the server
 #     exits non-zero with its TUN gone, and a client that connects to the restarted server works;
 #   * a client killed with SIGKILL leaves its per-uplink rules and tables; the next start removes them
-#     before it installs its own.
+#     before it installs its own;
+#   * an exit-mode server killed with SIGKILL leaves forwarding on; the next start puts back what the
+#     killed one found.
 #
 # Each case prints one line; the file ends with "crash: N passed, N failed". Run as root.
 set -u
@@ -123,6 +125,27 @@ test_killed_client_leftovers_are_removed_at_start() {
     our_rules | grep -q 198.18.1.2 && fail "the stale rule for 198.18.1.2 is still there"
     [ "$(our_rules | grep -c 198.18.1.3)" = 1 ] || fail "the rule for 198.18.1.3 is not there exactly once"
     return 0
+}
+
+test_killed_exit_server_forwarding_is_restored_at_start() {
+    netns_topology
+    netns_second_uplink
+    SERVER_EXTRA='exit = true' netns_configs
+    local before
+    before=$(s cat /proc/sys/net/ipv4/ip_forward)
+    start_server
+    [ "$(s cat /proc/sys/net/ipv4/ip_forward)" = 1 ] || fail "exit mode did not enable forwarding (nothing to check)"
+    kill -9 "$SERVER_PID"
+    wait "$SERVER_PID" 2>/dev/null
+    [ "$(s cat /proc/sys/net/ipv4/ip_forward)" = 1 ] || fail "SIGKILL left forwarding as it was (nothing to check)"
+    # The next start puts back what the killed one found, and its own clean stop keeps it so.
+    start_server
+    grep -q "restored the forwarding setting a killed daemon left changed" "$WORK/server.log" ||
+        fail "the next start did not restore the forwarding settings"
+    kill -TERM "$SERVER_PID"
+    wait "$SERVER_PID"
+    echo "forwarding:  $before before, 1 after SIGKILL, $(s cat /proc/sys/net/ipv4/ip_forward) after the next start and stop"
+    [ "$(s cat /proc/sys/net/ipv4/ip_forward)" = "$before" ] || fail "ip_forward is $(s cat /proc/sys/net/ipv4/ip_forward), not $before as before the first start"
 }
 
 for t in $(declare -F | awk '{print $3}' | grep '^test_'); do
