@@ -515,6 +515,10 @@ pub struct PeerConfig {
     #[serde(deserialize_with = "from_str")]
     pub public_key: PublicKey,
     pub virtual_ips: Vec<IpAddr>,
+    /// This peer's own switch timeout (`tuning.switch_timeout_secs` otherwise): how long its session
+    /// waits for it to come back, e.g. a laptop closed for the night.
+    #[serde(default)]
+    pub switch_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -574,6 +578,8 @@ struct PeerFile {
     #[serde(deserialize_with = "from_str")]
     public_key: PublicKey,
     virtual_ips: Vec<IpAddr>,
+    #[serde(default)]
+    switch_timeout_secs: Option<u64>,
 }
 
 /// Every `*.toml` of `dir`, in name order, as peers.
@@ -591,7 +597,11 @@ fn read_peers_dir(dir: &Path) -> Result<Vec<(PeerConfig, PathBuf)>, ConfigError>
         let peer: PeerFile = parse(&file, &text)?;
         let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let name = peer.name.unwrap_or(stem);
-        peers.push((PeerConfig { name, public_key: peer.public_key, virtual_ips: peer.virtual_ips }, file));
+        let switch_timeout_secs = peer.switch_timeout_secs;
+        peers.push((
+            PeerConfig { name, public_key: peer.public_key, virtual_ips: peer.virtual_ips, switch_timeout_secs },
+            file,
+        ));
     }
     Ok(peers)
 }
@@ -977,6 +987,10 @@ impl ServerConfig {
             if let Some(other) = keys.insert(peer.public_key, &peer.name) {
                 let message = format!("peer {:?} has the same public key as peer {other:?}", peer.name);
                 return Err(invalid_at(path, text, &at("public_key"), message));
+            }
+            if peer.switch_timeout_secs == Some(0) {
+                let message = format!("peer {:?}: switch_timeout_secs = 0 is below the minimum 1", peer.name);
+                return Err(invalid_at(path, text, &at("switch_timeout_secs"), message));
             }
             if peer.virtual_ips.is_empty() {
                 let message = format!("peer {:?} has no virtual_ips", peer.name);

@@ -271,7 +271,7 @@ impl Sim {
             }
             if !p.server_joined && self.now_us >= p.hello_at_us {
                 p.server_joined = true;
-                let peer = PeerInfo { name: "laptop".into(), public_key: "k".into() };
+                let peer = PeerInfo { name: "laptop".into(), public_key: "k".into(), switch_timeout: None };
                 let (id, link, resume) = (p.id, p.link, p.resume);
                 self.server.core.server_path_up(id, Self::info(link, Role::Server), peer, resume, vec![vip()], now);
             }
@@ -285,7 +285,7 @@ impl Sim {
                     let _ = p.client_rx.split_to(used);
                     p.client_joined = true;
                     let (id, link) = (p.id, p.link);
-                    let peer = PeerInfo { name: "server".into(), public_key: "s".into() };
+                    let peer = PeerInfo { name: "server".into(), public_key: "s".into(), switch_timeout: None };
                     self.client.core.client_path_up(
                         id,
                         Self::info(link, Role::Client),

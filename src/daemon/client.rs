@@ -258,7 +258,11 @@ impl Dialer<'_> {
         );
         let uplink = uplink.map(str::to_string).or_else(|| super::tun::interface_of(local.ip()));
         tracing::debug!(%server, %local, ?uplink, session = session_id, ?path, "path authenticated");
-        let peer = PeerInfo { name: "server".into(), public_key: self.config.server.public_key.to_base64() };
+        let peer = PeerInfo {
+            name: "server".into(),
+            public_key: self.config.server.public_key.to_base64(),
+            switch_timeout: None,
+        };
         let info = PathInfo { local: Some(local), remote: Some(server), uplink };
         self.engine
             .send(EngineMsg::PathUp { path, join: Join::Welcome { session: session_id }, peer, info, io })

@@ -157,7 +157,12 @@ mod tests {
     use crate::keys::PrivateKey;
 
     fn peer(name: &str, key: &PrivateKey, ip: &str) -> PeerConfig {
-        PeerConfig { name: name.into(), public_key: key.public_key(), virtual_ips: vec![ip.parse().unwrap()] }
+        PeerConfig {
+            name: name.into(),
+            public_key: key.public_key(),
+            virtual_ips: vec![ip.parse().unwrap()],
+            switch_timeout_secs: None,
+        }
     }
 
     #[test]

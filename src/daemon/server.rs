@@ -377,7 +377,11 @@ impl Accepted {
             self.clock,
         );
         let info = PathInfo { local: Some(local), remote: Some(remote), uplink: None };
-        let peer_info = PeerInfo { name: peer.name.clone(), public_key: key.to_base64() };
+        let peer_info = PeerInfo {
+            name: peer.name.clone(),
+            public_key: key.to_base64(),
+            switch_timeout: peer.switch_timeout_secs.map(roamtun_proto::time::Duration::from_secs),
+        };
         let join = Join::Hello { resume, virtual_ips: peer.virtual_ips.clone() };
         self.engine
             .send(EngineMsg::PathUp { path, join, peer: peer_info, info, io })

@@ -163,6 +163,41 @@ switch_timeout_secs = 3" setup
     [ "$after" -le $((idle + 4096)) ] || fail "the server kept $((after - idle)) KiB after the session expired"
 }
 
+# A laptop closed for longer than the server's switch timeout, but not its own: its peer's
+# switch_timeout_secs keeps the session (and the apps' connections) for it.
+test_a_peer_of_its_own_switch_timeout_comes_back_after_the_default() {
+    netns_topology
+    netns_second_uplink
+    CLIENT_EXTRA='uplinks = ["wlan0", "wwan0"]
+[tuning]
+dead_after_ms = 1000
+probe_interval_ms = 250
+switch_timeout_secs = 60' SERVER_EXTRA='[tuning]
+dead_after_ms = 1000
+probe_interval_ms = 250
+switch_timeout_secs = 2' netns_configs
+    # The laptop's [[peer]] is the last table of server.toml.
+    echo "switch_timeout_secs = 30" >>"$WORK/server.toml"
+    netns_start_daemons || fail "the daemons did not start"
+    SIZE=$((16 << 20)) start_workload $((2 << 20))
+    progress 2
+    EPOCH0=$(epoch)
+    local session
+    session=$(json_get "$WORK/client.sock" 's["peers"][0]["session"]')
+    c ip link set wlan0 down
+    c ip link set wwan0 down
+    wait_for 20 "the server to notice the loss" grep -q "path lost" "$WORK/server.log" || fail "the server did not notice"
+    # The outage itself (the case's input, not a wait for an event): three times the server's
+    # default switch timeout.
+    sleep 6
+    c ip link set wlan0 up
+    c ip route add default via 198.18.1.1 dev wlan0 metric 100 2>/dev/null
+    wait_resumed || fail "the session did not resume after the outage"
+    [ "$(json_get "$WORK/client.sock" 's["peers"][0]["session"]')" = "$session" ] || fail "a new session started: the peer's switch timeout was not used"
+    grep -q "did not come back within the switch timeout" "$WORK/server.log" && fail "the server expired the session"
+    SIZE=$((16 << 20)) finish_workload
+}
+
 for t in $(declare -F | awk '{print $3}' | grep '^test_'); do
     run "$t"
 done

@@ -63,6 +63,9 @@ pub mod close_code {
 pub struct PeerInfo {
     pub name: String,
     pub public_key: String,
+    /// Server: this peer's own switch timeout (\[0133\]), e.g. long for a laptop that sleeps through
+    /// the night; `None`: the daemon's.
+    pub switch_timeout: Option<Duration>,
 }
 
 /// Where one path runs.
@@ -458,7 +461,11 @@ impl RelayCore {
                 } else {
                     tracing::info!(peer = %peer.name, session = sid.0, remote = ?info.remote, "session up");
                 }
-                let machine = Machine::Server(ServerTransition::new(self.transition, sid.0, path));
+                let mut transition = self.transition;
+                if let Some(timeout) = peer.switch_timeout {
+                    transition.switch_timeout = timeout;
+                }
+                let machine = Machine::Server(ServerTransition::new(transition, sid.0, path));
                 self.sessions.insert(sid, SessionState::new(peer, machine, Some(path), now));
                 sid
             }
@@ -1159,7 +1166,7 @@ mod tests {
             RelayCore::new(Engine::new(EngineConfig::new(Role::Server), now), TransitionConfig::default(), 1);
         let path = PathId(1);
         let info = PathInfo { local: None, remote: None, uplink: None };
-        let peer = PeerInfo { name: "laptop".into(), public_key: "k".into() };
+        let peer = PeerInfo { name: "laptop".into(), public_key: "k".into(), switch_timeout: None };
         core.server_path_up(path, info, peer, 0, vec!["100.64.0.2".parse().unwrap()], now);
         assert_eq!(core.writer_depth(path, 8), 8, "rate unknown: as before");
         core.path_stats(path, sample(Some(10_000_000 / 8)));
@@ -1182,7 +1189,7 @@ mod tests {
     }
 
     fn peer() -> PeerInfo {
-        PeerInfo { name: "laptop".into(), public_key: "k".into() }
+        PeerInfo { name: "laptop".into(), public_key: "k".into(), switch_timeout: None }
     }
 
     fn vips() -> Vec<IpAddr> {
@@ -1220,7 +1227,7 @@ mod tests {
         assert_eq!(core.paths().count(), 3);
         assert_eq!(core.sessions().next().unwrap().paths_refused_limit, 1);
         // Another client is not held to this one's count.
-        let other = PeerInfo { name: "phone".into(), public_key: "k2".into() };
+        let other = PeerInfo { name: "phone".into(), public_key: "k2".into(), switch_timeout: None };
         core.server_path_up(PathId(5), info.clone(), other, 0, vec!["100.64.0.3".parse().unwrap()], now);
         assert!(closes(&mut core).is_empty(), "the other client's path was refused");
         // A path of the full session that goes makes room again.
