@@ -75,6 +75,38 @@ test_emulated_links_have_their_rtt_and_rate() {
     done
 }
 
+# relay_ccs c|s: the congestion control of every established relay connection in the client's (c) or
+# server's (s) namespace, as the kernel reports it (ss -ti: the first word of the info line).
+relay_ccs() {
+    "$1" ss -tinH state established '( sport = :7700 or dport = :7700 )' |
+        awk '/^[ \t]/ {print $1}' | sort -u | tr '\n' ' ' | sed 's/ $//'
+}
+
+two_relay_connections() { [ "$(c ss -tnH state established '( dport = :7700 )' | wc -l)" -ge 2 ]; }
+
+# The relay sockets use tuning.congestion_control whatever the host's default (bbr on the test
+# machine: then the default, cubic, can only show up if the daemon set it), on both daemons, and the
+# status says which.
+test_relay_sockets_use_the_configured_congestion_control() {
+    local want
+    for want in cubic bbr; do
+        CLIENT_TUNING="[tuning]
+congestion_control = \"$want\"" SERVER_TUNING="[tuning]
+congestion_control = \"$want\"" setup
+        # Both uplinks' paths: the active one and the warm standby.
+        wait_for 10 "a path on each uplink" two_relay_connections
+        local client server shown
+        client=$(relay_ccs c)
+        server=$(relay_ccs s)
+        shown=$(json_get "$WORK/client.sock" 's["peers"][0]["congestion_control"]')
+        echo "detected:    $want configured (host default $(c sysctl -n net.ipv4.tcp_congestion_control)): ss -ti client '$client', server '$server', status '$shown'"
+        [ "$client" = "$want" ] || fail "the client's relay sockets use '$client', not $want"
+        [ "$server" = "$want" ] || fail "the server's relay sockets use '$server', not $want"
+        [ "$shown" = "$want" ] || fail "status says '$shown', not $want"
+        teardown
+    done
+}
+
 test_planned_switch_over_wan() {
     setup
     start_workload $RATE
@@ -142,7 +174,7 @@ test_outage_of_one_second_same_address_back() {
 }
 
 # The links first: every later figure means something only if they are what they claim.
-for t in test_emulated_links_have_their_rtt_and_rate test_planned_switch_over_wan test_link_down_over_wan \
+for t in test_emulated_links_have_their_rtt_and_rate test_relay_sockets_use_the_configured_congestion_control test_planned_switch_over_wan test_link_down_over_wan \
     test_black_hole_over_wan test_outage_of_one_second_same_address_back; do
     run "$t"
 done
