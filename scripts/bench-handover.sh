@@ -27,7 +27,10 @@
 # the window. HANDOVER_KINDS, _SYSTEMS, _RATES, _OUTAGES choose a part (e.g. HANDOVER_KINDS="loss
 # blackhole" HANDOVER_RATES=2000000). HANDOVER_WINDOW (s, default 6) is how long after the event the
 # client watches for the longest gap; HANDOVER_TUNING holds [tuning] lines for both roamtun daemons
-# (e.g. HANDOVER_TUNING='congestion_control = "bbr"'). Run as root: sudo ./scripts/bench-handover.sh
+# (e.g. HANDOVER_TUNING='congestion_control = "bbr"'). HANDOVER_WATCH=S keeps watching S s after
+# every event but the outages, and HANDOVER_FROM=F counts only the gaps that end F s or more after
+# it: a later stall, not the event's own pause (e.g. HANDOVER_WATCH=14 HANDOVER_FROM=2 for what
+# comes 10 s after a switch). Run as root: sudo ./scripts/bench-handover.sh
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -37,6 +40,8 @@ RATES=${HANDOVER_RATES:-"2000000 0"}
 SYSTEMS=${HANDOVER_SYSTEMS:-"roamtun tcp mptcp wireguard"}
 PROFILE=${HANDOVER_PROFILE:-veth}
 WINDOW=${HANDOVER_WINDOW:-6}
+WATCH=${HANDOVER_WATCH:-0}
+FROM=${HANDOVER_FROM:-0}
 WG_PORT=51820
 
 # shellcheck source=lib/prepare.sh
@@ -189,13 +194,17 @@ event() {
 
 # measure SYSTEM KIND RATE: one repetition; prints the pause in ms or "never".
 measure() {
-    local sys=$1 kind=$2 rate=$3 mptcp= window=$WINDOW at_least=0
+    local sys=$1 kind=$2 rate=$3 mptcp= window=$WINDOW at_least=$WATCH
     [ "$sys" = mptcp ] && mptcp=--mptcp
-    case "$kind" in outage-*) at_least=${kind#outage-}; window=$(python3 -c "print($at_least + $WINDOW)") ;; esac
+    case "$kind" in
+        outage-*) at_least=${kind#outage-} ;;
+        *) at_least=$WATCH ;;
+    esac
+    window=$(python3 -c "print($at_least + $WINDOW)")
     rm -f "$WORK/ready" "$WORK/mark" "$WORK/stop" "$WORK/gap"
     # shellcheck disable=SC2086 # $mptcp is empty or one flag
     spawn "$WORK/gap.log" "$NS_C" $HO gap-client "${TARGET[$sys]}" "${SRV_PORT}" $mptcp --ready "$WORK/ready" \
-        --mark "$WORK/mark" --stop "$WORK/stop" --out "$WORK/gap" --window "$window" --at-least "$at_least" --timeout 60
+        --mark "$WORK/mark" --stop "$WORK/stop" --out "$WORK/gap" --window "$window" --at-least "$at_least" --from "$FROM" --timeout 60
     local pid=$LAST_PID
     if ! wait_for 15 "the stream to flow" test -e "$WORK/ready"; then
         kill "$pid" 2>/dev/null || true
@@ -289,4 +298,4 @@ for rate in $RATES; do
     done
 done
 echo
-echo "$(nproc) CPUs, kernel $(uname -r), roamtun $(git rev-parse --short HEAD), $(date -u +%Y-%m-%d), window ${WINDOW} s${HANDOVER_TUNING:+, roamtun tuning: $HANDOVER_TUNING}"
+echo "$(nproc) CPUs, kernel $(uname -r), roamtun $(git rev-parse --short HEAD), $(date -u +%Y-%m-%d), window ${WINDOW} s${HANDOVER_WATCH:+, watched $WATCH s}${HANDOVER_FROM:+, gaps from $FROM s after the event}${HANDOVER_TUNING:+, roamtun tuning: $HANDOVER_TUNING}"
