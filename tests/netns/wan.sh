@@ -11,7 +11,8 @@
 #
 # First the links themselves (ping RTT and iperf3 rate as figures; asserted only what cannot hold
 # without the emulator in the path: an RTT of at least the configured one, a rate not above the
-# configured one). Then a planned switch, a link down, a black hole and a 1 s outage, each during the
+# configured one). Then the relay sockets' congestion control, read back with `ss -ti` in both
+# namespaces (cubic and bbr configured, against the host's default). Then a planned switch, a link down, a black hole and a 1 s outage, each during the
 # workload of scripts/lib/roaming.sh (sha256-verified transfers both ways, interactive sessions opened
 # from either side, a UDP stream), every byte verified. The apps' longest pause (bulk line) and the
 # switch record's stall (status) are printed as figures, never judged.
