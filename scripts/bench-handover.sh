@@ -9,6 +9,11 @@
 #   wwan0 198.18.2.2/24 <==== veth ====> up2 198.18.2.1/24
 #   default via wlan0 (metric 100), via wwan0 (metric 200)
 #
+# HANDOVER_PROFILE chooses the links: veth (the default) joins the namespaces directly (a round trip of
+# about 50 µs); wan puts each uplink through the WAN emulator (scripts/lib/wan.sh), wlan0 as Wi-Fi
+# (20 ms RTT, 200 Mbit/s) and wwan0 as LTE (50 ms RTT, 50 Mbit/s), the addresses unchanged, so that
+# every protocol step of a switch costs its round trip as on real uplinks.
+#
 # A server app streams to a client app (scripts/lib/handover.py), paced at 2 MB/s and at full speed;
 # the client records the longest gap between received bytes from the moment of the event:
 #   none      nothing happens: the stream's own longest gap, the floor of every other figure
@@ -20,7 +25,12 @@
 #   outage-D  every uplink down for D seconds (D = 0.5, 1, 2, 5), then back: pause - D is reported
 # Each event $HANDOVER_REPS times (default 20): p50 / p99 in ms, and how many never resumed within
 # the window. HANDOVER_KINDS, _SYSTEMS, _RATES, _OUTAGES choose a part (e.g. HANDOVER_KINDS="loss
-# blackhole" HANDOVER_RATES=2000000). Run as root: sudo ./scripts/bench-handover.sh
+# blackhole" HANDOVER_RATES=2000000). HANDOVER_WINDOW (s, default 6) is how long after the event the
+# client watches for the longest gap; HANDOVER_TUNING holds [tuning] lines for both roamtun daemons
+# (e.g. HANDOVER_TUNING='congestion_control = "bbr"'). HANDOVER_WATCH=S keeps watching S s after
+# every event but the outages, and HANDOVER_FROM=F counts only the gaps that end F s or more after
+# it: a later stall, not the event's own pause (e.g. HANDOVER_WATCH=14 HANDOVER_FROM=2 for what
+# comes 10 s after a switch). Run as root: sudo ./scripts/bench-handover.sh
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -28,6 +38,10 @@ REPS=${HANDOVER_REPS:-20}
 OUTAGES=${HANDOVER_OUTAGES-"0.5 1 2 5"}
 RATES=${HANDOVER_RATES:-"2000000 0"}
 SYSTEMS=${HANDOVER_SYSTEMS:-"roamtun tcp mptcp wireguard"}
+PROFILE=${HANDOVER_PROFILE:-veth}
+WINDOW=${HANDOVER_WINDOW:-6}
+WATCH=${HANDOVER_WATCH:-0}
+FROM=${HANDOVER_FROM:-0}
 WG_PORT=51820
 
 # shellcheck source=lib/prepare.sh
@@ -44,8 +58,26 @@ bench_cleanup() {
 }
 trap bench_cleanup EXIT
 
-netns_topology
-netns_second_uplink
+case "$PROFILE" in
+    veth)
+        netns_topology
+        netns_second_uplink
+        LINKS="veth links (about 50 us RTT)"
+        ;;
+    wan)
+        # The emulators run bounded: long enough for every cell of a full run.
+        WAN_DURATION=${WAN_DURATION:-14400}
+        # shellcheck source=lib/wan.sh
+        . "$ROOT/scripts/lib/wan.sh"
+        netns_wan_uplinks || exit 1
+        LINKS="WAN profile: wlan0 Wi-Fi $(wan_rtt_ms wifi) ms RTT $(wan_profile wifi | cut -d' ' -f2) Mbit/s, wwan0 LTE $(wan_rtt_ms lte) ms RTT $(wan_profile lte | cut -d' ' -f2) Mbit/s (roamtun-wanem)"
+        log "links: $LINKS; measured RTT wlan0 $(wan_rtt "$NS_C" 198.18.1.1) ms, wwan0 $(wan_rtt "$NS_C" 198.18.2.1) ms"
+        ;;
+    *)
+        echo "HANDOVER_PROFILE=$PROFILE: veth or wan" >&2
+        exit 2
+        ;;
+esac
 
 # Puts the uplinks back as they were: up, with their default routes, nothing dropped.
 restore() {
@@ -66,7 +98,11 @@ declare -A PEER_OF=([wlan0]=up1 [wwan0]=up2)
 PORT=([roamtun]=7303 [tcp]=7300 [mptcp]=7301 [wireguard]=7302)
 
 setup_roamtun() {
-    CLIENT_EXTRA='uplinks = ["wlan0", "wwan0"]' netns_configs
+    local tuning=
+    [ -n "${HANDOVER_TUNING:-}" ] && tuning="[tuning]
+$HANDOVER_TUNING"
+    CLIENT_EXTRA="uplinks = [\"wlan0\", \"wwan0\"]
+$tuning" SERVER_EXTRA="$tuning" netns_configs
     netns_start_daemons
     TARGET[roamtun]=100.64.0.1
 }
@@ -158,13 +194,17 @@ event() {
 
 # measure SYSTEM KIND RATE: one repetition; prints the pause in ms or "never".
 measure() {
-    local sys=$1 kind=$2 rate=$3 mptcp= window=6 at_least=0
+    local sys=$1 kind=$2 rate=$3 mptcp= window=$WINDOW at_least=$WATCH
     [ "$sys" = mptcp ] && mptcp=--mptcp
-    case "$kind" in outage-*) at_least=${kind#outage-}; window=$(python3 -c "print($at_least + 6)") ;; esac
+    case "$kind" in
+        outage-*) at_least=${kind#outage-} ;;
+        *) at_least=$WATCH ;;
+    esac
+    window=$(python3 -c "print($at_least + $WINDOW)")
     rm -f "$WORK/ready" "$WORK/mark" "$WORK/stop" "$WORK/gap"
     # shellcheck disable=SC2086 # $mptcp is empty or one flag
     spawn "$WORK/gap.log" "$NS_C" $HO gap-client "${TARGET[$sys]}" "${SRV_PORT}" $mptcp --ready "$WORK/ready" \
-        --mark "$WORK/mark" --stop "$WORK/stop" --out "$WORK/gap" --window "$window" --at-least "$at_least" --timeout 60
+        --mark "$WORK/mark" --stop "$WORK/stop" --out "$WORK/gap" --window "$window" --at-least "$at_least" --from "$FROM" --timeout 60
     local pid=$LAST_PID
     if ! wait_for 15 "the stream to flow" test -e "$WORK/ready"; then
         kill "$pid" 2>/dev/null || true
@@ -243,7 +283,7 @@ for sys in $SYSTEMS; do
 done
 
 echo
-echo "Longest pause seen by the receiving app, ms, p50 / p99 over $REPS runs (outage rows: pause - outage)."
+echo "Longest pause seen by the receiving app, ms, p50 / p99 over $REPS runs (outage rows: pause - outage); $LINKS."
 for rate in $RATES; do
     label="paced $((rate / 1000000)) MB/s"
     [ "$rate" = 0 ] && label="full speed"
@@ -258,4 +298,4 @@ for rate in $RATES; do
     done
 done
 echo
-echo "$(nproc) CPUs, kernel $(uname -r), roamtun $(git rev-parse --short HEAD), $(date -u +%Y-%m-%d)"
+echo "$(nproc) CPUs, kernel $(uname -r), roamtun $(git rev-parse --short HEAD), $(date -u +%Y-%m-%d), window ${WINDOW} s${HANDOVER_WATCH:+, watched $WATCH s}${HANDOVER_FROM:+, gaps from $FROM s after the event}${HANDOVER_TUNING:+, roamtun tuning: $HANDOVER_TUNING}"

@@ -25,7 +25,8 @@ cargo fmt --all -- --check || failed+=(fmt)
 step "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings || failed+=(clippy)
 step "cargo build --release"
-cargo build --release --quiet || { echo "build failed"; exit 1; }
+# The WAN emulator too: tests/netns/wan.sh puts it between the namespaces.
+cargo build --release --quiet -p roamtun -p roamtun-wanem || { echo "build failed"; exit 1; }
 step "cargo test (unit, property, netlink)"
 cargo test --workspace --quiet 2>&1 | tee "$ROOT/target/cargo-test.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || failed+=(cargo-test)

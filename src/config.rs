@@ -255,7 +255,15 @@ pub struct Tuning {
     /// Each path's writer refreshes the TLS traffic keys this often (a TLS 1.3 key update that
     /// asks the peer to update its own too).
     pub rekey_interval_secs: u64,
+    /// The relay sockets' TCP congestion control (`TCP_CONGESTION`), whatever the host's default:
+    /// every stream of a session shares the one connection, so its behaviour is the product's.
+    pub congestion_control: String,
 }
+
+/// The relay sockets' congestion control unless configured. Cubic: over emulated Wi-Fi and LTE
+/// (docs/benchmarks.md, "over the WAN profile"), bbr's ProbeRTT, about 10 s after a switch onto LTE,
+/// stalled every stream of the session for 50–300 ms; cubic kept the rate without that stall.
+pub const DEFAULT_CONGESTION_CONTROL: &str = "cubic";
 
 impl Default for Tuning {
     fn default() -> Self {
@@ -277,6 +285,7 @@ impl Default for Tuning {
             max_pending_handshakes: 1024,
             max_pending_handshakes_per_source: 16,
             rekey_interval_secs: 120,
+            congestion_control: DEFAULT_CONGESTION_CONTROL.into(),
         }
     }
 }
@@ -777,6 +786,20 @@ fn check_tuning(path: &Path, t: &Tuning) -> Result<(), ConfigError> {
         return Err(invalid(
             path,
             format!("tuning.worker_threads = {} is above the maximum {MAX_WORKER_THREADS}", t.worker_threads),
+        ));
+    }
+    // A name the kernel could look up: whether it has it is known only at start-up (a warning then).
+    let cc = &t.congestion_control;
+    // TCP_CA_NAME_MAX (16) less its NUL.
+    let max = 15;
+    if cc.is_empty() || cc.len() > max || !cc.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(invalid(
+            path,
+            format!(
+                "tuning.congestion_control = {cc:?} is not a congestion control name (1 to {max} of a-z, 0-9, _; \
+                 e.g. \"cubic\" or \"bbr\", see net.ipv4.tcp_available_congestion_control)"
+            ),
         ));
     }
     // An unexpected switch names every stream's offset in one CONTROL frame (12 bytes each).
@@ -1384,6 +1407,20 @@ mod tests {
             let text = server_toml(&format!("\n[tuning]\n{key} = {value}\n"));
             let err = ServerConfig::from_toml(Path::new("s.toml"), &text).unwrap_err().to_string();
             assert!(err.contains(says), "{key} = {value}: {err}");
+        }
+    }
+
+    #[test]
+    fn congestion_control_is_cubic_unless_named_and_a_name_is_checked() {
+        let parse = |extra: &str| ServerConfig::from_toml(Path::new("s.toml"), &server_toml(extra));
+        assert_eq!(parse("").unwrap().tuning.congestion_control, "cubic");
+        assert_eq!(parse("\n[tuning]\ncongestion_control = \"bbr\"\n").unwrap().tuning.congestion_control, "bbr");
+        for bad in ["", "BBR", "cubic;", "a_name_far_too_long"] {
+            let err = parse(&format!("\n[tuning]\ncongestion_control = \"{bad}\"\n")).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("tuning.congestion_control = {bad:?} is not a congestion control name")),
+                "{err}"
+            );
         }
     }
 }

@@ -324,6 +324,10 @@ pub struct PeerStatus {
     /// The smoothed round trip of the probes on the current path.
     #[serde(default)]
     pub rtt_ms: Option<f64>,
+    /// The current path's TCP congestion control (tuning.congestion_control, or the host's default
+    /// where the kernel refused it).
+    #[serde(default)]
+    pub congestion_control: Option<String>,
     /// Frames that arrived on a path the session had left (late frames of an old epoch), dropped.
     #[serde(default)]
     pub stale_frames_dropped: u64,
@@ -604,7 +608,8 @@ pub fn render(status: &Status) -> String {
         if let (Some(local), Some(remote)) = (p.local_address, p.remote_address) {
             let uplink = p.uplink.as_deref().unwrap_or("?");
             let rtt = p.rtt_ms.map(|r| format!(", rtt {r:.1} ms")).unwrap_or_default();
-            let _ = writeln!(s, "  uplink:       {uplink} {local} -> {remote}{rtt}");
+            let cc = p.congestion_control.as_ref().map(|c| format!(", {c}")).unwrap_or_default();
+            let _ = writeln!(s, "  uplink:       {uplink} {local} -> {remote}{rtt}{cc}");
         }
         match (p.connected_secs, p.connects) {
             (Some(secs), 0) => {

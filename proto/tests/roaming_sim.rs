@@ -253,7 +253,12 @@ impl Sim {
     }
 
     fn info(link: Link, side: Role) -> PathInfo {
-        PathInfo { local: None, remote: None, uplink: (side == Role::Client).then(|| link.name.to_string()) }
+        PathInfo {
+            local: None,
+            remote: None,
+            uplink: (side == Role::Client).then(|| link.name.to_string()),
+            congestion_control: None,
+        }
     }
 
     /// One millisecond of the world.

@@ -5,7 +5,9 @@ stream-server: sends to every connection, forever, paced at --rate bytes/s (0: a
 gap-client:    receives one stream; once the file --mark exists (the harness is about to cut or switch
                a link) it records the longest time without a byte, until --window seconds after the
                mark or until --stop exists; writes that pause in ms to --out ("never" when no byte came
-               after the mark). Plain TCP, or MPTCP with --mptcp (no mptcpize needed).
+               after the mark); with --from S, only the gaps that end S s or more after the mark count
+               (a later stall, not the event's own pause). Plain TCP, or MPTCP with --mptcp (no
+               mptcpize needed).
 """
 import argparse
 import os
@@ -49,7 +51,7 @@ def stream_server(host, port, rate, mptcp, ready):
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 
-def gap_client(host, port, mptcp, ready, mark, stop, window, at_least, out, timeout):
+def gap_client(host, port, mptcp, ready, mark, stop, window, at_least, out, timeout, count_from=0.0):
     sock = make_socket(mptcp)
     sock.settimeout(5)
     sock.connect((host, port))
@@ -87,7 +89,8 @@ def gap_client(host, port, mptcp, ready, mark, stop, window, at_least, out, time
             open(ready, "w").close()
         if marked_at is not None:
             gap = now - last
-            worst = max(worst, gap)
+            if now - marked_at >= count_from:
+                worst = max(worst, gap)
             if gap > 0.02 or calm_since is None:
                 calm_since = now
             last = now
@@ -116,6 +119,7 @@ def main():
     q.add_argument("--ready", required=True), q.add_argument("--mark", required=True)
     q.add_argument("--stop", required=True), q.add_argument("--out", required=True)
     q.add_argument("--window", type=float, default=10), q.add_argument("--timeout", type=float, default=60)
+    q.add_argument("--from", dest="count_from", type=float, default=0.0)
     q.add_argument("--at-least", type=float, default=0, help="the event lasts at least this long (s)")
     q.add_argument("--mptcp", action="store_true")
     a = p.parse_args()
@@ -123,7 +127,7 @@ def main():
         stream_server(a.host, a.port, a.rate, a.mptcp, a.ready)
     else:
         return gap_client(a.host, a.port, a.mptcp, a.ready, a.mark, a.stop, a.window, a.at_least, a.out,
-                          a.timeout)
+                          a.timeout, a.count_from)
     return 0
 
 

@@ -22,7 +22,8 @@ prepare() {
     . "$ROOT/scripts/lib/cargo-env.sh"
     find_cargo || exit 1
     log "building roamtun (release)"
-    cargo build --release --quiet || exit 1
+    # With the WAN emulator, which the benchmarks' wan profile puts between the namespaces.
+    cargo build --release --quiet -p roamtun -p roamtun-wanem || exit 1
     # Sourced here, its variables and functions are still global: it declares nothing local at the
     # top level.
     # shellcheck source=netns.sh

@@ -46,7 +46,9 @@ teardown() {
     done
     : >"$PIDFILE"
     local ns
-    for ns in "$NS_C" "$NS_S"; do
+    # EXTRA_NS: the emulator's namespace of scripts/lib/wan.sh, remade by the next case's setup.
+    for ns in "$NS_C" "$NS_S" "${EXTRA_NS[@]:-}"; do
+        [ -n "$ns" ] || continue
         pids=$(ip netns pids "$ns" 2>/dev/null)
         [ -n "$pids" ] && kill -9 $pids 2>/dev/null
         ip netns del "$ns" 2>/dev/null || true

@@ -31,6 +31,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
     let tls_config = tls::client_config(config.private_key(), config.server.public_key)?;
+    super::check_congestion_control(&config.tuning);
     // Watch the uplinks before anything else, so the first path already knows which ones are usable.
     let uplinks = match roamtun_netlink::watch_uplinks().await {
         Ok((rx, _task)) => Some(rx),
@@ -219,7 +220,8 @@ impl Dialer<'_> {
             .map_err(|_| anyhow::anyhow!("no answer from {server} within {CONNECT_TIMEOUT:?}"))??;
         tcp.set_nodelay(true)?;
         let local = tcp.local_addr()?;
-        let tcp = RelaySocket::new(tcp);
+        let tcp = RelaySocket::new(tcp, &self.config.tuning.congestion_control);
+        let congestion_control = tcp.congestion_control().map(str::to_owned);
         let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connector.connect(tls::server_name(), tcp))
             .await
             .map_err(|_| anyhow::anyhow!("TLS handshake with {server} timed out"))?
@@ -263,7 +265,7 @@ impl Dialer<'_> {
             public_key: self.config.server.public_key.to_base64(),
             switch_timeout: None,
         };
-        let info = PathInfo { local: Some(local), remote: Some(server), uplink };
+        let info = PathInfo { local: Some(local), remote: Some(server), uplink, congestion_control };
         self.engine
             .send(EngineMsg::PathUp { path, join: Join::Welcome { session: session_id }, peer, info, io })
             .await

@@ -38,6 +38,15 @@ use roamtun_proto::transition::{PathId, TransitionConfig};
 use roamtun_stack::StackConfig;
 
 pub use transport::PathIo;
+
+/// Tries the configured congestion control once at start-up: a kernel without it is said in words
+/// (with the fix) once, not on every relay connection, which then keep the host's default.
+fn check_congestion_control(tuning: &Tuning) {
+    match relay_socket::check_congestion_control(&tuning.congestion_control) {
+        Ok(()) => tracing::debug!(congestion_control = %tuning.congestion_control, "relay sockets' congestion control"),
+        Err(err) => tracing::warn!("{err}; the relay connections use the host's default instead"),
+    }
+}
 pub use tun::{Tun, TunError};
 
 /// What an authenticated path asks to join.

@@ -2,7 +2,7 @@
 //! so that few bytes wait unsent in the kernel, where nothing can pass them.
 
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -36,6 +36,100 @@ const LINUX_RTO_MIN: Duration = Duration::from_millis(200);
 /// `TCP_RTO_MIN_US` from linux/tcp.h (not in the libc crate yet).
 const TCP_RTO_MIN_US: libc::c_int = 45;
 
+/// The longest congestion control name the kernel takes (`TCP_CA_NAME_MAX`, with its NUL).
+pub const CONGESTION_CONTROL_NAME_MAX: usize = 16;
+
+/// Why the configured congestion control cannot be used on the relay sockets (they then keep the
+/// host's default, `net.ipv4.tcp_congestion_control`).
+#[derive(Debug, thiserror::Error)]
+pub enum CongestionControlError {
+    /// ENOENT: neither built in nor loaded, and the kernel did not load it (it tries only for a
+    /// process with CAP_NET_ADMIN).
+    #[error(
+        "tuning.congestion_control = {name:?} is not available in this kernel (available: {available}): \
+         load it with `modprobe tcp_{name}`, or choose one of those"
+    )]
+    NotAvailable { name: String, available: String },
+    /// EPERM: loaded, but not in the list an unprivileged process may choose from.
+    #[error(
+        "tuning.congestion_control = {name:?} is not allowed for this process (net.ipv4.tcp_allowed_congestion_control: \
+         {allowed}): give the daemon CAP_NET_ADMIN or add it to that list"
+    )]
+    NotAllowed { name: String, allowed: String },
+    #[error("failed to set TCP_CONGESTION {name:?} on a relay socket")]
+    Set {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to open a TCP socket to try TCP_CONGESTION {name:?} on")]
+    Probe {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Sets the congestion control of the socket `fd` (`TCP_CONGESTION`), naming the fix if the kernel
+/// refuses.
+pub fn set_congestion_control(fd: RawFd, name: &str) -> Result<(), CongestionControlError> {
+    // SAFETY: fd is an open TCP socket; the value is name's bytes, of the length given (no NUL needed).
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let source = io::Error::last_os_error();
+    let sysctl = |file| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{file}")).map_or_else(|_| "?".into(), |s| s.trim().into())
+    };
+    Err(match source.raw_os_error() {
+        Some(libc::ENOENT) => CongestionControlError::NotAvailable {
+            name: name.into(),
+            available: sysctl("tcp_available_congestion_control"),
+        },
+        Some(libc::EPERM) => {
+            CongestionControlError::NotAllowed { name: name.into(), allowed: sysctl("tcp_allowed_congestion_control") }
+        }
+        _ => CongestionControlError::Set { name: name.into(), source },
+    })
+}
+
+/// The congestion control the socket `fd` uses (`TCP_CONGESTION` read back).
+pub fn congestion_control(fd: RawFd) -> io::Result<String> {
+    let mut name = [0u8; CONGESTION_CONTROL_NAME_MAX];
+    let mut len = name.len() as libc::socklen_t;
+    // SAFETY: fd is an open TCP socket; name and len describe a buffer the kernel fills.
+    let rc =
+        unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION, name.as_mut_ptr().cast(), &mut len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let name = &name[..(len as usize).min(name.len())];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Ok(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+/// Tries `name` on a fresh TCP socket, as every relay socket will: at start-up, so that a daemon
+/// whose kernel lacks it says so once, in words, instead of on every connection.
+pub fn check_congestion_control(name: &str) -> Result<(), CongestionControlError> {
+    // SAFETY: socket() has no memory arguments; the fd is owned at once.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(CongestionControlError::Probe { name: name.into(), source: io::Error::last_os_error() });
+    }
+    // SAFETY: raw is a new, valid fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    set_congestion_control(fd.as_raw_fd(), name)
+}
+
 /// A relay connection's TCP socket.
 ///
 /// It is read through a buffer: rustls reads the socket 4 KiB at a time (and shrinks its buffer
@@ -49,7 +143,10 @@ const TCP_RTO_MIN_US: libc::c_int = 45;
 /// to 64 KiB unsent against a bound of 8 KiB, 50 ms that a keystroke waited behind. `MSG_EOR` closes
 /// the last buffer, so the next write meets the check.
 ///
-/// Its minimum retransmission timeout is [`RTO_MIN`].
+/// Its minimum retransmission timeout is [`RTO_MIN`], its congestion control the configured one
+/// (`tuning.congestion_control`): every stream of the session shares this one connection, so its
+/// congestion control is the product's choice, not the host's default (bbr's ProbeRTT, every 10 s,
+/// shrinks it to four segments for 200 ms: a stall of every app at once).
 pub struct RelaySocket {
     inner: TcpStream,
     /// Bytes read from the socket; `read_buf[pos..filled]` are not yet handed to rustls.
@@ -58,10 +155,15 @@ pub struct RelaySocket {
     filled: usize,
     eor: Arc<AtomicBool>,
     rto_min: Duration,
+    /// The congestion control in effect, read back (None: the kernel did not say).
+    congestion_control: Option<String>,
 }
 
 impl RelaySocket {
-    pub fn new(tcp: TcpStream) -> Self {
+    /// Wraps `tcp`, giving it its socket options; `congestion_control` is the configured algorithm
+    /// (the daemon checked it at start-up with [`check_congestion_control`] and warned if refused:
+    /// then the socket keeps the host's default, and says so in [`RelaySocket::congestion_control`]).
+    pub fn new(tcp: TcpStream, congestion_control: &str) -> Self {
         // Read back: the kernel keeps it in clock ticks (52 ms for 50 at 250 Hz).
         let fd = tcp.as_raw_fd();
         let rto_min = set_int(fd, TCP_RTO_MIN_US, RTO_MIN.as_micros() as usize)
@@ -77,6 +179,10 @@ impl RelaySocket {
         if let Err(err) = set_int(fd, libc::TCP_USER_TIMEOUT, USER_TIMEOUT.as_millis() as usize) {
             tracing::debug!(%err, "setting TCP_USER_TIMEOUT failed");
         }
+        if let Err(err) = set_congestion_control(fd, congestion_control) {
+            tracing::debug!(%err, "the relay socket keeps the host's congestion control");
+        }
+        let congestion_control = self::congestion_control(fd).ok();
         RelaySocket {
             inner: tcp,
             read_buf: vec![0; HANDSHAKE_READ_BUFFER],
@@ -84,7 +190,13 @@ impl RelaySocket {
             filled: 0,
             eor: Arc::new(AtomicBool::new(false)),
             rto_min,
+            congestion_control,
         }
+    }
+
+    /// The congestion control the socket uses (read back after setting it).
+    pub fn congestion_control(&self) -> Option<&str> {
+        self.congestion_control.as_deref()
     }
 
     /// Gives the socket its full read buffer: the peer is authenticated and its path will carry bulk.
@@ -271,7 +383,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tcp = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (_peer, _) = listener.accept().await.unwrap();
-        let mut socket = RelaySocket::new(tcp);
+        let mut socket = RelaySocket::new(tcp, "cubic");
         set_int(socket.handle().fd(), libc::TCP_NOTSENT_LOWAT, LOWAT).unwrap();
         socket.eor.store(eor, Ordering::Relaxed);
         let chunk = [7u8; WRITE];
@@ -330,6 +442,31 @@ mod tests {
         });
     }
 
+    /// Both ends of a relay connection use the configured algorithm whatever the host's default
+    /// (read back from the kernel), and a name the kernel lacks is refused with the fix in words.
+    #[test]
+    fn the_socket_uses_the_configured_congestion_control() {
+        on_private_loopback(|| async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            // reno is always built in; cubic and bbr where the kernel has them.
+            for name in ["reno", "cubic", "bbr"] {
+                if name != "reno" && check_congestion_control(name).is_err() {
+                    continue;
+                }
+                let tcp = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+                let (accepted, _) = listener.accept().await.unwrap();
+                let client = RelaySocket::new(tcp, name);
+                let server = RelaySocket::new(accepted, name);
+                assert_eq!(client.congestion_control(), Some(name));
+                assert_eq!(server.congestion_control(), Some(name));
+                assert_eq!(congestion_control(server.handle().fd()).unwrap(), name);
+            }
+            let err = check_congestion_control("no_such_cc").unwrap_err();
+            assert!(matches!(err, CongestionControlError::NotAvailable { .. }), "{err:?}");
+            assert!(err.to_string().contains("modprobe tcp_no_such_cc"), "{err}");
+        });
+    }
+
     /// The stall check relies on the minimum the handle reports: the socket's own, or Linux's
     /// 200 ms where the kernel does not know the option.
     #[test]
@@ -337,7 +474,7 @@ mod tests {
         on_private_loopback(|| async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let tcp = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-            let socket = RelaySocket::new(tcp);
+            let socket = RelaySocket::new(tcp, "cubic");
             let handle = socket.handle();
             match get_int(handle.fd(), TCP_RTO_MIN_US) {
                 Ok(us) => {

@@ -49,6 +49,7 @@ pub async fn run(config: ServerConfig, path: std::path::PathBuf) -> anyhow::Resu
     } else {
         None
     };
+    super::check_congestion_control(&config.tuning);
     let tun =
         Arc::new(Tun::create(&config.tun.name, config.tun.mtu, &config.virtual_ips, &config.client_prefixes).await?);
     tracing::info!(listen = ?config.listen, tun = %config.tun.name, peers = config.peers.len(), exit = config.exit, "server up");
@@ -318,7 +319,8 @@ impl Accepted {
         }
         tcp.set_nodelay(true)?;
         let local = tcp.local_addr()?;
-        let tcp = RelaySocket::new(tcp);
+        let tcp = RelaySocket::new(tcp, &self.config.tuning.congestion_control);
+        let congestion_control = tcp.congestion_control().map(str::to_owned);
         let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
         let start = tokio::time::timeout(CLIENT_HELLO_TIMEOUT, LazyConfigAcceptor::new(Default::default(), tcp))
             .await
@@ -376,7 +378,7 @@ impl Accepted {
             transport::Rekey::new(&self.config.tuning, &self.shared),
             self.clock,
         );
-        let info = PathInfo { local: Some(local), remote: Some(remote), uplink: None };
+        let info = PathInfo { local: Some(local), remote: Some(remote), uplink: None, congestion_control };
         let peer_info = PeerInfo {
             name: peer.name.clone(),
             public_key: key.to_base64(),

@@ -38,6 +38,7 @@ pub(super) fn status(shell: &Shell) -> Status {
             epoch: None,
             switching: false,
             rtt_ms: None,
+            congestion_control: None,
             stale_frames_dropped: 0,
             switches: Vec::new(),
             switch_totals: SwitchTotals::default(),
@@ -61,6 +62,7 @@ pub(super) fn status(shell: &Shell) -> Status {
                 p.local_address = info.local;
                 p.uplink = info.uplink.clone().or_else(|| info.local.and_then(|a| super::tun::interface_of(a.ip())));
                 p.remote_address = info.remote;
+                p.congestion_control = info.congestion_control.clone();
             }
             if let Some(l) = live.iter().find(|l| l.id == s.id) {
                 p.tcp_flows = l.tcp_flows;

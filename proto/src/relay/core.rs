@@ -75,6 +75,8 @@ pub struct PathInfo {
     pub remote: Option<SocketAddr>,
     /// The interface the path is bound to (client), or that holds `local`.
     pub uplink: Option<String>,
+    /// The relay socket's TCP congestion control, as the kernel reports it (for the status).
+    pub congestion_control: Option<String>,
 }
 
 impl PathInfo {
@@ -1165,7 +1167,7 @@ mod tests {
         let mut core =
             RelayCore::new(Engine::new(EngineConfig::new(Role::Server), now), TransitionConfig::default(), 1);
         let path = PathId(1);
-        let info = PathInfo { local: None, remote: None, uplink: None };
+        let info = PathInfo { local: None, remote: None, uplink: None, congestion_control: None };
         let peer = PeerInfo { name: "laptop".into(), public_key: "k".into(), switch_timeout: None };
         core.server_path_up(path, info, peer, 0, vec!["100.64.0.2".parse().unwrap()], now);
         assert_eq!(core.writer_depth(path, 8), 8, "rate unknown: as before");
