@@ -194,3 +194,43 @@ wait_progress() {
     target=$(($(json_get "$WORK/client.sock" 's["bytes_received"]') + ($1 << 20)))
     wait_for 60 "$1 MiB more through the tunnel" client_received_at_least "$target"
 }
+
+# A third namespace NS (a phone, or a stranger) on its own link to the server:
+#   IF 198.18.9.2/24 (in NS) <== veth ==> SIF 198.18.9.1/24 (server), route to 198.18.0.1 via .1.
+# The caller adds NS to EXTRA_NS so that netns_cleanup removes it.
+netns_side_network() {
+    local ns=$1 ifname=$2 sifname=$3
+    ip netns add "$ns"
+    ip netns exec "$ns" ip link set lo up
+    ip link add "$ifname" netns "$ns" type veth peer name "$sifname" netns "$NS_S"
+    s ip addr add 198.18.9.1/24 dev "$sifname"
+    s ip link set "$sifname" up
+    ip netns exec "$ns" ip addr add 198.18.9.2/24 dev "$ifname"
+    ip netns exec "$ns" ip link set "$ifname" up
+    ip netns exec "$ns" ip route add 198.18.0.1/32 via 198.18.9.1
+}
+
+# A second client, "phone" (virtual IP 100.64.0.3): its config $WORK/phone.toml (control socket
+# $WORK/phone.sock, the server at 198.18.0.1:7700) and its public key in $PHONE_PUB. Where its
+# [[peer]] goes (server.toml or a peers_dir file) is the caller's choice. Call after netns_configs.
+netns_phone_config() {
+    local key server_pub
+    key=$("$ROAMTUN" genkey)
+    PHONE_PUB=$(echo "$key" | "$ROAMTUN" pubkey)
+    server_pub=$(sed -n 's/^public_key = "\(.*\)"$/\1/p' "$WORK/client.toml")
+    cat >"$WORK/phone.toml" <<EOF
+private_key = "$key"
+virtual_ips = ["100.64.0.3"]
+routes = ["100.64.0.1/32"]
+control_socket = "$WORK/phone.sock"
+
+[server]
+address = "198.18.0.1:7700"
+public_key = "$server_pub"
+EOF
+    chmod 600 "$WORK/phone.toml"
+}
+
+phone_connected() {
+    status_json "$WORK/phone.sock" | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["peers"][0]["connected"] else 1)'
+}

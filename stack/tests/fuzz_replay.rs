@@ -3,39 +3,11 @@
 //! found (fuzz/regressions/TARGET) goes through the very check function the target calls
 //! (`roamtun_stack::fuzzing`). docs/fuzzing.md says how the corpora were made and how to fuzz further.
 
-use std::path::{Path, PathBuf};
-
 use roamtun_stack::fuzzing;
 
-/// Every committed input of `target`, corpus and regressions, in a stable order.
-fn inputs(target: &str) -> Vec<PathBuf> {
-    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-    let mut files: Vec<PathBuf> = ["corpus", "regressions"]
-        .iter()
-        .filter_map(|dir| std::fs::read_dir(fuzz.join(dir).join(target)).ok())
-        .flatten()
-        .map(|entry| entry.expect("readable corpus directory").path())
-        .filter(|path| path.is_file())
-        .collect();
-    files.sort();
-    files
-}
-
-/// Runs `check` on every input of `target`; a failure names the input file.
-fn replay(target: &str, check: fn(&[u8])) {
-    let files = inputs(target);
-    assert!(!files.is_empty(), "no committed corpus for {target} (fuzz/corpus/{target})");
-    for path in &files {
-        let data = std::fs::read(path).expect("readable corpus file");
-        if std::panic::catch_unwind(|| check(&data)).is_err() {
-            panic!(
-                "fuzz input {} fails the {target} check (run it: cargo fuzz run {target} {})",
-                path.display(),
-                path.display()
-            );
-        }
-    }
-}
+#[path = "../../fuzz/replay.rs"]
+mod replay;
+use replay::replay;
 
 #[test]
 fn stack_packets_corpus_and_regressions() {

@@ -31,52 +31,22 @@ FLOOD_SECS=${FLOOD_SECS:-20}
 
 a() { ip netns exec "$NS_A" "$@"; }
 
+# The stranger's namespace: the phone's address .2 and 129 more for the flood.
 stranger_network() {
-    ip netns add "$NS_A"
-    a ip link set lo up
-    ip link add atk0 netns "$NS_A" type veth peer name fl0 netns "$NS_S"
-    s ip addr add 198.18.9.1/24 dev fl0
-    s ip link set fl0 up
-    a ip addr add 198.18.9.2/24 dev atk0
+    netns_side_network "$NS_A" atk0 fl0
     local i
     for i in $(seq 10 138); do a ip addr add "198.18.9.$i/24" dev atk0; done
-    a ip link set atk0 up
-    a ip route add 198.18.0.1/32 via 198.18.9.1
 }
 
-# A second [[peer]] for the server and its client config ($WORK/phone.toml), run in the stranger's
-# namespace.
+# The phone as a second [[peer]] of server.toml, run in the stranger's namespace.
 second_peer() {
-    local key pub server_pub
-    key=$("$ROAMTUN" genkey)
-    pub=$(echo "$key" | "$ROAMTUN" pubkey)
-    server_pub=$(sed -n 's/^public_key = "\(.*\)"$/\1/p' "$WORK/client.toml")
-    cat >>"$WORK/server.toml" <<EOF
-
-[[peer]]
-name = "phone"
-public_key = "$pub"
-virtual_ips = ["100.64.0.3"]
-EOF
-    cat >"$WORK/phone.toml" <<EOF
-private_key = "$key"
-virtual_ips = ["100.64.0.3"]
-routes = ["100.64.0.1/32"]
-control_socket = "$WORK/phone.sock"
-
-[server]
-address = "198.18.0.1:7700"
-public_key = "$server_pub"
-EOF
-    chmod 600 "$WORK/phone.toml"
+    netns_phone_config
+    printf '\n[[peer]]\nname = "phone"\npublic_key = "%s"\nvirtual_ips = ["100.64.0.3"]\n' "$PHONE_PUB" >>"$WORK/server.toml"
 }
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 server_get() { json_get "$WORK/server.sock" "$1"; }
 evicting() { [ "$(server_get 's["handshakes_evicted"]')" -gt 0 ]; }
-phone_connected() {
-    status_json "$WORK/phone.sock" | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["peers"][0]["connected"] else 1)'
-}
 no_pending() { [ "$(server_get 's["handshakes_pending"]')" -eq 0 ]; }
 elapsed_ms() { python3 -c "import time; print(int((time.time() - $1) * 1000))"; }
 

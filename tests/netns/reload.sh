@@ -23,38 +23,6 @@ EXTRA_NS=("$NS_P")
 . "$ROOT/scripts/lib/roaming.sh"
 SIZE=$((32 << 20))
 
-p() { ip netns exec "$NS_P" "$@"; }
-
-phone_network() {
-    ip netns add "$NS_P"
-    p ip link set lo up
-    ip link add pho0 netns "$NS_P" type veth peer name ph0 netns "$NS_S"
-    s ip addr add 198.18.9.1/24 dev ph0
-    s ip link set ph0 up
-    p ip addr add 198.18.9.2/24 dev pho0
-    p ip link set pho0 up
-    p ip route add 198.18.0.1/32 via 198.18.9.1
-}
-
-# The phone's key pair and client config; its peer file is written by add_phone.
-phone_config() {
-    PHONE_KEY=$("$ROAMTUN" genkey)
-    PHONE_PUB=$(echo "$PHONE_KEY" | "$ROAMTUN" pubkey)
-    local server_pub
-    server_pub=$(sed -n 's/^public_key = "\(.*\)"$/\1/p' "$WORK/client.toml")
-    cat >"$WORK/phone.toml" <<EOF
-private_key = "$PHONE_KEY"
-virtual_ips = ["100.64.0.3"]
-routes = ["100.64.0.1/32"]
-control_socket = "$WORK/phone.sock"
-
-[server]
-address = "198.18.0.1:7700"
-public_key = "$server_pub"
-EOF
-    chmod 600 "$WORK/phone.toml"
-}
-
 add_phone() {
     cat >"$WORK/peers/phone.toml" <<EOF
 public_key = "$PHONE_PUB"
@@ -62,9 +30,6 @@ virtual_ips = ["100.64.0.3"]
 EOF
 }
 
-phone_connected() {
-    status_json "$WORK/phone.sock" | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["peers"][0]["connected"] else 1)'
-}
 server_has_phone_session() {
     json_get "$WORK/server.sock" '[p["session"] is not None for p in s["peers"] if p["name"] == "phone"]' | grep -q True
 }
@@ -77,10 +42,10 @@ setup() {
     rm -rf "$WORK/peers"
     netns_topology
     netns_second_uplink
-    phone_network
+    netns_side_network "$NS_P" pho0 ph0
     mkdir -p "$WORK/peers"
     SERVER_EXTRA='peers_dir = "peers"' netns_configs
-    phone_config
+    netns_phone_config
     netns_start_daemons || fail "the daemons did not start"
     spawn "$WORK/phone.log" "$NS_P" env ROAMTUN_LOG=info "$ROAMTUN" client -c "$WORK/phone.toml"
     PHONE_PID=$LAST_PID
