@@ -138,10 +138,13 @@ test_killed_exit_server_forwarding_is_restored_at_start() {
     kill -9 "$SERVER_PID"
     wait "$SERVER_PID" 2>/dev/null
     [ "$(s cat /proc/sys/net/ipv4/ip_forward)" = 1 ] || fail "SIGKILL left forwarding as it was (nothing to check)"
-    # The next start puts back what the killed one found, and its own clean stop keeps it so.
+    # The next start puts back what the killed one found, and its own clean stop keeps it so. (The
+    # killed daemon's control socket is still there: wait for the new one's log, not the socket.)
     start_server
-    grep -q "restored the forwarding setting a killed daemon left changed" "$WORK/server.log" ||
+    wait_for 10 "the restart to restore forwarding" grep -q "restored the forwarding setting a killed daemon left changed" "$WORK/server.log" ||
         fail "the next start did not restore the forwarding settings"
+    wait_for 10 "the restarted server's control socket" status_json "$WORK/server.sock" ||
+        fail "the restarted server does not answer"
     kill -TERM "$SERVER_PID"
     wait "$SERVER_PID"
     echo "forwarding:  $before before, 1 after SIGKILL, $(s cat /proc/sys/net/ipv4/ip_forward) after the next start and stop"
