@@ -234,13 +234,16 @@ where
     let (shell, uplinks) = shell::Shell::new(engine, tun.clone(), clock, transition, source, client);
     crash::install_hook();
     let mut engine_task = tokio::spawn(shell.run(uplinks, engine_rx, room.clone()));
+    // Whether the control socket is ours to delete: one that another daemon answers on is not.
+    let mut bound_socket = false;
     let result = async {
         let (ctl_tx, ctl_rx) = mpsc::channel(16);
+        let mut control_task = crate::control::serve(control_socket, control_access, ctl_tx.clone()).await?;
+        bound_socket = true;
         let metrics_task = match metrics {
-            Some(addr) => Some(crate::metrics::serve(addr, ctl_tx.clone()).await?),
+            Some(addr) => Some(crate::metrics::serve(addr, ctl_tx).await?),
             None => None,
         };
-        let mut control_task = crate::control::serve(control_socket, control_access, ctl_tx).await?;
         forward_control(ctl_rx, engine_tx.clone(), reloads);
         // Everything that can fail at start is done: the TUN, the listeners, the control socket.
         crate::service::ready(&format!("serving on {tun_name}, control socket {}", control_socket.display()));
@@ -273,7 +276,9 @@ where
         let _ = engine_task.await;
     }
     tun.remove().await;
-    let _ = std::fs::remove_file(control_socket);
+    if bound_socket {
+        let _ = std::fs::remove_file(control_socket);
+    }
     result
 }
 
