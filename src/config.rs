@@ -211,7 +211,7 @@ fn default_mtu() -> u16 {
 }
 
 /// Byte budgets and timeouts; the defaults suit a laptop and a small server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tuning {
     /// Per stream and direction: bytes in flight between the daemons.

@@ -147,7 +147,7 @@ fn needs_restart(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
     check("[tun]", old.tun.name != new.tun.name || old.tun.mtu != new.tun.mtu);
     check("control_socket", old.control_socket != new.control_socket);
     check("metrics_listen", old.metrics_listen != new.metrics_listen);
-    check("[tuning]", format!("{:?}", old.tuning) != format!("{:?}", new.tuning));
+    check("[tuning]", old.tuning != new.tuning);
     keys
 }
 
