@@ -45,15 +45,17 @@ impl Addr {
     }
 }
 
+/// A port as the fuzzers pick it: one the harness listens on, or any (shared with
+/// `roamtun_proto::fuzzing`).
 #[derive(Arbitrary, Debug, Clone, Copy)]
-enum Port {
+pub enum Port {
     P80,
     P5000,
     Any(u16),
 }
 
 impl Port {
-    fn get(self) -> u16 {
+    pub fn get(self) -> u16 {
         match self {
             Port::P80 => 80,
             Port::P5000 => 5000,

@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use arbitrary::{Arbitrary, Unstructured};
 use etherparse::PacketBuilder;
+use roamtun_stack::fuzzing::Port;
 use roamtun_stack::{FlowId, Ingress, Stack, StackConfig};
 
 use crate::relay::engine::{Engine, EngineConfig, Role, SessionId};
@@ -61,23 +62,6 @@ impl Addr {
                 _ => "fd00::1".parse::<Ipv6Addr>().expect("literal").into(),
             },
             Addr::Any(v) => Ipv4Addr::from(v).into(),
-        }
-    }
-}
-
-#[derive(Arbitrary, Debug, Clone, Copy)]
-enum Port {
-    P80,
-    P5000,
-    Any(u16),
-}
-
-impl Port {
-    fn get(self) -> u16 {
-        match self {
-            Port::P80 => 80,
-            Port::P5000 => 5000,
-            Port::Any(p) => p,
         }
     }
 }
