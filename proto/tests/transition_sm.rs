@@ -4,7 +4,7 @@
 use roamtun_proto::time::{Duration, Instant};
 use roamtun_proto::transition::{
     ClientTransition, ControlMessage, Epoch, Event, ExpiryReason, PathId, ServerTransition, StreamOffset, SwitchKind,
-    SwitchRequest, SwitchSummary, TimerReason, TransitionConfig, TransitionError, MAX_EPOCH_STEP,
+    SwitchRequest, SwitchSummary, TimerReason, Transition, TransitionConfig, TransitionError, MAX_EPOCH_STEP,
 };
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -7,8 +7,8 @@ use arbitrary::{Arbitrary, Unstructured};
 
 use crate::time::{Duration, Instant};
 use crate::transition::{
-    ClientTransition, ControlMessage, Epoch, Event, PathId, ServerTransition, StreamOffset, TransitionConfig,
-    MAX_EPOCH_STEP,
+    ClientTransition, ControlMessage, Epoch, Event, PathId, ServerTransition, StreamOffset, Transition,
+    TransitionConfig, MAX_EPOCH_STEP,
 };
 
 const SESSION: u64 = 0x5e55;

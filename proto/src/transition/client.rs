@@ -1,8 +1,8 @@
 //! The client (CNAPT) side of the transition protocol.
 
 use super::{
-    earliest, ControlMessage, Epoch, Event, ExpiryReason, PathId, ReceivedOffsets, Retransmit, SwitchKind,
-    SwitchRequest, SwitchSummary, Timeline, TimerReason, TransitionConfig, TransitionError,
+    earliest, ControlMessage, Epoch, Event, ExpiryReason, PathId, ReceivedOffsets, Retransmit, StreamOffset,
+    SwitchKind, SwitchRequest, SwitchSummary, Timeline, TimerReason, Transition, TransitionConfig, TransitionError,
 };
 use crate::time::Instant;
 use std::collections::VecDeque;
@@ -79,19 +79,9 @@ impl ClientTransition {
         }
     }
 
-    /// The epoch of the current path.
-    pub fn epoch(&self) -> Epoch {
-        self.epoch
-    }
-
     /// The path of the current epoch (during a switch: the path being left).
     pub fn path(&self) -> PathId {
         self.path
-    }
-
-    /// Whether a switch is in progress (or the path is lost and not yet resumed).
-    pub fn is_switching(&self) -> bool {
-        !matches!(self.state, State::Active | State::Expired)
     }
 
     /// Whether the client gave up the session.
@@ -140,40 +130,6 @@ impl ClientTransition {
             step_deadline: now + self.config.step_timeout,
         };
         target
-    }
-
-    /// The shell saw `path` fail (link down, address gone, transport timeout, connection reset).
-    ///
-    /// CNAPT-1*..6*: stop sending ([`Event::StopSending`]); the unsent and unacknowledged bytes stay
-    /// in the replay buffers. [`Event::ResumeNeeded`] asks the shell for a new path. Losing the old
-    /// path after SWITCH_STEP2 was sent is expected (CNAPT-21) and changes nothing; losing a path the
-    /// session does not use is ignored.
-    pub fn handle_path_lost(&mut self, path: PathId, now: Instant) {
-        let give_up = now + self.config.client_give_up;
-        match self.state.clone() {
-            State::Active if path == self.path => {
-                self.kind = SwitchKind::Unexpected;
-                self.timeline = Timeline::default();
-                self.events.push_back(Event::StopSending { path });
-                self.timeline.record("CNAPT-1*..6* path lost, stop sending", now);
-                self.enter_lost(None, give_up);
-            }
-            State::Planned { phase, new_path, .. } => {
-                if path == self.path && phase != Awaiting::AllRedirected {
-                    self.timeline.record("CNAPT-1*..6* old path lost during a planned switch", now);
-                    self.fall_back(Some(new_path), give_up);
-                } else if path == new_path {
-                    self.timeline.record("CNAPT-1*..6* new path lost during a planned switch", now);
-                    let candidate = (phase != Awaiting::AllRedirected).then_some(self.path);
-                    self.fall_back(candidate, give_up);
-                }
-            }
-            State::Resuming { new_path, give_up, .. } if path == new_path => {
-                self.timeline.record("CNAPT-1*..6* resumption path lost", now);
-                self.enter_lost(None, give_up);
-            }
-            _ => {}
-        }
     }
 
     /// A planned switch cannot finish: continue as an unexpected switch.
@@ -339,9 +295,55 @@ impl ClientTransition {
         self.queued = None;
         self.events.push_back(Event::SessionExpired { reason: ExpiryReason::ClientGaveUp });
     }
+}
+
+impl Transition for ClientTransition {
+    /// The epoch of the current path.
+    fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// Whether a switch is in progress (or the path is lost and not yet resumed).
+    fn is_switching(&self) -> bool {
+        !matches!(self.state, State::Active | State::Expired)
+    }
+
+    /// The shell saw `path` fail (link down, address gone, transport timeout, connection reset).
+    ///
+    /// CNAPT-1*..6*: stop sending ([`Event::StopSending`]); the unsent and unacknowledged bytes stay
+    /// in the replay buffers. [`Event::ResumeNeeded`] asks the shell for a new path. Losing the old
+    /// path after SWITCH_STEP2 was sent is expected (CNAPT-21) and changes nothing; losing a path the
+    /// session does not use is ignored.
+    fn handle_path_lost(&mut self, path: PathId, now: Instant) {
+        let give_up = now + self.config.client_give_up;
+        match self.state.clone() {
+            State::Active if path == self.path => {
+                self.kind = SwitchKind::Unexpected;
+                self.timeline = Timeline::default();
+                self.events.push_back(Event::StopSending { path });
+                self.timeline.record("CNAPT-1*..6* path lost, stop sending", now);
+                self.enter_lost(None, give_up);
+            }
+            State::Planned { phase, new_path, .. } => {
+                if path == self.path && phase != Awaiting::AllRedirected {
+                    self.timeline.record("CNAPT-1*..6* old path lost during a planned switch", now);
+                    self.fall_back(Some(new_path), give_up);
+                } else if path == new_path {
+                    self.timeline.record("CNAPT-1*..6* new path lost during a planned switch", now);
+                    let candidate = (phase != Awaiting::AllRedirected).then_some(self.path);
+                    self.fall_back(candidate, give_up);
+                }
+            }
+            State::Resuming { new_path, give_up, .. } if path == new_path => {
+                self.timeline.record("CNAPT-1*..6* resumption path lost", now);
+                self.enter_lost(None, give_up);
+            }
+            _ => {}
+        }
+    }
 
     /// Acts on every timer that has elapsed at `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         match self.state {
             State::Planned { step_deadline, new_path, .. } if now >= step_deadline => {
                 self.timeline.record("step timeout: planned switch falls back to an unexpected switch", now);
@@ -363,7 +365,7 @@ impl ClientTransition {
     }
 
     /// When to call [`handle_timeout`](Self::handle_timeout) next, and why.
-    pub fn poll_timeout(&self) -> Option<(Instant, TimerReason)> {
+    fn poll_timeout(&self) -> Option<(Instant, TimerReason)> {
         let retransmit = self.retransmit.as_ref().map(|r| (r.next, TimerReason::Retransmit));
         let limit = match self.state {
             State::Planned { step_deadline, .. } => Some((step_deadline, TimerReason::StepTimeout)),
@@ -374,12 +376,27 @@ impl ClientTransition {
     }
 
     /// The next control message to send, and the path to send it on.
-    pub fn poll_transmit(&mut self) -> Option<(PathId, ControlMessage)> {
+    fn poll_transmit(&mut self) -> Option<(PathId, ControlMessage)> {
         self.transmits.pop_front()
     }
 
     /// The next thing the engine or daemon must do.
-    pub fn poll_event(&mut self) -> Option<Event> {
+    fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    fn handle_control(
+        &mut self,
+        path: PathId,
+        msg: ControlMessage,
+        _received: &[StreamOffset],
+        now: Instant,
+    ) -> Result<(), TransitionError> {
+        self.handle_message(path, msg, now);
+        Ok(())
+    }
+
+    fn as_client(&mut self) -> Option<&mut ClientTransition> {
+        Some(self)
     }
 }

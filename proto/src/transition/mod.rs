@@ -258,6 +258,48 @@ pub enum TransitionError {
     },
 }
 
+/// What both machines share: the relay core drives a session's machine through this, whatever the
+/// session's role. Inputs are `handle_*(…, now)`, outputs `poll_*()`; [`Transition::as_client`] reaches
+/// what only the client does (open a switch, resume on a new path).
+pub trait Transition {
+    /// The epoch of the current path.
+    fn epoch(&self) -> Epoch;
+
+    /// Whether a switch is in progress (or the path is lost and not yet resumed).
+    fn is_switching(&self) -> bool;
+
+    /// The relay connection `path` failed.
+    fn handle_path_lost(&mut self, path: PathId, now: Instant);
+
+    /// A control message arrived on `path`. `received` is what this side received per stream; only
+    /// the server reads it (to answer SWITCH_UNEXPECTED), and only the server refuses a message
+    /// ([`TransitionError::EpochJump`]).
+    fn handle_control(
+        &mut self,
+        path: PathId,
+        msg: ControlMessage,
+        received: &[StreamOffset],
+        now: Instant,
+    ) -> Result<(), TransitionError>;
+
+    /// Acts on every timer that has elapsed at `now`.
+    fn handle_timeout(&mut self, now: Instant);
+
+    /// When to call [`Transition::handle_timeout`] next, and why.
+    fn poll_timeout(&self) -> Option<(Instant, TimerReason)>;
+
+    /// The next control message to send, and the path to send it on.
+    fn poll_transmit(&mut self) -> Option<(PathId, ControlMessage)>;
+
+    /// The next thing the engine or daemon must do.
+    fn poll_event(&mut self) -> Option<Event>;
+
+    /// The client's machine, for what only the client does; `None` on the server.
+    fn as_client(&mut self) -> Option<&mut ClientTransition> {
+        None
+    }
+}
+
 /// A read-only view of what this side received per stream (the engine's `RecvHalf::received()`).
 pub trait ReceivedOffsets {
     /// Every stream's received offset, in a stable order.

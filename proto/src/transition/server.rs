@@ -1,8 +1,8 @@
 //! The server (SNAPT) side of the transition protocol.
 
 use super::{
-    earliest, ControlMessage, Epoch, Event, ExpiryReason, PathId, ReceivedOffsets, SwitchKind, SwitchSummary, Timeline,
-    TimerReason, TransitionConfig, TransitionError,
+    earliest, ControlMessage, Epoch, Event, ExpiryReason, PathId, ReceivedOffsets, StreamOffset, SwitchKind,
+    SwitchSummary, Timeline, TimerReason, Transition, TransitionConfig, TransitionError,
 };
 use crate::time::Instant;
 use std::collections::VecDeque;
@@ -80,52 +80,14 @@ impl ServerTransition {
         }
     }
 
-    /// The epoch of the current path.
-    pub fn epoch(&self) -> Epoch {
-        self.epoch
-    }
-
     /// The path of the current epoch (during a switch: the path being left).
     pub fn path(&self) -> PathId {
         self.path
     }
 
-    /// Whether a switch is in progress or the session waits for its client to come back.
-    pub fn is_switching(&self) -> bool {
-        !matches!(self.state, State::Active | State::Expired)
-    }
-
     /// Whether the switch timeout expired the session.
     pub fn is_expired(&self) -> bool {
         matches!(self.state, State::Expired)
-    }
-
-    /// The relay connection `path` failed. If it is the session's path, \[0133\]: stop sending and arm
-    /// the switch timeout; a SWITCH_UNEXPECTED before it resumes the session. Losing the old path while
-    /// waiting for SWITCH_STEP2 is expected (the client closes it, CNAPT-21) but arms the timeout too.
-    pub fn handle_path_lost(&mut self, path: PathId, now: Instant) {
-        if path != self.path {
-            return;
-        }
-        match self.state {
-            State::Active => {
-                self.kind = SwitchKind::Unexpected;
-                self.timeline = Timeline::default();
-                self.events.push_back(Event::StopSending { path });
-                self.timeline.record("[0133] path lost, switch timeout armed", now);
-                self.state = State::AwaitingResume;
-            }
-            State::Planned { phase: Awaiting::Step2, .. } => {
-                self.timeline.record("old path closed, switch timeout armed", now);
-            }
-            State::Planned { .. } => {
-                self.timeline.record("[0133] old path lost during a planned switch, switch timeout armed", now);
-                self.kind = SwitchKind::Unexpected;
-                self.state = State::AwaitingResume;
-            }
-            State::AwaitingResume | State::Expired => return,
-        }
-        self.switch_deadline.get_or_insert(now + self.config.switch_timeout);
     }
 
     /// A control message arrived on `path`. `received` is read only to answer SWITCH_UNEXPECTED
@@ -309,9 +271,49 @@ impl ServerTransition {
             timeline,
         }));
     }
+}
+
+impl Transition for ServerTransition {
+    /// The epoch of the current path.
+    fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// Whether a switch is in progress or the session waits for its client to come back.
+    fn is_switching(&self) -> bool {
+        !matches!(self.state, State::Active | State::Expired)
+    }
+
+    /// The relay connection `path` failed. If it is the session's path, \[0133\]: stop sending and arm
+    /// the switch timeout; a SWITCH_UNEXPECTED before it resumes the session. Losing the old path while
+    /// waiting for SWITCH_STEP2 is expected (the client closes it, CNAPT-21) but arms the timeout too.
+    fn handle_path_lost(&mut self, path: PathId, now: Instant) {
+        if path != self.path {
+            return;
+        }
+        match self.state {
+            State::Active => {
+                self.kind = SwitchKind::Unexpected;
+                self.timeline = Timeline::default();
+                self.events.push_back(Event::StopSending { path });
+                self.timeline.record("[0133] path lost, switch timeout armed", now);
+                self.state = State::AwaitingResume;
+            }
+            State::Planned { phase: Awaiting::Step2, .. } => {
+                self.timeline.record("old path closed, switch timeout armed", now);
+            }
+            State::Planned { .. } => {
+                self.timeline.record("[0133] old path lost during a planned switch, switch timeout armed", now);
+                self.kind = SwitchKind::Unexpected;
+                self.state = State::AwaitingResume;
+            }
+            State::AwaitingResume | State::Expired => return,
+        }
+        self.switch_deadline.get_or_insert(now + self.config.switch_timeout);
+    }
 
     /// Acts on every timer that has elapsed at `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         if self.is_expired() {
             return;
         }
@@ -339,7 +341,7 @@ impl ServerTransition {
     }
 
     /// When to call [`handle_timeout`](Self::handle_timeout) next, and why.
-    pub fn poll_timeout(&self) -> Option<(Instant, TimerReason)> {
+    fn poll_timeout(&self) -> Option<(Instant, TimerReason)> {
         let step = match self.state {
             State::Planned { step_deadline, .. } => Some((step_deadline, TimerReason::StepTimeout)),
             _ => None,
@@ -348,12 +350,22 @@ impl ServerTransition {
     }
 
     /// The next control message to send, and the path to send it on.
-    pub fn poll_transmit(&mut self) -> Option<(PathId, ControlMessage)> {
+    fn poll_transmit(&mut self) -> Option<(PathId, ControlMessage)> {
         self.transmits.pop_front()
     }
 
     /// The next thing the engine or daemon must do.
-    pub fn poll_event(&mut self) -> Option<Event> {
+    fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    fn handle_control(
+        &mut self,
+        path: PathId,
+        msg: ControlMessage,
+        received: &[StreamOffset],
+        now: Instant,
+    ) -> Result<(), TransitionError> {
+        self.handle_message(path, msg, received, now)
     }
 }
