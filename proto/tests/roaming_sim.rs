@@ -1,6 +1,6 @@
 //! Deterministic simulation of two daemons' sans-IO cores ([`RelayCore`]) roaming between two uplinks
 //! with real-world timing: uplink A has a 20 ms round trip and 2 MB/s, uplink B 50 ms and 1 MB/s. The
-//! apps on both sides are TCP stacks (smoltcp) behind each core's TUN, as in tests/engine_pair.rs.
+//! apps on both sides are TCP stacks (smoltcp) behind each core's TUN, as in tests/support/pair.rs.
 //!
 //! ```text
 //!  client apps ⇄ TUN ⇄ RelayCore(client) ⇄ path over A or B ⇄ RelayCore(server) ⇄ TUN ⇄ server apps
@@ -14,8 +14,10 @@
 //! SWITCH_UNEXPECTED). Every byte must arrive exactly once, in order, both ways, and both connections
 //! must end gracefully. Time is injected, 1 ms per round; nothing sleeps.
 
+mod support;
+
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use bytes::BytesMut;
 use roamtun_proto::path::{take_frames, PathLoss, Piece};
@@ -25,33 +27,8 @@ use roamtun_proto::time::Instant;
 use roamtun_proto::transition::{PathId, SwitchKind, TransitionConfig};
 use roamtun_proto::wire::Frame;
 use roamtun_stack::{FlowEvent, FlowId, Ingress, Stack, StackConfig};
+use support::{pattern, vip, Rng};
 
-const CLIENT_VIP: [u8; 4] = [100, 64, 0, 2];
-
-fn vip() -> IpAddr {
-    IpAddr::from(CLIENT_VIP)
-}
-
-/// Deterministic, position-dependent bytes, so a misplaced or repeated byte is caught.
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    (0..len as u32).map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8).collect()
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
-
-/// One uplink's character.
 #[derive(Clone, Copy)]
 struct Link {
     name: &'static str,
@@ -421,7 +398,7 @@ impl Sim {
 #[test]
 fn roaming_across_slow_links_loses_and_duplicates_nothing() {
     for seed in 1..=40u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut rng = Rng::new(seed);
         let mut sim = Sim::new(seed);
         for _ in 0..2000 {
             sim.round();

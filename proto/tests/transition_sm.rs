@@ -1,40 +1,21 @@
 //! The transition state machines with an injected clock and a simulated network that loses,
 //! duplicates and reorders control messages (seeded, so every failure replays).
 
+mod support;
+
 use roamtun_proto::time::{Duration, Instant};
 use roamtun_proto::transition::{
     ClientTransition, ControlMessage, Epoch, Event, ExpiryReason, PathId, ServerTransition, StreamOffset, SwitchKind,
     SwitchRequest, SwitchSummary, TimerReason, Transition, TransitionConfig, TransitionError, MAX_EPOCH_STEP,
 };
 use std::collections::{BTreeMap, BTreeSet};
+use support::Rng;
 
 const SESSION: u64 = 0x5e55;
 const P0: PathId = PathId(0);
 const P1: PathId = PathId(1);
 const P2: PathId = PathId(2);
 const P3: PathId = PathId(3);
-
-/// xorshift64: a tiny seeded RNG, enough for loss and delay decisions.
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> Self {
-        XorShift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// True with probability `percent` / 100.
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -66,7 +47,7 @@ struct Pair {
     now: Instant,
     client: ClientTransition,
     server: ServerTransition,
-    rng: XorShift,
+    rng: Rng,
     net: Lossy,
     in_flight: Vec<InFlight>,
     seq: u64,
@@ -87,7 +68,7 @@ impl Pair {
             now: Instant::from_millis(1_000),
             client: ClientTransition::new(config, SESSION, P0),
             server: ServerTransition::new(config, SESSION, P0),
-            rng: XorShift::new(seed),
+            rng: Rng::new(seed),
             net,
             in_flight: Vec::new(),
             seq: 0,
