@@ -98,7 +98,7 @@
 //! | SNAPT-15*, CNAPT-22* (resend stored unsent packets) | [`Event::Resend`] per stream, from the peer's received offset |
 //! | SNAPT-16*, CNAPT-23* (wake up, send buffered packets) | [`Event::ResumeOn`] + [`Event::SwitchDone`] |
 //!
-//! What this module deliberately does not do: carry the messages (the CONTROL frame of `src/wire.rs`,
+//! What this module deliberately does not do: carry the messages (the CONTROL frame of `wire/`,
 //! queued per path by `relay::core`), keep replay buffers, open paths, or choose uplinks.
 
 mod client;
