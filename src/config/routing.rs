@@ -1,0 +1,109 @@
+//! `[routing]`: the client's per-uplink tables and rules (src/routing.rs installs them).
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::error::{invalid, ConfigError};
+
+/// Per-uplink policy routing (src/link/routing.rs): a routing table per configured uplink and a
+/// `from ADDRESS lookup TABLE` rule per address of it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Off by default: it adds rules and tables to the host's routing.
+    pub per_uplink_tables: bool,
+    /// The table of the first uplink in `uplinks`; the next ones follow.
+    pub table_base: u32,
+    /// Priority of the `from` rules; below the main table's rule (32766), so they are consulted first.
+    pub rule_priority: u32,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig { per_uplink_tables: false, table_base: 52000, rule_priority: 5200 }
+    }
+}
+
+/// The kernel's own tables: unspec (0), default (253), main (254), local (255).
+const RESERVED_TABLES: [u32; 4] = [0, 253, 254, 255];
+/// The rule priority of the kernel's `lookup main` rule.
+const MAIN_RULE_PRIORITY: u32 = 32766;
+
+/// `[routing]` against the number of configured uplinks (one table each).
+pub(super) fn check_routing(path: &Path, r: &RoutingConfig, uplinks: usize) -> Result<(), ConfigError> {
+    if r.per_uplink_tables && uplinks == 0 {
+        return Err(invalid(
+            path,
+            "routing.per_uplink_tables needs uplinks: the tables are per configured uplink".into(),
+        ));
+    }
+    let count = u32::try_from(uplinks.max(1)).unwrap_or(u32::MAX);
+    let Some(last) = r.table_base.checked_add(count - 1) else {
+        return Err(invalid(path, format!("routing.table_base = {} leaves no room for {count} tables", r.table_base)));
+    };
+    if let Some(reserved) = RESERVED_TABLES.iter().find(|t| (r.table_base..=last).contains(t)) {
+        return Err(invalid(
+            path,
+            format!(
+                "routing.table_base = {}: the uplinks' tables {}..={last} include the kernel's table {reserved} \
+                 (0, 253 default, 254 main, 255 local are reserved)",
+                r.table_base, r.table_base
+            ),
+        ));
+    }
+    if r.rule_priority == 0 || r.rule_priority >= MAIN_RULE_PRIORITY {
+        return Err(invalid(
+            path,
+            format!(
+                "routing.rule_priority = {} must be 1 to {}: 0 is the local table's rule, and the rules must come \
+                 before the main table's ({MAIN_RULE_PRIORITY})",
+                r.rule_priority,
+                MAIN_RULE_PRIORITY - 1
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::test_support::key;
+    use crate::config::ClientConfig;
+    use crate::keys::PrivateKey;
+
+    #[test]
+    fn routing_is_off_by_default_and_checked() {
+        let sk = PrivateKey::generate().unwrap().public_key();
+        let base = format!(
+            "private_key = \"{}\"\nvirtual_ips = [\"100.64.0.2\"]\nroutes = [\"100.64.0.0/10\"]\n\
+             uplinks = [\"wlan0\", \"wwan0\"]\n[server]\naddress = \"198.18.1.1:7700\"\npublic_key = \"{sk}\"\n",
+            key()
+        );
+        let load = |extra: &str| ClientConfig::from_toml(Path::new("c.toml"), &format!("{base}{extra}"));
+        assert_eq!(load("").unwrap().routing, RoutingConfig::default());
+        assert!(!RoutingConfig::default().per_uplink_tables);
+        let on = load("[routing]\nper_uplink_tables = true\ntable_base = 100\nrule_priority = 900\n").unwrap();
+        assert_eq!(on.routing, RoutingConfig { per_uplink_tables: true, table_base: 100, rule_priority: 900 });
+
+        let err = load("[routing]\ntable_base = 252\n").unwrap_err().to_string();
+        assert!(err.contains("tables 252..=253 include the kernel's table 253"), "{err}");
+        let err = load("[routing]\ntable_base = 4294967295\n").unwrap_err().to_string();
+        assert!(err.contains("leaves no room for 2 tables"), "{err}");
+        for priority in [0, 32766] {
+            let err = load(&format!("[routing]\nrule_priority = {priority}\n")).unwrap_err().to_string();
+            assert!(err.contains("must be 1 to 32765"), "{err}");
+        }
+        let err = load("[routing]\ntable = 5\n").unwrap_err().to_string();
+        assert!(err.contains("table") && err.contains("line"), "{err}");
+        let unbound = base.replace("uplinks = [\"wlan0\", \"wwan0\"]\n", "");
+        let err =
+            ClientConfig::from_toml(Path::new("c.toml"), &format!("{unbound}[routing]\nper_uplink_tables = true\n"))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("per_uplink_tables needs uplinks"), "{err}");
+    }
+}
