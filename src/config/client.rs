@@ -88,6 +88,12 @@ impl Default for DecisionConfig {
 }
 
 impl ClientConfig {
+    /// Whether `routes` has a default route (`0.0.0.0/0` or `::/0`): a full tunnel of both families,
+    /// by policy routing (src/full_tunnel.rs).
+    pub fn full_tunnel(&self) -> bool {
+        self.routes.iter().any(|p| p.len == 0)
+    }
+
     /// The uplinks' names, in order of preference.
     pub fn uplink_names(&self) -> Vec<String> {
         self.uplinks.iter().map(|u| u.name.clone()).collect()
@@ -195,7 +201,9 @@ impl ClientConfig {
         }
         let unbound = c.uplinks.is_empty();
         for server in &c.server.addresses {
-            if let Some(i) = c.routes.iter().position(|p| unbound && prefix_contains(p, server.ip())) {
+            // A default route (/0) is a full tunnel's, in a table the relay's marked sockets skip.
+            let loops = |p: &Prefix| unbound && p.len > 0 && prefix_contains(p, server.ip());
+            if let Some(i) = c.routes.iter().position(loops) {
                 let p = &c.routes[i];
                 // The relay's own packets would enter the TUN they are meant to carry.
                 return Err(invalid_at(
@@ -245,13 +253,16 @@ mod tests {
     fn a_route_that_would_carry_the_relay_itself_is_refused() {
         let sk = PrivateKey::generate().unwrap().public_key();
         let text = format!(
-            "private_key = \"{}\"\nvirtual_ips = [\"100.64.0.2\"]\nroutes = [\"0.0.0.0/0\"]\n\
+            "private_key = \"{}\"\nvirtual_ips = [\"100.64.0.2\"]\nroutes = [\"198.18.0.0/15\"]\n\
              [server]\naddress = \"198.18.1.1:7700\"\npublic_key = \"{sk}\"\n",
             key()
         );
         let err = ClientConfig::from_toml(Path::new("c.toml"), &text).unwrap_err().to_string();
         assert!(err.contains("198.18.1.1") && err.contains("loop"), "{err}");
-        let ok = text.replace("0.0.0.0/0", "100.64.0.0/10");
+        // A default route is a full tunnel's: the relay's marked sockets skip its table.
+        let full = ClientConfig::from_toml(Path::new("c.toml"), &text.replace("198.18.0.0/15", "0.0.0.0/0")).unwrap();
+        assert!(full.full_tunnel());
+        let ok = text.replace("198.18.0.0/15", "100.64.0.0/10");
         let c = ClientConfig::from_toml(Path::new("c.toml"), &ok).unwrap();
         assert_eq!(c.tun.name, "roam0");
         // Bound to named uplinks, the relay cannot follow the route into the TUN: system-wide is fine.
@@ -309,7 +320,7 @@ mod tests {
         let err = ClientConfig::from_toml(Path::new("c.toml"), &host).unwrap_err().to_string();
         assert!(err.contains("expected \"ip:port\"") && err.contains("line 5"), "{err}");
         // Unbound, the second address inside a routed prefix is refused like the first.
-        let looped = text.replace("100.64.0.0/10", "::/0");
+        let looped = text.replace("100.64.0.0/10", "2001:2::/48");
         let err = ClientConfig::from_toml(Path::new("c.toml"), &looped).unwrap_err().to_string();
         assert!(err.contains("2001:2::1") && err.contains("loop"), "{err}");
         let server = server_toml("")

@@ -27,7 +27,7 @@ pub use control_group::ControlGroup;
 pub use error::ConfigError;
 pub use peers::PeerConfig;
 pub use prefix::{prefix_contains, Prefix};
-pub use routing::RoutingConfig;
+pub use routing::{RoutingConfig, DEFAULT_FWMARK, DEFAULT_TUNNEL_TABLE, TUNNEL_RULES};
 pub use server::ServerConfig;
 pub use tun::TunConfig;
 pub use tuning::{Tuning, DEFAULT_CONGESTION_CONTROL, MAX_TCP_FLOWS, MAX_WORKER_THREADS};

@@ -39,6 +39,11 @@ pub struct ServerConfig {
     /// the masquerade rule).
     #[serde(default)]
     pub exit: bool,
+    /// Exit mode's way out (e.g. `eth0`): the clients' traffic leaves through it masqueraded, by
+    /// rules the server installs in an nftables table of its own (and removes at stop); on it IPv6
+    /// keeps accepting router advertisements while forwarding. Implies `exit`.
+    #[serde(default)]
+    pub exit_interface: Option<String>,
     /// Without `exit`: what clients may reach beyond the server's virtual IPs (also turns on IP
     /// forwarding). Other clients' virtual IPs stay behind `client_to_client`.
     #[serde(default, deserialize_with = "vec_from_str")]
@@ -97,6 +102,17 @@ impl ServerConfig {
             parse(path, text).map_err(|e| or_mistake(path, text, e, crate::config_shape::server_mistake))?;
         resolve_key(path, mode, &mut c.private_key, &mut c.private_key_file)?;
         check_tun(path, &mut c.tun, "roamsrv0")?;
+        if let Some(name) = &c.exit_interface {
+            if name.is_empty() || name.len() > 15 || name.contains('/') || name == &c.tun.name {
+                let message = if name == &c.tun.name {
+                    format!("exit_interface {name:?} is the server's own TUN: name the interface towards the internet")
+                } else {
+                    format!("exit_interface {name:?} is not a Linux interface name")
+                };
+                return Err(invalid_at(path, text, &[Step::Key("exit_interface")], message));
+            }
+            c.exit = true;
+        }
         check_tuning(path, &c.tuning)?;
         if c.listen.is_empty() {
             return Err(invalid_at(path, text, &[Step::Key("listen")], "listen must name at least one address".into()));
@@ -183,6 +199,19 @@ mod tests {
         assert_eq!(c.tun.mtu, 65535);
         assert_eq!(c.peers[0].virtual_ips, vec!["100.64.0.2".parse::<IpAddr>().unwrap()]);
         assert!(!c.exit);
+        assert_eq!(c.exit_interface, None);
+    }
+
+    #[test]
+    fn an_exit_interface_turns_exit_mode_on_and_is_checked() {
+        let parse = |line: &str| ServerConfig::from_toml(Path::new("s.toml"), &format!("{line}\n{}", server_toml("")));
+        let c = parse("exit_interface = \"eth0\"").unwrap();
+        assert!(c.exit);
+        assert_eq!(c.exit_interface.as_deref(), Some("eth0"));
+        let err = parse("exit_interface = \"roamsrv0\"").unwrap_err().to_string();
+        assert!(err.contains("line 1") && err.contains("is the server's own TUN"), "{err}");
+        let err = parse("exit_interface = \"a/b\"").unwrap_err().to_string();
+        assert!(err.contains("\"a/b\" is not a Linux interface name"), "{err}");
     }
 
     #[test]
