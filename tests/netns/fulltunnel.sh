@@ -16,6 +16,10 @@
 #     and IPv6; ns inet sees the server's exit address; nftables counters on the client's wlan0
 #     count nothing but the relay (a ping before the tunnel proves they would count a leak); after a
 #     "network manager" rewrites the main table, and removed our rules, the tunnel still works;
+#   * ipv4_only_*: a client with IPv4 virtual IPs only, on a host with IPv6: IPv6 fails at once
+#     (unreachable), nothing leaves beside the relay;
+#   * exit_interface_keeps_*: the server's eth0 learned its IPv6 address and default route from a
+#     router advertisement; with exit mode forwarding they stay, and a new advertisement is heard;
 #   * stop_and_sigkill_*: the client's rules and tables and the server's `nft list ruleset` and
 #     accept_ra are the same after a stop as before the start, also after SIGKILL, a new start and a
 #     stop; a leftover exit NAT table (as a daemon without owned tables would leave it) is removed.
@@ -95,8 +99,9 @@ topology() {
     c sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.wlan0.rp_filter=1
 }
 
+# configs: the two files; CLIENT_VIPS and CLIENT_ROUTES (TOML list bodies) change the client's.
 configs() {
-    local ck sk
+    local ck sk vips=${CLIENT_VIPS:-'"100.64.0.2", "fd00:64::2"'}
     ck=$("$ROAMTUN" genkey)
     sk=$("$ROAMTUN" genkey)
     cat >"$WORK/server.toml" <<EOF
@@ -110,12 +115,12 @@ control_socket = "$WORK/server.sock"
 [[peer]]
 name = "laptop"
 public_key = "$(echo "$ck" | "$ROAMTUN" pubkey)"
-virtual_ips = ["100.64.0.2", "fd00:64::2"]
+virtual_ips = [$vips]
 EOF
     cat >"$WORK/client.toml" <<EOF
 private_key = "$ck"
-virtual_ips = ["100.64.0.2", "fd00:64::2"]
-routes = ["0.0.0.0/0", "::/0"]
+virtual_ips = [$vips]
+routes = [${CLIENT_ROUTES:-'"0.0.0.0/0", "::/0"'}]
 control_socket = "$WORK/client.sock"
 
 [server]
@@ -252,6 +257,55 @@ test_full_tunnel_carries_both_families_past_the_default_route_and_nothing_leaks(
     echo "wlan0 out: $relay relay packets to 198.18.1.1:7700, $other other packets (before the tunnel: $leaked_before)"
     [ "$relay" -gt 100 ] || fail "only $relay relay packets for 16 MiB of echo (is the counter right?)"
     [ "$other" = 0 ] || fail "$other packets left wlan0 outside the relay: $(c nft list table inet leakwatch)"
+}
+
+test_ipv4_only_full_tunnel_blocks_ipv6_instead_of_leaking_it() {
+    topology
+    CLIENT_VIPS='"100.64.0.2"' CLIENT_ROUTES='"0.0.0.0/0"' configs
+    leak_watch
+    internet_apps
+    start_server
+    start_client
+    through_tunnel ipv4 198.18.100.1
+    # The host has IPv6 (wlan0 fd00:1::2, a default via fd00:1::1) but the tunnel carries none: an
+    # app's IPv6 connection fails at once instead of leaving around the tunnel.
+    local out start=$SECONDS
+    out=$(c $APPS ask-peer fd00:100::1 9001 2>&1) && fail "an IPv6 connection got through: $out"
+    echo "ipv6: $(echo "$out" | tail -n 1)"
+    echo "$out" | grep -Eqi "unreachable|no route to host" || fail "the IPv6 connection did not fail as unreachable: $out"
+    [ $((SECONDS - start)) -le 2 ] || fail "the IPv6 connection took $((SECONDS - start)) s to fail, not at once"
+    c ping -6 -c 1 -W 1 fd00:100::1 >/dev/null 2>&1 && fail "an IPv6 ping got an answer"
+    local other
+    other=$(counter other)
+    echo "wlan0 out: $(counter relay) relay packets, $other other packets; IPv6 to fd00:100::1 unreachable"
+    [ "$other" = 0 ] || fail "$other packets left wlan0 outside the relay: $(c nft list table inet leakwatch)"
+}
+
+# ra_default: the server's default route from a router advertisement, if it has one.
+ra_default() { s ip -6 route show default proto ra; }
+
+test_exit_interface_keeps_its_router_advertised_address_and_route() {
+    topology
+    configs
+    # eth0's address and default route come from ns inet's advertisements, not from us.
+    s ip -6 route del default via fd00:5::2 dev eth0
+    wait_for 10 "ns inet's link-local address" sh -c "ip netns exec $NS_I ip -6 addr show dev eth0 scope link | grep -qv tentative" ||
+        fail "ns inet has no usable link-local address"
+    wait_for 10 "the advertised default route" sh -c "ip netns exec $NS_I python3 $ROOT/tests/netns/router_advert.py eth0 fd00:5:: && [ -n \"\$(ip netns exec $NS_S ip -6 route show default proto ra)\" ]" ||
+        fail "the server did not take the router advertisement (nothing to check)"
+    local address
+    address=$(s ip -6 addr show dev eth0 scope global dynamic | sed -n 's/.*inet6 \(fd00:5:[^/]*\)\/64.*/\1/p')
+    [ -n "$address" ] || fail "no advertised (SLAAC) address on eth0 (nothing to check)"
+    start_server
+    [ "$(s sysctl -n net.ipv6.conf.all.forwarding)" = 1 ] || fail "exit mode did not turn IPv6 forwarding on"
+    [ -n "$(ra_default)" ] || fail "turning forwarding on dropped the advertised default route"
+    # Still listening to the router while forwarding: a new prefix gives a new address.
+    wait_for 10 "an address from a new advertisement" sh -c "ip netns exec $NS_I python3 $ROOT/tests/netns/router_advert.py eth0 fd00:6:: && ip netns exec $NS_S ip -6 addr show dev eth0 | grep -q 'inet6 fd00:6:'" ||
+        fail "a router advertisement during exit mode was ignored"
+    s ip -6 addr show dev eth0 | grep -q "inet6 $address/64" || fail "the advertised address $address is gone"
+    echo "forwarding on: $(ra_default | cut -d' ' -f1-5), $address kept, fd00:6::/64 learned while forwarding"
+    stop "$SERVER_PID"
+    [ "$(s sysctl -n net.ipv6.conf.eth0.accept_ra)" = 1 ] || fail "accept_ra on eth0 is $(s sysctl -n net.ipv6.conf.eth0.accept_ra) after the stop, not 1 as before"
 }
 
 test_stop_and_sigkill_leave_routing_and_ruleset_as_before() {
