@@ -1,7 +1,8 @@
 //! `roamtun client|server --check`: what a valid configuration says, one fact a line, and the
 //! mistakes that parse and pass every rule but will not work as meant (warnings). The config module
 //! refuses what cannot work; this module says what is probably not what the user meant. Only the
-//! uplinks' existence is read from the host (through `if_nametoindex`, no shelling out).
+//! existence of the uplinks and the exit interface is read from the host (through `if_nametoindex`,
+//! no shelling out).
 
 use std::net::IpAddr;
 
@@ -40,12 +41,13 @@ fn is_pasted(private: &PrivateKey, public: &PublicKey) -> bool {
 }
 
 /// Routes of a family the client has no virtual IP of: apps would have no source address for them.
+/// (A full tunnel's default of such a family is made unreachable instead; its facts say so.)
 fn family_warnings(virtual_ips: &[IpAddr], routes: &[Prefix]) -> Vec<String> {
     let has_v4 = virtual_ips.iter().any(IpAddr::is_ipv4);
     let has_v6 = virtual_ips.iter().any(IpAddr::is_ipv6);
     let mut out = Vec::new();
-    let v4: Vec<&Prefix> = routes.iter().filter(|p| p.addr.is_ipv4()).collect();
-    let v6: Vec<&Prefix> = routes.iter().filter(|p| p.addr.is_ipv6()).collect();
+    let v4: Vec<&Prefix> = routes.iter().filter(|p| p.addr.is_ipv4() && p.len > 0).collect();
+    let v6: Vec<&Prefix> = routes.iter().filter(|p| p.addr.is_ipv6() && p.len > 0).collect();
     if !has_v4 && !v4.is_empty() {
         out.push(format!(
             "routes {} are IPv4 but virtual_ips has only IPv6 addresses: apps have no IPv4 source address for them \
@@ -105,6 +107,7 @@ pub fn client(c: &ClientConfig, link_exists: impl Fn(&str) -> bool) -> Report {
             c.routing.table_base, c.routing.rule_priority
         ));
     }
+    r.facts.extend(crate::full_tunnel::describe(c));
     r.facts.push(control_fact(&c.control_socket, c.control_group.as_ref()));
     r.warnings.extend(family_warnings(&c.virtual_ips, &c.routes));
     if is_pasted(c.private_key(), &c.server.public_key) {
@@ -123,8 +126,8 @@ pub fn client(c: &ClientConfig, link_exists: impl Fn(&str) -> bool) -> Report {
     r
 }
 
-/// The server's facts and warnings.
-pub fn server(c: &ServerConfig) -> Report {
+/// The server's facts and warnings; `link_exists` says whether the exit interface is on this host.
+pub fn server(c: &ServerConfig, link_exists: impl Fn(&str) -> bool) -> Report {
     let mut r = Report::default();
     let own = c.private_key().public_key();
     r.facts.push(format!(
@@ -135,6 +138,27 @@ pub fn server(c: &ServerConfig) -> Report {
     r.facts.push(format!("tun: {} (mtu {}), virtual IPs {}", c.tun.name, c.tun.mtu, list(&c.virtual_ips)));
     r.facts.push(format!("client prefixes: {}", list(&c.client_prefixes)));
     r.facts.push(format!("exit mode: {}", if c.exit { "on (IP forwarding enabled while running)" } else { "off" }));
+    if let Some(exit) = &c.exit_interface {
+        r.facts.push(format!(
+            "exit NAT: nftables table inet {} while running: {} masqueraded out of {exit}, forwarded from {} and \
+             back; IPv6 router advertisements still accepted on {exit} (accept_ra 2)",
+            roamtun_netlink::exit_nat_table(&c.tun.name),
+            list(&c.client_prefixes),
+            c.tun.name
+        ));
+        if !link_exists(exit) {
+            r.warnings.push(format!(
+                "exit_interface {exit:?} does not exist on this host (see `ip link`): the clients' traffic leaves \
+                 through it only once it appears; check the name if it is a typo"
+            ));
+        }
+    } else if c.exit {
+        r.warnings.push(
+            "exit = true without exit_interface: forwarding is on, but nothing masquerades the clients' addresses; \
+             set exit_interface = \"eth0\" (the interface towards the internet) or add the NAT rule yourself"
+                .into(),
+        );
+    }
     for p in &c.peers {
         r.facts.push(format!("peer {:?}: public key {}, virtual IPs {}", p.name, p.public_key, list(&p.virtual_ips)));
     }
@@ -254,6 +278,39 @@ mod tests {
     }
 
     #[test]
+    fn a_full_tunnel_says_what_it_installs_and_a_family_without_a_virtual_ip_is_blocked() {
+        let text = client_toml(key().to_base64().as_str(), &key().public_key(), "")
+            .replace("routes = [\"100.64.0.0/10\"]", "routes = [\"0.0.0.0/0\", \"::/0\"]");
+        let r = client(&load_client(&text), |_| true);
+        assert_eq!(r.warnings, Vec::<String>::new(), "a full tunnel is no routing mistake");
+        let full: Vec<&String> = r.facts.iter().filter(|f| f.starts_with("full tunnel")).collect();
+        assert_eq!(full.len(), 3, "{:?}", r.facts);
+        assert_eq!(full[0], "full tunnel IPv4: 0.0.0.0/0 into roam0 (source 100.64.0.2) in table 52100");
+        assert!(
+            full[1].starts_with("full tunnel IPv6: ::/0 unreachable in table 52100 (no IPv6 virtual IP"),
+            "{full:?}"
+        );
+        assert!(full[2].contains("5203 `not fwmark 0x5254 lookup 52100`"), "{full:?}");
+    }
+
+    #[test]
+    fn the_exit_nat_is_described_and_a_missing_exit_interface_named() {
+        let text = server_toml(key().to_base64().as_str(), &[("laptop", key().public_key(), "100.64.0.2")]);
+        let with = |line: &str| ServerConfig::from_toml(Path::new("s.toml"), &format!("{line}\n{text}")).unwrap();
+        let r = server(&with("exit_interface = \"eth-typo0\""), link_exists);
+        assert!(
+            r.facts.iter().any(|f| f.starts_with("exit NAT: nftables table inet roamtun_roamsrv0")),
+            "{:?}",
+            r.facts
+        );
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(r.warnings[0].starts_with("exit_interface \"eth-typo0\" does not exist on this host"));
+        assert_eq!(server(&with("exit_interface = \"lo\""), link_exists).warnings, Vec::<String>::new());
+        let r = server(&with("exit = true"), link_exists);
+        assert!(r.warnings[0].starts_with("exit = true without exit_interface"), "{:?}", r.warnings);
+    }
+
+    #[test]
     fn the_servers_key_on_the_client_is_named() {
         let server = key();
         let c = load_client(&client_toml(server.to_base64().as_str(), &server.public_key(), ""));
@@ -276,7 +333,7 @@ mod tests {
             &server_toml(&laptop.to_base64(), &[("laptop", laptop, "100.64.0.2")]),
         )
         .unwrap();
-        let r = server(&s);
+        let r = server(&s, |_| true);
         assert_eq!(
             r.warnings,
             vec![
@@ -294,13 +351,13 @@ mod tests {
             own.to_base64().as_str(),
             &[("laptop", key().public_key(), "100.64.0.2"), ("laptop", key().public_key(), "100.64.0.3")],
         );
-        let r = server(&ServerConfig::from_toml(Path::new("s.toml"), &text).unwrap());
+        let r = server(&ServerConfig::from_toml(Path::new("s.toml"), &text).unwrap(), |_| true);
         assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
         assert!(r.warnings[0].starts_with("two peers are named \"laptop\""), "{:?}", r.warnings);
         assert!(r.facts.iter().filter(|f| f.starts_with("peer \"laptop\": public key")).count() == 2, "{:?}", r.facts);
         assert!(r.facts.contains(&"listen: 198.18.1.1:7700".to_string()), "{:?}", r.facts);
         let text = server_toml(own.to_base64().as_str(), &[("phone", own.public_key(), "100.64.0.2")]);
-        let r = server(&ServerConfig::from_toml(Path::new("s.toml"), &text).unwrap());
+        let r = server(&ServerConfig::from_toml(Path::new("s.toml"), &text).unwrap(), |_| true);
         assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
         assert!(r.warnings[0].starts_with("peer \"phone\" has the server's own public key"), "{:?}", r.warnings);
     }

@@ -126,7 +126,7 @@ fn main() -> ExitCode {
         },
         Command::Server { config, check } => match ServerConfig::load(&config) {
             Err(err) => config_error(&err),
-            Ok(cfg) if check => checked(&config, &roamtun::check::server(&cfg)),
+            Ok(cfg) if check => checked(&config, &roamtun::check::server(&cfg, roamtun::check::link_exists)),
             Ok(cfg) => run_daemon(cfg.tuning.worker_threads, roamtun::daemon::server::run(cfg, config)),
         },
         Command::Status { json, socket } => status(json, socket),

@@ -381,7 +381,7 @@ mod tests {
     }
 
     fn config() -> RoutingConfig {
-        RoutingConfig { per_uplink_tables: true, table_base: 52000, rule_priority: 5200 }
+        RoutingConfig { per_uplink_tables: true, table_base: 52000, rule_priority: 5200, ..RoutingConfig::default() }
     }
 
     fn configured() -> Vec<String> {

@@ -104,9 +104,9 @@ fn errors_that_span_keys_point_at_a_line() {
     let err = client_err(
         &client_text()
             .replace("uplinks = [\"eth0\", \"wlan0\"]\n", "")
-            .replace("routes = [\"100.64.0.0/10\"]", "routes = [\"100.64.0.0/10\",\n  \"0.0.0.0/0\"]"),
+            .replace("routes = [\"100.64.0.0/10\"]", "routes = [\"100.64.0.0/10\",\n  \"198.18.0.0/16\"]"),
     );
-    assert!(err.contains("line 4: the server address 198.18.1.1 lies inside the routed prefix 0.0.0.0/0"), "{err}");
+    assert!(err.contains("line 4: the server address 198.18.1.1 lies inside the routed prefix 198.18.0.0/16"), "{err}");
 }
 
 #[test]

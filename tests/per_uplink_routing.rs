@@ -90,7 +90,7 @@ fn route_get(dst: &str, src: &str) -> String {
 }
 
 fn config() -> RoutingConfig {
-    RoutingConfig { per_uplink_tables: true, table_base: 52000, rule_priority: 5200 }
+    RoutingConfig { per_uplink_tables: true, table_base: 52000, rule_priority: 5200, ..RoutingConfig::default() }
 }
 
 #[test]

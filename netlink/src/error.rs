@@ -3,7 +3,7 @@
 use std::io;
 use std::net::IpAddr;
 
-use crate::types::{Route, Rule};
+use crate::types::{Route, Rule, TableRule, UnreachableRoute};
 
 /// A netlink operation that failed; each variant names what did not happen
 /// and the object it was about, and keeps the underlying cause as `source`.
@@ -95,6 +95,41 @@ pub enum NetlinkError {
         source: rtnetlink::Error,
     },
 
+    #[error("failed to add rule {rule}")]
+    AddTableRule {
+        rule: Box<TableRule>,
+        #[source]
+        source: rtnetlink::Error,
+    },
+
+    #[error("failed to delete rule {rule}")]
+    DelTableRule {
+        rule: Box<TableRule>,
+        #[source]
+        source: rtnetlink::Error,
+    },
+
+    #[error("failed to add route {route}")]
+    AddUnreachable {
+        route: UnreachableRoute,
+        #[source]
+        source: rtnetlink::Error,
+    },
+
+    #[error("failed to delete route {route}")]
+    DelUnreachable {
+        route: UnreachableRoute,
+        #[source]
+        source: rtnetlink::Error,
+    },
+
+    #[error("failed to delete a route of table {table}")]
+    FlushTable {
+        table: u32,
+        #[source]
+        source: rtnetlink::Error,
+    },
+
     /// The uplink monitor could not join the link, address and route
     /// multicast groups, so it would never hear about changes.
     #[error("failed to subscribe to link, address and route notifications")]
@@ -136,6 +171,10 @@ pub enum NetlinkError {
     /// gateway is not the same address family as its destination.
     #[error("invalid route {route}: source or gateway and destination are different address families")]
     MixedFamilies { route: Box<Route> },
+
+    /// Rejected before reaching the kernel: a rule's destination is not of the rule's family.
+    #[error("invalid rule {rule}: its destination is of the other address family")]
+    MixedRuleFamilies { rule: Box<TableRule> },
 }
 
 impl NetlinkError {
@@ -168,6 +207,11 @@ impl NetlinkError {
             | Self::DelRoute { source, .. }
             | Self::AddRule { source, .. }
             | Self::DelRule { source, .. }
+            | Self::AddTableRule { source, .. }
+            | Self::DelTableRule { source, .. }
+            | Self::AddUnreachable { source, .. }
+            | Self::DelUnreachable { source, .. }
+            | Self::FlushTable { source, .. }
             | Self::DumpLinks { source }
             | Self::DumpAddresses { source }
             | Self::DumpRoutes { source }
@@ -177,7 +221,8 @@ impl NetlinkError {
             | Self::Subscribe { .. }
             | Self::LinkNotFound { .. }
             | Self::InvalidPrefixLen { .. }
-            | Self::MixedFamilies { .. } => None,
+            | Self::MixedFamilies { .. }
+            | Self::MixedRuleFamilies { .. } => None,
         }
     }
 }

@@ -7,7 +7,7 @@ use tracing::warn;
 
 use crate::error::NetlinkError;
 use crate::netlink::Netlink;
-use crate::types::{Route, Rule};
+use crate::types::{Route, Rule, TableRule, UnreachableRoute};
 
 /// An address added to a link.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -29,6 +29,8 @@ pub struct Installed {
     addresses: Vec<Address>,
     routes: Vec<Route>,
     rules: Vec<Rule>,
+    table_rules: Vec<TableRule>,
+    unreachable: Vec<UnreachableRoute>,
 }
 
 impl Installed {
@@ -48,7 +50,11 @@ impl Installed {
 
     /// True when nothing is recorded.
     pub fn is_empty(&self) -> bool {
-        self.addresses.is_empty() && self.routes.is_empty() && self.rules.is_empty()
+        self.addresses.is_empty()
+            && self.routes.is_empty()
+            && self.rules.is_empty()
+            && self.table_rules.is_empty()
+            && self.unreachable.is_empty()
     }
 
     /// [`Netlink::add_address`], recorded on success.
@@ -75,6 +81,30 @@ impl Installed {
     pub async fn add_rule(&mut self, nl: &Netlink, rule: Rule) -> Result<(), NetlinkError> {
         nl.add_rule(&rule).await?;
         record(&mut self.rules, rule);
+        Ok(())
+    }
+
+    /// The [`TableRule`]s recorded, oldest first.
+    pub fn table_rules(&self) -> &[TableRule] {
+        &self.table_rules
+    }
+
+    /// The [`UnreachableRoute`]s recorded, oldest first.
+    pub fn unreachable(&self) -> &[UnreachableRoute] {
+        &self.unreachable
+    }
+
+    /// [`Netlink::add_table_rule`], recorded on success.
+    pub async fn add_table_rule(&mut self, nl: &Netlink, rule: TableRule) -> Result<(), NetlinkError> {
+        nl.add_table_rule(&rule).await?;
+        record(&mut self.table_rules, rule);
+        Ok(())
+    }
+
+    /// [`Netlink::add_unreachable`], recorded on success.
+    pub async fn add_unreachable(&mut self, nl: &Netlink, route: UnreachableRoute) -> Result<(), NetlinkError> {
+        nl.add_unreachable(&route).await?;
+        record(&mut self.unreachable, route);
         Ok(())
     }
 
@@ -115,8 +145,14 @@ impl Installed {
     /// traffic stops being steered before its routes and source addresses
     /// disappear.
     pub async fn remove_all(&mut self, nl: &Netlink) {
+        for rule in std::mem::take(&mut self.table_rules).iter().rev() {
+            warn_on_error(nl.del_table_rule(rule).await);
+        }
         for rule in std::mem::take(&mut self.rules).iter().rev() {
             warn_on_error(nl.del_rule(rule).await);
+        }
+        for route in std::mem::take(&mut self.unreachable).iter().rev() {
+            warn_on_error(nl.del_unreachable(route).await);
         }
         for route in std::mem::take(&mut self.routes).iter().rev() {
             warn_on_error(nl.del_route(route).await);

@@ -7,7 +7,9 @@
 //! * add and delete IPv4/IPv6 addresses;
 //! * add and delete routes (main or a custom table, optional preferred
 //!   source, optional gateway), and list one table's routes;
-//! * add and delete source-based policy rules (`from PREFIX lookup TABLE`);
+//! * add and delete source-based policy rules (`from PREFIX lookup TABLE`)
+//!   and a full tunnel's rules ([`TableRule`]: `not fwmark`, `to`,
+//!   `suppress_prefixlength`), `unreachable` routes, and empty a table;
 //! * remember everything the daemon installed ([`Installed`]) so it can all
 //!   be removed again on shutdown;
 //! * monitor links, their addresses and the main table's default routes
@@ -26,8 +28,9 @@
 //! * it does not choose an uplink (the monitor only reports link state,
 //!   addresses and default routes), and monitors no other routes (no
 //!   other table, no more specific prefix) and no rules;
-//! * it does not replace existing objects, or touch sysctls or firewall
-//!   rules;
+//! * it does not replace existing objects or touch sysctls; the one firewall
+//!   object it makes is the exit NAT's own nftables table ([`ExitNat`],
+//!   over `NETLINK_NETFILTER`), which it deletes whole;
 //! * it does not switch network namespaces: [`Netlink::connect`] works in the
 //!   namespace of the calling thread.
 
@@ -39,10 +42,12 @@ mod installed;
 mod message;
 mod monitor;
 mod netlink;
+mod nftables;
 mod types;
 
 pub use error::NetlinkError;
 pub use installed::{error_chain, Installed};
 pub use monitor::{watch_uplinks, watch_uplinks_counted, EventOutcome, MonitorStats, Uplink, UplinkTable};
 pub use netlink::Netlink;
-pub use types::{Route, Rule};
+pub use nftables::{table_name as exit_nat_table, ExitNat, Nftables, NftablesError};
+pub use types::{Route, Rule, TableRule, UnreachableRoute};

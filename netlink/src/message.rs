@@ -9,12 +9,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteType};
-use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{AddressMessageBuilder, RouteMessageBuilder};
 
 use crate::error::NetlinkError;
-use crate::types::{Route, Rule};
+use crate::types::{Route, Rule, TableRule, UnreachableRoute};
 
 /// Rejects prefix lengths longer than the address; the kernel would say
 /// only "Invalid argument", which does not tell which object was wrong.
@@ -187,6 +187,113 @@ pub(crate) fn rule_message(rule: &Rule) -> Result<RuleMessage, NetlinkError> {
     Ok(message)
 }
 
+/// The `RTM_NEWRULE`/`RTM_DELRULE` message for `rule` (built like [`rule_message`]).
+pub(crate) fn table_rule_message(rule: &TableRule) -> Result<RuleMessage, NetlinkError> {
+    let mut message = RuleMessage::default();
+    message.header.family = if rule.v6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
+    message.header.action = RuleAction::ToTable;
+    message.header.table = u8::try_from(rule.table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+    message.attributes = vec![RuleAttribute::Table(rule.table), RuleAttribute::Priority(rule.priority)];
+    if let Some((dst, len)) = rule.to {
+        check_prefix_len(dst, len)?;
+        if dst.is_ipv6() != rule.v6 {
+            return Err(NetlinkError::MixedRuleFamilies { rule: Box::new(rule.clone()) });
+        }
+        message.header.dst_len = len;
+        message.attributes.push(RuleAttribute::Destination(dst));
+    }
+    if let Some(mark) = rule.unless_mark {
+        message.header.flags = RuleFlags::Invert;
+        // The whole mark must match: the kernel's default mask when none is given.
+        message.attributes.push(RuleAttribute::FwMark(mark));
+        message.attributes.push(RuleAttribute::FwMask(u32::MAX));
+    }
+    if let Some(len) = rule.suppress_prefix_len {
+        message.attributes.push(RuleAttribute::SuppressPrefixLen(u32::from(len)));
+    }
+    Ok(message)
+}
+
+/// A kernel rule message as a [`TableRule`], when it has that shape: a lookup for every source,
+/// with at most a destination, an inverted whole-mark match and a suppressed prefix length.
+pub(crate) fn parse_table_rule(message: &RuleMessage) -> Option<TableRule> {
+    if message.header.action != RuleAction::ToTable || message.header.src_len != 0 {
+        return None;
+    }
+    let v6 = match message.header.family {
+        AddressFamily::Inet => false,
+        AddressFamily::Inet6 => true,
+        _ => return None,
+    };
+    let mut rule = TableRule {
+        v6,
+        to: None,
+        unless_mark: None,
+        suppress_prefix_len: None,
+        table: u32::from(message.header.table),
+        priority: 0,
+    };
+    let mut mark = None;
+    for attribute in &message.attributes {
+        match attribute {
+            RuleAttribute::Table(t) => rule.table = *t,
+            RuleAttribute::Priority(p) => rule.priority = *p,
+            RuleAttribute::Destination(a) => rule.to = Some((*a, message.header.dst_len)),
+            RuleAttribute::FwMark(m) => mark = Some(*m),
+            // Another mask is another rule than any we make.
+            RuleAttribute::FwMask(m) if *m != u32::MAX => return None,
+            RuleAttribute::SuppressPrefixLen(len) => rule.suppress_prefix_len = u8::try_from(*len).ok(),
+            // Rules with more selectors than ours (interfaces, ports, uid ranges, a source) are not ours.
+            RuleAttribute::Source(_)
+            | RuleAttribute::Iifname(_)
+            | RuleAttribute::Oifname(_)
+            | RuleAttribute::UidRange(_)
+            | RuleAttribute::IpProtocol(_)
+            | RuleAttribute::SourcePortRange(_)
+            | RuleAttribute::DestinationPortRange(_) => return None,
+            _ => {}
+        }
+    }
+    let inverted = message.header.flags.contains(RuleFlags::Invert);
+    match (mark, inverted) {
+        (Some(m), true) => rule.unless_mark = Some(m),
+        (None, false) => {}
+        // `fwmark X` without `not`, or `not` without a mark: not a shape we make.
+        _ => return None,
+    }
+    Some(rule)
+}
+
+/// The `RTM_NEWROUTE`/`RTM_DELROUTE` message for an `unreachable` route.
+pub(crate) fn unreachable_message(route: &UnreachableRoute) -> Result<RouteMessage, NetlinkError> {
+    check_prefix_len(route.dst, route.prefix_len)?;
+    let message = match route.dst {
+        IpAddr::V4(dst) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, route.prefix_len)
+            .kind(RouteType::Unreachable)
+            .table_id(route.table)
+            .build(),
+        IpAddr::V6(dst) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(dst, route.prefix_len)
+            .kind(RouteType::Unreachable)
+            .table_id(route.table)
+            .build(),
+    };
+    Ok(message)
+}
+
+/// The table a dumped route is in (the 32-bit attribute supersedes the header's byte).
+pub(crate) fn route_table(message: &RouteMessage) -> u32 {
+    message
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(message.header.table))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,5 +356,49 @@ mod tests {
         assert_eq!(message.header.action, RuleAction::ToTable);
         assert_eq!(message.header.table, RouteHeader::RT_TABLE_UNSPEC);
         assert!(message.attributes.contains(&RuleAttribute::Table(1000)));
+    }
+
+    #[test]
+    fn table_rules_round_trip_and_foreign_shapes_are_not_ours() {
+        let unless = TableRule {
+            v6: false,
+            to: None,
+            unless_mark: Some(0x5254),
+            suppress_prefix_len: None,
+            table: 52100,
+            priority: 5203,
+        };
+        let message = table_rule_message(&unless).expect("valid rule");
+        assert!(message.header.flags.contains(RuleFlags::Invert));
+        assert_eq!(parse_table_rule(&message), Some(unless.clone()));
+        let suppress = TableRule { unless_mark: None, suppress_prefix_len: Some(0), table: 254, ..unless.clone() };
+        assert_eq!(parse_table_rule(&table_rule_message(&suppress).expect("valid")), Some(suppress));
+        let to = TableRule {
+            v6: true,
+            to: Some((IpAddr::V6("2001:2::1".parse().expect("literal")), 128)),
+            unless_mark: None,
+            table: 254,
+            ..unless.clone()
+        };
+        assert_eq!(parse_table_rule(&table_rule_message(&to).expect("valid")), Some(to.clone()));
+        let mixed = TableRule { v6: false, ..to };
+        assert!(matches!(table_rule_message(&mixed), Err(NetlinkError::MixedRuleFamilies { .. })));
+
+        // A per-uplink `from` rule, or a mark match without `not`, is another kind of rule.
+        let from = rule_message(&Rule { from: v4(198, 18, 1, 2), from_prefix_len: 32, table: 52000, priority: 5200 })
+            .expect("valid");
+        assert_eq!(parse_table_rule(&from), None);
+        let mut marked = table_rule_message(&unless).expect("valid");
+        marked.header.flags = RuleFlags::empty();
+        assert_eq!(parse_table_rule(&marked), None);
+    }
+
+    #[test]
+    fn unreachable_route_is_of_its_type_and_table() {
+        let route = UnreachableRoute { dst: IpAddr::V6(Ipv6Addr::UNSPECIFIED), prefix_len: 0, table: 52100 };
+        let message = unreachable_message(&route).expect("valid");
+        assert_eq!(message.header.kind, RouteType::Unreachable);
+        assert_eq!(route_table(&message), 52100);
+        assert_eq!(parse_route(&message), None, "not a unicast route");
     }
 }

@@ -8,9 +8,10 @@ use tokio::task::JoinHandle;
 
 use crate::error::{kernel_errno, NetlinkError};
 use crate::message::{
-    address_message, check_prefix_len, parse_route, parse_rule, route_message, rule_message, skip_dad,
+    address_message, check_prefix_len, parse_route, parse_rule, parse_table_rule, route_message, route_table,
+    rule_message, skip_dad, table_rule_message, unreachable_message,
 };
-use crate::types::{Route, Rule};
+use crate::types::{Route, Rule, TableRule, UnreachableRoute};
 
 /// A `NETLINK_ROUTE` socket bound to one network namespace.
 ///
@@ -182,6 +183,73 @@ impl Netlink {
         let message = rule_message(rule)?;
         let result = self.handle.rule().del(message).execute().await;
         ignore_errnos(result, &[libc::ENOENT]).map_err(|source| NetlinkError::DelRule { rule: rule.clone(), source })
+    }
+}
+
+impl Netlink {
+    /// Adds a [`TableRule`]. Idempotent.
+    pub async fn add_table_rule(&self, rule: &TableRule) -> Result<(), NetlinkError> {
+        let failed = |source| NetlinkError::AddTableRule { rule: Box::new(rule.clone()), source };
+        let mut request = self.handle.rule().add();
+        *request.message_mut() = table_rule_message(rule)?;
+        ignore_errnos(request.execute().await, &[libc::EEXIST]).map_err(failed)
+    }
+
+    /// Deletes a [`TableRule`]; an absent one is success.
+    pub async fn del_table_rule(&self, rule: &TableRule) -> Result<(), NetlinkError> {
+        let failed = |source| NetlinkError::DelTableRule { rule: Box::new(rule.clone()), source };
+        let result = self.handle.rule().del(table_rule_message(rule)?).execute().await;
+        ignore_errnos(result, &[libc::ENOENT]).map_err(failed)
+    }
+
+    /// Every rule of both families that has the shape of a [`TableRule`].
+    pub async fn table_rules(&self) -> Result<Vec<TableRule>, NetlinkError> {
+        let mut rules = Vec::new();
+        for version in [rtnetlink::IpVersion::V4, rtnetlink::IpVersion::V6] {
+            let mut dump = self.handle.rule().get(version).execute();
+            while let Some(message) = dump.try_next().await.map_err(|source| NetlinkError::DumpRules { source })? {
+                rules.extend(parse_table_rule(&message));
+            }
+        }
+        Ok(rules)
+    }
+
+    /// Adds an [`UnreachableRoute`]. Idempotent (`EEXIST` is success, as for [`Netlink::add_route`]).
+    pub async fn add_unreachable(&self, route: &UnreachableRoute) -> Result<(), NetlinkError> {
+        let result = self.handle.route().add(unreachable_message(route)?).execute().await;
+        ignore_errnos(result, &[libc::EEXIST])
+            .map_err(|source| NetlinkError::AddUnreachable { route: route.clone(), source })
+    }
+
+    /// Deletes an [`UnreachableRoute`]; an absent one is success.
+    pub async fn del_unreachable(&self, route: &UnreachableRoute) -> Result<(), NetlinkError> {
+        let result = self.handle.route().del(unreachable_message(route)?).execute().await;
+        ignore_errnos(result, &[libc::ESRCH])
+            .map_err(|source| NetlinkError::DelUnreachable { route: route.clone(), source })
+    }
+
+    /// Deletes every route of routing table `table` (both families, of any type), each with the
+    /// very message the kernel dumped, so that nothing else is touched. Returns how many it deleted.
+    ///
+    /// For a table that is only ever ours: what a daemon killed before its cleanup left there.
+    pub async fn flush_table(&self, table: u32) -> Result<usize, NetlinkError> {
+        let requests = [RouteMessageBuilder::<Ipv4Addr>::new().build(), RouteMessageBuilder::<Ipv6Addr>::new().build()];
+        let mut found = Vec::new();
+        for request in requests {
+            let mut dump = self.handle.route().get(request).execute();
+            while let Some(message) = dump.try_next().await.map_err(|source| NetlinkError::DumpRoutes { source })? {
+                if route_table(&message) == table {
+                    found.push(message);
+                }
+            }
+        }
+        let count = found.len();
+        for message in found {
+            let result = self.handle.route().del(message).execute().await;
+            ignore_errnos(result, &[libc::ESRCH, libc::ENODEV])
+                .map_err(|source| NetlinkError::FlushTable { table, source })?;
+        }
+        Ok(count)
     }
 }
 

@@ -40,7 +40,33 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
             None
         }
     };
-    let tun = Arc::new(Tun::create(&config.tun.name, config.tun.mtu, &config.virtual_ips, &config.routes).await?);
+    // A killed daemon's full tunnel rules would steer traffic into a table with no way out left.
+    if let Err(err) = crate::full_tunnel::clear_leftovers(&config.routing).await {
+        tracing::warn!(error = %roamtun_netlink::error_chain(&err), "cannot look for a killed daemon's full tunnel rules");
+    }
+    // The default routes of a full tunnel go into its own table (crate::full_tunnel), the others
+    // into the main table with the TUN.
+    let main_routes: Vec<_> = config.routes.iter().filter(|p| p.len > 0).copied().collect();
+    let tun = Arc::new(Tun::create(&config.tun.name, config.tun.mtu, &config.virtual_ips, &main_routes).await?);
+    let full_tunnel = if config.full_tunnel() {
+        let plan = crate::full_tunnel::plan(&config, tun.index());
+        match crate::full_tunnel::start(plan, uplinks.clone()).await {
+            Ok(task) => {
+                tracing::info!(
+                    table = config.routing.tunnel_table,
+                    fwmark = config.routing.fwmark,
+                    "full tunnel: default routes into the tunnel"
+                );
+                Some(task)
+            }
+            Err(err) => {
+                tun.remove().await;
+                return Err(anyhow::Error::new(err).context("cannot set up the full tunnel's routing"));
+            }
+        }
+    } else {
+        None
+    };
     tracing::info!(tun = %config.tun.name, virtual_ips = ?config.virtual_ips, routes = ?config.routes.iter().map(ToString::to_string).collect::<Vec<_>>(), uplinks = ?config.uplink_names(), "client TUN up");
     let clock = Clock::new();
     let engine = Engine::new(engine_config(Role::Client, &config.tuning, config.tun.mtu), clock.now());
@@ -82,6 +108,9 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
     .await;
     if let Some(routing) = routing {
         routing.stop().await;
+    }
+    if let Some(full_tunnel) = full_tunnel {
+        full_tunnel.stop().await;
     }
     result
 }
@@ -215,7 +244,8 @@ impl Dialer<'_> {
         source: Option<IpAddr>,
         resume: u64,
     ) -> anyhow::Result<()> {
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, dial(server, uplink, source))
+        let mark = crate::full_tunnel::relay_mark(self.config);
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, dial(server, uplink, source, mark))
             .await
             .map_err(|_| anyhow::anyhow!("no answer from {server} within {CONNECT_TIMEOUT:?}"))??;
         tcp.set_nodelay(true)?;
@@ -286,14 +316,19 @@ fn servers_for(servers: &[SocketAddr], local: Option<&[IpAddr]>) -> Vec<SocketAd
 /// A link that has just come back may lose the first SYN (its neighbour entries are being
 /// re-learned); the kernel would resend it only after its 1 s initial RTO. So when the first attempt
 /// has not connected after [`SYN_RETRY`], a second one starts beside it and the first to connect wins.
-async fn dial(server: SocketAddr, uplink: Option<&str>, source: Option<IpAddr>) -> anyhow::Result<TcpStream> {
-    let first = connect_once(server, uplink, source);
+async fn dial(
+    server: SocketAddr,
+    uplink: Option<&str>,
+    source: Option<IpAddr>,
+    mark: Option<u32>,
+) -> anyhow::Result<TcpStream> {
+    let first = connect_once(server, uplink, source, mark);
     tokio::pin!(first);
     tokio::select! {
         r = &mut first => return r,
         _ = tokio::time::sleep(SYN_RETRY) => {}
     }
-    let second = connect_once(server, uplink, source);
+    let second = connect_once(server, uplink, source, mark);
     tokio::pin!(second);
     let (mut first_done, mut second_done) = (false, false);
     let mut error = None;
@@ -315,8 +350,17 @@ async fn dial(server: SocketAddr, uplink: Option<&str>, source: Option<IpAddr>) 
 /// How long the first connection attempt of a dial runs alone.
 const SYN_RETRY: Duration = Duration::from_millis(250);
 
-async fn connect_once(server: SocketAddr, uplink: Option<&str>, source: Option<IpAddr>) -> anyhow::Result<TcpStream> {
+/// `mark`: a full tunnel's fwmark, which takes the relay past the tunnel's table (crate::full_tunnel).
+async fn connect_once(
+    server: SocketAddr,
+    uplink: Option<&str>,
+    source: Option<IpAddr>,
+    mark: Option<u32>,
+) -> anyhow::Result<TcpStream> {
     let socket = if server.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let Some(mark) = mark {
+        set_mark(&socket, mark).with_context(|| format!("cannot mark the relay socket with fwmark {mark:#x}"))?;
+    }
     if let Some(name) = uplink {
         socket.bind_device(Some(name.as_bytes())).with_context(|| format!("cannot bind the relay to {name}"))?;
     }
@@ -325,6 +369,25 @@ async fn connect_once(server: SocketAddr, uplink: Option<&str>, source: Option<I
     }
     let via = uplink.map(|u| format!(" over {u}")).unwrap_or_default();
     socket.connect(server).await.with_context(|| format!("cannot connect to {server}{via}"))
+}
+
+/// SO_MARK (needs CAP_NET_ADMIN, which the client has for its TUN).
+fn set_mark(socket: &TcpSocket, mark: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt reads a u32 of the size given; the fd is the socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            (&mark as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ pub enum TunError {
 pub struct Tun {
     device: tun_rs::AsyncDevice,
     name: String,
+    index: u32,
     netlink: Netlink,
     installed: tokio::sync::Mutex<Installed>,
 }
@@ -73,7 +74,9 @@ impl Tun {
             }
         };
         let netlink = Netlink::connect().await.map_err(nl_err)?;
-        let tun = Tun { device, name: name.into(), netlink, installed: tokio::sync::Mutex::new(Installed::new()) };
+        let index = netlink.link_index(name).await.map_err(nl_err)?;
+        let tun =
+            Tun { device, name: name.into(), index, netlink, installed: tokio::sync::Mutex::new(Installed::new()) };
         if let Err(err) = tun.configure(mtu, addresses, routes).await {
             tun.remove().await;
             return Err(nl_err(err));
@@ -82,7 +85,7 @@ impl Tun {
     }
 
     async fn configure(&self, mtu: u16, addresses: &[IpAddr], routes: &[Prefix]) -> Result<(), NetlinkError> {
-        let index = self.netlink.link_index(&self.name).await?;
+        let index = self.index;
         let mut installed = self.installed.lock().await;
         self.netlink.set_mtu(index, u32::from(mtu)).await?;
         self.netlink.set_link_up(index).await?;
@@ -103,6 +106,11 @@ impl Tun {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The device's interface index.
+    pub fn index(&self) -> u32 {
+        self.index
     }
 
     /// Waits for the next packet and reads it into the front of `packet` (which must hold one of

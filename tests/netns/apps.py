@@ -80,7 +80,8 @@ async def echo_clients(host, port, count, size, timeout):
 # ---- who am I talking to: the server reports the peer address it sees ----------------------------
 
 def peer_server(host, port, ready_file):
-    srv = socket.create_server((host, port), reuse_port=True)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    srv = socket.create_server((host, port), family=family, reuse_port=True)
     open(ready_file, "w").close()
     while True:
         conn, addr = srv.accept()

@@ -113,7 +113,9 @@ test_twenty_switches_in_thirty_seconds() {
 
 test_system_wide_default_route_through_the_tun() {
     CLIENT_ROUTES='"0.0.0.0/0"' setup
-    c ip route show default | grep -q "dev roam0" || fail "no default route into roam0: $(c ip route show default)"
+    # A full tunnel: the default into roam0 is in its own table, beside the uplinks' in the main one.
+    c ip route show table 52100 | grep -q "default dev roam0" || fail "no default route into roam0: $(c ip route show table 52100)"
+    c ip route get 100.64.0.1 | grep -q "dev roam0" || fail "the server's virtual IP is not routed into roam0: $(c ip route get 100.64.0.1)"
     start_workload $((32 << 20))
     progress 32
     switch_to wwan0
