@@ -42,6 +42,9 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
     };
     let tun = Arc::new(Tun::create(&config.tun.name, config.tun.mtu, &config.virtual_ips, &config.routes).await?);
     tracing::info!(tun = %config.tun.name, virtual_ips = ?config.virtual_ips, routes = ?config.routes.iter().map(ToString::to_string).collect::<Vec<_>>(), uplinks = ?config.uplink_names(), "client TUN up");
+    // Taken back below, once serve has returned (signal, failure or a task's panic); a panic that
+    // unwinds past here drops it, which puts resolv.conf back too; after SIGKILL the next start does.
+    let dns = crate::dns::start(&config.dns, &config.routes, &config.tun.name, &config.control_socket).await?;
     let clock = Clock::new();
     let engine = Engine::new(engine_config(Role::Client, &config.tuning, config.tun.mtu), clock.now());
     let shared = Arc::new(SharedCounters::default());
@@ -52,6 +55,7 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
         started: StdInstant::now(),
         known_peers: vec![("server".into(), config.server.public_key.to_base64(), Vec::new())],
         shared: shared.clone(),
+        dns: dns.as_ref().map(crate::dns::Applied::status),
     };
     // One request at a time is all the dialer ever has: a newer one replaces what it was doing.
     let (dial_tx, dial_rx) = mpsc::channel(4);
@@ -82,6 +86,9 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
     .await;
     if let Some(routing) = routing {
         routing.stop().await;
+    }
+    if let Some(dns) = dns {
+        dns.restore().await;
     }
     result
 }
