@@ -4,7 +4,7 @@ set -euo pipefail
 need=()
 for pair in iperf3:iperf3 curl:curl nc:netcat-openbsd nft:nftables ip:iproute2 python3:python3 \
             ping:iputils-ping setpriv:util-linux ss:iproute2 nstat:iproute2 cc:build-essential \
-            ethtool:ethtool; do
+            ethtool:ethtool dnsmasq:dnsmasq-base; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ "${1:-}" = "--bench" ]; then

@@ -126,6 +126,41 @@ pub fn client(c: &ClientConfig, link_exists: impl Fn(&str) -> bool) -> Report {
     r
 }
 
+/// What the client's `dns` would do on this host: `backend` is what [`crate::dns::detect`] chose
+/// (`None` when `dns` is empty, and nothing was asked).
+pub fn dns(c: &ClientConfig, backend: Option<&crate::dns::Backend>) -> Report {
+    let mut r = Report::default();
+    let Some(backend) = backend.filter(|_| !c.dns.is_empty()) else {
+        r.facts.push("dns: not set (the host's DNS settings are left alone)".into());
+        return r;
+    };
+    let scope = match backend {
+        crate::dns::Backend::Resolved if crate::dns::full_tunnel(&c.routes) => {
+            ", routing domain ~. (every name is asked through the tunnel)"
+        }
+        crate::dns::Backend::Resolved => " (beside the other links' servers)",
+        crate::dns::Backend::ResolvConf { .. } => "",
+    };
+    r.facts.push(format!("dns: {} through {}{scope}", list(&c.dns), backend.describe()));
+    for ip in &c.dns {
+        if !c.routes.iter().any(|p| crate::config::prefix_contains(p, *ip)) {
+            r.warnings.push(format!(
+                "dns server {ip} is not inside routes: its queries go around the tunnel (add a route that covers it, \
+                 e.g. \"{ip}/{}\")",
+                if ip.is_ipv4() { 32 } else { 128 }
+            ));
+        }
+    }
+    if matches!(backend, crate::dns::Backend::ResolvConf { .. }) && c.dns.len() > 3 {
+        r.warnings.push(format!(
+            "dns names {} servers, but the C library's resolver reads only the first 3 nameserver lines of \
+             /etc/resolv.conf",
+            c.dns.len()
+        ));
+    }
+    r
+}
+
 /// The server's facts and warnings; `link_exists` says whether the exit interface is on this host.
 pub fn server(c: &ServerConfig, link_exists: impl Fn(&str) -> bool) -> Report {
     let mut r = Report::default();
@@ -258,6 +293,36 @@ mod tests {
         assert!(r.warnings[0].starts_with("uplink \"wwan-typo0\" does not exist on this host"), "{:?}", r.warnings);
         assert!(r.facts.iter().any(|f| f.starts_with("uplink lo: ") && f.ends_with(", present")), "{:?}", r.facts);
         assert!(r.facts.iter().any(|f| f == "uplink wwan-typo0: ethernet, not on this host now"), "{:?}", r.facts);
+    }
+
+    #[test]
+    fn dns_says_its_backend_and_names_a_server_outside_the_tunnel() {
+        let server = key().public_key();
+        let c = load_client(&client_toml(key().to_base64().as_str(), &server, ""));
+        assert_eq!(dns(&c, None).facts, ["dns: not set (the host's DNS settings are left alone)"]);
+        let c =
+            load_client(&client_toml(key().to_base64().as_str(), &server, "dns = [\"100.64.0.1\", \"192.0.2.53\"]"));
+        let r = dns(&c, Some(&crate::dns::Backend::Resolved));
+        assert_eq!(
+            r.facts,
+            ["dns: 100.64.0.1, 192.0.2.53 through systemd-resolved (over D-Bus, on the TUN's link) (beside the other \
+              links' servers)"]
+        );
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(r.warnings[0].starts_with("dns server 192.0.2.53 is not inside routes"), "{:?}", r.warnings);
+        let why = "systemd-resolved is not running: no /run/systemd/resolve".to_string();
+        let many = "dns = [\"100.64.0.1\", \"100.64.0.2\", \"100.64.0.3\", \"100.64.0.4\"]";
+        let c = load_client(&client_toml(key().to_base64().as_str(), &server, many));
+        let r = dns(&c, Some(&crate::dns::Backend::ResolvConf { why }));
+        assert!(
+            r.facts[0].contains(
+                "through /etc/resolv.conf (replaced while running, put back at stop; systemd-resolved is not running"
+            ),
+            "{:?}",
+            r.facts
+        );
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(r.warnings[0].contains("only the first 3"), "{:?}", r.warnings);
     }
 
     #[test]

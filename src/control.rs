@@ -105,6 +105,23 @@ pub struct Status {
     /// Client: its uplinks (the configured ones, in order of preference).
     #[serde(default)]
     pub uplinks: Vec<UplinkStatus>,
+    /// Client: the tunnel's DNS servers as applied to the host (`dns`); null when not set.
+    #[serde(default)]
+    pub dns: Option<DnsStatus>,
+}
+
+/// The client's `dns` as applied (src/dns/).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsStatus {
+    /// "systemd-resolved" (set on the TUN's link over D-Bus) or "resolv.conf" (the file replaced).
+    pub backend: String,
+    pub servers: Vec<IpAddr>,
+    /// resolv.conf: the file replaced (/etc/resolv.conf, or where its symlink points).
+    #[serde(default)]
+    pub file: Option<std::path::PathBuf>,
+    /// systemd-resolved: the link's routing domains (`~.` for a full tunnel: every name).
+    #[serde(default)]
+    pub domains: Vec<String>,
 }
 
 /// One uplink of the client.
@@ -592,6 +609,17 @@ pub fn render(status: &Status) -> String {
             u.state,
             addrs.join(", ")
         );
+    }
+    if let Some(dns) = &status.dns {
+        let servers: Vec<String> = dns.servers.iter().map(ToString::to_string).collect();
+        let how = match (&dns.file, dns.domains.is_empty()) {
+            (Some(file), _) => format!("in {}", file.display()),
+            (None, true) => format!("via {} on {}", dns.backend, status.tun),
+            (None, false) => {
+                format!("via {} on {}, routing domains {}", dns.backend, status.tun, dns.domains.join(" "))
+            }
+        };
+        let _ = writeln!(s, "  dns:          {} {how}", servers.join(", "));
     }
     for p in &status.peers {
         let state = match (p.connected, p.switching) {

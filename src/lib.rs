@@ -11,6 +11,7 @@ pub mod config;
 pub mod config_shape;
 pub mod control;
 pub mod daemon;
+pub mod dns;
 pub mod full_tunnel;
 pub mod keys;
 pub mod metrics;

@@ -121,7 +121,15 @@ fn main() -> ExitCode {
         }
         Command::Client { config, check } => match ClientConfig::load(&config) {
             Err(err) => config_error(&err),
-            Ok(cfg) if check => checked(&config, &roamtun::check::client(&cfg, roamtun::check::link_exists)),
+            Ok(cfg) if check => {
+                let mut report = roamtun::check::client(&cfg, roamtun::check::link_exists);
+                // Asks the system bus whether systemd-resolved runs, only when there is DNS to apply.
+                let backend = (!cfg.dns.is_empty()).then(|| runtime(1).block_on(roamtun::dns::detect()));
+                let dns = roamtun::check::dns(&cfg, backend.as_ref());
+                report.facts.extend(dns.facts);
+                report.warnings.extend(dns.warnings);
+                checked(&config, &report)
+            }
             Ok(cfg) => run_daemon(cfg.tuning.worker_threads, roamtun::daemon::client::run(cfg)),
         },
         Command::Server { config, check } => match ServerConfig::load(&config) {

@@ -67,6 +67,11 @@ pub struct ClientConfig {
     pub decision: DecisionConfig,
     #[serde(default)]
     pub routing: RoutingConfig,
+    /// DNS servers for this host while the tunnel is up (e.g. a resolver on the server's virtual IP):
+    /// given to systemd-resolved for the TUN, or written to /etc/resolv.conf (src/dns/). Empty: the
+    /// host's DNS is left alone.
+    #[serde(default)]
+    pub dns: Vec<IpAddr>,
 }
 
 /// The decision task's hysteresis (src/link/policy.rs has the rules).
@@ -236,8 +241,23 @@ impl ClientConfig {
                 "routes must name at least one prefix to send through the tunnel".into(),
             ));
         }
+        check_dns(path, text, &c.dns)?;
         Ok(c)
     }
+}
+
+/// `dns`: addresses a resolver can be asked at (not unspecified, not multicast), each once.
+fn check_dns(path: &Path, text: &str, dns: &[IpAddr]) -> Result<(), ConfigError> {
+    for (i, ip) in dns.iter().enumerate() {
+        let at = [Step::Key("dns"), Step::Index(i)];
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err(invalid_at(path, text, &at, format!("dns: {ip} is not the address of a DNS server")));
+        }
+        if dns[..i].contains(ip) {
+            return Err(invalid_at(path, text, &at, format!("dns: {ip} is named twice")));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -248,6 +268,27 @@ mod tests {
     use crate::config::test_support::{key, server_toml};
     use crate::config::ServerConfig;
     use crate::keys::PrivateKey;
+
+    #[test]
+    fn dns_servers_are_addresses_named_once() {
+        let sk = PrivateKey::generate().unwrap().public_key();
+        let text = format!(
+            "private_key = \"{}\"\nvirtual_ips = [\"100.64.0.2\"]\nroutes = [\"100.64.0.0/10\"]\nDNS\n\
+             [server]\naddress = \"198.18.1.1:7700\"\npublic_key = \"{sk}\"\n",
+            key()
+        );
+        let load = |dns: &str| ClientConfig::from_toml(Path::new("c.toml"), &text.replace("DNS", dns));
+        assert_eq!(load("").unwrap().dns, Vec::<IpAddr>::new(), "DNS is left alone by default");
+        let c = load("dns = [\"100.64.0.1\", \"fd64::1\"]").unwrap();
+        assert_eq!(c.dns, ["100.64.0.1".parse::<IpAddr>().unwrap(), "fd64::1".parse().unwrap()]);
+        let err = load("dns = [\"100.64.0.1\", \"100.64.0.1\"]").unwrap_err().to_string();
+        assert!(err.contains("line 4: dns: 100.64.0.1 is named twice"), "{err}");
+        let err = load("dns = [\"0.0.0.0\"]").unwrap_err().to_string();
+        assert!(err.contains("dns: 0.0.0.0 is not the address of a DNS server"), "{err}");
+        let err = load("dns = [\"ff02::fb\"]").unwrap_err().to_string();
+        assert!(err.contains("ff02::fb is not the address"), "{err}");
+        assert!(load("dns = [\"resolver.example\"]").is_err(), "a name is not an address");
+    }
 
     #[test]
     fn a_route_that_would_carry_the_relay_itself_is_refused() {

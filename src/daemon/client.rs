@@ -68,6 +68,9 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
         None
     };
     tracing::info!(tun = %config.tun.name, virtual_ips = ?config.virtual_ips, routes = ?config.routes.iter().map(ToString::to_string).collect::<Vec<_>>(), uplinks = ?config.uplink_names(), "client TUN up");
+    // Taken back below, once serve has returned (signal, failure or a task's panic); a panic that
+    // unwinds past here drops it, which puts resolv.conf back too; after SIGKILL the next start does.
+    let dns = crate::dns::start(&config.dns, &config.routes, &config.tun.name, &config.control_socket).await?;
     let clock = Clock::new();
     let engine = Engine::new(engine_config(Role::Client, &config.tuning, config.tun.mtu), clock.now());
     let shared = Arc::new(SharedCounters::default());
@@ -78,6 +81,7 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
         started: StdInstant::now(),
         known_peers: vec![("server".into(), config.server.public_key.to_base64(), Vec::new())],
         shared: shared.clone(),
+        dns: dns.as_ref().map(crate::dns::Applied::status),
     };
     // One request at a time is all the dialer ever has: a newer one replaces what it was doing.
     let (dial_tx, dial_rx) = mpsc::channel(4);
@@ -111,6 +115,9 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
     }
     if let Some(full_tunnel) = full_tunnel {
         full_tunnel.stop().await;
+    }
+    if let Some(dns) = dns {
+        dns.restore().await;
     }
     result
 }

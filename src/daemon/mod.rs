@@ -127,6 +127,8 @@ pub struct StatusSource {
     /// Peers that are configured but may not be connected (server: every `[[peer]]`; client: the server).
     pub known_peers: Vec<(String, String, Vec<IpAddr>)>,
     pub shared: Arc<SharedCounters>,
+    /// Client: its `dns` as applied to the host.
+    pub dns: Option<crate::control::DnsStatus>,
 }
 
 /// Counters and notes written by connection tasks, read for status.

@@ -75,6 +75,7 @@ pub async fn run(config: ServerConfig, path: std::path::PathBuf) -> anyhow::Resu
             .map(|p| (p.name.clone(), p.public_key.to_base64(), p.virtual_ips.clone()))
             .collect(),
         shared: shared.clone(),
+        dns: None,
     };
     let config = Arc::new(config);
     let transition = transition_config(&config.tuning);

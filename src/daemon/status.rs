@@ -101,6 +101,7 @@ pub(super) fn status(shell: &Shell) -> Status {
         handshakes_evicted: source.shared.handshakes_evicted.load(Relaxed),
         tls_key_updates: source.shared.key_updates.load(Relaxed),
         uplinks: shell.client.as_ref().map(|c| uplink_status(shell, c)).unwrap_or_default(),
+        dns: source.dns.clone(),
     }
 }
 
