@@ -49,8 +49,16 @@ fn a_full_tunnels_rules_and_routes_are_added_listed_and_removed() {
         ];
         let default =
             Route { dst: v4(0, 0, 0, 0), prefix_len: 0, oif: tun, table: Some(52100), src: Some(src), gateway: None };
-        installed.add_route(&env.nl, default).await.expect("default into the TUN");
-        let unreachable = UnreachableRoute { dst: v6("::"), prefix_len: 0, table: 52100 };
+        installed.add_route(&env.nl, default.clone()).await.expect("default into the TUN");
+        let src6 = v6("fd00:64::2");
+        env.nl.add_address(tun, src6, 128).await.expect("address");
+        let default6 = Route { dst: v6("::"), prefix_len: 0, src: Some(src6), ..default.clone() };
+        installed.add_route(&env.nl, default6.clone()).await.expect("IPv6 default into the TUN");
+        // A dump gives back what was added, so a check for what went missing finds nothing missing.
+        let present = env.nl.table_routes(52100).await.expect("dump the table");
+        assert!(present.contains(&default) && present.contains(&default6), "{present:?}");
+        // The other table's family: unreachable (a full tunnel of a family without a virtual IP).
+        let unreachable = UnreachableRoute { dst: v6("::"), prefix_len: 0, table: 52101 };
         installed.add_unreachable(&env.nl, unreachable.clone()).await.expect("unreachable");
         installed.add_unreachable(&env.nl, unreachable).await.expect("adding it again is success");
         for rule in &rules {
@@ -63,7 +71,7 @@ fn a_full_tunnels_rules_and_routes_are_added_listed_and_removed() {
         assert!(ip(&["-6", "rule"]).contains("5203:\tnot from all fwmark 0x5254 lookup 52100"));
         let table = ip(&["route", "show", "table", "all"]);
         assert!(table.contains("default dev rt-full0 table 52100 proto static scope link src 100.64.0.2"), "{table}");
-        assert!(table.contains("unreachable default dev lo table 52100"), "{table}");
+        assert!(table.contains("unreachable default dev lo table 52101"), "{table}");
         // What the dump gives back is what was added (the leftovers of a killed daemon are found so).
         let listed = env.nl.table_rules().await.expect("dump rules");
         for rule in &rules {
@@ -74,6 +82,7 @@ fn a_full_tunnels_rules_and_routes_are_added_listed_and_removed() {
         assert_eq!((ip(&["-4", "rule"]), ip(&["-6", "rule"])), rules_before);
         assert_eq!(ip(&["route", "show", "table", "52100"]), "");
         assert_eq!(ip(&["-6", "route", "show", "table", "52100"]), "");
+        assert_eq!(ip(&["-6", "route", "show", "table", "52101"]), "");
     });
 }
 
