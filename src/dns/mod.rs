@@ -91,8 +91,9 @@ pub enum DnsError {
     #[error("dns: systemd-resolved: cannot {action}")]
     Bus {
         action: String,
+        /// Boxed: a zbus error is large, and every other variant is small.
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
 }
 

@@ -89,7 +89,7 @@ pub struct Link {
 
 fn bus(action: impl Into<String>) -> impl FnOnce(zbus::Error) -> DnsError {
     let action = action.into();
-    move |source| DnsError::Bus { action, source }
+    move |source| DnsError::Bus { action, source: Box::new(source) }
 }
 
 fn no_such_link(err: &zbus::Error) -> bool {
