@@ -251,14 +251,17 @@ where
         crate::service::ready(&format!("serving on {tun_name}, control socket {}", control_socket.display()));
         // Only a signal ends the daemon well; any task that ends or panics before one leaves it
         // unable to do its work, so it stops, cleans up and exits non-zero (see crash.rs).
+        // A panic comes first: it is the cause, and the dialer whose engine it killed ends in the same
+        // poll, so an unbiased select would often name the dialer instead.
         let outcome = tokio::select! {
+            biased;
             _ = shutdown_signal() => Ok(()),
-            _ = role_task(engine_tx.clone(), room) => Err(anyhow::anyhow!("the accepting or dialing task ended unexpectedly")),
             what = crash::panicked() => Err(anyhow::anyhow!("a task panicked: {what}")),
             end = &mut engine_task => Err(match end {
                 Err(err) if err.is_panic() => anyhow::anyhow!("the engine task panicked: {}", crash::first_panic()),
                 _ => anyhow::anyhow!("the engine task ended unexpectedly (its TUN or its queue failed)"),
             }),
+            _ = role_task(engine_tx.clone(), room) => Err(anyhow::anyhow!("the accepting or dialing task ended unexpectedly")),
             _ = &mut control_task => Err(anyhow::anyhow!("the control socket task ended unexpectedly")),
         };
         crate::service::stopping("stopping: resetting the apps' connections, removing routes");
