@@ -98,6 +98,9 @@ struct SimPath {
     dead: bool,
     client_closed: bool,
     server_closed: bool,
+    /// The side's core asked its reader to leave the bytes unread (they wait in `*_rx`, the socket).
+    client_paused: bool,
+    server_paused: bool,
 }
 
 struct Side {
@@ -204,6 +207,8 @@ impl Sim {
             dead: false,
             client_closed: false,
             server_closed: false,
+            client_paused: false,
+            server_paused: false,
         });
     }
 
@@ -281,8 +286,10 @@ impl Sim {
             let p = &mut self.paths[i];
             let id = p.id;
             let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
-            take_frames(&mut p.server_rx, &mut to_server);
-            if p.client_joined {
+            if !p.server_paused {
+                take_frames(&mut p.server_rx, &mut to_server);
+            }
+            if p.client_joined && !p.client_paused {
                 take_frames(&mut p.client_rx, &mut to_client);
             }
             let (c2s_empty, s2c_empty) = (p.c2s.queue.is_empty(), p.s2c.queue.is_empty());
@@ -339,11 +346,21 @@ impl Sim {
                     }
                 }
                 Action::SwitchDone(r) => self.switch_results.push(r.map(|report| report.kind)),
+                Action::ReadPaused { path, paused } => {
+                    if let Some(p) = self.paths.iter_mut().find(|p| p.id == path) {
+                        p.client_paused = paused;
+                    }
+                }
             }
         }
         while let Some(action) = self.server.core.poll_action() {
             match action {
                 Action::Dial(_) | Action::SwitchDone(_) => unreachable!("the server neither dials nor switches"),
+                Action::ReadPaused { path, paused } => {
+                    if let Some(p) = self.paths.iter_mut().find(|p| p.id == path) {
+                        p.server_paused = paused;
+                    }
+                }
                 Action::ClosePath { path, last } => {
                     if let Some(p) = self.paths.iter_mut().find(|p| p.id == path) {
                         for chunk in last {

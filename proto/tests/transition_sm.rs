@@ -245,7 +245,13 @@ fn transition_planned_switch_every_step_in_order() {
     assert_eq!(
         wire,
         [
+            // The client's stream frames move at once: a CUTOVER closes them on the old path and
+            // opens them on the new; the server does the same once the new path's CUTOVER named it.
+            (Client, P0, "CUTOVER"),
             (Client, P0, "SWITCH_STEP1"),
+            (Client, P1, "CUTOVER"),
+            (Server, P0, "CUTOVER"),
+            (Server, P1, "CUTOVER"),
             (Server, P0, "LAST_MESSAGE_BEFORE_REDIRECTION"),
             (Server, P0, "ACK"),
             (Client, P0, "LAST_MESSAGE_BEFORE_REDIRECTION"),
@@ -266,7 +272,8 @@ fn transition_planned_switch_every_step_in_order() {
     assert!(!pair.client.is_switching() && !pair.server.is_switching());
 
     let client: Vec<Event> = pair.client_events.iter().map(|(_, e)| e.clone()).collect();
-    assert_eq!(client[0], Event::StopSending { path: P0 });
+    // No StopSending in a planned switch: the data is redirected, never stopped.
+    assert_eq!(client[0], Event::Redirect { from: P0, to: P1 });
     assert_eq!(client[1], Event::RetireOldPath { path: P0 });
     assert_eq!(client[2], Event::ResumeOn { path: P1, epoch: Epoch(1), replay: false });
     let Event::SwitchDone(cs) = &client[3] else { panic!("{client:?}") };
@@ -290,7 +297,7 @@ fn transition_planned_switch_every_step_in_order() {
         ],
     );
     let server: Vec<Event> = pair.server_events.iter().map(|(_, e)| e.clone()).collect();
-    assert_eq!(server[0], Event::StopSending { path: P0 });
+    assert_eq!(server[0], Event::Redirect { from: P0, to: P1 });
     assert_eq!(server[1], Event::ResumeOn { path: P1, epoch: Epoch(1), replay: false });
     let Event::SwitchDone(ss) = &server[2] else { panic!("{server:?}") };
     assert_eq!((ss.kind, ss.epoch, ss.from, ss.to), (SwitchKind::Planned, Epoch(1), Some(P0), P1));
@@ -588,13 +595,27 @@ fn transition_a_client_cannot_push_the_epoch_out_of_reach() {
     let too_far = ControlMessage::SwitchStep1 { epoch: Epoch(2 * MAX_EPOCH_STEP + 1) };
     assert_eq!(server.handle_message(P1, too_far, &none, now), jump(2 * MAX_EPOCH_STEP + 1, MAX_EPOCH_STEP));
     while server.poll_transmit().is_some() {}
-    let next = ControlMessage::SwitchStep1 { epoch: Epoch(MAX_EPOCH_STEP + 1) };
-    assert_eq!(server.handle_message(P1, next, &none, now), Ok(()));
+    let next = Epoch(MAX_EPOCH_STEP + 1);
+    assert_eq!(server.handle_message(P1, ControlMessage::SwitchStep1 { epoch: next }, &none, now), Ok(()));
     assert!(server.is_switching());
+    // The answer waits for the client's CUTOVER on its new path, which names where to redirect to.
+    assert_eq!(server.poll_transmit(), None);
+    assert_eq!(server.handle_message(P2, ControlMessage::Cutover { epoch: next }, &none, now), Ok(()));
+    let sent: Vec<_> = std::iter::from_fn(|| server.poll_transmit()).collect();
     assert_eq!(
-        server.poll_transmit(),
-        Some((P1, ControlMessage::LastMessageBeforeRedirection { epoch: Epoch(MAX_EPOCH_STEP + 1) }))
+        sent,
+        [
+            (P1, ControlMessage::Cutover { epoch: next }),
+            (P2, ControlMessage::Cutover { epoch: next }),
+            (P1, ControlMessage::LastMessageBeforeRedirection { epoch: next }),
+            (P1, ControlMessage::Ack { epoch: next }),
+        ]
     );
+    // A CUTOVER that jumps too far is refused like any other request.
+    let mut fresh = ServerTransition::new(TransitionConfig::default(), SESSION, P0);
+    let far = ControlMessage::Cutover { epoch: Epoch(MAX_EPOCH_STEP + 1) };
+    assert_eq!(fresh.handle_message(P1, far, &none, now), jump(MAX_EPOCH_STEP + 1, 0));
+    assert_eq!(fresh.poll_transmit(), None);
 }
 
 #[test]

@@ -34,6 +34,8 @@ struct PathIo {
     reader: tokio::task::AbortHandle,
     /// Tells the path's tasks to probe at the standby pace.
     standby: Arc<std::sync::atomic::AtomicBool>,
+    /// Stops the path's reader while the core holds as much of its frames as it may.
+    paused: tokio::sync::watch::Sender<bool>,
 }
 
 pub(super) struct Shell {
@@ -213,7 +215,7 @@ impl Shell {
         let now = self.clock.now();
         match msg {
             EngineMsg::PathUp { path, join, peer, info, io } => {
-                self.io.insert(path, PathIo { out: io.out, reader: io.reader, standby: io.standby });
+                self.io.insert(path, PathIo { out: io.out, reader: io.reader, standby: io.standby, paused: io.paused });
                 if let Some(client) = self.client.as_mut() {
                     client.links.path_up(info.uplink.as_deref());
                 }
@@ -323,6 +325,11 @@ impl Shell {
                                 break;
                             }
                         }
+                    }
+                }
+                Action::ReadPaused { path, paused } => {
+                    if let Some(io) = self.io.get(&path) {
+                        io.paused.send_replace(paused);
                     }
                 }
                 Action::SwitchDone(result) => {

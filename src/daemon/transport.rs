@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::AbortHandle;
 
 use roamtun_proto::path::{take_frames, Liveness, PathEvent, PathLoss, PathMonitor, Piece, TcpSample};
@@ -112,6 +112,9 @@ pub struct PathIo {
     /// Set by the engine task while the path is a standby one: both tasks then probe and judge it
     /// at the standby pace.
     pub standby: Arc<AtomicBool>,
+    /// Set by the engine task while the reader is to leave the connection's bytes unread (a planned
+    /// switch's new path whose frames wait for the old path: its TCP window then slows the peer).
+    pub paused: watch::Sender<bool>,
 }
 
 /// How often a path's writer refreshes the TLS traffic keys (both directions: the `key_update` asks
@@ -154,9 +157,10 @@ where
     tokio::spawn(writer(w, path, out_rx, engine.clone(), room, pace.clone(), rekey, clock));
     let pongs = out_tx.clone();
     let monitor = PathMonitor::new(liveness, socket.rto_min().into(), clock.now());
-    let watch = Watch { socket, standby: standby.clone(), monitor, clock };
+    let (paused, paused_rx) = watch::channel(false);
+    let watch = Watch { socket, standby: standby.clone(), monitor, clock, paused: paused_rx };
     let reader = tokio::spawn(reader(r, path, early, engine, pongs, watch));
-    PathIo { out: out_tx, reader: reader.abort_handle(), standby }
+    PathIo { out: out_tx, reader: reader.abort_handle(), standby, paused }
 }
 
 /// The probing pace of one path's writer: the configured one, or the standby one while the engine
@@ -199,6 +203,8 @@ struct Watch {
     standby: Arc<AtomicBool>,
     monitor: PathMonitor,
     clock: Clock,
+    /// The engine task's word that the reader is to read nothing for now.
+    paused: watch::Receiver<bool>,
 }
 
 async fn reader<R: AsyncRead + Unpin>(
@@ -261,13 +267,20 @@ async fn reader<R: AsyncRead + Unpin>(
             }
         }
         make_room(&mut buf);
+        let paused = *watch.paused.borrow_and_update();
         // read_buf is cancel safe: a tick loses no byte.
         tokio::select! {
-            read = r.read_buf(&mut buf) => match read {
+            read = r.read_buf(&mut buf), if !paused => match read {
                 Err(err) => break PathLoss::ReadFailed(err.to_string()),
                 Ok(0) => break PathLoss::PeerClosed,
                 Ok(_) => watch.monitor.on_bytes(watch.clock.now()),
             },
+            changed = watch.paused.changed(), if paused => {
+                // The engine task drops the sender only with the path, whose reader it aborts then.
+                if changed.is_err() {
+                    return;
+                }
+            }
             _ = &mut tick => {
                 let now = watch.clock.now();
                 watch.monitor.set_standby(watch.standby.load(Ordering::Relaxed), now);

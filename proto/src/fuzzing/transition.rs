@@ -52,7 +52,7 @@ impl Msg {
             .take(MAX_OFFSETS)
             .map(|&(stream, received)| StreamOffset { stream: u32::from(stream), received })
             .collect();
-        match self.kind % 9 {
+        match self.kind % 10 {
             0 => ControlMessage::SwitchStep1 { epoch },
             1 => ControlMessage::Ack { epoch },
             2 => ControlMessage::LastMessageBeforeRedirection { epoch },
@@ -61,6 +61,7 @@ impl Msg {
             5 => ControlMessage::ServerServicesReadyForRedirection { epoch },
             6 => ControlMessage::SwitchStep2 { epoch, session },
             7 => ControlMessage::AllRedirected { epoch, received },
+            8 => ControlMessage::Cutover { epoch },
             _ => ControlMessage::SwitchUnexpected { epoch, session, received },
         }
     }

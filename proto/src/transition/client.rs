@@ -97,9 +97,11 @@ impl ClientTransition {
     /// The user or the decision task asks to move the session to `new_path`, which the daemon has
     /// already opened and authenticated (make-before-break).
     ///
-    /// CNAPT-1..11: stop sending stream data on the old path ([`Event::StopSending`]; the apps see
-    /// backpressure) and send SWITCH_STEP1 on it. During another switch the request is queued and
-    /// starts when that switch ends; a later request replaces a queued one.
+    /// CNAPT-1..11, without the spec's stop: the client's stream frames move to the new path at once
+    /// ([`Event::Redirect`]), behind a CUTOVER on the old path (its last frame there) and a CUTOVER
+    /// first on the new one; SWITCH_STEP1 follows on the old path. The control steps then run as in
+    /// the spec while the data flows. During another switch the request is queued and starts when
+    /// that switch ends; a later request replaces a queued one.
     pub fn request_switch(&mut self, new_path: PathId, now: Instant) -> Result<SwitchRequest, TransitionError> {
         match self.state {
             State::Expired => Err(TransitionError::Expired),
@@ -118,9 +120,17 @@ impl ClientTransition {
         self.highest = target;
         self.kind = SwitchKind::Planned;
         self.timeline = Timeline::default();
-        self.events.push_back(Event::StopSending { path: self.path });
-        self.timeline.record("CNAPT-1..11 stop sending on the old path, SWITCH_STEP1 sent", now);
-        self.send(self.path, ControlMessage::SwitchStep1 { epoch: target }, now);
+        self.timeline.record("CNAPT-1..11 stream frames redirected to the new path (CUTOVER on both), SWITCH_STEP1 sent", now);
+        let cutover = ControlMessage::Cutover { epoch: target };
+        self.transmits.push_back((self.path, cutover.clone()));
+        // SWITCH_STEP1 after the old path's CUTOVER, the new path's CUTOVER beside it; both again on
+        // the retransmission timer: the server answers SWITCH_STEP1 only once the CUTOVER told it the
+        // new path. (A TCP path loses a message only with the path, so over TCP a repeated CUTOVER is
+        // a duplicate the receiver ignores.) The transmits are queued before the Redirect is acted on,
+        // so each CUTOVER is where it must be: behind the last stream frame on the old path, before
+        // the first on the new one.
+        self.send_all(vec![(self.path, ControlMessage::SwitchStep1 { epoch: target }), (new_path, cutover)], now);
+        self.events.push_back(Event::Redirect { from: self.path, to: new_path });
         self.state = State::Planned {
             phase: Awaiting::Ack,
             new_path,
@@ -135,6 +145,8 @@ impl ClientTransition {
     /// A planned switch cannot finish: continue as an unexpected switch.
     fn fall_back(&mut self, candidate: Option<PathId>, give_up: Instant) {
         self.kind = SwitchKind::Unexpected;
+        // The stream frames went out on the new path since the start: they stop until the resume.
+        self.events.push_back(Event::StopSending { path: self.path });
         // The old path is retired unless it is the one to resume on (the new path was the one lost).
         if candidate != Some(self.path) {
             self.events.push_back(Event::RetireOldPath { path: self.path });
@@ -283,8 +295,13 @@ impl ClientTransition {
     }
 
     fn send(&mut self, path: PathId, msg: ControlMessage, now: Instant) {
-        self.retransmit = Some(Retransmit::new(path, msg.clone(), &self.config, now));
-        self.transmits.push_back((path, msg));
+        self.send_all(vec![(path, msg)], now);
+    }
+
+    /// Sends `msgs` now and again on the retransmission timer, until the answer comes.
+    fn send_all(&mut self, msgs: Vec<(PathId, ControlMessage)>, now: Instant) {
+        self.transmits.extend(msgs.iter().cloned());
+        self.retransmit = Some(Retransmit::new(msgs, &self.config, now));
     }
 
     fn expire(&mut self, now: Instant) {
@@ -357,7 +374,7 @@ impl Transition for ClientTransition {
             _ => {}
         }
         if let Some(r) = self.retransmit.as_mut() {
-            if let Some(t) = r.due(&self.config, now) {
+            for t in r.due(&self.config, now) {
                 tracing::debug!(msg = t.1.name(), "control message retransmitted");
                 self.transmits.push_back(t);
             }

@@ -9,6 +9,7 @@
 //! | `SWITCH_STEP2` | `tag:u8 epoch:u32 session:u64` |
 //! | `SWITCH_UNEXPECTED` | `tag:u8 epoch:u32 session:u64 count:u32 (stream:u32 received:u64)*count` |
 //! | `ALL_REDIRECTED` | `tag:u8 epoch:u32 count:u32 (stream:u32 received:u64)*count` |
+//! | `CUTOVER` (not in the spec: the data-plane marker of a planned switch) | `tag:u8 epoch:u32` |
 //!
 //! Decoding rejects unknown tags, truncated input, counts that do not match the remaining length and
 //! trailing bytes; it never allocates more than the input can describe.
@@ -69,6 +70,12 @@ pub enum ControlMessage {
     /// CNAPT → SNAPT on a new path after the old one was lost (CNAPT-17*), with what the client
     /// received per stream (the server resends from there).
     SwitchUnexpected { epoch: Epoch, session: u64, received: Vec<StreamOffset> },
+    /// Both ways, once on the old path and once on the new one, when the sender moves its stream
+    /// frames to the new path in a planned switch (protocol version 4; not in the spec). On the old
+    /// path it follows the sender's last stream frame there (the spec's LAST_MESSAGE_BEFORE_REDIRECTION
+    /// in spirit, for the data); on the new path it precedes the first. The receiver takes the new
+    /// path's stream frames only after the old path's marker, so each direction keeps one order.
+    Cutover { epoch: Epoch },
 }
 
 /// Why bytes are not a control message.
@@ -97,6 +104,7 @@ const TAG_SERVER_READY: u8 = 6;
 const TAG_SWITCH_STEP2: u8 = 7;
 const TAG_ALL_REDIRECTED: u8 = 8;
 const TAG_SWITCH_UNEXPECTED: u8 = 9;
+const TAG_CUTOVER: u8 = 10;
 
 const OFFSET_LEN: usize = 12;
 
@@ -113,6 +121,7 @@ impl ControlMessage {
             ControlMessage::SwitchStep2 { .. } => "SWITCH_STEP2",
             ControlMessage::AllRedirected { .. } => "ALL_REDIRECTED",
             ControlMessage::SwitchUnexpected { .. } => "SWITCH_UNEXPECTED",
+            ControlMessage::Cutover { .. } => "CUTOVER",
         }
     }
 
@@ -127,7 +136,8 @@ impl ControlMessage {
             | ControlMessage::ServerServicesReadyForRedirection { epoch }
             | ControlMessage::SwitchStep2 { epoch, .. }
             | ControlMessage::AllRedirected { epoch, .. }
-            | ControlMessage::SwitchUnexpected { epoch, .. } => *epoch,
+            | ControlMessage::SwitchUnexpected { epoch, .. }
+            | ControlMessage::Cutover { epoch } => *epoch,
         }
     }
 
@@ -154,6 +164,7 @@ impl ControlMessage {
             ControlMessage::SwitchStep2 { .. } => TAG_SWITCH_STEP2,
             ControlMessage::AllRedirected { .. } => TAG_ALL_REDIRECTED,
             ControlMessage::SwitchUnexpected { .. } => TAG_SWITCH_UNEXPECTED,
+            ControlMessage::Cutover { .. } => TAG_CUTOVER,
         };
         out.push(tag);
         out.extend_from_slice(&self.epoch().0.to_be_bytes());
@@ -179,7 +190,7 @@ impl ControlMessage {
     pub fn decode(bytes: &[u8]) -> Result<ControlMessage, DecodeError> {
         let mut r = Reader { bytes, pos: 0 };
         let tag = r.u8()?;
-        if !(TAG_SWITCH_STEP1..=TAG_SWITCH_UNEXPECTED).contains(&tag) {
+        if !(TAG_SWITCH_STEP1..=TAG_CUTOVER).contains(&tag) {
             return Err(DecodeError::UnknownTag(tag));
         }
         let epoch = Epoch(r.u32()?);
@@ -192,6 +203,7 @@ impl ControlMessage {
             TAG_SERVER_READY => ControlMessage::ServerServicesReadyForRedirection { epoch },
             TAG_SWITCH_STEP2 => ControlMessage::SwitchStep2 { epoch, session: r.u64()? },
             TAG_ALL_REDIRECTED => ControlMessage::AllRedirected { epoch, received: r.offsets()? },
+            TAG_CUTOVER => ControlMessage::Cutover { epoch },
             _ => {
                 let session = r.u64()?;
                 ControlMessage::SwitchUnexpected { epoch, session, received: r.offsets()? }
@@ -273,6 +285,7 @@ mod tests {
             ControlMessage::AllRedirected { epoch: e, received: offs.clone() },
             ControlMessage::SwitchUnexpected { epoch: Epoch(u32::MAX), session: 3, received: offs },
             ControlMessage::SwitchUnexpected { epoch: e, session: 3, received: vec![] },
+            ControlMessage::Cutover { epoch: e },
         ]
     }
 
@@ -292,6 +305,7 @@ mod tests {
         let m =
             ControlMessage::AllRedirected { epoch: Epoch(1), received: vec![StreamOffset { stream: 3, received: 9 }] };
         assert_eq!(m.to_bytes(), [8, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 9]);
+        assert_eq!(ControlMessage::Cutover { epoch: Epoch(3) }.to_bytes(), [10, 0, 0, 0, 3]);
     }
 
     #[test]
@@ -306,7 +320,7 @@ mod tests {
             assert!(ControlMessage::decode(&longer).is_err(), "{m:?} with a trailing byte");
         }
         assert_eq!(ControlMessage::decode(&[0, 0, 0, 0, 0]), Err(DecodeError::UnknownTag(0)));
-        assert_eq!(ControlMessage::decode(&[10, 0, 0, 0, 0]), Err(DecodeError::UnknownTag(10)));
+        assert_eq!(ControlMessage::decode(&[11, 0, 0, 0, 0]), Err(DecodeError::UnknownTag(11)));
         // A huge count with no bytes behind it is rejected before any allocation.
         let huge = [8, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff];
         assert_eq!(ControlMessage::decode(&huge), Err(DecodeError::BadCount { count: u32::MAX, bytes: 0 }));
@@ -328,7 +342,7 @@ mod tests {
             for i in 0..len {
                 // Bias the first byte towards valid tags so the deeper parsers get exercised.
                 let b = next() as u8;
-                buf.push(if i == 0 { b % 11 } else { b });
+                buf.push(if i == 0 { b % 12 } else { b });
             }
             if let Ok(m) = ControlMessage::decode(&buf) {
                 assert_eq!(m.to_bytes(), buf, "decode then encode must give the same bytes");

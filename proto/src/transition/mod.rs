@@ -189,9 +189,15 @@ pub enum ExpiryReason {
 /// What the engine or daemon must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// Stop sending stream data and datagrams on `path` (keep accepting what arrives on it until the
-    /// peer's LAST_MESSAGE_BEFORE_REDIRECTION): CNAPT-1..11, SNAPT-2..6, CNAPT-2*..6*, SNAPT-2*..6*.
+    /// Stop sending stream data and datagrams (hold them) and stop taking the peer's stream frames:
+    /// the session left `path` and resumes with an offsets exchange (CNAPT-2*..6*, SNAPT-2*..6*, and
+    /// a planned switch that falls back).
     StopSending { path: PathId },
+    /// A planned switch: send stream frames and datagrams on `to` from now on. The CUTOVER markers
+    /// were queued just before, behind the last frame on `from` and ahead of the first on `to`
+    /// (CNAPT-1..11, SNAPT-2..8). The peer's frames are still taken from `from` until its own CUTOVER
+    /// there.
+    Redirect { from: PathId, to: PathId },
     /// Client: the old path is no longer needed and may be closed (CNAPT-21..22).
     RetireOldPath { path: PathId },
     /// Client: the session has no usable path; open one (a new uplink, or the same once it is back) and
@@ -335,28 +341,27 @@ impl Timeline {
     }
 }
 
-/// A control message awaiting its answer, resent with exponential backoff.
+/// Control messages awaiting their answer, resent together with exponential backoff.
 #[derive(Debug, Clone)]
 struct Retransmit {
-    path: PathId,
-    msg: ControlMessage,
+    msgs: Vec<(PathId, ControlMessage)>,
     next: Instant,
     interval: Duration,
 }
 
 impl Retransmit {
-    fn new(path: PathId, msg: ControlMessage, config: &TransitionConfig, now: Instant) -> Self {
-        Retransmit { path, msg, next: now + config.retransmit_initial, interval: config.retransmit_initial }
+    fn new(msgs: Vec<(PathId, ControlMessage)>, config: &TransitionConfig, now: Instant) -> Self {
+        Retransmit { msgs, next: now + config.retransmit_initial, interval: config.retransmit_initial }
     }
 
-    /// Returns the message again if its timer has elapsed, and re-arms it with a doubled delay.
-    fn due(&mut self, config: &TransitionConfig, now: Instant) -> Option<(PathId, ControlMessage)> {
+    /// Returns the messages again if their timer has elapsed, and re-arms it with a doubled delay.
+    fn due(&mut self, config: &TransitionConfig, now: Instant) -> Vec<(PathId, ControlMessage)> {
         if now < self.next {
-            return None;
+            return Vec::new();
         }
         self.interval = (self.interval * 2).min(config.retransmit_max);
         self.next = now + self.interval;
-        Some((self.path, self.msg.clone()))
+        self.msgs.clone()
     }
 }
 

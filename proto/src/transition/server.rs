@@ -19,6 +19,12 @@ pub const MAX_EPOCH_STEP: u32 = 1024;
 /// Where a planned switch stands on the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Awaiting {
+    /// The client's CUTOVER came on its new path first and our output is redirected there; waiting
+    /// for SWITCH_STEP1 on the old path.
+    Step1,
+    /// SWITCH_STEP1 came first; waiting for the client's CUTOVER on its new path, which names the
+    /// path to redirect our output to (SNAPT-2..8 need it).
+    Cutover,
     /// SNAPT-10: LAST_MESSAGE_BEFORE_REDIRECTION and ACK sent; waiting for the client's last message.
     ClientLast,
     /// SNAPT-12: OK_TO_REDIRECTION sent; waiting for CLIENT_SERVICES_READY_FOR_REDIRECTION.
@@ -31,8 +37,9 @@ enum Awaiting {
 enum State {
     /// On `path`, nothing in progress.
     Active,
-    /// A planned switch to `target`, begun on the old path `path`.
-    Planned { phase: Awaiting, target: Epoch, step_deadline: Instant },
+    /// A planned switch to `target`, begun on the old path `path`; `new_path` once the client's
+    /// CUTOVER named it.
+    Planned { phase: Awaiting, target: Epoch, new_path: Option<PathId>, step_deadline: Instant },
     /// \[0133\]: the path is lost (or a planned switch stalled); waiting for SWITCH_UNEXPECTED until
     /// `switch_deadline`.
     AwaitingResume,
@@ -124,7 +131,9 @@ impl ServerTransition {
                     return Ok(());
                 }
                 match self.state {
-                    State::Planned { phase: Awaiting::Step2, target, .. } if e == target => {
+                    State::Planned { phase: Awaiting::Step2, target, new_path, .. }
+                        if e == target && new_path == Some(path) =>
+                    {
                         self.timeline.record("SNAPT-16 SWITCH_STEP2 received on the new path", now);
                         self.timeline.record("SNAPT-17..21 session moved to the new path", now);
                         let reply = ControlMessage::AllRedirected { epoch: e, received: Vec::new() };
@@ -141,24 +150,41 @@ impl ServerTransition {
             ControlMessage::SwitchStep1 { .. } => match self.state {
                 State::Active if e > self.highest && path == self.path => {
                     self.check_step(e)?;
-                    self.highest = e;
-                    self.kind = SwitchKind::Planned;
-                    self.timeline = Timeline::default();
+                    self.begin(e);
                     self.timeline.record("SNAPT-1 SWITCH_STEP1 received", now);
-                    self.timeline.record("SNAPT-2..7 stop sending on the old path", now);
-                    self.events.push_back(Event::StopSending { path });
+                    // SNAPT-2..9 wait for the client's CUTOVER on its new path: our own CUTOVER and
+                    // LAST_MESSAGE_BEFORE_REDIRECTION may only follow our last frame on the old path.
+                    self.enter(Awaiting::Cutover, e, None, now);
+                }
+                State::Planned { phase: Awaiting::Step1, target, new_path, .. } if e == target && path == self.path => {
+                    self.timeline.record("SNAPT-1 SWITCH_STEP1 received", now);
                     self.timeline.record("SNAPT-8 LAST_MESSAGE_BEFORE_REDIRECTION sent", now);
                     self.timeline.record("SNAPT-9 ACK sent", now);
                     self.reply_step1(e);
-                    self.state = State::Planned {
-                        phase: Awaiting::ClientLast,
-                        target: e,
-                        step_deadline: now + self.config.step_timeout,
-                    };
+                    self.enter(Awaiting::ClientLast, e, new_path, now);
                 }
                 State::Planned { phase: Awaiting::ClientLast, target, .. } if e == target => self.reply_step1(e),
                 _ => {}
             },
+            ControlMessage::Cutover { .. } if path != self.path => match self.state {
+                // The client moved its stream frames to `path` before its SWITCH_STEP1 arrived.
+                State::Active if e > self.highest => {
+                    self.check_step(e)?;
+                    self.begin(e);
+                    self.redirect(path, e, now);
+                    self.enter(Awaiting::Step1, e, Some(path), now);
+                }
+                State::Planned { phase: Awaiting::Cutover, target, .. } if e == target => {
+                    self.redirect(path, e, now);
+                    self.timeline.record("SNAPT-8 LAST_MESSAGE_BEFORE_REDIRECTION sent", now);
+                    self.timeline.record("SNAPT-9 ACK sent", now);
+                    self.reply_step1(e);
+                    self.enter(Awaiting::ClientLast, e, Some(path), now);
+                }
+                _ => {}
+            },
+            // The client's CUTOVER on the old path orders the data (relay::core), not the steps.
+            ControlMessage::Cutover { .. } => {}
             ControlMessage::LastMessageBeforeRedirection { .. } => match self.state {
                 State::Planned { phase: Awaiting::ClientLast, target, .. } if e == target => {
                     self.timeline.record("SNAPT-10 client's LAST_MESSAGE_BEFORE_REDIRECTION received", now);
@@ -197,6 +223,26 @@ impl ServerTransition {
         Ok(())
     }
 
+    /// A planned switch to `epoch` begins.
+    fn begin(&mut self, epoch: Epoch) {
+        self.highest = epoch;
+        self.kind = SwitchKind::Planned;
+        self.timeline = Timeline::default();
+    }
+
+    /// SNAPT-2..7: our stream frames move to `new_path` (the client's CUTOVER came on it), behind a
+    /// CUTOVER on the old path and after one on the new; the planned steps go on beside the data.
+    fn redirect(&mut self, new_path: PathId, epoch: Epoch, now: Instant) {
+        self.timeline.record("SNAPT-2..7 client's CUTOVER on the new path; stream frames redirected there", now);
+        self.transmits.push_back((self.path, ControlMessage::Cutover { epoch }));
+        self.transmits.push_back((new_path, ControlMessage::Cutover { epoch }));
+        self.events.push_back(Event::Redirect { from: self.path, to: new_path });
+    }
+
+    fn enter(&mut self, phase: Awaiting, target: Epoch, new_path: Option<PathId>, now: Instant) {
+        self.state = State::Planned { phase, target, new_path, step_deadline: now + self.config.step_timeout };
+    }
+
     /// SNAPT-8, SNAPT-9 (again for a duplicate SWITCH_STEP1).
     fn reply_step1(&mut self, epoch: Epoch) {
         self.transmits.push_back((self.path, ControlMessage::LastMessageBeforeRedirection { epoch }));
@@ -215,7 +261,11 @@ impl ServerTransition {
     }
 
     fn progress(&mut self, phase: Awaiting, target: Epoch, now: Instant) {
-        self.state = State::Planned { phase, target, step_deadline: now + self.config.step_timeout };
+        let new_path = match self.state {
+            State::Planned { new_path, .. } => new_path,
+            _ => None,
+        };
+        self.enter(phase, target, new_path, now);
     }
 
     fn resend_reply(&mut self, path: PathId, epoch: Epoch) {
@@ -288,7 +338,11 @@ impl Transition for ServerTransition {
     /// the switch timeout; a SWITCH_UNEXPECTED before it resumes the session. Losing the old path while
     /// waiting for SWITCH_STEP2 is expected (the client closes it, CNAPT-21) but arms the timeout too.
     fn handle_path_lost(&mut self, path: PathId, now: Instant) {
-        if path != self.path {
+        let new_path = match self.state {
+            State::Planned { new_path, .. } => new_path,
+            _ => None,
+        };
+        if path != self.path && Some(path) != new_path {
             return;
         }
         match self.state {
@@ -299,12 +353,14 @@ impl Transition for ServerTransition {
                 self.timeline.record("[0133] path lost, switch timeout armed", now);
                 self.state = State::AwaitingResume;
             }
-            State::Planned { phase: Awaiting::Step2, .. } => {
+            State::Planned { phase: Awaiting::Step2, .. } if path == self.path => {
                 self.timeline.record("old path closed, switch timeout armed", now);
             }
             State::Planned { .. } => {
-                self.timeline.record("[0133] old path lost during a planned switch, switch timeout armed", now);
+                self.timeline.record("[0133] a path lost during a planned switch, switch timeout armed", now);
                 self.kind = SwitchKind::Unexpected;
+                // Our stream frames may have gone out on the new path: they stop until the resume.
+                self.events.push_back(Event::StopSending { path: self.path });
                 self.state = State::AwaitingResume;
             }
             State::AwaitingResume | State::Expired => return,
@@ -334,6 +390,7 @@ impl Transition for ServerTransition {
             if now >= step_deadline {
                 self.timeline.record("step timeout: waiting for SWITCH_UNEXPECTED", now);
                 self.kind = SwitchKind::Unexpected;
+                self.events.push_back(Event::StopSending { path: self.path });
                 self.state = State::AwaitingResume;
                 self.switch_deadline.get_or_insert(now + self.config.switch_timeout);
             }

@@ -97,5 +97,7 @@ pub use table::FrameType;
 /// Version of this wire format, sent in HELLO and WELCOME.
 ///
 /// The decoder does not check the version fields; the handshake code decides
-/// what to do with a peer that speaks another version.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// what to do with a peer that speaks another version. Version 4 added the CUTOVER control message
+/// (a planned switch moves the stream frames to the new path at once, which a version 3 peer would
+/// drop as late frames), so the server refuses a version 3 client with CLOSE VERSION.
+pub const PROTOCOL_VERSION: u16 = 4;

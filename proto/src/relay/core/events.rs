@@ -24,22 +24,37 @@ impl RelayCore {
         }
     }
 
+    /// The record of the switch that starts now (its first event), leaving `from`.
+    fn begin_progress(&mut self, sid: SessionId, from: crate::transition::PathId) {
+        let label = self.paths.get(&from).map(|p| p.info.label()).or_else(|| {
+            self.last_lost.as_ref().filter(|(lost, _)| *lost == from).map(|(_, l)| l.clone())
+        });
+        let before = self.engine.session_counters(sid).unwrap_or_default();
+        let Some(state) = self.sessions.get_mut(&sid) else { return };
+        if state.progress.is_none() {
+            state.progress = Some(Progress { stopped: None, from: label, before, resumed: None, replayed: 0 });
+        }
+    }
+
     pub(super) fn act(&mut self, sid: SessionId, event: Event, now: Instant) {
         let Some(state) = self.sessions.get_mut(&sid) else { return };
         match event {
             Event::StopSending { path } => {
-                if state.current == Some(path) {
-                    state.sending = false;
-                }
+                // Whatever path the output went to (the old one, or a planned switch's new one): the
+                // resume regenerates it from the replay buffers.
+                state.send_on = None;
                 self.engine.hold_datagrams(sid);
-                if state.progress.is_none() {
-                    let from =
-                        self.paths.get(&path).map(|p| p.info.label()).or_else(|| {
-                            self.last_lost.as_ref().filter(|(lost, _)| *lost == path).map(|(_, l)| l.clone())
-                        });
-                    let before = self.engine.session_counters(sid).unwrap_or_default();
-                    state.progress = Some(Progress { stopped: now, from, before, resumed: None, replayed: 0 });
+                self.begin_progress(sid, path);
+                if let Some(p) = self.sessions.get_mut(&sid).and_then(|s| s.progress.as_mut()) {
+                    p.stopped.get_or_insert(now);
                 }
+                self.receive_on(sid, None);
+            }
+            Event::Redirect { from, to } => {
+                // The CUTOVERs are queued on both paths (drive queues a machine's messages before
+                // acting on its events): the output goes on behind the new path's.
+                state.send_on = Some(to);
+                self.begin_progress(sid, from);
             }
             Event::RetireOldPath { path } => self.close_path(path),
             Event::ResumeNeeded { candidate } => {
@@ -67,7 +82,15 @@ impl RelayCore {
             Event::Resend { stream, from } => state.resends.push((stream, from)),
             Event::ResumeOn { path, epoch, replay } => {
                 let previous = state.current.replace(path);
-                state.sending = true;
+                state.send_on = Some(path);
+                if replay || !state.receive.takes(path) {
+                    if !replay {
+                        // Cannot happen: the planned steps follow both CUTOVERs on the old path.
+                        tracing::error!(session = sid.0, ?path, receive = ?state.receive, "planned switch done before the peer's CUTOVERs");
+                    }
+                    self.receive_on(sid, Some(path));
+                }
+                let Some(state) = self.sessions.get_mut(&sid) else { return };
                 let resends = std::mem::take(&mut state.resends);
                 let replayed = if replay {
                     // What was queued for the old path is regenerated from the replay buffers.

@@ -38,6 +38,7 @@ mod events;
 mod join;
 mod output;
 mod paths;
+mod receive;
 mod session;
 mod standby;
 mod switch;
@@ -89,6 +90,9 @@ pub enum Action {
     ClosePath { path: PathId, last: Vec<Bytes> },
     /// Client: the switch the user asked for is done, or failed.
     SwitchDone(Result<SwitchReport, SwitchError>),
+    /// Stop (`true`) or resume reading `path`: its frames wait for a planned switch's old path and
+    /// hold as much as they may (`receive`); unread, the connection's TCP window slows the peer.
+    ReadPaused { path: PathId, paused: bool },
 }
 
 /// The sans-IO core of one daemon. See the module documentation.

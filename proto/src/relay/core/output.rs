@@ -47,7 +47,7 @@ impl RelayCore {
     pub fn refill(&mut self) -> bool {
         let mut moved = false;
         for (&sid, state) in &self.sessions {
-            let Some(path) = state.current.filter(|_| state.sending) else { continue };
+            let Some(path) = state.send_on else { continue };
             let Some(p) = self.paths.get_mut(&path) else { continue };
             self.engine.set_session_rate(sid, p.pace);
             while p.out.len() < PATH_QUEUE {

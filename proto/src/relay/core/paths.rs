@@ -103,11 +103,22 @@ impl RelayCore {
     pub fn path_bytes(&mut self, path: PathId, bytes: &[u8], now: Instant) {
         let Some(sid) = self.paths.get(&path).map(|p| p.session) else { return };
         let Some(state) = self.sessions.get_mut(&sid) else { return };
-        if state.current != Some(path) {
+        if !state.receive.takes(path) {
+            // A planned switch's new path before the old path's CUTOVER: the frames wait.
+            if self.hold(sid, path, bytes) {
+                return;
+            }
             // Late frames of an older epoch: the stream offsets were settled without them.
-            state.stale_frames += 1;
+            if let Some(state) = self.sessions.get_mut(&sid) {
+                state.stale_frames += 1;
+            }
             return;
         }
+        self.feed(sid, path, bytes, now);
+    }
+
+    /// Stream frames of `path` that count: into the engine.
+    pub(super) fn feed(&mut self, sid: SessionId, path: PathId, bytes: &[u8], now: Instant) {
         if let Err(err) = self.engine.handle_session_bytes(sid, bytes, now) {
             match err {
                 SessionError::PeerClosed { .. } => {
@@ -145,6 +156,11 @@ impl RelayCore {
             }
         };
         tracing::debug!(session = sid.0, ?path, msg = msg.name(), epoch = msg.epoch().0, "transition message");
+        if let ControlMessage::Cutover { epoch } = msg {
+            // The data's order first; the machine sees it too (the server learns the new path).
+            self.peer_cutover(sid, path, epoch, now);
+        }
+        let Some(state) = self.sessions.get_mut(&sid) else { return };
         if let Err(err) = state.machine.handle_control(path, msg, &received, now) {
             // Server: a client that proposes an epoch out of reach: dropped like a malformed message.
             state.control_malformed += 1;
@@ -160,6 +176,13 @@ impl RelayCore {
         tracing::info!(session = sid.0, ?path, uplink = ?p.info.uplink, %reason, "path lost");
         self.actions.push_back(Action::ClosePath { path, last: Vec::new() });
         self.last_lost = Some((path, p.info.label()));
+        if let Some(state) = self.sessions.get_mut(&sid) {
+            if state.receive.waits_on(path) {
+                // The order of the peer's frames across the two paths is lost with it: the switch
+                // resumes with the offsets exchange (the machine stops and falls back below).
+                self.receive_on(sid, None);
+            }
+        }
         if let Some(state) = self.sessions.get_mut(&sid) {
             state.machine.handle_path_lost(path, now);
             self.drive(sid, now);

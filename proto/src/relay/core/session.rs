@@ -2,11 +2,12 @@
 
 use std::collections::VecDeque;
 
+use super::receive::Receive;
 use super::switch::{Progress, SwitchReport, SwitchTotals};
 use super::{close_code, encode, PathInfo, RelayCore};
 use crate::relay::engine::{Role, SessionId};
 use crate::time::{Duration, Instant};
-use crate::transition::{PathId, Transition};
+use crate::transition::{Epoch, PathId, Transition};
 use crate::wire::Frame;
 
 /// Who a session talks to, for status and logs.
@@ -23,10 +24,15 @@ pub(super) struct SessionState {
     pub(super) peer: PeerInfo,
     /// Client or server, by the daemon's role.
     pub(super) machine: Box<dyn Transition + Send>,
-    /// Where stream frames go and come from; `None` until the first path of a client session.
+    /// The path of the machine's epoch; `None` until the first path of a client session.
     pub(super) current: Option<PathId>,
-    /// False between StopSending and ResumeOn.
-    pub(super) sending: bool,
+    /// Where the engine's output goes: `current`, or the new path from a planned switch's
+    /// `Redirect`; `None` from `StopSending` to `ResumeOn`.
+    pub(super) send_on: Option<PathId>,
+    /// Where the peer's stream frames count from (`receive`).
+    pub(super) receive: Receive,
+    /// The epoch of the last planned switch whose two CUTOVERs both arrived.
+    pub(super) cutover_done: Epoch,
     /// The peer's received offsets of an unexpected switch, gathered from [`Event::Resend`].
     pub(super) resends: Vec<(u32, u64)>,
     pub(super) progress: Option<Progress>,
@@ -147,7 +153,9 @@ impl SessionState {
             peer,
             machine,
             current,
-            sending: true,
+            send_on: current,
+            receive: Receive::On(current),
+            cutover_done: Epoch(0),
             resends: Vec::new(),
             progress: None,
             history: VecDeque::new(),

@@ -33,7 +33,9 @@ pub struct SwitchReport {
     pub finished: Instant,
     /// From the first protocol step to the last.
     pub duration: Duration,
-    /// How long no stream data went out (stop sending → resume): the pause the apps could see.
+    /// How long no stream data went out (stop sending → resume): the pause the protocol imposed on
+    /// the apps. Zero for a planned switch, which redirects instead of stopping (the apps may still
+    /// see the difference of the two paths' one-way delays, which neither side can measure alone).
     pub stall: Duration,
     /// Stream bytes sent again because they were in flight on a lost path.
     pub bytes_replayed: u64,
@@ -65,8 +67,9 @@ pub enum SwitchError {
 
 /// A switch between its first step and [`Event::SwitchDone`].
 pub(super) struct Progress {
-    /// When stream data stopped going out (StopSending).
-    pub(super) stopped: Instant,
+    /// When stream data stopped going out (StopSending); a planned switch that runs to its end never
+    /// stops it.
+    pub(super) stopped: Option<Instant>,
     pub(super) from: Option<String>,
     pub(super) before: SessionCounters,
     /// When stream data flowed again (ResumeOn).
@@ -135,7 +138,10 @@ impl RelayCore {
             epoch: summary.epoch.0,
             finished: now,
             duration: last - first,
-            stall: progress.as_ref().and_then(|p| p.resumed.map(|r| r - p.stopped)).unwrap_or(Duration::ZERO),
+            stall: progress
+                .as_ref()
+                .and_then(|p| Some(p.resumed? - p.stopped?))
+                .unwrap_or(Duration::ZERO),
             bytes_replayed: progress.as_ref().map_or(0, |p| p.replayed),
             datagrams_held: counters.datagrams_held - before.datagrams_held,
             datagrams_dropped: counters.datagrams_dropped_switching - before.datagrams_dropped_switching,
