@@ -23,7 +23,7 @@ use bytes::BytesMut;
 use roamtun_proto::path::{take_frames, PathLoss, Piece};
 use roamtun_proto::relay::core::{Action, PathInfo, PeerInfo, RelayCore, SwitchError};
 use roamtun_proto::relay::engine::{Engine, EngineConfig, Role};
-use roamtun_proto::time::Instant;
+use roamtun_proto::time::{Duration, Instant};
 use roamtun_proto::transition::{PathId, SwitchKind, TransitionConfig};
 use roamtun_proto::wire::Frame;
 use roamtun_stack::{FlowEvent, FlowId, Ingress, Stack, StackConfig};
@@ -111,9 +111,12 @@ struct Side {
 }
 
 impl Side {
-    fn new(role: Role, seed: u64, now: Instant) -> Self {
+    fn new(role: Role, seed: u64, now: Instant, budget: Option<usize>) -> Self {
         let mut config = EngineConfig::new(role);
         config.stack.random_seed = seed;
+        if let Some(budget) = budget {
+            config.session_out_budget = budget;
+        }
         let transition = TransitionConfig::default();
         Side {
             core: RelayCore::new(Engine::new(config, now), transition, 1000),
@@ -160,6 +163,10 @@ struct Sim {
     /// Connections the server apps accepted, in order.
     accepted: Vec<FlowId>,
     switches_requested: usize,
+    /// Uplink "A" (where the session starts) and uplink "B".
+    links: [Link; 2],
+    /// How often a core paused one of its path readers (its held frames filled its budget).
+    pauses: usize,
 }
 
 fn link_index(name: &str) -> usize {
@@ -167,12 +174,13 @@ fn link_index(name: &str) -> usize {
 }
 
 impl Sim {
-    fn new(seed: u64) -> Self {
+    /// A session on `links[0]`; `budget`: the cores' `session_out_budget`, if not the default.
+    fn with_links(seed: u64, links: [Link; 2], budget: Option<usize>) -> Self {
         let now = Instant::from_millis(1_000_000);
         let mut sim = Sim {
             now_us: now.total_micros(),
-            client: Side::new(Role::Client, seed * 10 + 1, now),
-            server: Side::new(Role::Server, seed * 10 + 5, now),
+            client: Side::new(Role::Client, seed * 10 + 1, now, budget),
+            server: Side::new(Role::Server, seed * 10 + 5, now, budget),
             paths: Vec::new(),
             next_path: 1,
             down_until: [0, 0],
@@ -180,8 +188,10 @@ impl Sim {
             switch_results: Vec::new(),
             accepted: Vec::new(),
             switches_requested: 0,
+            links,
+            pauses: 0,
         };
-        sim.open_path(A, 0);
+        sim.open_path(links[0], 0);
         sim
     }
 
@@ -218,9 +228,9 @@ impl Sim {
 
     fn dial(&mut self, resume: u64, wanted: Option<&'static str>, avoid: Option<String>) {
         let pick = match wanted {
-            Some(name) => [A, B].into_iter().find(|l| l.name == name).filter(|l| self.usable(*l)),
+            Some(name) => self.links.into_iter().find(|l| l.name == name).filter(|l| self.usable(*l)),
             None => {
-                let mut order = [A, B];
+                let mut order = self.links;
                 if avoid.as_deref() == Some("A") {
                     order.swap(0, 1);
                 }
@@ -347,6 +357,7 @@ impl Sim {
                 }
                 Action::SwitchDone(r) => self.switch_results.push(r.map(|report| report.kind)),
                 Action::ReadPaused { path, paused } => {
+                    self.pauses += usize::from(paused);
                     if let Some(p) = self.paths.iter_mut().find(|p| p.id == path) {
                         p.client_paused = paused;
                     }
@@ -357,6 +368,7 @@ impl Sim {
             match action {
                 Action::Dial(_) | Action::SwitchDone(_) => unreachable!("the server neither dials nor switches"),
                 Action::ReadPaused { path, paused } => {
+                    self.pauses += usize::from(paused);
                     if let Some(p) = self.paths.iter_mut().find(|p| p.id == path) {
                         p.server_paused = paused;
                     }
@@ -377,7 +389,7 @@ impl Sim {
     fn active(&self) -> Option<Link> {
         let s = self.client.core.sessions().next()?;
         let name = s.path?.uplink.clone()?;
-        Some(if name == "A" { A } else { B })
+        Some(self.links[link_index(&name)])
     }
 
     fn epoch(&self) -> u32 {
@@ -412,33 +424,58 @@ impl Sim {
     }
 }
 
+/// Brings the session up on uplink A and opens two connections from client apps to a server app;
+/// returns them as (client 1, client 2, server 1, server 2).
+fn connect_two(sim: &mut Sim, seed: u64) -> (FlowId, FlowId, FlowId, FlowId) {
+    for _ in 0..2000 {
+        sim.round();
+        if !sim.switching() {
+            break;
+        }
+    }
+    assert_eq!(sim.active().map(|l| l.name), Some("A"), "seed {seed}: no session on A");
+    let vip_src = |port| SocketAddr::new(vip(), port);
+    let dst: SocketAddr = "100.64.0.1:80".parse().unwrap();
+    let c1 = sim.client.app.connect(vip_src(41000), dst).unwrap();
+    let c2 = sim.client.app.connect(vip_src(41001), dst).unwrap();
+    for _ in 0..2000 {
+        sim.round();
+        if sim.accepted.len() == 2 && [c1, c2].iter().all(|c| sim.client.events.contains(&FlowEvent::Connected(*c))) {
+            break;
+        }
+    }
+    let server_flows = sim.accepted.clone();
+    assert_eq!(server_flows.len(), 2, "seed {seed}: the server apps did not get both connections");
+    // smoltcp flow ids count up on the server's app stack in SYN order: 41000 first.
+    (c1, c2, server_flows[0], server_flows[1])
+}
+
 #[test]
 fn roaming_across_slow_links_loses_and_duplicates_nothing() {
     for seed in 1..=40u64 {
+        roam(seed, [A, B]);
+    }
+}
+
+/// The same with other round trips on both uplinks, drawn per seed: whichever path is faster, and by
+/// how much, each planned switch keeps one order per direction.
+#[test]
+fn roaming_with_random_path_delays_loses_and_duplicates_nothing() {
+    for seed in 100..=115u64 {
         let mut rng = Rng::new(seed);
-        let mut sim = Sim::new(seed);
-        for _ in 0..2000 {
-            sim.round();
-            if !sim.switching() {
-                break;
-            }
-        }
-        assert_eq!(sim.active().map(|l| l.name), Some("A"), "seed {seed}: no session on A");
-        let vip_src = |port| SocketAddr::new(vip(), port);
-        let dst: SocketAddr = "100.64.0.1:80".parse().unwrap();
-        let c1 = sim.client.app.connect(vip_src(41000), dst).unwrap();
-        let c2 = sim.client.app.connect(vip_src(41001), dst).unwrap();
-        for _ in 0..2000 {
-            sim.round();
-            if sim.accepted.len() == 2 && [c1, c2].iter().all(|c| sim.client.events.contains(&FlowEvent::Connected(*c)))
-            {
-                break;
-            }
-        }
-        let server_flows = sim.accepted.clone();
-        assert_eq!(server_flows.len(), 2, "seed {seed}: the server apps did not get both connections");
-        // smoltcp flow ids count up on the server's app stack in SYN order: 41000 first.
-        let (s1, s2) = (server_flows[0], server_flows[1]);
+        let a = Link { name: "A", one_way_us: rng.range(1, 60) * 1000, bytes_per_ms: rng.range(500, 3000) };
+        let b = Link { name: "B", one_way_us: rng.range(1, 60) * 1000, bytes_per_ms: rng.range(500, 3000) };
+        roam(seed, [a, b]);
+    }
+}
+
+/// A bidirectional transfer on two connections while the client switches (planned, and sudden
+/// losses of the active uplink) up to eight times: every byte arrives once, in order, both ways.
+fn roam(seed: u64, links: [Link; 2]) {
+    {
+        let mut rng = Rng::new(seed);
+        let mut sim = Sim::with_links(seed, links, None);
+        let (c1, c2, s1, s2) = connect_two(&mut sim, seed);
         let up1 = pattern(2_000_000, seed as u32);
         let down1 = pattern(3_000_000, seed as u32 + 100);
         let up2 = pattern(1_000_000, seed as u32 + 200);
@@ -476,7 +513,7 @@ fn roaming_across_slow_links_loses_and_duplicates_nothing() {
                 break;
             }
             if sim.now_us >= next_event && !sim.switching() && planned + lost < 8 {
-                let other = if sim.active().unwrap().name == "A" { B } else { A };
+                let other = if sim.active().unwrap().name == "A" { sim.links[1] } else { sim.links[0] };
                 // The first event is a sudden loss, the second a planned switch, then chance decides.
                 let plan = match planned + lost {
                     0 => false,
@@ -538,4 +575,264 @@ fn roaming_across_slow_links_loses_and_duplicates_nothing() {
         let s = sim.server.core.engine().session_status()[0].counters.clone();
         assert_eq!(c.streams_violated + s.streams_violated, 0, "seed {seed}: a resend broke the stream rules");
     }
+}
+
+/// What the apps of one direction received, and when (ms of simulated time).
+#[derive(Default)]
+struct Received {
+    bytes: Vec<u8>,
+    /// The rounds in which some bytes arrived.
+    at_ms: Vec<u64>,
+}
+
+impl Received {
+    fn take(&mut self, app: &mut Stack, flow: FlowId, now_ms: u64) {
+        if app.recv(flow, usize::MAX, |c| self.bytes.extend_from_slice(c)) > 0 {
+            self.at_ms.push(now_ms);
+        }
+    }
+
+    /// The longest time without a delivery within `from..=to`, counted from `from`.
+    fn longest_gap(&self, from: u64, to: u64) -> u64 {
+        let mut last = from;
+        let mut gap = 0;
+        for &t in self.at_ms.iter().filter(|t| (from..=to).contains(*t)) {
+            gap = gap.max(t - last);
+            last = t;
+        }
+        gap.max(to - last)
+    }
+
+    fn between(&self, from: u64, to: u64) -> usize {
+        self.at_ms.iter().filter(|t| (from..=to).contains(*t)).count()
+    }
+}
+
+/// The phases of a paced transfer both ways on connection 1 (connection 2 stays open and idle)
+/// around one event: the rounds of the switch, the bytes, when they arrived.
+struct Paced {
+    sim: Sim,
+    flows: (FlowId, FlowId, FlowId, FlowId),
+    up: Vec<u8>,
+    down: Vec<u8>,
+    sent: (usize, usize),
+    got_up: Received,
+    got_down: Received,
+    /// Bytes per millisecond each app offers.
+    pace: usize,
+    start_ms: u64,
+}
+
+impl Paced {
+    fn new(seed: u64, links: [Link; 2], budget: Option<usize>, pace: usize) -> Self {
+        let mut sim = Sim::with_links(seed, links, budget);
+        let flows = connect_two(&mut sim, seed);
+        let start_ms = sim.now_us / 1000;
+        Paced {
+            sim,
+            flows,
+            up: pattern(40_000_000, seed as u32),
+            down: pattern(40_000_000, seed as u32 + 7),
+            sent: (0, 0),
+            got_up: Received::default(),
+            got_down: Received::default(),
+            pace,
+            start_ms,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.sim.now_us / 1000
+    }
+
+    /// One round; the apps offer what their pace allows by now (while `sending`).
+    fn round(&mut self, sending: bool) {
+        let (c1, _, s1, _) = self.flows;
+        let now = self.now_ms();
+        if sending {
+            let due = ((now - self.start_ms) as usize * self.pace).min(self.up.len());
+            let up_from = self.sent.0;
+            self.sent.0 += self.sim.client.app.send(c1, &self.up[up_from..due.max(up_from)]);
+            let down_from = self.sent.1;
+            self.sent.1 += self.sim.server.app.send(s1, &self.down[down_from..due.max(down_from)]);
+        }
+        self.got_up.take(&mut self.sim.server.app, s1, now);
+        self.got_down.take(&mut self.sim.client.app, c1, now);
+        self.sim.round();
+    }
+
+    /// Whether the client's machine is in a switch (SWITCH_STEP1 sent, ALL_REDIRECTED not yet in).
+    fn in_switch(&self) -> bool {
+        self.sim.client.core.sessions().next().is_some_and(|s| s.switching)
+    }
+
+    /// Runs until the client is in a switch and out of it again: returns (first, last) ms in it.
+    fn through_switch(&mut self, limit_ms: u64) -> (u64, u64) {
+        let end = self.now_ms() + limit_ms;
+        while !self.in_switch() {
+            assert!(self.now_ms() < end, "no switch began");
+            self.round(true);
+        }
+        let began = self.now_ms();
+        while self.in_switch() {
+            assert!(self.now_ms() < end, "the switch did not end");
+            self.round(true);
+        }
+        (began, self.now_ms())
+    }
+
+    /// Stops offering, closes both connections and checks that every byte arrived once, in order.
+    fn finish(mut self, seed: u64) -> Sim {
+        let (c1, c2, s1, s2) = self.flows;
+        for c in [c1, c2] {
+            self.sim.client.app.close(c);
+        }
+        for s in [s1, s2] {
+            self.sim.server.app.close(s);
+        }
+        for _ in 0..60_000 {
+            self.round(false);
+            let flows =
+                [(&self.sim.client, c1), (&self.sim.server, s1), (&self.sim.client, c2), (&self.sim.server, s2)];
+            if flows.iter().all(|(side, flow)| side.closed(*flow).is_some()) {
+                break;
+            }
+        }
+        let (up, down) = (&self.up[..self.sent.0], &self.down[..self.sent.1]);
+        assert!(
+            self.got_up.bytes == up,
+            "seed {seed}: client to server: got {} of {} bytes, or others",
+            self.got_up.bytes.len(),
+            up.len()
+        );
+        assert!(
+            self.got_down.bytes == down,
+            "seed {seed}: server to client: got {} of {} bytes, or others",
+            self.got_down.bytes.len(),
+            down.len()
+        );
+        for (side, flow) in
+            [(&self.sim.client, c1), (&self.sim.server, s1), (&self.sim.client, c2), (&self.sim.server, s2)]
+        {
+            assert_eq!(side.closed(flow), Some(false), "seed {seed}: a connection did not end gracefully");
+        }
+        let c = self.sim.client.core.engine().session_status()[0].counters.clone();
+        let s = self.sim.server.core.engine().session_status()[0].counters.clone();
+        assert_eq!(c.streams_violated + s.streams_violated, 0, "seed {seed}: a stream rule was broken");
+        self.sim
+    }
+}
+
+/// A planned switch moves both directions' data to the new path at once: the apps keep receiving
+/// between SWITCH_STEP1 and ALL_REDIRECTED, and the longest pause either app sees is the difference
+/// of the two paths' one-way delays (plus a few ms of the simulation's 1 ms rounds and the apps'
+/// own TCP), whether the new path is the slower or the faster one. Nothing is resent.
+#[test]
+fn a_planned_switch_keeps_the_data_flowing_both_ways() {
+    let fast = Link { name: "A", one_way_us: 10_000, bytes_per_ms: 2_000 };
+    let slow = Link { name: "B", one_way_us: 25_000, bytes_per_ms: 1_000 };
+    let cases = [
+        ("to the slower path", [fast, slow]),
+        ("to the faster path", [Link { name: "A", ..slow }, Link { name: "B", ..fast }]),
+    ];
+    for (seed, (case, links)) in cases.into_iter().enumerate() {
+        let seed = seed as u64 + 1;
+        let delta_ms = links[0].one_way_us.abs_diff(links[1].one_way_us) / 1000;
+        let mut t = Paced::new(seed, links, None, 400);
+        for _ in 0..500 {
+            t.round(true);
+        }
+        t.sim.client.core.request_switch("B".into(), t.sim.now()).expect("a switch starts");
+        t.sim.switches_requested += 1;
+        let (began, ended) = t.through_switch(5_000);
+        for _ in 0..500 {
+            t.round(true);
+        }
+        let window = (began.saturating_sub(100), ended + 100);
+        let gaps = (t.got_up.longest_gap(window.0, window.1), t.got_down.longest_gap(window.0, window.1));
+        let during = (t.got_up.between(began, ended), t.got_down.between(began, ended));
+        eprintln!("{case}: switch {} ms, delivering rounds during it {during:?}, longest gaps (up, down) {gaps:?} ms, delta {delta_ms} ms", ended - began);
+        assert!(during.0 > 0 && during.1 > 0, "{case}: no data moved during the switch: {during:?}");
+        assert!(
+            gaps.0 <= delta_ms + 5 && gaps.1 <= delta_ms + 5,
+            "{case}: the apps paused {gaps:?} ms, delta {delta_ms} ms"
+        );
+        let sim = t.finish(seed);
+        let report = sim.client.core.sessions().next().unwrap().switches.back().cloned().unwrap();
+        assert_eq!(
+            (report.kind, report.bytes_replayed, report.stall),
+            (SwitchKind::Planned, 0, Duration::ZERO),
+            "{case}"
+        );
+        assert_eq!(sim.switch_results.len(), 1);
+    }
+}
+
+/// The old path dies right after the switch began, with both sides' CUTOVERs and everything else
+/// it carried: the server had already taken the client's CUTOVER on the new path and held what
+/// followed it there. The switch continues as an unexpected one on the new path: the held frames
+/// are discarded, each side resends from the offsets the other reports, and every byte arrives once.
+#[test]
+fn the_old_path_lost_before_its_cutover_arrived_loses_and_duplicates_nothing() {
+    for (seed, (a_ms, b_ms)) in [(10u64, 25u64), (25, 10), (40, 2)].into_iter().enumerate() {
+        let seed = seed as u64 + 20;
+        let links = [
+            Link { name: "A", one_way_us: a_ms * 1000, bytes_per_ms: 2_000 },
+            Link { name: "B", one_way_us: b_ms * 1000, bytes_per_ms: 2_000 },
+        ];
+        let mut t = Paced::new(seed, links, None, 800);
+        for _ in 0..400 {
+            t.round(true);
+        }
+        t.sim.client.core.request_switch("B".into(), t.sim.now()).expect("a switch starts");
+        t.sim.switches_requested += 1;
+        while !t.in_switch() {
+            t.round(true);
+        }
+        // The CUTOVERs are queued, not delivered: A goes down with them (the client notices in 2 ms).
+        t.sim.lose_active(5_000, 2);
+        for _ in 0..3_000 {
+            t.round(true);
+        }
+        let sim = t.finish(seed);
+        let report = sim.client.core.sessions().next().unwrap().switches.back().cloned().unwrap();
+        assert_eq!((report.kind, report.to.as_deref()), (SwitchKind::Unexpected, Some("B")), "seed {seed}");
+        assert_eq!(sim.epoch(), 2, "seed {seed}: the planned epoch, then the resume's");
+    }
+}
+
+/// The old path turns into a black hole right after the switch began (nothing arrives, no error):
+/// neither side gets the other's CUTOVER on it, the planned steps get no answer, and after the step
+/// timeout (3 s) both fall back to the unexpected switch on the new path. Meanwhile the server holds
+/// the client's frames that came on the new path, at most its budget (here 64 KiB): then it stops
+/// reading that path, so TCP slows the client. Every byte arrives once.
+#[test]
+fn a_black_holed_old_path_falls_back_after_the_step_timeout_with_bounded_holding() {
+    let links = [
+        Link { name: "A", one_way_us: 10_000, bytes_per_ms: 2_000 },
+        Link { name: "B", one_way_us: 25_000, bytes_per_ms: 1_000 },
+    ];
+    let mut t = Paced::new(31, links, Some(64 * 1024), 400);
+    for _ in 0..400 {
+        t.round(true);
+    }
+    t.sim.client.core.request_switch("B".into(), t.sim.now()).expect("a switch starts");
+    t.sim.switches_requested += 1;
+    while !t.in_switch() {
+        t.round(true);
+    }
+    let black_hole_at = t.now_ms();
+    for p in t.sim.paths.iter_mut().filter(|p| p.link.name == "A") {
+        p.dead = true;
+    }
+    let (_, ended) = t.through_switch(10_000);
+    assert!(ended - black_hole_at >= 3_000, "fell back after {} ms, before the step timeout", ended - black_hole_at);
+    assert!(t.sim.pauses > 0, "the server held more than its budget without pausing the new path's reader");
+    for _ in 0..2_000 {
+        t.round(true);
+    }
+    let sim = t.finish(31);
+    let report = sim.client.core.sessions().next().unwrap().switches.back().cloned().unwrap();
+    assert_eq!((report.kind, report.to.as_deref()), (SwitchKind::Unexpected, Some("B")));
+    assert!(report.steps.iter().any(|(step, _)| step.starts_with("step timeout")), "{:?}", report.steps);
 }

@@ -690,3 +690,42 @@ fn transition_late_messages_from_an_old_epoch_are_ignored() {
     assert_eq!(Pair::done_count(&pair.client_events), 2);
     assert_eq!(Pair::done_count(&pair.server_events), 2);
 }
+
+#[test]
+fn transition_the_new_paths_cutover_may_arrive_before_switch_step1() {
+    // The new path is faster: the client's CUTOVER on it comes first. The server redirects its own
+    // stream frames at once and answers SWITCH_STEP1 as soon as that arrives.
+    let none = Vec::<StreamOffset>::new();
+    let now = Instant::from_millis(1_000);
+    let e = Epoch(1);
+    let mut server = ServerTransition::new(TransitionConfig::default(), SESSION, P0);
+    server.handle_message(P1, ControlMessage::Cutover { epoch: e }, &none, now).unwrap();
+    let sent: Vec<_> = std::iter::from_fn(|| server.poll_transmit()).collect();
+    assert_eq!(sent, [(P0, ControlMessage::Cutover { epoch: e }), (P1, ControlMessage::Cutover { epoch: e })]);
+    assert_eq!(server.poll_event(), Some(Event::Redirect { from: P0, to: P1 }));
+    assert!(server.is_switching());
+    // The client's CUTOVER on the old path orders its data only; a repeated one on the new path
+    // (sent again with SWITCH_STEP1) changes nothing.
+    server.handle_message(P0, ControlMessage::Cutover { epoch: e }, &none, now).unwrap();
+    server.handle_message(P1, ControlMessage::Cutover { epoch: e }, &none, now).unwrap();
+    assert_eq!((server.poll_transmit(), server.poll_event()), (None, None));
+    server.handle_message(P0, ControlMessage::SwitchStep1 { epoch: e }, &none, now).unwrap();
+    let sent: Vec<_> = std::iter::from_fn(|| server.poll_transmit()).collect();
+    assert_eq!(
+        sent,
+        [(P0, ControlMessage::LastMessageBeforeRedirection { epoch: e }), (P0, ControlMessage::Ack { epoch: e })]
+    );
+    // SWITCH_STEP2 counts only on the path the CUTOVER named.
+    for msg in [
+        ControlMessage::LastMessageBeforeRedirection { epoch: e },
+        ControlMessage::ClientServicesReadyForRedirection { epoch: e },
+    ] {
+        server.handle_message(P0, msg, &none, now).unwrap();
+    }
+    while server.poll_transmit().is_some() {}
+    server.handle_message(P2, ControlMessage::SwitchStep2 { epoch: e, session: SESSION }, &none, now).unwrap();
+    assert_eq!(server.poll_transmit(), None);
+    server.handle_message(P1, ControlMessage::SwitchStep2 { epoch: e, session: SESSION }, &none, now).unwrap();
+    assert_eq!(server.poll_transmit(), Some((P1, ControlMessage::AllRedirected { epoch: e, received: vec![] })));
+    assert_eq!(server.poll_event(), Some(Event::ResumeOn { path: P1, epoch: e, replay: false }));
+}

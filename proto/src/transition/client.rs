@@ -120,7 +120,8 @@ impl ClientTransition {
         self.highest = target;
         self.kind = SwitchKind::Planned;
         self.timeline = Timeline::default();
-        self.timeline.record("CNAPT-1..11 stream frames redirected to the new path (CUTOVER on both), SWITCH_STEP1 sent", now);
+        self.timeline
+            .record("CNAPT-1..11 stream frames redirected to the new path (CUTOVER on both), SWITCH_STEP1 sent", now);
         let cutover = ControlMessage::Cutover { epoch: target };
         self.transmits.push_back((self.path, cutover.clone()));
         // SWITCH_STEP1 after the old path's CUTOVER, the new path's CUTOVER beside it; both again on

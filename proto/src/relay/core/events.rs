@@ -26,9 +26,11 @@ impl RelayCore {
 
     /// The record of the switch that starts now (its first event), leaving `from`.
     fn begin_progress(&mut self, sid: SessionId, from: crate::transition::PathId) {
-        let label = self.paths.get(&from).map(|p| p.info.label()).or_else(|| {
-            self.last_lost.as_ref().filter(|(lost, _)| *lost == from).map(|(_, l)| l.clone())
-        });
+        let label = self
+            .paths
+            .get(&from)
+            .map(|p| p.info.label())
+            .or_else(|| self.last_lost.as_ref().filter(|(lost, _)| *lost == from).map(|(_, l)| l.clone()));
         let before = self.engine.session_counters(sid).unwrap_or_default();
         let Some(state) = self.sessions.get_mut(&sid) else { return };
         if state.progress.is_none() {

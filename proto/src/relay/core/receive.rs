@@ -67,7 +67,12 @@ impl RelayCore {
         *total += bytes.len();
         if *total >= limit && !*paused {
             *paused = true;
-            tracing::debug!(session = sid.0, ?path, held = *total, "new path's frames wait for the old path's CUTOVER; reading paused");
+            tracing::debug!(
+                session = sid.0,
+                ?path,
+                held = *total,
+                "new path's frames wait for the old path's CUTOVER; reading paused"
+            );
             self.actions.push_back(Action::ReadPaused { path, paused: true });
         }
         true
@@ -89,7 +94,14 @@ impl RelayCore {
             Receive::Holding { old, new, epoch: e, held, paused, .. } if old == path && e == epoch => {
                 state.cutover_done = epoch;
                 state.receive = Receive::On(Some(new));
-                tracing::debug!(session = sid.0, ?old, ?new, epoch = epoch.0, held = held.len(), "peer's CUTOVER on the old path: the new path's frames count");
+                tracing::debug!(
+                    session = sid.0,
+                    ?old,
+                    ?new,
+                    epoch = epoch.0,
+                    held = held.len(),
+                    "peer's CUTOVER on the old path: the new path's frames count"
+                );
                 if paused {
                     self.actions.push_back(Action::ReadPaused { path: new, paused: false });
                 }

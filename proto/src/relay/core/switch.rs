@@ -138,10 +138,7 @@ impl RelayCore {
             epoch: summary.epoch.0,
             finished: now,
             duration: last - first,
-            stall: progress
-                .as_ref()
-                .and_then(|p| Some(p.resumed? - p.stopped?))
-                .unwrap_or(Duration::ZERO),
+            stall: progress.as_ref().and_then(|p| Some(p.resumed? - p.stopped?)).unwrap_or(Duration::ZERO),
             bytes_replayed: progress.as_ref().map_or(0, |p| p.replayed),
             datagrams_held: counters.datagrams_held - before.datagrams_held,
             datagrams_dropped: counters.datagrams_dropped_switching - before.datagrams_dropped_switching,
