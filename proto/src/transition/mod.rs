@@ -16,8 +16,11 @@
 //!
 //! ```text
 //! CNAPT                      old path                       SNAPT
-//!   | CNAPT-1..11: stop sending stream data, buffer          |
-//!   |---- SWITCH_STEP1{e+1} -------------------------------->| SNAPT-1..7: stop sending, buffer
+//!   | CNAPT-1..11: stream frames redirected to the new path  |
+//!   |---- CUTOVER{e+1} (behind the last stream frame) ------>|
+//!   |---- SWITCH_STEP1{e+1} -------------------------------->| SNAPT-1
+//!   |==== CUTOVER{e+1} on the new path, then stream frames =>| SNAPT-2..7: redirected to that path
+//!   |<--- CUTOVER{e+1} (old path), CUTOVER{e+1} (new path) --|
 //!   |<--- LAST_MESSAGE_BEFORE_REDIRECTION{e+1} --------------| SNAPT-8
 //!   |<--- ACK{e+1} ------------------------------------------| SNAPT-9, SNAPT-10: wait
 //!   |---- LAST_MESSAGE_BEFORE_REDIRECTION{e+1} ------------->| CNAPT-12, CNAPT-13/14: wait
@@ -30,9 +33,14 @@
 //!   | CNAPT-30..34: resume on new path                       |
 //! ```
 //!
-//! The old path is one ordered connection, so each side's single LAST_MESSAGE_BEFORE_REDIRECTION comes
-//! after every stream byte it sent there: once both markers have crossed, nothing is in flight and the
-//! planned switch needs no resend (ALL_REDIRECTED carries an empty offset list).
+//! Unlike the spec, no side stops forwarding: each moves its stream frames to the new path when it
+//! cuts over ([`Event::Redirect`]), behind a CUTOVER on the old path and after one on the new; the
+//! receiver (`relay::core`) takes the new path's frames only after the old path's CUTOVER, so each
+//! direction keeps one order. The control steps run beside the data, unchanged. Each side's single
+//! LAST_MESSAGE_BEFORE_REDIRECTION follows its CUTOVER on the old path: once both have crossed,
+//! nothing is in flight there and the planned switch needs no resend (ALL_REDIRECTED carries an
+//! empty offset list). A planned switch that falls back stops sending ([`Event::StopSending`]) and
+//! resumes as an unexpected one.
 //!
 //! # Unexpected switch (spec \[0132\]–\[0136\])
 //!
@@ -72,10 +80,10 @@
 //!
 //! | spec step | here |
 //! |---|---|
-//! | CNAPT-1..11 (start of a planned switch; not in the seed excerpt, by analogy with CNAPT-1*..6*) | [`ClientTransition::request_switch`]: [`Event::StopSending`] on the old path, SWITCH_STEP1 sent |
+//! | CNAPT-1..11 (start of a planned switch; not in the seed excerpt, by analogy with CNAPT-1*..6*) | [`ClientTransition::request_switch`]: CUTOVER on both paths, [`Event::Redirect`] (redirect instead of stop), SWITCH_STEP1 sent |
 //! | SNAPT-1 (retrieve the CNAPT ID) | the path is authenticated; one [`ServerTransition`] per session |
-//! | SNAPT-2..6 (stop forwarding, buffer, flush) | [`Event::StopSending`]: the engine stops taking stream data from smoltcp (backpressure) and flushes what it queued on the old path |
-//! | SNAPT-7, SNAPT-10, CNAPT-13 (input streams wait for the last message) | one wait per side for the peer's single LAST_MESSAGE_BEFORE_REDIRECTION |
+//! | SNAPT-2..6 (stop forwarding, buffer, flush) | on the client's CUTOVER on the new path: CUTOVER on both paths, [`Event::Redirect`]; what was queued on the old path goes out before its CUTOVER |
+//! | SNAPT-7, SNAPT-10, CNAPT-13 (input streams wait for the last message) | the peer's data: its CUTOVER on the old path (`relay::core`); the steps: one wait per side for the peer's single LAST_MESSAGE_BEFORE_REDIRECTION |
 //! | SNAPT-8, CNAPT-12 (last message in each output stream) | one LAST_MESSAGE_BEFORE_REDIRECTION after all stream data on the ordered old path |
 //! | SNAPT-9 | ACK |
 //! | SNAPT-11 / CNAPT-14 | OK_TO_REDIRECTION sent / awaited |
@@ -87,7 +95,7 @@
 //! | CNAPT-29 / SNAPT-16 | SWITCH_STEP2 sent on the new path / awaited |
 //! | SNAPT-17..21, CNAPT-30..32 (update address, renew sockets) | the server adopts the path SWITCH_STEP2 came on; the streams move to it |
 //! | SNAPT-22 / CNAPT-33 | ALL_REDIRECTED sent / awaited |
-//! | SNAPT-23, CNAPT-34 (wake up, send buffered packets) | [`Event::ResumeOn`] + [`Event::SwitchDone`] |
+//! | SNAPT-23, CNAPT-34 (wake up, send buffered packets) | nothing was buffered: [`Event::ResumeOn`] + [`Event::SwitchDone`] |
 //! | CNAPT-1*..6* (suspend, stop forwarding, store unsent packets) | [`ClientTransition::handle_path_lost`]: [`Event::StopSending`], [`Event::ResumeNeeded`]; unsent bytes stay in the replay buffer |
 //! | CNAPT-7*..15* (destroy and recreate sockets, change address) | nothing to do beyond opening the new path (the shell) |
 //! | CNAPT-16*..17* | [`ClientTransition::resume_on`]: SWITCH_UNEXPECTED with the client's received offsets on the new path |

@@ -120,3 +120,89 @@ fn a_peer_that_does_not_read_loses_its_path_not_its_session() {
     assert_eq!((view.id, view.paths_lost_not_reading), (sid, 1));
     assert!(core.paths().next().is_none());
 }
+
+/// Frames of `count` PINGs (the engine answers each with a PONG: a reply to count).
+fn pings(count: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for nonce in 0..count {
+        Frame::Ping { nonce }.encode(&mut out).unwrap();
+    }
+    out
+}
+
+/// The PONGs the engine queued for the session so far.
+fn pongs(core: &mut RelayCore, sid: SessionId) -> usize {
+    let mut n = 0;
+    while let Some(chunk) = core.engine_mut().pop_session_output(sid) {
+        let mut rest = &chunk[..];
+        while let Ok(Some((frame, used))) = Frame::decode(rest) {
+            n += usize::from(matches!(frame, Frame::Pong { .. }));
+            rest = &rest[used..];
+        }
+    }
+    n
+}
+
+fn paused(core: &mut RelayCore) -> Vec<(PathId, bool)> {
+    std::iter::from_fn(|| core.poll_action())
+        .filter_map(|a| match a {
+            Action::ReadPaused { path, paused } => Some((path, paused)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_new_paths_frames_wait_for_the_old_paths_cutover_within_the_budget() {
+    use crate::transition::{ControlMessage, Epoch};
+    let now = Instant::from_millis(0);
+    let mut core = server(8, now);
+    let (old, new) = (PathId(1), PathId(2));
+    core.server_path_up(old, PathInfo::default(), peer(), 0, vips(), now);
+    let sid = core.sessions().next().unwrap().id;
+    core.server_path_up(new, PathInfo::default(), peer(), sid.0, vips(), now);
+    let cutover = ControlMessage::Cutover { epoch: Epoch(1) }.to_bytes();
+    // The client's CUTOVER on the new path (it is the faster one), then its frames there: they wait,
+    // and past the budget (16 KiB here) the new path's reader is paused.
+    core.path_control(new, &cutover, now);
+    let held = pings(2_000);
+    assert!(held.len() > 16 * 1024);
+    core.path_bytes(new, &held, now);
+    assert_eq!(pongs(&mut core, sid), 0, "the new path's frames were taken before the old path's end");
+    assert_eq!(paused(&mut core), [(new, true)]);
+    // The old path's frames still count, up to the client's CUTOVER there.
+    core.path_bytes(old, &pings(3), now);
+    assert_eq!(pongs(&mut core, sid), 3);
+    core.path_control(old, &cutover, now);
+    assert_eq!(pongs(&mut core, sid), 2_000, "the held frames were not taken, in one piece, after the old path's end");
+    assert_eq!(paused(&mut core), [(new, false)]);
+    // From then on the new path's frames count at once, and the old path's are late ones; a CUTOVER
+    // sent again (with SWITCH_STEP1) changes nothing.
+    core.path_control(new, &cutover, now);
+    core.path_bytes(new, &pings(1), now);
+    core.path_bytes(old, &pings(1), now);
+    assert_eq!(pongs(&mut core, sid), 1);
+    assert_eq!(core.sessions().next().unwrap().stale_frames, 1);
+}
+
+#[test]
+fn frames_held_for_a_planned_switch_are_dropped_when_the_old_path_is_lost() {
+    use crate::transition::{ControlMessage, Epoch};
+    let now = Instant::from_millis(0);
+    let mut core = server(8, now);
+    let (old, new) = (PathId(1), PathId(2));
+    core.server_path_up(old, PathInfo::default(), peer(), 0, vips(), now);
+    let sid = core.sessions().next().unwrap().id;
+    core.server_path_up(new, PathInfo::default(), peer(), sid.0, vips(), now);
+    core.path_control(new, &ControlMessage::Cutover { epoch: Epoch(1) }.to_bytes(), now);
+    core.path_bytes(new, &pings(5), now);
+    core.path_lost(old, &PathLoss::PeerClosed, now);
+    // Nothing counts until the client's SWITCH_UNEXPECTED resumes the session on the new path: the
+    // peer resends from the offsets we report, which never counted what was held.
+    core.path_bytes(new, &pings(1), now);
+    assert_eq!(pongs(&mut core, sid), 0);
+    let resume = ControlMessage::SwitchUnexpected { epoch: Epoch(2), session: sid.0, received: vec![] };
+    core.path_control(new, &resume.to_bytes(), now);
+    core.path_bytes(new, &pings(1), now);
+    assert_eq!(pongs(&mut core, sid), 1);
+}
