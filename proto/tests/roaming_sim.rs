@@ -19,9 +19,9 @@ mod support;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use roamtun_proto::path::{take_frames, PathLoss, Piece};
-use roamtun_proto::relay::core::{Action, PathInfo, PeerInfo, RelayCore, SwitchError};
+use roamtun_proto::relay::core::{Action, DialRequest, PathInfo, PeerInfo, RelayCore, SwitchError};
 use roamtun_proto::relay::engine::{Engine, EngineConfig, Role};
 use roamtun_proto::time::{Duration, Instant};
 use roamtun_proto::transition::{PathId, SwitchKind, TransitionConfig};
@@ -89,6 +89,8 @@ struct SimPath {
     /// When the server sees the client's HELLO (after the TLS handshake).
     hello_at_us: u64,
     resume: u64,
+    /// Written behind HELLO by the dialer (a lost session's SWITCH_UNEXPECTED).
+    ahead: Option<Bytes>,
     server_joined: bool,
     /// The client has read WELCOME and handed the path to its core.
     client_joined: bool,
@@ -158,7 +160,9 @@ struct Sim {
     /// Uplinks unusable until this time (µs), after a sudden loss.
     down_until: [u64; 2],
     /// A dial waiting for a usable uplink: (resume, wanted uplink, uplink to avoid).
-    pending_dial: Option<(u64, Option<&'static str>, Option<String>)>,
+    /// Paths that carried a SWITCH_UNEXPECTED behind their HELLO.
+    aheads_sent: usize,
+    pending_dial: Option<DialRequest>,
     switch_results: Vec<Result<SwitchKind, SwitchError>>,
     /// Connections the server apps accepted, in order.
     accepted: Vec<FlowId>,
@@ -185,13 +189,14 @@ impl Sim {
             next_path: 1,
             down_until: [0, 0],
             pending_dial: None,
+            aheads_sent: 0,
             switch_results: Vec::new(),
             accepted: Vec::new(),
             switches_requested: 0,
             links,
             pauses: 0,
         };
-        sim.open_path(links[0], 0);
+        sim.open_path(links[0], 0, None);
         sim
     }
 
@@ -199,7 +204,7 @@ impl Sim {
         Instant::from_micros(self.now_us)
     }
 
-    fn open_path(&mut self, link: Link, resume: u64) {
+    fn open_path(&mut self, link: Link, resume: u64, ahead: Option<Bytes>) {
         let id = PathId(self.next_path);
         self.next_path += 1;
         self.paths.push(SimPath {
@@ -210,6 +215,7 @@ impl Sim {
             // TCP handshake, TLS 1.3 (one round trip), then HELLO: 1.5 round trips.
             hello_at_us: self.now_us + 3 * link.one_way_us,
             resume,
+            ahead,
             server_joined: false,
             client_joined: false,
             client_rx: BytesMut::new(),
@@ -226,21 +232,22 @@ impl Sim {
         self.now_us >= self.down_until[link_index(link.name)]
     }
 
-    fn dial(&mut self, resume: u64, wanted: Option<&'static str>, avoid: Option<String>) {
+    fn dial(&mut self, req: DialRequest) {
+        let wanted = req.uplink.as_deref().map(|u| if u == "A" { "A" } else { "B" });
         let pick = match wanted {
             Some(name) => self.links.into_iter().find(|l| l.name == name).filter(|l| self.usable(*l)),
             None => {
                 let mut order = self.links;
-                if avoid.as_deref() == Some("A") {
+                if req.avoid.as_deref() == Some("A") {
                     order.swap(0, 1);
                 }
                 order.into_iter().find(|l| self.usable(*l))
             }
         };
         match (pick, wanted) {
-            (Some(link), _) => self.open_path(link, resume),
+            (Some(link), _) => self.open_path(link, req.resume, req.ahead),
             (None, Some(name)) => self.client.core.switch_failed(format!("{name} is down")),
-            (None, None) => self.pending_dial = Some((resume, None, avoid)),
+            (None, None) => self.pending_dial = Some(req),
         }
     }
 
@@ -257,8 +264,8 @@ impl Sim {
     fn round(&mut self) {
         self.now_us += 1000;
         let now = self.now();
-        if let Some((resume, wanted, avoid)) = self.pending_dial.take() {
-            self.dial(resume, wanted, avoid);
+        if let Some(req) = self.pending_dial.take() {
+            self.dial(req);
         }
         // Handshakes completing, bytes arriving.
         for i in 0..self.paths.len() {
@@ -271,6 +278,12 @@ impl Sim {
                 let peer = PeerInfo { name: "laptop".into(), public_key: "k".into(), switch_timeout: None };
                 let (id, link, resume) = (p.id, p.link, p.resume);
                 self.server.core.server_path_up(id, Self::info(link, Role::Server), peer, resume, vec![vip()], now);
+                // Behind HELLO in the same flight: the server reads it right after the join.
+                let p = &mut self.paths[i];
+                if let Some(ahead) = &p.ahead {
+                    p.server_rx.extend_from_slice(ahead);
+                    self.aheads_sent += 1;
+                }
             }
             let p = &mut self.paths[i];
             let got = p.c2s.deliver(self.now_us);
@@ -281,7 +294,7 @@ impl Sim {
                 if let Some((Frame::Welcome { session_id, .. }, used)) = Frame::decode(&p.client_rx).unwrap() {
                     let _ = p.client_rx.split_to(used);
                     p.client_joined = true;
-                    let (id, link) = (p.id, p.link);
+                    let (id, link, ahead_sent) = (p.id, p.link, p.ahead.is_some());
                     let peer = PeerInfo { name: "server".into(), public_key: "s".into(), switch_timeout: None };
                     self.client.core.client_path_up(
                         id,
@@ -289,6 +302,7 @@ impl Sim {
                         peer,
                         session_id,
                         vec![vip()],
+                        ahead_sent,
                         now,
                     );
                 }
@@ -343,10 +357,7 @@ impl Sim {
     fn actions(&mut self) {
         while let Some(action) = self.client.core.poll_action() {
             match action {
-                Action::Dial(req) => {
-                    let wanted = req.uplink.as_deref().map(|u| if u == "A" { "A" } else { "B" });
-                    self.dial(req.resume, wanted, req.avoid);
-                }
+                Action::Dial(req) => self.dial(req),
                 Action::ClosePath { path, last } => {
                     if let Some(p) = self.paths.iter_mut().find(|p| p.id == path) {
                         for chunk in last {
@@ -835,4 +846,33 @@ fn a_black_holed_old_path_falls_back_after_the_step_timeout_with_bounded_holding
     let report = sim.client.core.sessions().next().unwrap().switches.back().cloned().unwrap();
     assert_eq!((report.kind, report.to.as_deref()), (SwitchKind::Unexpected, Some("B")));
     assert!(report.steps.iter().any(|(step, _)| step.starts_with("step timeout")), "{:?}", report.steps);
+}
+
+/// A lost path with no standby: the dialer writes the SWITCH_UNEXPECTED right behind the new path's
+/// HELLO, so the server resends as soon as it joins the path, and the client's data follows the
+/// ALL_REDIRECTED that comes behind WELCOME. Counted in one-way delays of the new path from the
+/// dial: HELLO arrives after 3 (TCP, TLS), the server's data after 4, the client's after 5, one
+/// round trip sooner than waiting for WELCOME before sending SWITCH_UNEXPECTED.
+#[test]
+fn a_resume_on_a_new_path_sends_its_switch_unexpected_behind_hello() {
+    let a = Link { name: "A", one_way_us: 10_000, bytes_per_ms: 2_000 };
+    let b = Link { name: "B", one_way_us: 25_000, bytes_per_ms: 2_000 };
+    let ow_ms = b.one_way_us / 1000;
+    let mut t = Paced::new(7, [a, b], None, 200);
+    for _ in 0..300 {
+        t.round(true);
+    }
+    let notice_ms = t.sim.lose_active(3_000, 1) / 1000;
+    for _ in 0..1_000 {
+        t.round(true);
+    }
+    let end = t.now_ms();
+    let gaps = (t.got_up.longest_gap(notice_ms, end), t.got_down.longest_gap(notice_ms, end));
+    eprintln!("pauses after the loss was noticed (up, down): {gaps:?} ms, one-way delay {ow_ms} ms");
+    assert_eq!(t.sim.aheads_sent, 1, "the resume's path carried no SWITCH_UNEXPECTED behind HELLO");
+    assert!(gaps.1 <= 4 * ow_ms + 10, "server to client paused {} ms: more than 4 one-way delays", gaps.1);
+    assert!(gaps.0 <= 5 * ow_ms + 10, "client to server paused {} ms: more than 5 one-way delays", gaps.0);
+    let sim = t.finish(7);
+    let report = sim.client.core.sessions().next().unwrap().switches.back().cloned().unwrap();
+    assert_eq!(report.kind, SwitchKind::Unexpected);
 }

@@ -729,3 +729,46 @@ fn transition_the_new_paths_cutover_may_arrive_before_switch_step1() {
     assert_eq!(server.poll_transmit(), Some((P1, ControlMessage::AllRedirected { epoch: e, received: vec![] })));
     assert_eq!(server.poll_event(), Some(Event::ResumeOn { path: P1, epoch: e, replay: false }));
 }
+
+/// A resume whose SWITCH_UNEXPECTED went out behind HELLO: the same switch as `resume_on`, with
+/// nothing sent twice; an announcement that is out of date (a newer one made, offsets moved on) is
+/// refused, and its epoch is never proposed again, as the server may have acted on it.
+#[test]
+fn transition_a_switch_unexpected_sent_behind_hello() {
+    let mut pair = Pair::new(3, CLEAN, TransitionConfig::default());
+    pair.client_received = BTreeMap::from([(1, 100), (2, 5000)]);
+    pair.server_received = BTreeMap::from([(1, 700)]);
+    pair.client.handle_path_lost(P0, pair.now);
+    pair.dead_paths.insert(P0);
+    pair.pump();
+    assert_eq!(pair.client.resume_message(&BTreeMap::<u32, u64>::new()).map(|m| m.epoch()), Some(Epoch(1)));
+    // A newer dial: the first announcement is out of date, its epoch used up.
+    let sent = pair.client.resume_message(&pair.client_received).expect("the session is lost");
+    assert_eq!(sent.epoch(), Epoch(2));
+    let first = ControlMessage::SwitchUnexpected { epoch: Epoch(1), session: SESSION, received: vec![] };
+    assert_eq!(
+        pair.client.resume_on_announced(P1, &first, &pair.client_received, pair.now),
+        Err(TransitionError::StaleAnnouncement(P1))
+    );
+    // Offsets that moved on since: refused too.
+    let moved = BTreeMap::from([(1, 150), (2, 5000)]);
+    assert_eq!(
+        pair.client.resume_on_announced(P2, &sent, &moved, pair.now),
+        Err(TransitionError::StaleAnnouncement(P2))
+    );
+    // The dialer's path: the server reads it behind HELLO; the client sends nothing more.
+    pair.send(Side::Server, P2, &sent);
+    assert_eq!(pair.client.resume_on_announced(P2, &sent, &pair.client_received, pair.now), Ok(Epoch(2)));
+    assert_eq!(pair.client.poll_transmit(), None, "SWITCH_UNEXPECTED went out behind HELLO already");
+    pair.run_until(Duration::from_secs(10), |p| Pair::done_count(&p.client_events) == 1);
+    assert_eq!(Pair::done_count(&pair.server_events), 1);
+    assert_eq!(Pair::resends(&pair.server_events), [(1, 100), (2, 5000)]);
+    assert_eq!(Pair::resends(&pair.client_events), [(1, 700)]);
+    assert_eq!((pair.client.epoch(), pair.server.epoch()), (Epoch(2), Epoch(2)));
+    let unexpected = pair.sent.iter().filter(|s| s.3 == "SWITCH_UNEXPECTED").count();
+    assert_eq!(unexpected, 1, "{:?}", pair.sent);
+    let cs = &Pair::summaries(&pair.client_events)[0];
+    assert_steps_in_order(cs, &["CNAPT-1*..6*", "CNAPT-16*..17*", "CNAPT-21*", "CNAPT-22*", "CNAPT-23*"]);
+    // After a resume, nothing is announced.
+    assert_eq!(pair.client.resume_message(&pair.client_received), None);
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use anyhow::Context as _;
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_rustls::TlsConnector;
@@ -233,7 +234,7 @@ impl Dialer<'_> {
                     }
                     _ => None,
                 };
-                match self.connect(uplink.as_deref(), server, source, request.resume).await {
+                match self.connect(uplink.as_deref(), server, source, request.resume, request.ahead.as_deref()).await {
                     Ok(()) => return Ok(()),
                     Err(err) => errors.push(format!("{over}: {err:#}")),
                 }
@@ -242,21 +243,24 @@ impl Dialer<'_> {
         anyhow::bail!("{}", errors.join("; "))
     }
 
-    /// Dials over `uplink`, authenticates, joins `resume` (0: a new session) and hands the path to
-    /// the engine task.
+    /// Dials over `uplink`, authenticates, joins `resume` (0: a new session), writes `ahead` behind
+    /// HELLO and hands the path to the engine task.
     async fn connect(
         &self,
         uplink: Option<&str>,
         server: SocketAddr,
         source: Option<IpAddr>,
         resume: u64,
+        ahead: Option<&[u8]>,
     ) -> anyhow::Result<()> {
         let mark = crate::full_tunnel::relay_mark(self.config);
+        let started = std::time::Instant::now();
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, dial(server, uplink, source, mark))
             .await
             .map_err(|_| anyhow::anyhow!("no answer from {server} within {CONNECT_TIMEOUT:?}"))??;
         tcp.set_nodelay(true)?;
         let local = tcp.local_addr()?;
+        let tcp_ms = started.elapsed().as_secs_f64() * 1e3;
         let tcp = RelaySocket::new(tcp, &self.config.tuning.congestion_control);
         let congestion_control = tcp.congestion_control().map(str::to_owned);
         let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connector.connect(tls::server_name(), tcp))
@@ -266,8 +270,14 @@ impl Dialer<'_> {
                 Some(refused) => anyhow::anyhow!("TLS handshake with {server} refused: {refused}"),
                 None => anyhow::Error::new(err).context(format!("TLS handshake with {server} failed")),
             })?;
+        let tls_ms = started.elapsed().as_secs_f64() * 1e3;
         let hello = Frame::Hello { version: PROTOCOL_VERSION, resume, virtual_ips: self.config.virtual_ips.clone() };
-        transport::write_frame(&mut stream, &hello).await.context("cannot send HELLO")?;
+        let mut first = Vec::with_capacity(hello.encoded_len() + ahead.map_or(0, <[u8]>::len));
+        hello.encode(&mut first).context("cannot encode HELLO")?;
+        // In the same flight: the server acts on the resume without waiting for us to read WELCOME.
+        first.extend_from_slice(ahead.unwrap_or_default());
+        stream.write_all(&first).await.context("cannot send HELLO")?;
+        stream.flush().await.context("cannot send HELLO")?;
         let (hs, early) = transport::read_handshake(&mut stream, HANDSHAKE_TIMEOUT).await.map_err(|err| match err {
             // TLS 1.3 clients finish their handshake before the server judges their key: a refusal
             // shows up here, as an alert on the first read.
@@ -296,7 +306,8 @@ impl Dialer<'_> {
             self.clock,
         );
         let uplink = uplink.map(str::to_string).or_else(|| super::tun::interface_of(local.ip()));
-        tracing::debug!(%server, %local, ?uplink, session = session_id, ?path, "path authenticated");
+        let welcome_ms = started.elapsed().as_secs_f64() * 1e3;
+        tracing::debug!(%server, %local, ?uplink, session = session_id, ?path, tcp_ms, tls_ms, welcome_ms, "path authenticated");
         let peer = PeerInfo {
             name: "server".into(),
             public_key: self.config.server.public_key.to_base64(),
@@ -304,7 +315,13 @@ impl Dialer<'_> {
         };
         let info = PathInfo { local: Some(local), remote: Some(server), uplink, congestion_control };
         self.engine
-            .send(EngineMsg::PathUp { path, join: Join::Welcome { session: session_id }, peer, info, io })
+            .send(EngineMsg::PathUp {
+                path,
+                join: Join::Welcome { session: session_id, ahead_sent: ahead.is_some() },
+                peer,
+                info,
+                io,
+            })
             .await
             .context("the engine stopped")
     }

@@ -154,7 +154,8 @@ impl ClientSide {
         while let Some(action) = self.links.poll_action() {
             match action {
                 LinkAction::DialStandby { session, uplink } => {
-                    let request = DialRequest { resume: session, uplink: Some(uplink), avoid: None, standby: true };
+                    let request =
+                        DialRequest { resume: session, uplink: Some(uplink), avoid: None, standby: true, ahead: None };
                     if self.dial.try_send(request).is_err() {
                         self.links.standby_not_sent();
                     }

@@ -55,8 +55,9 @@ pub enum Join {
     /// Server: a client's HELLO. `resume` names the session the client continues on this path (0: a
     /// new session); the core answers WELCOME with the session the path joined.
     Hello { resume: u64, virtual_ips: Vec<IpAddr> },
-    /// Client: the server's WELCOME put the path in this session.
-    Welcome { session: u64 },
+    /// Client: the server's WELCOME put the path in this session; `ahead_sent`: the dial request's
+    /// `ahead` frames went out behind HELLO.
+    Welcome { session: u64, ahead_sent: bool },
 }
 
 /// What the connection tasks tell the engine task.

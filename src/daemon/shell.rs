@@ -84,7 +84,7 @@ impl Shell {
         let tun = self.tun.clone();
         let mut buf = self.core.engine_mut().tun_read_buffer(TUN_PACKET_MAX);
         if let Some(client) = self.client.as_mut() {
-            client.dial(DialRequest { resume: 0, uplink: None, avoid: None, standby: false });
+            client.dial(DialRequest { resume: 0, uplink: None, avoid: None, standby: false, ahead: None });
         }
         let mut blocked = false;
         let mut sessions = 0;
@@ -216,6 +216,7 @@ impl Shell {
         match msg {
             EngineMsg::PathUp { path, join, peer, info, io } => {
                 self.io.insert(path, PathIo { out: io.out, reader: io.reader, standby: io.standby, paused: io.paused });
+                let start = io.start;
                 if let Some(client) = self.client.as_mut() {
                     client.links.path_up(info.uplink.as_deref());
                 }
@@ -223,15 +224,17 @@ impl Shell {
                     Join::Hello { resume, virtual_ips } => {
                         self.core.server_path_up(path, info, peer, resume, virtual_ips, now)
                     }
-                    Join::Welcome { session } => {
+                    Join::Welcome { session, ahead_sent } => {
                         self.source.shared.connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         if let Ok(mut e) = self.source.shared.last_error.lock() {
                             *e = None;
                         }
                         let vips = self.source.virtual_ips.clone();
-                        self.core.client_path_up(path, info, peer, session, vips, now)
+                        self.core.client_path_up(path, info, peer, session, vips, ahead_sent, now)
                     }
                 }
+                // After the core has the path (a path it closed at once has no reader left to start).
+                let _ = start.send(());
             }
             EngineMsg::PathBytes { path, bytes } => self.core.path_bytes(path, &bytes, now),
             EngineMsg::PathControl { path, body } => self.core.path_control(path, &body, now),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::AbortHandle;
 
 use roamtun_proto::path::{take_frames, Liveness, PathEvent, PathLoss, PathMonitor, Piece, TcpSample};
@@ -115,6 +115,10 @@ pub struct PathIo {
     /// Set by the engine task while the reader is to leave the connection's bytes unread (a planned
     /// switch's new path whose frames wait for the old path: its TCP window then slows the peer).
     pub paused: watch::Sender<bool>,
+    /// Lets the reader start, once the engine task has the path: bytes that came behind the
+    /// handshake (a SWITCH_UNEXPECTED written behind HELLO, the server's answer behind WELCOME) must
+    /// not reach it before the path does.
+    pub start: oneshot::Sender<()>,
 }
 
 /// How often a path's writer refreshes the TLS traffic keys (both directions: the `key_update` asks
@@ -159,8 +163,13 @@ where
     let monitor = PathMonitor::new(liveness, socket.rto_min().into(), clock.now());
     let (paused, paused_rx) = watch::channel(false);
     let watch = Watch { socket, standby: standby.clone(), monitor, clock, paused: paused_rx };
-    let reader = tokio::spawn(reader(r, path, early, engine, pongs, watch));
-    PathIo { out: out_tx, reader: reader.abort_handle(), standby, paused }
+    let (start, started) = oneshot::channel();
+    let reader = tokio::spawn(async move {
+        if started.await.is_ok() {
+            reader(r, path, early, engine, pongs, watch).await;
+        }
+    });
+    PathIo { out: out_tx, reader: reader.abort_handle(), standby, paused, start }
 }
 
 /// The probing pace of one path's writer: the configured one, or the standby one while the engine

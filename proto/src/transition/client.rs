@@ -172,13 +172,8 @@ impl ClientTransition {
         received: &(impl ReceivedOffsets + ?Sized),
         now: Instant,
     ) -> Result<Epoch, TransitionError> {
-        let give_up = match self.state {
-            State::Lost { give_up } => give_up,
-            State::Expired => return Err(TransitionError::Expired),
-            _ => return Err(TransitionError::NotLost(path)),
-        };
+        let give_up = self.lost_since(path)?;
         let target = self.highest.next();
-        self.highest = target;
         let msg = ControlMessage::SwitchUnexpected {
             epoch: target,
             session: self.session,
@@ -186,8 +181,65 @@ impl ClientTransition {
         };
         self.timeline.record("CNAPT-16*..17* SWITCH_UNEXPECTED sent on the new path", now);
         self.send(path, msg, now);
+        self.highest = target;
         self.state = State::Resuming { new_path: path, target, give_up };
         Ok(target)
+    }
+
+    /// A SWITCH_UNEXPECTED for a path the shell has yet to open, if the session is lost: the dialer
+    /// writes it right behind the HELLO, so the server resumes the session without waiting a round
+    /// trip for WELCOME. Its epoch is taken now: the server may act on it although the path never
+    /// reaches this side (a dial given up after writing it), so no other resume may propose it.
+    pub fn resume_message(&mut self, received: &(impl ReceivedOffsets + ?Sized)) -> Option<ControlMessage> {
+        if !matches!(self.state, State::Lost { .. }) {
+            return None;
+        }
+        self.highest = self.highest.next();
+        Some(ControlMessage::SwitchUnexpected {
+            epoch: self.highest,
+            session: self.session,
+            received: received.received_offsets(),
+        })
+    }
+
+    /// [`resume_on`](Self::resume_on) for a path whose dialer already wrote `sent` (the latest
+    /// [`resume_message`](Self::resume_message)) behind its HELLO: the same step, nothing sent again
+    /// (but repeated on the retransmission timer, like any step).
+    ///
+    /// Refused when `sent` is no longer the one to act on: a newer one was made, or a stream it names
+    /// has received more since (which the core's receive side rules out). The server may have acted
+    /// on it already; the next resume proposes a higher epoch and the server resends from that one's
+    /// offsets.
+    pub fn resume_on_announced(
+        &mut self,
+        path: PathId,
+        sent: &ControlMessage,
+        received: &(impl ReceivedOffsets + ?Sized),
+        now: Instant,
+    ) -> Result<Epoch, TransitionError> {
+        let give_up = self.lost_since(path)?;
+        let ControlMessage::SwitchUnexpected { epoch, session, received: announced } = sent else {
+            return Err(TransitionError::StaleAnnouncement(path));
+        };
+        let now_received: std::collections::BTreeMap<u32, u64> =
+            received.received_offsets().into_iter().map(|o| (o.stream, o.received)).collect();
+        let same_offsets = announced.iter().all(|a| now_received.get(&a.stream).is_none_or(|&r| r == a.received));
+        if *epoch != self.highest || *session != self.session || !same_offsets {
+            return Err(TransitionError::StaleAnnouncement(path));
+        }
+        self.timeline.record("CNAPT-16*..17* SWITCH_UNEXPECTED sent on the new path, behind HELLO", now);
+        self.retransmit = Some(Retransmit::new(vec![(path, sent.clone())], &self.config, now));
+        self.state = State::Resuming { new_path: path, target: *epoch, give_up };
+        Ok(*epoch)
+    }
+
+    /// When a lost session gives up, or why it cannot resume on `path`.
+    fn lost_since(&self, path: PathId) -> Result<Instant, TransitionError> {
+        match self.state {
+            State::Lost { give_up } => Ok(give_up),
+            State::Expired => Err(TransitionError::Expired),
+            _ => Err(TransitionError::NotLost(path)),
+        }
     }
 
     /// A control message arrived on `path`. Messages for another epoch than the one awaited, and

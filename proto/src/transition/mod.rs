@@ -259,6 +259,9 @@ pub enum TransitionError {
     /// `resume_on` without a lost path.
     #[error("cannot resume on path {0:?}: the session has not lost its path")]
     NotLost(PathId),
+    /// `resume_on_announced` with a SWITCH_UNEXPECTED that is no longer the one to send.
+    #[error("cannot resume on path {0:?}: the SWITCH_UNEXPECTED written behind its HELLO is out of date")]
+    StaleAnnouncement(PathId),
     /// Server: the client proposed an epoch too far above the highest one so far
     /// ([`MAX_EPOCH_STEP`]); the request is dropped.
     #[error(

@@ -79,7 +79,12 @@ impl RelayCore {
                         return;
                     }
                 }
-                self.dial(DialRequest { resume: sid.0, uplink: None, avoid: lost, standby: false });
+                // No path to resume on: the dialer writes the SWITCH_UNEXPECTED behind its HELLO. It
+                // stays valid until the path is up, as no peer stream bytes count until the resume.
+                let announced = state.machine.as_client().and_then(|m| m.resume_message(&received));
+                let ahead = announced.as_ref().map(|msg| encode(&Frame::Control { body: &msg.to_bytes() }));
+                state.announced = announced;
+                self.dial(DialRequest { resume: sid.0, uplink: None, avoid: lost, standby: false, ahead });
             }
             Event::Resend { stream, from } => state.resends.push((stream, from)),
             Event::ResumeOn { path, epoch, replay } => {
@@ -126,7 +131,7 @@ impl RelayCore {
                 self.end_session(sid, why, now);
                 if self.role() == Role::Client {
                     // The apps were reset; a new session serves the next ones once the server is back.
-                    self.dial(DialRequest { resume: 0, uplink: None, avoid: None, standby: false });
+                    self.dial(DialRequest { resume: 0, uplink: None, avoid: None, standby: false, ahead: None });
                 }
             }
         }

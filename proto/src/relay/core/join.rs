@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use super::{close_code, encode, offsets, Action, DialRequest, PathInfo, PathState, PeerInfo, RelayCore, SessionState};
 use crate::relay::engine::SessionId;
 use crate::time::Instant;
-use crate::transition::{ClientTransition, PathId, ServerTransition};
+use crate::transition::{ClientTransition, PathId, ServerTransition, TransitionError};
 use crate::wire::{Frame, PROTOCOL_VERSION};
 
 impl RelayCore {
@@ -81,8 +81,10 @@ impl RelayCore {
     }
 
     /// Client: a path the shell opened, in the session the server's WELCOME named. A new session
-    /// starts on it; a lost session resumes on it (SWITCH_UNEXPECTED); a `roamtun switch` waiting for
-    /// this uplink starts its planned switch on it.
+    /// starts on it; a lost session resumes on it (SWITCH_UNEXPECTED, already written behind HELLO
+    /// when `ahead_sent`: the request's [`DialRequest::ahead`]); a `roamtun switch` waiting for this
+    /// uplink starts its planned switch on it.
+    #[allow(clippy::too_many_arguments)]
     pub fn client_path_up(
         &mut self,
         path: PathId,
@@ -90,6 +92,7 @@ impl RelayCore {
         peer: PeerInfo,
         session: u64,
         virtual_ips: Vec<IpAddr>,
+        ahead_sent: bool,
         now: Instant,
     ) {
         let uplink = info.uplink.clone();
@@ -97,7 +100,7 @@ impl RelayCore {
         if self.abandoned.contains(&session) {
             tracing::info!(session, ?path, "a path joined a session we already ended; asking for a new session");
             self.close_path(path);
-            self.dial(DialRequest { resume: 0, uplink: None, avoid: None, standby: false });
+            self.dial(DialRequest { resume: 0, uplink: None, avoid: None, standby: false, ahead: None });
             return;
         }
         let current = self.sessions.keys().next().copied();
@@ -121,11 +124,23 @@ impl RelayCore {
             self.sessions.insert(sid, SessionState::new(peer, machine, Some(path), now));
             return;
         };
+        let announced = if ahead_sent { state.announced.take() } else { None };
         let Some(machine) = state.machine.as_client() else { return };
         let received = offsets(&self.engine, sid);
-        match machine.resume_on(path, &received, now) {
+        let resumed = match &announced {
+            Some(sent) => machine.resume_on_announced(path, sent, &received, now),
+            None => machine.resume_on(path, &received, now),
+        };
+        match resumed {
             // CNAPT-16*..17*: SWITCH_UNEXPECTED goes out on the new path.
             Ok(epoch) => tracing::info!(?path, uplink = ?uplink, epoch = epoch.0, "resuming the session on a new path"),
+            Err(err @ TransitionError::StaleAnnouncement(_)) => {
+                // The server may have resumed with it: this path goes, the next resume proposes a
+                // higher epoch with the offsets of now.
+                tracing::warn!(?path, %err, "closing the path");
+                self.close_path(path);
+                self.act(sid, crate::transition::Event::ResumeNeeded { candidate: None }, now);
+            }
             Err(_) if self.switch_wanted.is_some() && self.switch_wanted == uplink => {
                 // The user's planned switch: the new path is up and authenticated (make-before-break).
                 match machine.request_switch(path, now) {

@@ -79,6 +79,10 @@ pub struct DialRequest {
     pub avoid: Option<String>,
     /// A warm standby path on `uplink` (the spec's Search activity): one attempt, nothing waits on it.
     pub standby: bool,
+    /// Frames to write right behind HELLO, before WELCOME arrives: a lost session's SWITCH_UNEXPECTED,
+    /// so the server resumes it one round trip sooner. The path that carried them comes up with
+    /// `ahead_sent` ([`RelayCore::client_path_up`]).
+    pub ahead: Option<Bytes>,
 }
 
 /// What the shell must do for the core.

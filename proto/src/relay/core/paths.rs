@@ -126,7 +126,7 @@ impl RelayCore {
                     if self.role() == Role::Client {
                         // The peer ended the session on purpose (e.g. the server stopped): the apps
                         // were reset; a new session serves the next ones.
-                        self.dial(DialRequest { resume: 0, uplink: None, avoid: None, standby: false });
+                        self.dial(DialRequest { resume: 0, uplink: None, avoid: None, standby: false, ahead: None });
                     }
                 }
                 SessionError::PeerNotReading { queued, limit } => {

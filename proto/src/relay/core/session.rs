@@ -7,7 +7,7 @@ use super::switch::{Progress, SwitchReport, SwitchTotals};
 use super::{close_code, encode, PathInfo, RelayCore};
 use crate::relay::engine::{Role, SessionId};
 use crate::time::{Duration, Instant};
-use crate::transition::{Epoch, PathId, Transition};
+use crate::transition::{ControlMessage, Epoch, PathId, Transition};
 use crate::wire::Frame;
 
 /// Who a session talks to, for status and logs.
@@ -35,6 +35,8 @@ pub(super) struct SessionState {
     pub(super) cutover_done: Epoch,
     /// The peer's received offsets of an unexpected switch, gathered from [`Event::Resend`].
     pub(super) resends: Vec<(u32, u64)>,
+    /// The SWITCH_UNEXPECTED the dialer writes behind HELLO ([`super::DialRequest::ahead`]).
+    pub(super) announced: Option<ControlMessage>,
     pub(super) progress: Option<Progress>,
     pub(super) history: VecDeque<SwitchReport>,
     pub(super) totals: SwitchTotals,
@@ -157,6 +159,7 @@ impl SessionState {
             receive: Receive::On(current),
             cutover_done: Epoch(0),
             resends: Vec::new(),
+            announced: None,
             progress: None,
             history: VecDeque::new(),
             totals: SwitchTotals::default(),

@@ -112,7 +112,7 @@ impl RelayCore {
                 }
             };
         }
-        self.dial(DialRequest { resume: sid.0, uplink: Some(uplink), avoid: None, standby: false });
+        self.dial(DialRequest { resume: sid.0, uplink: Some(uplink), avoid: None, standby: false, ahead: None });
         Ok(())
     }
 
