@@ -254,7 +254,7 @@ impl Dialer<'_> {
         ahead: Option<&[u8]>,
     ) -> anyhow::Result<()> {
         let mark = crate::full_tunnel::relay_mark(self.config);
-        let started = std::time::Instant::now();
+        let started = StdInstant::now();
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, dial(server, uplink, source, mark))
             .await
             .map_err(|_| anyhow::anyhow!("no answer from {server} within {CONNECT_TIMEOUT:?}"))??;

@@ -157,6 +157,14 @@ impl SharedCounters {
         }
     }
 
+    /// Client: a path to the server is up; the last error is history.
+    pub fn note_connected(&self) {
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = None;
+        }
+    }
+
     /// A path id never used before in this daemon.
     pub fn next_path(&self) -> PathId {
         PathId(self.next_path.fetch_add(1, Ordering::Relaxed) + 1)

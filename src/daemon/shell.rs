@@ -225,10 +225,7 @@ impl Shell {
                         self.core.server_path_up(path, info, peer, resume, virtual_ips, now)
                     }
                     Join::Welcome { session, ahead_sent } => {
-                        self.source.shared.connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if let Ok(mut e) = self.source.shared.last_error.lock() {
-                            *e = None;
-                        }
+                        self.source.shared.note_connected();
                         let vips = self.source.virtual_ips.clone();
                         self.core.client_path_up(path, info, peer, session, vips, ahead_sent, now)
                     }
