@@ -43,6 +43,14 @@ impl Receive {
         }
     }
 
+    /// Bytes held until the old path's CUTOVER.
+    pub(super) fn held_bytes(&self) -> usize {
+        match self {
+            Receive::Holding { bytes, .. } => *bytes,
+            _ => 0,
+        }
+    }
+
     /// Whether `path` is one this receive side waits on (its loss breaks the order it keeps).
     pub(super) fn waits_on(&self, path: PathId) -> bool {
         match self {

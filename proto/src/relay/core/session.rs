@@ -58,6 +58,9 @@ pub struct SessionView<'a> {
     pub rtt: Option<Duration>,
     pub epoch: u32,
     pub switching: bool,
+    /// Bytes of the peer's stream frames from a planned switch's new path that wait for the old
+    /// path's CUTOVER (`receive`): at most the out budget plus the read that crossed it.
+    pub held_bytes: usize,
     pub stale_frames: u64,
     pub control_malformed: u64,
     /// Server: paths refused because the session had `max_paths_per_session` already.
@@ -133,6 +136,7 @@ impl RelayCore {
             rtt: s.current.and_then(|c| self.paths.get(&c)).and_then(|p| p.srtt_us).map(Duration::from_micros),
             epoch: s.machine.epoch().0,
             switching: s.machine.is_switching(),
+            held_bytes: s.receive.held_bytes(),
             stale_frames: s.stale_frames,
             control_malformed: s.control_malformed,
             paths_refused_limit: s.paths_refused_limit,
