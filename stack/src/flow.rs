@@ -31,11 +31,27 @@ pub(crate) struct Flow {
     /// The app's FIN was seen (the socket may no longer receive).
     app_fin: bool,
     closed_reported: bool,
+    /// Our FIN was asked for before the handshake completed; it goes once the flow is established.
+    pub(crate) close_deferred: bool,
 }
 
 impl Flow {
     pub(crate) fn new(handle: SocketHandle, local: SocketAddr, remote: SocketAddr, originated: bool) -> Self {
-        Flow { handle, local, remote, originated, established: false, app_fin: false, closed_reported: false }
+        Flow {
+            handle,
+            local,
+            remote,
+            originated,
+            established: false,
+            app_fin: false,
+            closed_reported: false,
+            close_deferred: false,
+        }
+    }
+
+    /// The handshake completed (the socket left the SYN states).
+    pub(crate) fn established(&self) -> bool {
+        self.established
     }
 
     /// The app sent FIN (not a reset) at some point.

@@ -25,6 +25,7 @@ pub use flow::{FlowEvent, FlowId};
 pub use smoltcp::time::{Duration, Instant};
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::net::{IpAddr, SocketAddr};
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
@@ -111,7 +112,9 @@ pub struct Stack {
     iface: Interface,
     device: QueueDevice,
     sockets: SocketSet<'static>,
-    flows: HashMap<FlowId, Flow>,
+    /// A fixed hasher: the stack numbers the flows itself, so nobody can aim at a bucket, and the
+    /// order `collect_events` reports state changes in is the same in every run of the same input.
+    flows: HashMap<FlowId, Flow, BuildHasherDefault<DefaultHasher>>,
     /// (local endpoint as the stack sees it, remote endpoint) → flow, to recognise a retransmitted SYN.
     by_tuple: HashMap<(SocketAddr, SocketAddr), FlowId>,
     next_flow: u64,
@@ -140,7 +143,7 @@ impl Stack {
             iface,
             device,
             sockets: SocketSet::new(Vec::new()),
-            flows: HashMap::new(),
+            flows: HashMap::default(),
             by_tuple: HashMap::new(),
             next_flow: 1,
             events: VecDeque::new(),
@@ -282,7 +285,10 @@ impl Stack {
     /// Runs timers and sends what the sockets have queued, then reports flow state changes.
     pub fn poll(&mut self, now: Instant) {
         self.iface.poll(now, &mut self.device, &mut self.sockets);
-        self.collect_events();
+        if self.collect_events() {
+            // A FIN that waited for the handshake.
+            self.iface.poll_egress(now, &mut self.device, &mut self.sockets);
+        }
     }
 
     /// When [`Stack::poll`] must run next at the latest (None: only on new input).
@@ -312,11 +318,18 @@ impl Stack {
         self.events.pop_front()
     }
 
-    fn collect_events(&mut self) {
+    /// Returns whether a deferred FIN was released ([`Stack::close`]).
+    fn collect_events(&mut self) -> bool {
         let before = self.events.len();
+        let mut closed = false;
         for (&id, flow) in self.flows.iter_mut() {
-            let socket = self.sockets.get::<tcp::Socket>(flow.handle);
+            let socket = self.sockets.get_mut::<tcp::Socket>(flow.handle);
             flow.observe(id, socket, &mut self.events);
+            if flow.close_deferred && flow.established() {
+                flow.close_deferred = false;
+                socket.close();
+                closed = true;
+            }
         }
         for event in self.events.range(before..) {
             if let FlowEvent::Connected(id) = event {
@@ -324,6 +337,7 @@ impl Stack {
                 self.sockets.get_mut::<tcp::Socket>(handle).set_timeout(None);
             }
         }
+        closed
     }
 
     /// Forgets a flow after [`FlowEvent::Closed`], once the caller took what it wanted from it.
@@ -379,8 +393,15 @@ impl Stack {
 
     /// Sends FIN to the app once every queued byte is out (the far end closed its sending side).
     pub fn close(&mut self, id: FlowId) {
-        if let Some(flow) = self.flows.get(&id) {
-            self.sockets.get_mut::<tcp::Socket>(flow.handle).close();
+        let Some(flow) = self.flows.get_mut(&id) else { return };
+        let socket = self.sockets.get_mut::<tcp::Socket>(flow.handle);
+        if matches!(socket.state(), tcp::State::Listen | tcp::State::SynSent | tcp::State::SynReceived) {
+            // smoltcp's close() before the handshake ends would abort a connect, and in SYN-RECEIVED
+            // it takes the app's ACK of our SYN for the ACK of a FIN it never sent: the app would
+            // wait for that FIN forever. It goes once the flow is established.
+            flow.close_deferred = true;
+        } else {
+            socket.close();
         }
     }
 

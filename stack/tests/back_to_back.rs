@@ -192,3 +192,35 @@ fn a_held_flow_reset_by_its_app_never_takes_another_apps_syn() {
     assert_eq!(p.new_flows_at_b.len(), 2, "the second SYN was swallowed by the first flow's socket");
     assert_eq!(p.new_flows_at_b[1].1, second_src);
 }
+
+#[test]
+fn a_close_before_the_handshake_ends_sends_fin_once_it_has() {
+    // The terminating side: the relay's FIN arrives with its OPEN_OK, so close() follows accept()
+    // before the app acknowledged the SYN-ACK.
+    let mut p = Pair::new();
+    let fa = p.a.connect(addr("100.64.0.1:40010"), addr("100.64.0.2:8080")).unwrap();
+    p.pump();
+    let (fb, _, _) = p.new_flows_at_b[0];
+    p.b.accept(fb).unwrap();
+    assert_eq!(p.b.send(fb, b"bye"), 0, "nothing is sent before the handshake");
+    p.b.close(fb);
+    p.pump();
+    assert_eq!(Pair::events(&mut p.a), vec![FlowEvent::Connected(fa)]);
+    assert!(p.a.app_finished_sending(fa), "the FIN never reached the app");
+
+    // The originating side: closed while its SYN waits for the app to accept.
+    let fa = p.a.connect(addr("100.64.0.1:40011"), addr("100.64.0.2:8080")).unwrap();
+    p.pump();
+    p.a.close(fa);
+    p.pump();
+    let (fb, _, _) = p.new_flows_at_b[1];
+    p.b.accept(fb).unwrap();
+    p.pump();
+    assert_eq!(Pair::events(&mut p.a), vec![FlowEvent::Connected(fa)]);
+    assert!(p.b.app_finished_sending(fb), "the connect was dropped instead of half-closed");
+    assert_eq!(p.b.send(fb, b"reply"), 5);
+    p.pump();
+    let mut reply = Vec::new();
+    p.a.recv(fa, usize::MAX, |c| reply.extend_from_slice(c));
+    assert_eq!(reply, b"reply");
+}
