@@ -151,7 +151,14 @@ impl Dialer<'_> {
                     }
                     None => return,
                 },
-                outcome = self.attempt(&request) => outcome,
+                (outcome, ahead_written) = self.attempt(&request) => {
+                    if ahead_written {
+                        // The server may have acted on those frames: a SWITCH_UNEXPECTED goes to it
+                        // once per epoch, so the next path resumes after its WELCOME, with a new one.
+                        request.ahead = None;
+                    }
+                    outcome
+                }
             };
             match outcome {
                 Ok(()) => {}
@@ -200,7 +207,16 @@ impl Dialer<'_> {
     /// just failed last). Unbound when no uplink is configured. Over each uplink, the server's addresses
     /// of a family the uplink has an address of, in the configured order: an IPv6-only uplink reaches
     /// the server at its IPv6 address.
-    async fn attempt(&mut self, request: &DialRequest) -> anyhow::Result<()> {
+    ///
+    /// Also returns whether the request's `ahead` frames were written on some path (then they may have
+    /// reached the server, and no other path may carry them again).
+    async fn attempt(&mut self, request: &DialRequest) -> (anyhow::Result<()>, bool) {
+        let mut ahead_written = false;
+        let result = self.attempt_paths(request, &mut ahead_written).await;
+        (result, ahead_written)
+    }
+
+    async fn attempt_paths(&mut self, request: &DialRequest, ahead_written: &mut bool) -> anyhow::Result<()> {
         // Marked seen: the backoff waits for the next change, not for this one.
         let snapshot = self.uplinks.as_mut().map(|w| w.borrow_and_update().clone());
         let candidates: Vec<Option<String>> = if let Some(u) = &request.uplink {
@@ -234,7 +250,8 @@ impl Dialer<'_> {
                     }
                     _ => None,
                 };
-                match self.connect(uplink.as_deref(), server, source, request.resume, request.ahead.as_deref()).await {
+                let ahead = request.ahead.as_deref().filter(|_| !*ahead_written);
+                match self.connect(uplink.as_deref(), server, source, request.resume, ahead, ahead_written).await {
                     Ok(()) => return Ok(()),
                     Err(err) => errors.push(format!("{over}: {err:#}")),
                 }
@@ -244,7 +261,7 @@ impl Dialer<'_> {
     }
 
     /// Dials over `uplink`, authenticates, joins `resume` (0: a new session), writes `ahead` behind
-    /// HELLO and hands the path to the engine task.
+    /// HELLO (`ahead_written` once it went to the socket) and hands the path to the engine task.
     async fn connect(
         &self,
         uplink: Option<&str>,
@@ -252,6 +269,7 @@ impl Dialer<'_> {
         source: Option<IpAddr>,
         resume: u64,
         ahead: Option<&[u8]>,
+        ahead_written: &mut bool,
     ) -> anyhow::Result<()> {
         let mark = crate::full_tunnel::relay_mark(self.config);
         let started = StdInstant::now();
@@ -276,6 +294,7 @@ impl Dialer<'_> {
         hello.encode(&mut first).context("cannot encode HELLO")?;
         // In the same flight: the server acts on the resume without waiting for us to read WELCOME.
         first.extend_from_slice(ahead.unwrap_or_default());
+        *ahead_written |= ahead.is_some();
         stream.write_all(&first).await.context("cannot send HELLO")?;
         stream.flush().await.context("cannot send HELLO")?;
         let (hs, early) = transport::read_handshake(&mut stream, HANDSHAKE_TIMEOUT).await.map_err(|err| match err {

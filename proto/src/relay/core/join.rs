@@ -124,7 +124,9 @@ impl RelayCore {
             self.sessions.insert(sid, SessionState::new(peer, machine, Some(path), now));
             return;
         };
-        let announced = if ahead_sent { state.announced.take() } else { None };
+        // Without it, the announcement may have reached the server over an earlier attempt that
+        // failed: this resume proposes a higher epoch.
+        let announced = state.announced.take().filter(|_| ahead_sent);
         let Some(machine) = state.machine.as_client() else { return };
         let received = offsets(&self.engine, sid);
         let resumed = match &announced {
