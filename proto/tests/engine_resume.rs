@@ -130,3 +130,32 @@ fn an_open_lost_with_the_path_is_sent_again() {
     let data = pattern(100_000, 7);
     assert!(n.transfer((Which::Client, fc), (Which::Server, fs), &data) == data);
 }
+
+/// A stream one side finished with gracefully while the other side's app is still reading survives
+/// the loss of the path: the resume does not reset it, and the slow app gets every byte and the FIN.
+#[test]
+fn a_stream_finished_on_one_side_only_survives_a_lost_path() {
+    let mut n = Net::new();
+    let (c, s) = n.client_connects(41200);
+    // More than the server app's window takes: the rest waits in the server engine.
+    let data = pattern(256 * 1024, 9);
+    let mut sent = 0;
+    n.server.app.close(s);
+    n.drive("the client side forgets the stream", |n| {
+        sent += n.client.app.send(c, &data[sent..]);
+        if sent == data.len() {
+            n.client.app.close(c);
+        }
+        n.client.status().tcp_flows == 0
+    });
+    assert_eq!(n.client.closed(c), Some(false), "the client app's connection did not end gracefully");
+    assert_eq!(n.server.status().tcp_flows, 1, "the server side no longer waits for its slow app");
+    n.cut_and_resume();
+    let mut got = Vec::new();
+    n.drive("the server app reads to the end", |n| {
+        n.server.read(s, &mut got);
+        n.server.closed(s).is_some()
+    });
+    assert_eq!(n.server.closed(s), Some(false), "the server app's connection was reset");
+    assert!(got == data, "the server app got {} of {} bytes", got.len(), data.len());
+}

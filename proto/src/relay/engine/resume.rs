@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use super::session::{settle, Phase};
 use super::{Engine, Role, SessionId};
 use crate::time::Instant;
-use crate::wire::{Frame, ResetCode};
+use crate::wire::Frame;
 
 impl Engine {
     /// For every stream of a session: its id and the bytes received from the peer in order. After a
@@ -20,7 +20,7 @@ impl Engine {
     /// `peer_received` is the peer's [`Engine::received_offsets`]. Everything queued for the old path
     /// is dropped and regenerated: each stream resends from the offset the peer has (its replay buffer
     /// holds those bytes) and grants its credit again; an OPEN or OPEN_OK that may have been lost is
-    /// repeated; a stream only one side still knows was reset on the other, so it is reset here too.
+    /// repeated; a stream the peer no longer has ends here, gracefully if both FINs went through.
     ///
     /// Returns how many stream bytes go out again (they were sent on the lost path and the peer does
     /// not have them).
@@ -69,14 +69,10 @@ impl Engine {
                 None => gone.push(id),
             }
         }
-        for (&id, _) in peer.iter().filter(|(id, _)| !session.streams.contains_key(id)) {
-            // A stream of the peer's we never saw: its OPEN was lost and comes again. Any other we no
-            // longer have: our RESET was lost with the path.
-            let never_seen = id % 2 != ours_parity && session.highest_peer_stream.is_none_or(|h| id > h);
-            if !never_seen {
-                session.out.push_urgent(&Frame::Reset { stream_id: id, code: ResetCode::Reset });
-            }
-        }
+        // Streams the peer lists and we do not need nothing from us. One of the peer's we never saw
+        // had its OPEN lost, and the peer sends it again. One we finished with or reset is settled by
+        // the peer's own resume, from our list that lacks it (the two arms above): a RESET from here
+        // would abort a stream we ended gracefully while the peer's app still reads its last bytes.
         for id in gone {
             if let Some(stream) = session.streams.remove(&id) {
                 self.flow_streams.remove(&stream.flow);
