@@ -28,7 +28,7 @@ mod support;
 use std::cell::RefCell;
 use std::net::SocketAddr;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
@@ -150,6 +150,8 @@ struct SimPath {
     resume: u64,
     /// Dialled for `roamtun switch` (one attempt) rather than by a resume (tried until one works).
     wanted: bool,
+    /// The dial request's frames written behind HELLO (a lost session's SWITCH_UNEXPECTED).
+    ahead: Option<Bytes>,
     c2s: Pipe,
     s2c: Pipe,
     server_joined: bool,
@@ -213,8 +215,8 @@ struct Sut {
     paths: Vec<SimPath>,
     next_path: u64,
     down_until: [Instant; 2],
-    /// A dial waiting for a usable uplink: (resume, uplink to avoid).
-    pending_dial: Option<(u64, Option<String>)>,
+    /// A dial waiting for a usable uplink: (resume, uplink to avoid, frames behind HELLO).
+    pending_dial: Option<(u64, Option<String>, Option<Bytes>)>,
     /// Path losses a side notices later: (when, which side, path).
     notices: Vec<(Instant, Side, PathId)>,
     streams: Vec<SutStream>,
@@ -232,6 +234,9 @@ fn end(role: Role, seed: u64, now: Instant) -> End {
         random_seed: seed + 1,
         tcp_rx_buffer: 32 * 1024,
         tcp_tx_buffer: 32 * 1024,
+        // The apps' own connect timeout (a real app's is minutes): a SYN held while no path works
+        // for a while is not the tunnel resetting anything.
+        connect_timeout: roamtun_stack::Duration::from_secs(600),
         ..StackConfig::default()
     };
     End {
@@ -270,7 +275,7 @@ impl Sut {
             session: None,
             cov: Coverage::default(),
         };
-        sut.open_path(0, 0, false);
+        sut.open_path(0, 0, false, None);
         sut
     }
 
@@ -292,15 +297,18 @@ impl Sut {
         self.now >= self.down_until[uplink]
     }
 
-    fn open_path(&mut self, uplink: usize, resume: u64, wanted: bool) {
+    fn open_path(&mut self, uplink: usize, resume: u64, wanted: bool, ahead: Option<Bytes>) {
         let id = PathId(self.next_path);
         self.next_path += 1;
+        // The dialer writes the frames behind HELLO in one flight, before WELCOME.
+        let c2s = Pipe { pending: ahead.as_deref().map(BytesMut::from).unwrap_or_default(), ..Pipe::default() };
         self.paths.push(SimPath {
             id,
             uplink,
             resume,
             wanted,
-            c2s: Pipe::default(),
+            ahead,
+            c2s,
             s2c: Pipe::default(),
             server_joined: false,
             client_joined: false,
@@ -312,11 +320,11 @@ impl Sut {
         });
     }
 
-    fn dial(&mut self, resume: u64, wanted: Option<String>, avoid: Option<String>) {
+    fn dial(&mut self, resume: u64, wanted: Option<String>, avoid: Option<String>, ahead: Option<Bytes>) {
         if let Some(name) = wanted {
             let uplink = UPLINKS.iter().position(|u| *u == name).expect("a known uplink");
             if self.usable(uplink) {
-                self.open_path(uplink, resume, true);
+                self.open_path(uplink, resume, true, ahead);
             } else {
                 self.client.core.switch_failed(format!("{name} is down"));
             }
@@ -327,8 +335,8 @@ impl Sut {
             order.swap(0, 1);
         }
         match order.into_iter().find(|u| self.usable(*u)) {
-            Some(uplink) => self.open_path(uplink, resume, false),
-            None => self.pending_dial = Some((resume, avoid)),
+            Some(uplink) => self.open_path(uplink, resume, false, ahead),
+            None => self.pending_dial = Some((resume, avoid, ahead)),
         }
     }
 
@@ -344,7 +352,7 @@ impl Sut {
         while let Some(action) = self.client.core.poll_action() {
             any = true;
             match action {
-                Action::Dial(req) => self.dial(req.resume, req.uplink, req.avoid),
+                Action::Dial(req) => self.dial(req.resume, req.uplink, req.avoid, req.ahead),
                 Action::ClosePath { path, last } => {
                     if let Some(p) = self.paths.iter_mut().find(|p| p.id == path) {
                         if !p.dead && !p.client_gone {
@@ -433,12 +441,14 @@ impl Sut {
                 e.app.poll(now.into());
                 while let Some(p) = e.app.pop_transmit() {
                     moved = true;
+                    tcp_trace(s, "app->core", &p, now);
                     e.core.engine_mut().handle_tun_packet(p, now);
                 }
                 e.core.poll(now);
                 let mut syns = Vec::new();
                 while let Some(p) = e.core.engine_mut().pop_tun_packet() {
                     moved = true;
+                    tcp_trace(s, "core->app", &p, now);
                     if let Ingress::NewFlow { flow, src, .. } = e.app.handle_packet(p, now.into()) {
                         syns.push((flow, src));
                     }
@@ -498,7 +508,9 @@ impl Sut {
         if p.wanted {
             self.client.core.switch_failed(format!("the path on {} failed", UPLINKS[p.uplink]));
         } else {
-            self.pending_dial = Some((p.resume, Some(UPLINKS[p.uplink].to_string())));
+            // The dialer tries again with the same request, but without the frames behind HELLO: they
+            // left with this path's first flight (the server may have acted on them).
+            self.pending_dial = Some((p.resume, Some(UPLINKS[p.uplink].to_string()), None));
         }
     }
 
@@ -541,13 +553,14 @@ impl Sut {
             };
             let _ = p.s2c.rx.split_to(used);
             p.client_joined = true;
-            let uplink = p.uplink;
+            let (uplink, ahead_sent) = (p.uplink, p.ahead.is_some());
             self.client.core.client_path_up(
                 id,
                 info(uplink, Role::Client),
                 peer("server"),
                 session_id,
                 vec![vip()],
+                ahead_sent,
                 now,
             );
         }
@@ -622,8 +635,8 @@ impl Sut {
             // At least 1 ms per step: the loop ends.
             self.now = next.max(self.now + Duration::from_millis(1)).min(end);
             self.fire_notices();
-            if let Some((resume, avoid)) = self.pending_dial.take() {
-                self.dial(resume, None, avoid);
+            if let Some((resume, avoid, ahead)) = self.pending_dial.take() {
+                self.dial(resume, None, avoid, ahead);
             }
             self.settle();
             if self.now >= end {
@@ -791,8 +804,7 @@ impl Case {
     /// The safety invariants, after every operation.
     fn check(&mut self) -> Result<(), TestCaseError> {
         for (s, (st, written)) in self.sut.streams.iter().zip(&self.reference.streams).enumerate() {
-            for d in 0..2 {
-                let (got, w) = (&st.received[d], &written[d]);
+            for (d, (got, w)) in st.received.iter().zip(written).enumerate() {
                 prop_assert!(
                     w.bytes.starts_with(got),
                     "stream {} dir {}: the reader got {} bytes that are not a prefix of the {} written",
@@ -916,6 +928,30 @@ impl Case {
                 )
             })
             .collect();
+        if trace() {
+            eprintln!("done() = {}, movable {:?}", self.done(), self.sut.movable());
+            for p in &self.sut.paths {
+                eprintln!(
+                    "path {:?}@{} dead={} joined c/s {}/{} gone c/s {}/{} paused c/s {}/{} c2s {}+{} s2c {}+{}",
+                    p.id,
+                    p.uplink,
+                    p.dead,
+                    p.client_joined,
+                    p.server_joined,
+                    p.client_gone,
+                    p.server_gone,
+                    p.client_paused,
+                    p.server_paused,
+                    p.c2s.pending.len(),
+                    p.c2s.rx.len(),
+                    p.s2c.pending.len(),
+                    p.s2c.rx.len()
+                );
+            }
+            for (i, st) in self.sut.streams.iter().enumerate() {
+                eprintln!("stream {i}: src {} flows {:?}", st.src, st.flows);
+            }
+        }
         Err(TestCaseError::fail(format!(
             "stuck after 30 s of healthy links: client on {on:?}, switching {switching}, streams (got/written) {progress:?}"
         )))
@@ -950,6 +986,25 @@ impl Case {
     }
 }
 
+fn tcp_trace(side: Side, dir: &str, p: &[u8], now: Instant) {
+    if std::env::var_os("REFMODEL_TCP").is_none() || p.len() < 40 || p[0] >> 4 != 4 || p[9] != 6 {
+        return;
+    }
+    let ihl = usize::from(p[0] & 15) * 4;
+    let t = &p[ihl..];
+    let sport = u16::from_be_bytes([t[0], t[1]]);
+    let dport = u16::from_be_bytes([t[2], t[3]]);
+    let seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+    let ack = u32::from_be_bytes([t[8], t[9], t[10], t[11]]);
+    let flags = t[13];
+    let win = u16::from_be_bytes([t[14], t[15]]);
+    let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
+    let len = total - ihl - usize::from(t[12] >> 4) * 4;
+    let f: String =
+        [(1, 'F'), (2, 'S'), (4, 'R'), (16, '.')].iter().filter(|(b, _)| flags & b != 0).map(|(_, c)| *c).collect();
+    eprintln!("  tcp {now:?} {side:?} {dir} {sport}->{dport} [{f}] seq={seq} ack={ack} len={len} win={win}");
+}
+
 /// `REFMODEL_TRACE=1`: each operation and the state before it, on stderr.
 fn trace() -> bool {
     std::env::var_os("REFMODEL_TRACE").is_some()
@@ -960,14 +1015,18 @@ fn cases() -> u32 {
 }
 
 #[test]
-#[ignore = "work in progress: the shrunk case in reference_model.proptest-regressions (a client FIN on a server-opened stream across an unexpected switch never reaches the server app) is not yet diagnosed as a crate bug or a harness bug"]
 fn two_cores_deliver_what_the_apps_wrote_whatever_the_switches_losses_and_interleavings() {
     let config = Config {
         cases: cases(),
-        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel("proptest-regressions"))),
-        source_file: Some(file!()),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/reference_model.proptest-regressions"
+        )))),
         ..Config::default()
     };
+    if trace() {
+        let _ = tracing_subscriber::fmt().with_test_writer().with_max_level(tracing::Level::DEBUG).try_init();
+    }
     let total = RefCell::new(Coverage::default());
     let mut runner = TestRunner::new(config);
     let strategy = (any::<u64>(), prop::collection::vec(op(), 1..120));
