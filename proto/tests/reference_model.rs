@@ -20,7 +20,7 @@
 //! a quiet phase (uplinks healthy, everything delivered and read, time advancing) every byte written
 //! has arrived (liveness), and at the end every connection closes gracefully.
 //!
-//! Cases: `REFMODEL_CASES` (default 40); a failure shrinks to a short operation sequence and is kept
+//! Cases: `REFMODEL_CASES` (default 64), the same every run unless `REFMODEL_RANDOM=1`; a failure shrinks to a short operation sequence and is kept
 //! in reference_model.proptest-regressions.
 
 mod support;
@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
+use proptest::test_runner::{Config, FileFailurePersistence, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use roamtun_proto::path::{take_frames, PathLoss, Piece};
 use roamtun_proto::relay::core::{Action, PathInfo, PeerInfo, RelayCore};
 use roamtun_proto::relay::engine::{Engine, EngineConfig, Role};
@@ -1011,7 +1011,7 @@ fn trace() -> bool {
 }
 
 fn cases() -> u32 {
-    std::env::var("REFMODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(40)
+    std::env::var("REFMODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
 }
 
 #[test]
@@ -1028,7 +1028,13 @@ fn two_cores_deliver_what_the_apps_wrote_whatever_the_switches_losses_and_interl
         let _ = tracing_subscriber::fmt().with_test_writer().with_max_level(tracing::Level::DEBUG).try_init();
     }
     let total = RefCell::new(Coverage::default());
-    let mut runner = TestRunner::new(config);
+    // The same cases every run, so that the coverage checks below cannot fail by chance;
+    // REFMODEL_RANDOM=1 explores new ones (a failure is kept in the regressions file either way).
+    let mut runner = if std::env::var_os("REFMODEL_RANDOM").is_some() {
+        TestRunner::new(config)
+    } else {
+        TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]))
+    };
     let strategy = (any::<u64>(), prop::collection::vec(op(), 1..120));
     let result = runner.run(&strategy, |(seed, ops)| {
         let mut case = Case::new(seed % 1000)?;
