@@ -114,8 +114,8 @@ fn datagrams_out(engine: &mut Engine) -> Vec<Vec<u8>> {
 /// A server engine with two client sessions, SS (100.64.0.2) and SB (100.64.0.3).
 fn server_with_two_clients(config: EngineConfig, now: Instant) -> Engine {
     let mut e = Engine::new(config, now);
-    e.add_session(SS, vec![vip()]).unwrap();
-    e.add_session(SB, vec![IpAddr::from(OTHER_VIP)]).unwrap();
+    e.add_session(SS, vec![vip()], Vec::new()).unwrap();
+    e.add_session(SB, vec![IpAddr::from(OTHER_VIP)], Vec::new()).unwrap();
     e
 }
 

@@ -256,7 +256,7 @@ fn info(uplink: usize, role: Role) -> PathInfo {
 }
 
 fn peer(name: &str) -> PeerInfo {
-    PeerInfo { name: name.into(), public_key: name.into(), switch_timeout: None }
+    PeerInfo { name: name.into(), public_key: name.into(), switch_timeout: None, lan_prefixes: Vec::new() }
 }
 
 impl Sut {

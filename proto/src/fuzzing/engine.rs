@@ -268,7 +268,7 @@ pub fn engine_peer(data: &[u8]) {
     };
     let limit = config.queue_limit() + SLACK;
     let mut engine = Engine::new(config, now);
-    engine.add_session(SID, vec![client_v4(), client_v6()]).expect("the only session");
+    engine.add_session(SID, vec![client_v4(), client_v6()], Vec::new()).expect("the only session");
     let apps_config =
         StackConfig { mtu: 1500, tcp_rx_buffer: 4096, tcp_tx_buffer: 4096, random_seed: 2, ..StackConfig::default() };
     let mut apps = Stack::new(apps_config, now.into());

@@ -55,7 +55,7 @@ impl RelayCore {
                 }
                 self.next_session += 1;
                 let sid = SessionId(self.next_session);
-                if let Err(err) = self.engine.add_session(sid, virtual_ips) {
+                if let Err(err) = self.engine.add_session(sid, virtual_ips, peer.lan_prefixes.clone()) {
                     tracing::warn!(peer = %peer.name, %err, "session refused");
                     let reason = err.to_string();
                     let close = encode(&Frame::Close { code: close_code::SESSION, reason: &reason });
@@ -114,7 +114,7 @@ impl RelayCore {
         }
         let sid = SessionId(session);
         let Some(state) = self.sessions.get_mut(&sid) else {
-            if let Err(err) = self.engine.add_session(sid, virtual_ips) {
+            if let Err(err) = self.engine.add_session(sid, virtual_ips, peer.lan_prefixes.clone()) {
                 tracing::error!(%err, "cannot start the session");
                 self.close_path(path);
                 return;

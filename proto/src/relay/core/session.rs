@@ -6,6 +6,7 @@ use super::receive::Receive;
 use super::switch::{Progress, SwitchReport, SwitchTotals};
 use super::{close_code, encode, PathInfo, RelayCore};
 use crate::relay::engine::{Role, SessionId};
+use crate::relay::policy::IpPrefix;
 use crate::time::{Duration, Instant};
 use crate::transition::{ControlMessage, Epoch, PathId, Transition};
 use crate::wire::Frame;
@@ -18,6 +19,9 @@ pub struct PeerInfo {
     /// Server: this peer's own switch timeout (\[0133\]), e.g. long for a laptop that sleeps through
     /// the night; `None`: the daemon's.
     pub switch_timeout: Option<Duration>,
+    /// Networks behind the client whose hosts speak from their own addresses (a router's LAN in
+    /// routed mode; on the server, the peer's `lan_prefixes`, as WireGuard's AllowedIPs).
+    pub lan_prefixes: Vec<IpPrefix>,
 }
 
 pub(super) struct SessionState {

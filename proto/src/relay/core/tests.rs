@@ -23,7 +23,8 @@ fn a_slow_path_gets_a_shallow_writer_queue() {
     let mut core = RelayCore::new(Engine::new(EngineConfig::new(Role::Server), now), TransitionConfig::default(), 1);
     let path = PathId(1);
     let info = PathInfo { local: None, remote: None, uplink: None, congestion_control: None };
-    let peer = PeerInfo { name: "laptop".into(), public_key: "k".into(), switch_timeout: None };
+    let peer =
+        PeerInfo { name: "laptop".into(), public_key: "k".into(), switch_timeout: None, lan_prefixes: Vec::new() };
     core.server_path_up(path, info, peer, 0, vec!["100.64.0.2".parse().unwrap()], now);
     assert_eq!(core.writer_depth(path, 8), 8, "rate unknown: as before");
     core.path_stats(path, sample(Some(10_000_000 / 8)));
@@ -46,7 +47,7 @@ fn server(max_paths: usize, now: Instant) -> RelayCore {
 }
 
 fn peer() -> PeerInfo {
-    PeerInfo { name: "laptop".into(), public_key: "k".into(), switch_timeout: None }
+    PeerInfo { name: "laptop".into(), public_key: "k".into(), switch_timeout: None, lan_prefixes: Vec::new() }
 }
 
 fn vips() -> Vec<IpAddr> {
@@ -84,7 +85,8 @@ fn a_session_with_its_paths_full_refuses_another_and_other_sessions_still_join()
     assert_eq!(core.paths().count(), 3);
     assert_eq!(core.sessions().next().unwrap().paths_refused_limit, 1);
     // Another client is not held to this one's count.
-    let other = PeerInfo { name: "phone".into(), public_key: "k2".into(), switch_timeout: None };
+    let other =
+        PeerInfo { name: "phone".into(), public_key: "k2".into(), switch_timeout: None, lan_prefixes: Vec::new() };
     core.server_path_up(PathId(5), info.clone(), other, 0, vec!["100.64.0.3".parse().unwrap()], now);
     assert!(closes(&mut core).is_empty(), "the other client's path was refused");
     // A path of the full session that goes makes room again.

@@ -8,6 +8,7 @@ use roamtun_stack::FlowId;
 
 use super::{Engine, Role, SessionCounters, SessionId};
 use crate::relay::outqueue::{BulkMark, OutChunk, OutQueue};
+use crate::relay::policy::IpPrefix;
 use crate::relay::stream::{RecvHalf, ReplayBuffer, SendHalf, INITIAL_CREDIT};
 use crate::time::Instant;
 
@@ -20,6 +21,8 @@ pub enum SessionError {
     NoSuchSession(SessionId),
     #[error("virtual IP {0} is already in use by another session")]
     VirtualIpTaken(IpAddr),
+    #[error("LAN prefix {0} overlaps an address of another session")]
+    LanPrefixTaken(IpPrefix),
     /// The peer sends but does not read: what we queued for it, mostly replies to its own frames,
     /// passed [`EngineConfig::queue_limit`]. The caller drops the path (a resume regenerates the
     /// queue from the streams' replay buffers, so no stream byte is lost).
@@ -74,6 +77,7 @@ impl Stream {
 
 pub(super) struct Session {
     pub(super) virtual_ips: Vec<IpAddr>,
+    pub(super) lan_prefixes: Vec<IpPrefix>,
     /// Warnings about this peer's input are logged at a bounded rate (a peer may send garbage on
     /// purpose); the counters count every one.
     pub(super) warnings: crate::log_budget::LogBudget,
@@ -97,17 +101,36 @@ pub(super) struct Session {
 }
 
 impl Session {
+    /// Whether `ip` is the peer's (client role: this side's apps'): one of its virtual IPs or an
+    /// address of a network behind it (a router's LAN, routed).
     pub(super) fn owns(&self, ip: IpAddr) -> bool {
-        self.virtual_ips.contains(&ip)
+        self.virtual_ips.contains(&ip) || self.lan_prefixes.iter().any(|p| p.contains(ip))
+    }
+
+    fn overlaps(&self, prefix: &IpPrefix) -> bool {
+        self.virtual_ips.iter().any(|ip| prefix.contains(*ip))
+            || self.lan_prefixes.iter().any(|p| p.contains(prefix.addr) || prefix.contains(p.addr))
     }
 }
 
 impl Engine {
-    /// Starts carrying traffic for a peer that owns (client role: whose apps use) `virtual_ips`.
-    pub fn add_session(&mut self, id: SessionId, virtual_ips: Vec<IpAddr>) -> Result<(), SessionError> {
+    /// Starts carrying traffic for a peer that owns (client role: whose apps use) `virtual_ips`, and
+    /// the hosts of `lan_prefixes` behind it, which speak from their own addresses (a router's LAN,
+    /// routed mode).
+    pub fn add_session(
+        &mut self,
+        id: SessionId,
+        virtual_ips: Vec<IpAddr>,
+        lan_prefixes: Vec<IpPrefix>,
+    ) -> Result<(), SessionError> {
         for ip in &virtual_ips {
             if self.sessions.values().any(|s| s.owns(*ip)) {
                 return Err(SessionError::VirtualIpTaken(*ip));
+            }
+        }
+        for prefix in &lan_prefixes {
+            if self.sessions.values().any(|s| s.overlaps(prefix)) {
+                return Err(SessionError::LanPrefixTaken(*prefix));
             }
         }
         let first_stream = match self.config.role {
@@ -119,6 +142,7 @@ impl Engine {
             Session {
                 warnings: crate::log_budget::LogBudget::for_peer_input(),
                 virtual_ips,
+                lan_prefixes,
                 rx: Vec::new(),
                 out: OutQueue::default(),
                 datagram_mark: 0,
