@@ -29,7 +29,7 @@
 //!   addresses and default routes), and monitors no other routes (no
 //!   other table, no more specific prefix) and no rules;
 //! * it does not replace existing objects or touch sysctls; the one firewall
-//!   object it makes is the exit NAT's own nftables table ([`ExitNat`],
+//!   object it makes is a masquerade's own nftables table ([`Masquerade`],
 //!   over `NETLINK_NETFILTER`), which it deletes whole;
 //! * it does not switch network namespaces: [`Netlink::connect`] works in the
 //!   namespace of the calling thread.
@@ -49,5 +49,7 @@ pub use error::NetlinkError;
 pub use installed::{error_chain, Installed};
 pub use monitor::{watch_uplinks, watch_uplinks_counted, EventOutcome, MonitorStats, Uplink, UplinkTable};
 pub use netlink::Netlink;
-pub use nftables::{table_name as exit_nat_table, ExitNat, Nftables, NftablesError};
+pub use nftables::{
+    lan_table_name as lan_nat_table, table_name as exit_nat_table, Masquerade, Nftables, NftablesError,
+};
 pub use types::{Route, Rule, TableRule, UnreachableRoute};

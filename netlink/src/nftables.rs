@@ -1,18 +1,22 @@
-//! The server's exit NAT in nftables, over `NETLINK_NETFILTER` with the rust-netlink message types
-//! (`netlink-packet-netfilter`); never by running `nft`.
+//! Masquerade and forward rules in nftables, over `NETLINK_NETFILTER` with the rust-netlink message
+//! types (`netlink-packet-netfilter`); never by running `nft`. Two uses: a server's exit NAT (the
+//! clients' prefixes out of its exit interface, [`Masquerade::exit`]) and a router's LAN into its
+//! client TUN ([`Masquerade::lan`]).
 //!
-//! Everything lives in one table of its own, [`ExitNat::table`] (`inet roamtun_<tun>`), so that
+//! Everything lives in one table of its own, [`Masquerade::table`] (`inet roamtun_<tun>` for the
+//! exit, `inet roamtun_lan_<tun>` for a LAN), so that
 //! deleting that table removes exactly what was added and nothing of the host's own ruleset. The
 //! table is created *owned* by the socket that made it (`NFT_TABLE_F_OWNER`): the kernel deletes it
 //! by itself when that socket closes, so a daemon killed with SIGKILL leaves nothing behind either
 //! (and [`Nftables::install`] still removes a leftover of the same name first, e.g. one made
 //! without an owner).
 //!
-//! The table holds, for each client prefix (IPv4 or IPv6):
+//! The table holds, for each prefix (IPv4 or IPv6), with OUT the interface they leave by and IN the
+//! one they come in on (the server's TUN; any interface for a LAN, whose ports a router may bridge):
 //!
-//! * chain `postrouting` (nat, priority srcnat): `oifname EXIT ip saddr PREFIX masquerade`;
-//! * chain `forward` (filter, priority filter, policy accept): `iifname TUN oifname EXIT ip saddr
-//!   PREFIX accept` and `iifname EXIT oifname TUN ip daddr PREFIX ct state established,related
+//! * chain `postrouting` (nat, priority srcnat): `oifname OUT ip saddr PREFIX masquerade`;
+//! * chain `forward` (filter, priority filter, policy accept): `[iifname IN] oifname OUT ip saddr
+//!   PREFIX accept` and `iifname OUT [oifname IN] ip daddr PREFIX ct state established,related
 //!   accept`.
 //!
 //! nftables runs every table's base chain on a hook, and a drop in any of them is final: the
@@ -103,21 +107,34 @@ impl NftablesError {
     }
 }
 
-/// What the exit NAT is made of (sans-IO: [`ExitNat::messages`] turns it into the requests).
+/// What a masquerade is made of (sans-IO: [`Masquerade::messages`] turns it into the requests).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExitNat {
-    /// The server's TUN, where the clients' packets come from.
-    pub tun: String,
-    /// The interface towards the internet, where they leave masqueraded.
-    pub exit_interface: String,
-    /// The clients' prefixes (`client_prefixes`), both families.
-    pub client_prefixes: Vec<(IpAddr, u8)>,
+pub struct Masquerade {
+    table: String,
+    /// Where the prefixes' packets come in; `None`: any interface.
+    pub inbound: Option<String>,
+    /// Where they leave, masqueraded to its address.
+    pub outbound: String,
+    /// The source prefixes, both families.
+    pub prefixes: Vec<(IpAddr, u8)>,
 }
 
-impl ExitNat {
-    /// The table's name: one per server TUN, so that two servers on one host keep apart.
+impl Masquerade {
+    /// A server's exit NAT: the clients' prefixes (`client_prefixes`) from its TUN out of
+    /// `exit_interface`.
+    pub fn exit(tun: &str, exit_interface: &str, prefixes: Vec<(IpAddr, u8)>) -> Self {
+        Masquerade { table: table_name(tun), inbound: Some(tun.into()), outbound: exit_interface.into(), prefixes }
+    }
+
+    /// A router's LAN (`[lan] prefixes`, masquerade mode) into the client's TUN, where its hosts
+    /// then speak from the client's virtual IP.
+    pub fn lan(tun: &str, prefixes: Vec<(IpAddr, u8)>) -> Self {
+        Masquerade { table: lan_table_name(tun), inbound: None, outbound: tun.into(), prefixes }
+    }
+
+    /// The table's name: one per TUN and use, so that two daemons on one host keep apart.
     pub fn table(&self) -> String {
-        table_name(&self.tun)
+        self.table.clone()
     }
 
     /// The messages that create the table, its chains and rules (without the batch's begin and end).
@@ -156,20 +173,21 @@ impl ExitNat {
             });
             (message, NLM_F_CREATE | NLM_F_APPEND)
         };
-        for &(addr, len) in &self.client_prefixes {
-            let mut masquerade = interface(MetaKey::Oifname, &self.exit_interface);
+        let inbound = |key| self.inbound.as_deref().map(|name| interface(key, name)).unwrap_or_default();
+        for &(addr, len) in &self.prefixes {
+            let mut masquerade = interface(MetaKey::Oifname, &self.outbound);
             masquerade.extend(address(addr, len, Side::Source));
             masquerade.push(named("masq"));
             out.push(rule("postrouting", masquerade));
 
-            let mut out_of_tunnel = interface(MetaKey::Iifname, &self.tun);
-            out_of_tunnel.extend(interface(MetaKey::Oifname, &self.exit_interface));
-            out_of_tunnel.extend(address(addr, len, Side::Source));
-            out_of_tunnel.push(accept());
-            out.push(rule("forward", out_of_tunnel));
+            let mut going = inbound(MetaKey::Iifname);
+            going.extend(interface(MetaKey::Oifname, &self.outbound));
+            going.extend(address(addr, len, Side::Source));
+            going.push(accept());
+            out.push(rule("forward", going));
 
-            let mut replies = interface(MetaKey::Iifname, &self.exit_interface);
-            replies.extend(interface(MetaKey::Oifname, &self.tun));
+            let mut replies = interface(MetaKey::Iifname, &self.outbound);
+            replies.extend(inbound(MetaKey::Oifname));
             replies.extend(address(addr, len, Side::Destination));
             replies.extend(established_or_related());
             replies.push(accept());
@@ -179,9 +197,14 @@ impl ExitNat {
     }
 }
 
-/// The table of the server whose TUN is `tun`.
+/// The exit NAT's table of the server whose TUN is `tun`.
 pub fn table_name(tun: &str) -> String {
     format!("roamtun_{tun}")
+}
+
+/// The LAN masquerade's table of the client whose TUN is `tun`.
+pub fn lan_table_name(tun: &str) -> String {
+    format!("roamtun_lan_{tun}")
 }
 
 enum Side {
@@ -345,13 +368,13 @@ impl Nftables {
 
     /// Installs `nat`: a table of the same name already there (a leftover) is deleted first.
     /// Returns whether there was one.
-    pub fn install(&mut self, nat: &ExitNat) -> Result<bool, NftablesError> {
+    pub fn install(&mut self, nat: &Masquerade) -> Result<bool, NftablesError> {
         let table = nat.table();
         let leftover = self.table_exists(&table)?;
         if leftover {
             self.delete(&table)?;
         }
-        self.batch(&table, "create the exit NAT table, its chains and rules", nat.messages())?;
+        self.batch(&table, "create the masquerade table, its chains and rules", nat.messages())?;
         Ok(leftover)
     }
 
@@ -470,12 +493,12 @@ fn finish(mut message: NetlinkMessage<NetfilterMessage>) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn nat() -> ExitNat {
-        ExitNat {
-            tun: "roamsrv0".into(),
-            exit_interface: "eth0".into(),
-            client_prefixes: vec![("100.64.0.0".parse().unwrap(), 10), ("fd00:64::".parse().unwrap(), 64)],
-        }
+    fn nat() -> Masquerade {
+        Masquerade::exit(
+            "roamsrv0",
+            "eth0",
+            vec![("100.64.0.0".parse().unwrap(), 10), ("fd00:64::".parse().unwrap(), 64)],
+        )
     }
 
     #[test]

@@ -4,7 +4,7 @@
 mod common;
 
 use common::in_netns;
-use roamtun_netlink::{ExitNat, Nftables};
+use roamtun_netlink::{Masquerade, Nftables};
 
 /// `nft list ruleset` in the test's namespace (the child inherits the thread's namespace).
 fn ruleset() -> String {
@@ -13,12 +13,8 @@ fn ruleset() -> String {
     String::from_utf8(out.stdout).expect("nft prints text")
 }
 
-fn nat() -> ExitNat {
-    ExitNat {
-        tun: "roamsrv0".into(),
-        exit_interface: "eth0".into(),
-        client_prefixes: vec![("100.64.0.0".parse().unwrap(), 10), ("fd00:64::".parse().unwrap(), 64)],
-    }
+fn nat() -> Masquerade {
+    Masquerade::exit("roamsrv0", "eth0", vec![("100.64.0.0".parse().unwrap(), 10), ("fd00:64::".parse().unwrap(), 64)])
 }
 
 #[test]
@@ -56,5 +52,26 @@ fn the_exit_nat_is_what_nft_lists_and_deleting_it_restores_the_ruleset() {
         assert_ne!(ruleset(), before);
         drop(other);
         assert_eq!(ruleset(), before, "the kernel removes an owned table with its socket");
+    });
+}
+
+#[test]
+fn a_lan_masquerade_takes_the_lan_from_any_port_into_the_tun() {
+    in_netns(|| async {
+        let before = ruleset();
+        let lan = Masquerade::lan("roam0", vec![("198.19.50.0".parse().unwrap(), 24)]);
+        let mut nft = Nftables::connect().expect("netfilter socket");
+        nft.install(&lan).expect("install");
+        let listed = ruleset();
+        for line in [
+            "table inet roamtun_lan_roam0 { # progname",
+            "oifname \"roam0\" ip saddr 198.19.50.0/24 masquerade",
+            "oifname \"roam0\" ip saddr 198.19.50.0/24 accept",
+            "iifname \"roam0\" ip daddr 198.19.50.0/24 ct state established,related accept",
+        ] {
+            assert!(listed.contains(line), "missing {line:?} in:\n{listed}");
+        }
+        nft.delete(&lan.table()).expect("delete");
+        assert_eq!(ruleset(), before);
     });
 }
