@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use tokio_rustls::LazyConfigAcceptor;
 
+use super::forwarding::{Forwarding, NatRules};
 use super::relay_socket::RelaySocket;
 use super::reload::{Live, SharedLive};
 use super::transport::{self, close_code, Handshake};
@@ -46,18 +47,25 @@ pub async fn run(config: ServerConfig, path: std::path::PathBuf) -> anyhow::Resu
     let _forwarding = if forward {
         // Beside the control socket, in the daemon's runtime directory.
         let state = config.control_socket.with_extension("forwarding");
-        Some(Forwarding::enable(state, config.exit_interface.as_deref())?)
+        let upstream: Vec<String> = config.exit_interface.iter().cloned().collect();
+        Some(Forwarding::enable(state, &upstream, "exit mode")?)
     } else {
         None
     };
     // Dropped before the forwarding settings are put back (declared after them).
     let _exit_nat = match &config.exit_interface {
-        Some(interface) => Some(ExitNatRules::install(&config, interface)?),
+        Some(interface) => {
+            if !crate::check::link_exists(interface) {
+                tracing::warn!(%interface, "exit_interface is not on this host now: nothing leaves through it until it appears");
+            }
+            let prefixes = config.client_prefixes.iter().map(|p| (p.addr, p.len)).collect();
+            let nat = roamtun_netlink::Masquerade::exit(&config.tun.name, interface, prefixes);
+            Some(NatRules::install(&nat, "exit mode", &format!("clients masqueraded out of {interface}"))?)
+        }
         None => None,
     };
     super::check_congestion_control(&config.tuning);
-    let tun =
-        Arc::new(Tun::create(&config.tun.name, config.tun.mtu, &config.virtual_ips, &config.client_prefixes).await?);
+    let tun = Arc::new(Tun::create(&config.tun.name, config.tun.mtu, &config.virtual_ips, &config.tun_routes()).await?);
     tracing::info!(listen = ?config.listen, tun = %config.tun.name, peers = config.peers.len(), exit = config.exit, "server up");
     let clock = Clock::new();
     let mut relay = engine_config(Role::Server, &config.tuning, config.tun.mtu);
@@ -259,126 +267,6 @@ fn destination_policy(config: &ServerConfig) -> DestinationPolicy {
     }
 }
 
-/// Lets the kernel forward the clients' packets to destinations beyond this host (exit mode), and puts
-/// the previous settings back when dropped. The previous settings are also written to `state` first,
-/// so that the next start can put them back after a daemon that was killed (SIGKILL) could not.
-///
-/// With forwarding on, the kernel ignores router advertisements on an interface whose `accept_ra`
-/// is 1, and turning forwarding on drops the default routes they gave: on the exit interface,
-/// `accept_ra` 1 becomes 2 (accept them while forwarding) first, so its IPv6 address and default
-/// route stay.
-struct Forwarding {
-    /// In the order they were changed.
-    previous: Vec<(String, String)>,
-    state: std::path::PathBuf,
-}
-
-impl Forwarding {
-    const SYSCTLS: [&'static str; 2] = ["/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"];
-
-    /// The `accept_ra` setting of `interface`.
-    fn accept_ra(interface: &str) -> String {
-        format!("/proc/sys/net/ipv6/conf/{interface}/accept_ra")
-    }
-
-    /// Whether a line of a state file names a setting this type changes (and nothing else).
-    fn ours(path: &str) -> bool {
-        Self::SYSCTLS.contains(&path)
-            || path
-                .strip_prefix("/proc/sys/net/ipv6/conf/")
-                .and_then(|rest| rest.strip_suffix("/accept_ra"))
-                .is_some_and(|name| !name.is_empty() && !name.contains('/') && name != "." && name != "..")
-    }
-
-    fn enable(state: std::path::PathBuf, exit_interface: Option<&str>) -> anyhow::Result<Self> {
-        if let Ok(left) = std::fs::read_to_string(&state) {
-            // A daemon before us changed them and was killed before it could restore them; put
-            // them back last change first.
-            for (path, value) in left.lines().filter_map(|l| l.split_once(' ')).collect::<Vec<_>>().into_iter().rev() {
-                if Self::ours(path) && std::fs::write(path, value).is_ok() {
-                    tracing::info!(%path, %value, "restored the forwarding setting a killed daemon left changed");
-                }
-            }
-        }
-        if let Some(dir) = state.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("exit mode: cannot create {}", dir.display()))?;
-        }
-        let mut changes: Vec<(String, &str)> = Vec::new();
-        if let Some(interface) = exit_interface {
-            let path = Self::accept_ra(interface);
-            match std::fs::read_to_string(&path) {
-                Ok(value) if value.trim() == "1" => changes.push((path, "2")),
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::warn!(%interface, %err, "exit mode: cannot read the exit interface's accept_ra; is it there (and IPv6 on)?")
-                }
-            }
-        }
-        changes.extend(Self::SYSCTLS.iter().map(|p| (p.to_string(), "1")));
-        let mut fwd = Forwarding { previous: Vec::new(), state };
-        for (path, _) in &changes {
-            let before = std::fs::read_to_string(path).with_context(|| format!("exit mode: cannot read {path}"))?;
-            fwd.previous.push((path.clone(), before.trim().to_string()));
-        }
-        let record: String = fwd.previous.iter().map(|(path, before)| format!("{path} {before}\n")).collect();
-        std::fs::write(&fwd.state, record)
-            .with_context(|| format!("exit mode: cannot record the forwarding settings in {}", fwd.state.display()))?;
-        for (path, value) in &changes {
-            std::fs::write(path, value).with_context(|| format!("exit mode: cannot write {value} to {path}"))?;
-        }
-        Ok(fwd)
-    }
-}
-
-impl Drop for Forwarding {
-    fn drop(&mut self) {
-        for (path, before) in self.previous.iter().rev() {
-            if let Err(err) = std::fs::write(path, before) {
-                tracing::warn!(%path, %err, "cannot restore the forwarding setting");
-            }
-        }
-        let _ = std::fs::remove_file(&self.state);
-    }
-}
-
-/// Exit mode's NAT (`exit_interface`): the clients' prefixes masqueraded out of it, in an nftables
-/// table of our own (roamtun_netlink::ExitNat), deleted when dropped. The kernel deletes the table
-/// by itself if the daemon dies without that (the table is owned by our netlink socket).
-struct ExitNatRules {
-    nft: roamtun_netlink::Nftables,
-    table: String,
-}
-
-impl ExitNatRules {
-    fn install(config: &ServerConfig, exit_interface: &str) -> anyhow::Result<Self> {
-        if !crate::check::link_exists(exit_interface) {
-            tracing::warn!(interface = %exit_interface, "exit_interface is not on this host now: nothing leaves through it until it appears");
-        }
-        let nat = roamtun_netlink::ExitNat {
-            tun: config.tun.name.clone(),
-            exit_interface: exit_interface.into(),
-            client_prefixes: config.client_prefixes.iter().map(|p| (p.addr, p.len)).collect(),
-        };
-        let mut nft = roamtun_netlink::Nftables::connect().context("exit mode: cannot reach nftables")?;
-        let leftover = nft.install(&nat).with_context(|| {
-            format!("exit mode: cannot install the masquerade and forward rules in nftables table inet {}", nat.table())
-        })?;
-        if leftover {
-            tracing::info!(table = %nat.table(), "exit mode: removed the nftables table a previous daemon left behind");
-        }
-        tracing::info!(table = %nat.table(), interface = %exit_interface, prefixes = ?config.client_prefixes.iter().map(ToString::to_string).collect::<Vec<_>>(), "exit mode: clients masqueraded out of the exit interface");
-        Ok(ExitNatRules { nft, table: nat.table() })
-    }
-}
-
-impl Drop for ExitNatRules {
-    fn drop(&mut self) {
-        if let Err(err) = self.nft.delete(&self.table) {
-            tracing::warn!(table = %self.table, error = %format!("{:#}", anyhow::Error::new(err)), "cannot delete the exit NAT's nftables table");
-        }
-    }
-}
-
 struct Accepted {
     config: Arc<ServerConfig>,
     tls: Arc<rustls::ServerConfig>,
@@ -461,35 +349,14 @@ impl Accepted {
             name: peer.name.clone(),
             public_key: key.to_base64(),
             switch_timeout: peer.switch_timeout_secs.map(roamtun_proto::time::Duration::from_secs),
+            lan_prefixes: peer.lan_prefixes.iter().map(|p| IpPrefix::new(p.addr, p.len)).collect(),
         };
         let join = Join::Hello { resume, virtual_ips: peer.virtual_ips.clone() };
         self.engine
-            .send(EngineMsg::PathUp { path, join, peer: peer_info, info, io })
+            .send(EngineMsg::PathUp { path, join, peer: Box::new(peer_info), info, io })
             .await
             .context("the engine stopped")?;
         tracing::debug!(peer = %peer.name, %remote, ?path, resume, "client authenticated");
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_state_file_names_only_the_settings_exit_mode_changes() {
-        assert!(Forwarding::ours("/proc/sys/net/ipv4/ip_forward"));
-        assert!(Forwarding::ours("/proc/sys/net/ipv6/conf/all/forwarding"));
-        assert!(Forwarding::ours(&Forwarding::accept_ra("eth0")));
-        // Whatever else a damaged or forged file says is not written.
-        for other in [
-            "/proc/sys/net/ipv6/conf/eth0/forwarding",
-            "/proc/sys/net/ipv6/conf/../accept_ra",
-            "/proc/sys/net/ipv6/conf//accept_ra",
-            "/proc/sys/net/ipv6/conf/a/b/accept_ra",
-            "/etc/passwd",
-        ] {
-            assert!(!Forwarding::ours(other), "{other}");
-        }
     }
 }
