@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use crate::config::{ClientConfig, Prefix, ServerConfig};
+use crate::config::{ClientConfig, LanMode, Prefix, ServerConfig};
 use crate::keys::{PrivateKey, PublicKey};
 
 /// What `--check` prints: facts on stdout, warnings on stderr.
@@ -108,6 +108,34 @@ pub fn client(c: &ClientConfig, link_exists: impl Fn(&str) -> bool) -> Report {
         ));
     }
     r.facts.extend(crate::full_tunnel::describe(c));
+    if let Some(lan) = &c.lan {
+        r.facts.push(match lan.mode {
+            LanMode::Masquerade => format!(
+                "lan: {} masqueraded to the virtual IP into {} (nftables table inet {}) while running, IP forwarding on",
+                list(&lan.prefixes),
+                c.tun.name,
+                roamtun_netlink::lan_nat_table(&c.tun.name)
+            ),
+            LanMode::Routed => format!(
+                "lan: {} routed into {} with their own addresses, IP forwarding on while running; the server must list \
+                 them as this peer's lan_prefixes",
+                list(&lan.prefixes),
+                c.tun.name
+            ),
+        });
+        if lan.mode == LanMode::Masquerade {
+            for family in [true, false] {
+                let lan_has = lan.prefixes.iter().any(|p| p.addr.is_ipv4() == family);
+                if lan_has && !c.virtual_ips.iter().any(|ip| ip.is_ipv4() == family) {
+                    let name = if family { "IPv4" } else { "IPv6" };
+                    r.warnings.push(format!(
+                        "[lan] has {name} prefixes but virtual_ips no {name} address: their hosts cannot be \
+                         masqueraded into the tunnel (add an {name} virtual IP, or use mode = \"routed\")"
+                    ));
+                }
+            }
+        }
+    }
     r.facts.push(control_fact(&c.control_socket, c.control_group.as_ref()));
     r.warnings.extend(family_warnings(&c.virtual_ips, &c.routes));
     if is_pasted(c.private_key(), &c.server.public_key) {
@@ -172,6 +200,14 @@ pub fn server(c: &ServerConfig, link_exists: impl Fn(&str) -> bool) -> Report {
     r.facts.push(format!("listen: {}", list(&c.listen)));
     r.facts.push(format!("tun: {} (mtu {}), virtual IPs {}", c.tun.name, c.tun.mtu, list(&c.virtual_ips)));
     r.facts.push(format!("client prefixes: {}", list(&c.client_prefixes)));
+    for peer in c.peers.iter().filter(|p| !p.lan_prefixes.is_empty()) {
+        r.facts.push(format!(
+            "peer {}: LAN {} behind it, routed into {} and accepted from it alone",
+            peer.name,
+            list(&peer.lan_prefixes),
+            c.tun.name
+        ));
+    }
     r.facts.push(format!("exit mode: {}", if c.exit { "on (IP forwarding enabled while running)" } else { "off" }));
     if let Some(exit) = &c.exit_interface {
         r.facts.push(format!(

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use super::control_group::ControlGroup;
 use super::de::{from_str, optional_from_str, socket_addrs, vec_from_str};
 use super::error::{invalid_at, or_mistake, parse, ConfigError};
+use super::lan::{check_lan, LanConfig};
 use super::prefix::{prefix_contains, Prefix};
 use super::private_key::{private_key, read, resolve_key};
 use super::routing::{check_routing, RoutingConfig};
@@ -72,6 +73,9 @@ pub struct ClientConfig {
     /// host's DNS is left alone.
     #[serde(default)]
     pub dns: Vec<IpAddr>,
+    /// A network behind this host whose hosts use the tunnel too (the client on a router).
+    #[serde(default)]
+    pub lan: Option<LanConfig>,
 }
 
 /// The decision task's hysteresis (src/link/policy.rs has the rules).
@@ -242,6 +246,9 @@ impl ClientConfig {
             ));
         }
         check_dns(path, text, &c.dns)?;
+        if let Some(lan) = &c.lan {
+            check_lan(path, text, lan, &c.virtual_ips)?;
+        }
         Ok(c)
     }
 }
@@ -268,6 +275,33 @@ mod tests {
     use crate::config::test_support::{key, server_toml};
     use crate::config::ServerConfig;
     use crate::keys::PrivateKey;
+
+    #[test]
+    fn a_lan_names_its_own_prefixes_and_a_mode() {
+        let sk = PrivateKey::generate().unwrap().public_key();
+        let text = format!(
+            "private_key = \"{}\"\nvirtual_ips = [\"100.64.0.2\"]\nroutes = [\"100.64.0.0/10\"]\n\
+             [server]\naddress = \"198.18.1.1:7700\"\npublic_key = \"{sk}\"\n",
+            key()
+        );
+        let load = |lan: &str| ClientConfig::from_toml(Path::new("c.toml"), &format!("{text}[lan]\n{lan}\n"));
+        let c = load("prefixes = [\"198.19.50.0/24\"]").unwrap();
+        let lan = c.lan.expect("[lan] parsed");
+        assert_eq!(lan.mode, crate::config::LanMode::Masquerade, "masquerade works with any server: the default");
+        assert_eq!(lan.prefixes, ["198.19.50.0/24".parse::<Prefix>().unwrap()]);
+        let c = load("prefixes = [\"198.19.50.0/24\", \"fd00:50::/64\"]\nmode = \"routed\"").unwrap();
+        assert_eq!(c.lan.unwrap().mode, crate::config::LanMode::Routed);
+        let err = load("prefixes = []").unwrap_err().to_string();
+        assert!(err.contains("[lan] prefixes must name the LAN's prefixes"), "{err}");
+        let err = load("prefixes = [\"100.64.0.0/24\"]").unwrap_err().to_string();
+        assert!(err.contains("[lan] prefix 100.64.0.0/24 holds the virtual IP 100.64.0.2"), "{err}");
+        let err = load("prefixes = [\"198.19.0.0/16\", \"198.19.50.0/24\"]").unwrap_err().to_string();
+        assert!(err.contains("[lan] prefix 198.19.50.0/24 overlaps 198.19.0.0/16"), "{err}");
+        let err = load("prefixes = [\"0.0.0.0/0\"]").unwrap_err().to_string();
+        assert!(err.contains("is everything"), "{err}");
+        let err = load("prefixes = [\"198.19.50.0/24\"]\nmode = \"bridged\"").unwrap_err().to_string();
+        assert!(err.contains("bridged") && err.contains("masquerade") && err.contains("routed"), "{err}");
+    }
 
     #[test]
     fn dns_servers_are_addresses_named_once() {

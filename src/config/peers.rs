@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::de::from_str;
+use super::de::{from_str, vec_from_str};
 use super::error::{parse, ConfigError};
+use super::prefix::Prefix;
 use crate::keys::PublicKey;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -20,6 +21,11 @@ pub struct PeerConfig {
     /// waits for it to come back, e.g. a laptop closed for the night.
     #[serde(default)]
     pub switch_timeout_secs: Option<u64>,
+    /// Networks behind this peer (a router's LAN in routed mode, its `[lan] prefixes`): their hosts
+    /// speak from their own addresses, accepted from this peer only and routed into the TUN, like
+    /// WireGuard's AllowedIPs.
+    #[serde(default, deserialize_with = "vec_from_str")]
+    pub lan_prefixes: Vec<Prefix>,
 }
 
 /// One file of `peers_dir`: a `[[peer]]` table whose name defaults to the file's stem.
@@ -32,6 +38,8 @@ struct PeerFile {
     virtual_ips: Vec<IpAddr>,
     #[serde(default)]
     switch_timeout_secs: Option<u64>,
+    #[serde(default, deserialize_with = "vec_from_str")]
+    lan_prefixes: Vec<Prefix>,
 }
 
 /// Every `*.toml` of `dir`, in name order, as peers.
@@ -49,11 +57,14 @@ pub(super) fn read_peers_dir(dir: &Path) -> Result<Vec<(PeerConfig, PathBuf)>, C
         let peer: PeerFile = parse(&file, &text)?;
         let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let name = peer.name.unwrap_or(stem);
-        let switch_timeout_secs = peer.switch_timeout_secs;
-        peers.push((
-            PeerConfig { name, public_key: peer.public_key, virtual_ips: peer.virtual_ips, switch_timeout_secs },
-            file,
-        ));
+        let peer = PeerConfig {
+            name,
+            public_key: peer.public_key,
+            virtual_ips: peer.virtual_ips,
+            switch_timeout_secs: peer.switch_timeout_secs,
+            lan_prefixes: peer.lan_prefixes,
+        };
+        peers.push((peer, file));
     }
     Ok(peers)
 }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::control_group::ControlGroup;
 use super::de::{optional_from_str, socket_addrs, vec_from_str};
 use super::error::{invalid, invalid_at, or_mistake, parse, ConfigError};
+use super::lan::overlap;
 use super::peers::{read_peers_dir, PeerConfig};
 use super::prefix::{prefix_contains, Prefix};
 use super::private_key::{private_key, read, resolve_key};
@@ -175,7 +176,44 @@ impl ServerConfig {
                 }
             }
         }
+        // A LAN's addresses belong to its peer alone: none of them anybody's virtual IP, no two LANs
+        // sharing one (the engine could not tell whose a packet is).
+        let mut lans: Vec<(&Prefix, &str)> = Vec::new();
+        for (n, peer) in c.peers.iter().enumerate() {
+            for (i, lan) in peer.lan_prefixes.iter().enumerate() {
+                let key = [Step::Key("peer"), Step::Index(n), Step::Key("lan_prefixes"), Step::Index(i)];
+                let invalid_at = |message: String| match &c.peer_files[n] {
+                    Some(file) => invalid(file, message),
+                    None => invalid_at(path, text, &key, message),
+                };
+                if lan.len == 0 {
+                    return Err(invalid_at(format!(
+                        "lan_prefixes of peer {:?}: {lan} is everything; name the LAN's own prefixes",
+                        peer.name
+                    )));
+                }
+                if let Some((ip, owner)) = owners.iter().find(|(ip, _)| prefix_contains(lan, **ip)) {
+                    return Err(invalid_at(format!(
+                        "lan_prefixes of peer {:?}: {lan} holds the virtual IP {ip} of {owner}",
+                        peer.name
+                    )));
+                }
+                if let Some((other, owner)) = lans.iter().find(|(o, _)| overlap(o, lan)) {
+                    return Err(invalid_at(format!(
+                        "lan_prefixes of peer {:?}: {lan} overlaps {other} of peer {owner:?}",
+                        peer.name
+                    )));
+                }
+                lans.push((lan, &peer.name));
+            }
+        }
         Ok(c)
+    }
+
+    /// What the server TUN routes: the clients' prefixes and every peer's LAN.
+    pub fn tun_routes(&self) -> Vec<Prefix> {
+        let lans = self.peers.iter().flat_map(|p| p.lan_prefixes.iter().copied());
+        self.client_prefixes.iter().copied().chain(lans).collect()
     }
 
     pub fn peer_by_key(&self, key: &PublicKey) -> Option<&PeerConfig> {
@@ -265,5 +303,34 @@ mod tests {
             let err = ServerConfig::from_toml(Path::new("s.toml"), &text).unwrap_err().to_string();
             assert!(err.contains(says), "{key} = {value}: {err}");
         }
+    }
+
+    #[test]
+    fn lan_prefixes_belong_to_one_peer_and_hold_no_virtual_ip() {
+        let other = PrivateKey::generate().unwrap().public_key();
+        let with = |first: &str, second: &str| {
+            let extra = format!(
+                "lan_prefixes = [{first}]\n\n[[peer]]\nname = \"router2\"\npublic_key = \"{other}\"\n\
+                 virtual_ips = [\"100.64.0.3\"]\nlan_prefixes = [{second}]\n"
+            );
+            ServerConfig::from_toml(Path::new("s.toml"), &server_toml(&extra))
+        };
+        let c = with("\"198.19.50.0/24\"", "\"198.19.51.0/24\"").unwrap();
+        let routes: Vec<String> = c.tun_routes().iter().map(ToString::to_string).collect();
+        assert_eq!(routes, ["100.64.0.0/10", "198.19.50.0/24", "198.19.51.0/24"], "every LAN is routed into the TUN");
+        let err = with("\"198.19.50.0/24\"", "\"198.19.50.128/25\"").unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "lan_prefixes of peer \"router2\": 198.19.50.128/25 overlaps 198.19.50.0/24 of peer \"laptop\""
+            ),
+            "{err}"
+        );
+        let err = with("\"100.64.0.0/30\"", "\"198.19.51.0/24\"").unwrap_err().to_string();
+        assert!(
+            err.contains("lan_prefixes of peer \"laptop\": 100.64.0.0/30 holds the virtual IP 100.64.0.1"),
+            "{err}"
+        );
+        let err = with("\"0.0.0.0/0\"", "\"198.19.51.0/24\"").unwrap_err().to_string();
+        assert!(err.contains("is everything"), "{err}");
     }
 }

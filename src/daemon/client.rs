@@ -12,6 +12,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_rustls::TlsConnector;
 
+use super::forwarding::{Forwarding, NatRules};
 use super::relay_socket::RelaySocket;
 use super::transport::{self, Handshake, HandshakeError};
 use super::{
@@ -19,9 +20,10 @@ use super::{
     StatusSource, Tun, Uplinks,
 };
 use crate::clock::Clock;
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, LanConfig, LanMode};
 use crate::tls;
 use roamtun_proto::relay::engine::{Engine, Role};
+use roamtun_proto::relay::policy::IpPrefix;
 use roamtun_proto::wire::{Frame, PROTOCOL_VERSION};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -69,6 +71,20 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
         None
     };
     tracing::info!(tun = %config.tun.name, virtual_ips = ?config.virtual_ips, routes = ?config.routes.iter().map(ToString::to_string).collect::<Vec<_>>(), uplinks = ?config.uplink_names(), "client TUN up");
+    // Held until the end of `run`, like the TUN.
+    let _lan = match &config.lan {
+        Some(lan) => match Lan::start(&config, lan) {
+            Ok(lan) => Some(lan),
+            Err(err) => {
+                if let Some(full_tunnel) = full_tunnel {
+                    full_tunnel.stop().await;
+                }
+                tun.remove().await;
+                return Err(err);
+            }
+        },
+        None => None,
+    };
     // Taken back below, once serve has returned (signal, failure or a task's panic); a panic that
     // unwinds past here drops it, which puts resolv.conf back too; after SIGKILL the next start does.
     let dns = crate::dns::start(&config.dns, &config.routes, &config.tun.name, &config.control_socket).await?;
@@ -331,13 +347,14 @@ impl Dialer<'_> {
             name: "server".into(),
             public_key: self.config.server.public_key.to_base64(),
             switch_timeout: None,
+            lan_prefixes: Lan::routed_prefixes(self.config),
         };
         let info = PathInfo { local: Some(local), remote: Some(server), uplink, congestion_control };
         self.engine
             .send(EngineMsg::PathUp {
                 path,
                 join: Join::Welcome { session: session_id, ahead_sent: ahead.is_some() },
-                peer,
+                peer: Box::new(peer),
                 info,
                 io,
             })
@@ -431,6 +448,46 @@ fn set_mark(socket: &TcpSocket, mark: u32) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A router's LAN (`[lan]`): the kernel forwards its hosts' packets into the TUN, masqueraded to the
+/// virtual IP there (masquerade mode) or with their own addresses (routed mode, where the engine
+/// carries them as its own apps'); both undone when dropped.
+struct Lan {
+    // Dropped before the forwarding settings are put back (declared first).
+    _masquerade: Option<NatRules>,
+    _forwarding: Forwarding,
+}
+
+impl Lan {
+    fn start(config: &ClientConfig, lan: &LanConfig) -> anyhow::Result<Self> {
+        // Beside the control socket, in the daemon's runtime directory.
+        let state = config.control_socket.with_extension("forwarding");
+        let forwarding = Forwarding::enable(state, &config.uplink_names(), "lan")?;
+        let masquerade = match lan.mode {
+            LanMode::Masquerade => {
+                let prefixes = lan.prefixes.iter().map(|p| (p.addr, p.len)).collect();
+                let nat = roamtun_netlink::Masquerade::lan(&config.tun.name, prefixes);
+                Some(NatRules::install(&nat, "lan", "LAN hosts masqueraded to the virtual IP into the tunnel")?)
+            }
+            LanMode::Routed => {
+                let prefixes: Vec<String> = lan.prefixes.iter().map(ToString::to_string).collect();
+                tracing::info!(?prefixes, "lan: LAN hosts routed into the tunnel with their own addresses (the server must list them as this peer's lan_prefixes)");
+                None
+            }
+        };
+        Ok(Lan { _masquerade: masquerade, _forwarding: forwarding })
+    }
+
+    /// The prefixes the engine carries besides the virtual IPs: the LAN's, in routed mode.
+    fn routed_prefixes(config: &ClientConfig) -> Vec<IpPrefix> {
+        match &config.lan {
+            Some(lan) if lan.mode == LanMode::Routed => {
+                lan.prefixes.iter().map(|p| IpPrefix::new(p.addr, p.len)).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 pub mod client;
 mod client_side;
 mod crash;
+mod forwarding;
 pub mod memory;
 mod relay_socket;
 pub mod reload;
@@ -66,7 +67,8 @@ pub enum EngineMsg {
     PathUp {
         path: PathId,
         join: Join,
-        peer: PeerInfo,
+        /// Boxed: the other messages are small and many.
+        peer: Box<PeerInfo>,
         info: PathInfo,
         io: PathIo,
     },

@@ -104,7 +104,7 @@ async fn reload(path: &std::path::Path, live: &SharedLive, engine: &mpsc::Sender
     Ok(summary)
 }
 
-/// Peers by public key: a changed peer kept its key but not its name or virtual IPs.
+/// Peers by public key: a changed peer kept its key but not its name, virtual IPs or LAN prefixes.
 struct PeerDiff<'a> {
     added: Vec<&'a PeerConfig>,
     removed: Vec<&'a PeerConfig>,
@@ -121,13 +121,20 @@ impl<'a> PeerDiff<'a> {
         for (key, p) in &new_by_key {
             match old_by_key.get(key) {
                 None => diff.added.push(p),
-                Some(o) if o.name != p.name || o.virtual_ips != p.virtual_ips => diff.changed.push(p),
+                Some(o) if o.name != p.name || o.virtual_ips != p.virtual_ips || o.lan_prefixes != p.lan_prefixes => {
+                    diff.changed.push(p)
+                }
                 Some(_) => diff.unchanged += 1,
             }
         }
         diff.removed = old_by_key.iter().filter(|(k, _)| !new_by_key.contains_key(k)).map(|(_, p)| *p).collect();
         diff
     }
+}
+
+fn sorted(mut prefixes: Vec<crate::config::Prefix>) -> Vec<crate::config::Prefix> {
+    prefixes.sort();
+    prefixes
 }
 
 /// The keys whose change the running daemon does not apply.
@@ -141,6 +148,8 @@ fn needs_restart(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
     check("listen", old.listen != new.listen);
     check("virtual_ips", old.virtual_ips != new.virtual_ips);
     check("client_prefixes", old.client_prefixes != new.client_prefixes);
+    // Their routes into the TUN are installed at start.
+    check("lan_prefixes (routes)", sorted(old.tun_routes()) != sorted(new.tun_routes()));
     check("exit", old.exit != new.exit);
     check("allowed_destinations", old.allowed_destinations != new.allowed_destinations);
     check("client_to_client", old.client_to_client != new.client_to_client);
@@ -162,6 +171,7 @@ mod tests {
             public_key: key.public_key(),
             virtual_ips: vec![ip.parse().unwrap()],
             switch_timeout_secs: None,
+            lan_prefixes: Vec::new(),
         }
     }
 

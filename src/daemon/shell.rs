@@ -222,12 +222,12 @@ impl Shell {
                 }
                 match join {
                     Join::Hello { resume, virtual_ips } => {
-                        self.core.server_path_up(path, info, peer, resume, virtual_ips, now)
+                        self.core.server_path_up(path, info, *peer, resume, virtual_ips, now)
                     }
                     Join::Welcome { session, ahead_sent } => {
                         self.source.shared.note_connected();
                         let vips = self.source.virtual_ips.clone();
-                        self.core.client_path_up(path, info, peer, session, vips, ahead_sent, now)
+                        self.core.client_path_up(path, info, *peer, session, vips, ahead_sent, now)
                     }
                 }
                 // After the core has the path (a path it closed at once has no reader left to start).
