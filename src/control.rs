@@ -66,7 +66,7 @@ pub enum Request {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
-    Status(Status),
+    Status(Box<Status>),
     Switched(SwitchRecord),
     Done { message: String },
     Error { message: String },
@@ -108,6 +108,9 @@ pub struct Status {
     /// Client: the tunnel's DNS servers as applied to the host (`dns`); null when not set.
     #[serde(default)]
     pub dns: Option<DnsStatus>,
+    /// Client: the LAN it carries as a router (`[lan]`).
+    #[serde(default)]
+    pub lan: Option<LanStatus>,
 }
 
 /// The client's `dns` as applied (src/dns/).
@@ -122,6 +125,14 @@ pub struct DnsStatus {
     /// systemd-resolved: the link's routing domains (`~.` for a full tunnel: every name).
     #[serde(default)]
     pub domains: Vec<String>,
+}
+
+/// A router's `[lan]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LanStatus {
+    /// "masquerade" or "routed".
+    pub mode: String,
+    pub prefixes: Vec<String>,
 }
 
 /// One uplink of the client.
@@ -317,6 +328,9 @@ pub struct PeerStatus {
     pub public_key: String,
     pub connected: bool,
     pub virtual_ips: Vec<IpAddr>,
+    /// Server: the networks behind this client (`[[peer]] lan_prefixes`), routed to it.
+    #[serde(default)]
+    pub lan_prefixes: Vec<String>,
     /// Our end of the relay connection: the uplink address in use.
     pub local_address: Option<SocketAddr>,
     /// The interface that holds `local_address` (client: the uplink).
@@ -621,6 +635,9 @@ pub fn render(status: &Status) -> String {
         };
         let _ = writeln!(s, "  dns:          {} {how}", servers.join(", "));
     }
+    if let Some(lan) = &status.lan {
+        let _ = writeln!(s, "  lan:          {} ({})", lan.prefixes.join(", "), lan.mode);
+    }
     for p in &status.peers {
         let state = match (p.connected, p.switching) {
             (_, true) => "switching",
@@ -632,6 +649,9 @@ pub fn render(status: &Status) -> String {
         if !p.virtual_ips.is_empty() {
             let vips: Vec<String> = p.virtual_ips.iter().map(ToString::to_string).collect();
             let _ = writeln!(s, "  virtual ips:  {}", vips.join(", "));
+        }
+        if !p.lan_prefixes.is_empty() {
+            let _ = writeln!(s, "  lan prefixes: {}", p.lan_prefixes.join(", "));
         }
         if let (Some(local), Some(remote)) = (p.local_address, p.remote_address) {
             let uplink = p.uplink.as_deref().unwrap_or("?");

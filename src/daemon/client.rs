@@ -96,9 +96,18 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
         tun: config.tun.name.clone(),
         virtual_ips: config.virtual_ips.clone(),
         started: StdInstant::now(),
-        known_peers: vec![("server".into(), config.server.public_key.to_base64(), Vec::new())],
+        known_peers: vec![super::KnownPeer {
+            name: "server".into(),
+            public_key: config.server.public_key.to_base64(),
+            virtual_ips: Vec::new(),
+            lan_prefixes: Vec::new(),
+        }],
         shared: shared.clone(),
         dns: dns.as_ref().map(crate::dns::Applied::status),
+        lan: config.lan.as_ref().map(|lan| crate::control::LanStatus {
+            mode: lan.mode.as_str().into(),
+            prefixes: lan.prefixes.iter().map(ToString::to_string).collect(),
+        }),
     };
     // One request at a time is all the dialer ever has: a newer one replaces what it was doing.
     let (dial_tx, dial_rx) = mpsc::channel(4);

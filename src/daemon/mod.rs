@@ -114,7 +114,7 @@ pub enum EngineMsg {
     /// Server: a reload changed the configured peers: `known` is the new list (for the status),
     /// `ended` the public keys (base64) whose sessions must end, with why.
     PeersChanged {
-        known: Vec<(String, String, Vec<IpAddr>)>,
+        known: Vec<KnownPeer>,
         ended: Vec<(String, String)>,
     },
     /// Stop: reset the apps' connections, close the sessions, return.
@@ -128,10 +128,33 @@ pub struct StatusSource {
     pub virtual_ips: Vec<IpAddr>,
     pub started: StdInstant,
     /// Peers that are configured but may not be connected (server: every `[[peer]]`; client: the server).
-    pub known_peers: Vec<(String, String, Vec<IpAddr>)>,
+    pub known_peers: Vec<KnownPeer>,
     pub shared: Arc<SharedCounters>,
     /// Client: its `dns` as applied to the host.
     pub dns: Option<crate::control::DnsStatus>,
+    /// Client: the `[lan]` it carries.
+    pub lan: Option<crate::control::LanStatus>,
+}
+
+/// A configured peer, as the status lists it before and while it is connected.
+#[derive(Debug, Clone)]
+pub struct KnownPeer {
+    pub name: String,
+    pub public_key: String,
+    pub virtual_ips: Vec<IpAddr>,
+    /// Server: the networks routed through this peer (`[[peer]] lan_prefixes`).
+    pub lan_prefixes: Vec<String>,
+}
+
+impl KnownPeer {
+    fn of(peer: &crate::config::PeerConfig) -> Self {
+        KnownPeer {
+            name: peer.name.clone(),
+            public_key: peer.public_key.to_base64(),
+            virtual_ips: peer.virtual_ips.clone(),
+            lan_prefixes: peer.lan_prefixes.iter().map(ToString::to_string).collect(),
+        }
+    }
 }
 
 /// Counters and notes written by connection tasks, read for status.

@@ -74,7 +74,7 @@ async fn reload(path: &std::path::Path, live: &SharedLive, engine: &mpsc::Sender
     let tls = crate::tls::server_config(new.private_key(), keys).map_err(|e| e.to_string())?;
     let diff = PeerDiff::new(&old.peers, &new.peers);
     let restart = needs_restart(&old, &new);
-    let known = new.peers.iter().map(|p| (p.name.clone(), p.public_key.to_base64(), p.virtual_ips.clone())).collect();
+    let known = new.peers.iter().map(super::KnownPeer::of).collect();
     let mut ended = Vec::new();
     for p in &diff.removed {
         ended

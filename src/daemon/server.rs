@@ -77,13 +77,10 @@ pub async fn run(config: ServerConfig, path: std::path::PathBuf) -> anyhow::Resu
         tun: config.tun.name.clone(),
         virtual_ips: config.virtual_ips.clone(),
         started: StdInstant::now(),
-        known_peers: config
-            .peers
-            .iter()
-            .map(|p| (p.name.clone(), p.public_key.to_base64(), p.virtual_ips.clone()))
-            .collect(),
+        known_peers: config.peers.iter().map(super::KnownPeer::of).collect(),
         shared: shared.clone(),
         dns: None,
+        lan: None,
     };
     let config = Arc::new(config);
     let transition = transition_config(&config.tuning);

@@ -263,7 +263,7 @@ impl Shell {
                     if self.test_panic == Some(super::crash::TestPanic::Engine) {
                         panic!("ROAMTUN_TEST_PANIC=engine: the injected engine fault");
                     }
-                    let _ = reply.send(Response::Status(super::status::status(self)));
+                    let _ = reply.send(Response::Status(Box::new(super::status::status(self))));
                 }
                 Request::Switch { uplink } => match self.client.as_mut() {
                     Some(client) => client.request_switch(&mut self.core, uplink, reply, now),

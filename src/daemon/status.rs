@@ -17,13 +17,14 @@ pub(super) fn status(shell: &Shell) -> Status {
     let now = shell.clock.now();
     let unix_now = unix_ms();
     let mut peers = Vec::new();
-    for (name, key, vips) in &source.known_peers {
-        let session = core.sessions().find(|s| &s.peer.public_key == key);
+    for known in &source.known_peers {
+        let session = core.sessions().find(|s| s.peer.public_key == known.public_key);
         let mut p = PeerStatus {
-            name: name.clone(),
-            public_key: key.clone(),
+            name: known.name.clone(),
+            public_key: known.public_key.clone(),
             connected: false,
-            virtual_ips: vips.clone(),
+            virtual_ips: known.virtual_ips.clone(),
+            lan_prefixes: known.lan_prefixes.clone(),
             local_address: None,
             uplink: None,
             remote_address: None,
@@ -102,6 +103,7 @@ pub(super) fn status(shell: &Shell) -> Status {
         tls_key_updates: source.shared.key_updates.load(Relaxed),
         uplinks: shell.client.as_ref().map(|c| uplink_status(shell, c)).unwrap_or_default(),
         dns: source.dns.clone(),
+        lan: source.lan.clone(),
     }
 }
 
