@@ -1,44 +1,50 @@
 #!/usr/bin/env bash
-# The client on a router (CPE): a LAN host behind it keeps its sessions across the router's WAN
+# The client on a router (CPE): two LAN hosts behind it keep their sessions across the router's WAN
 # switches, in both `[lan]` modes.
 #
-#   ns lan: eth0 198.19.50.10/24, default via 198.19.50.1
-#        <== veth ==> lan0 198.19.50.1/24   ns client (the router): roam0 100.64.0.2, uplinks wlan0, wwan0
+#   ns lan-a: eth0 198.19.50.10/24 ┐
+#   ns lan-b: eth0 198.19.50.11/24 ┴ veth ==> bridge lan0 198.19.50.1/24 in ns client (the router):
+#                                             roam0 100.64.0.2, uplinks wlan0, wwan0
 #   ns server: roamtun server on 198.18.0.1:7700 (over up1 and up2), roamsrv0 100.64.0.1
 #
-# The LAN host runs what a user behind the router would have open (tests/netns/apps.py): a transfer
+# Each LAN host runs what a user behind the router would have open (tests/netns/apps.py): a transfer
 # both ways, sha256-checked at both ends, an interactive session and a UDP stream, all to the server's
-# virtual IP; in routed mode also a session the server side opens to the LAN host. The router's WAN
-# changes underneath (a planned switch, a link taken down). Each case prints one line; the file ends
-# with "router: N passed, M failed". Run as root.
+# virtual IP; in routed mode also a session the server side opens to each LAN host. The router's WAN
+# changes underneath (a planned switch, then a link taken down). Each case prints one line; the file
+# ends with "router: N passed, M failed". Run as root.
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 # shellcheck source=../../scripts/lib/netns.sh
 . "$ROOT/scripts/lib/netns.sh"
-NS_L="rt-l-$$"
-EXTRA_NS=("$NS_L")
+LAN_NS=("rt-a-$$" "rt-b-$$")
+LAN_IP=(198.19.50.10 198.19.50.11)
+EXTRA_NS=("${LAN_NS[@]}")
 trap netns_cleanup EXIT
 SERVER_ADDR=198.18.0.1
-SIZE=${ROAMTUN_TRANSFER:-$((64 << 20))}
 
 # shellcheck source=../../scripts/lib/roaming.sh
 . "$ROOT/scripts/lib/roaming.sh"
-
-l() { ip netns exec "$NS_L" "$@"; }
+# Two hosts share the router's tunnel: half the single-host transfer each.
+SIZE=${ROAMTUN_TRANSFER:-$((128 << 20))}
 
 # setup MODE [SERVER_KNOWS]: the router with [lan] in MODE; with SERVER_KNOWS=yes the server lists
 # the LAN as the peer's lan_prefixes.
 setup() {
     netns_topology
     netns_second_uplink
-    ip netns add "$NS_L"
-    l ip link set lo up
-    ip link add eth0 netns "$NS_L" type veth peer name lan0 netns "$NS_C"
-    l ip addr add 198.19.50.10/24 dev eth0
+    c ip link add lan0 type bridge
     c ip addr add 198.19.50.1/24 dev lan0
-    l ip link set eth0 up
     c ip link set lan0 up
-    l ip route add default via 198.19.50.1
+    local i
+    for i in 0 1; do
+        ip netns add "${LAN_NS[$i]}"
+        ip netns exec "${LAN_NS[$i]}" ip link set lo up
+        ip link add eth0 netns "${LAN_NS[$i]}" type veth peer name "lan0p$i" netns "$NS_C"
+        ip netns exec "${LAN_NS[$i]}" ip addr add "${LAN_IP[$i]}/24" dev eth0
+        ip netns exec "${LAN_NS[$i]}" ip link set eth0 up
+        c ip link set "lan0p$i" master lan0 up
+        ip netns exec "${LAN_NS[$i]}" ip route add default via 198.19.50.1
+    done
     CLIENT_EXTRA="uplinks = [\"wlan0\", \"wwan0\"]
 [lan]
 prefixes = [\"198.19.50.0/24\"]
@@ -48,38 +54,68 @@ mode = \"$1\"" netns_configs
     netns_start_daemons || fail "the daemons did not start"
 }
 
-# The LAN host's apps (and, with SERVER_OPENS=yes, a session the server side opens to it), the
+# Every LAN host's apps (and, with SERVER_OPENS=yes, a session the server side opens to each), each
 # transfer paced at RATE bytes/s each way.
 start_lan_workload() {
-    local rate=$1
+    local rate=$1 i
+    # The verdicts of an earlier case's servers must not count for this one.
+    : >"$WORK/apps.log"
     spawn "$WORK/apps.log" "$NS_S" $APPS bulk-server 100.64.0.1 7200 "$WORK/bulk.ready"
     spawn "$WORK/apps.log" "$NS_S" $APPS echo-server 100.64.0.1 7000 "$WORK/echo.ready"
     spawn "$WORK/apps.log" "$NS_S" $APPS udp-echo-server 100.64.0.1 7003 "$WORK/udp.ready"
-    spawn "$WORK/apps.log" "$NS_L" $APPS echo-server 198.19.50.10 7100 "$WORK/lecho.ready"
-    for f in bulk echo udp lecho; do wait_ready "$WORK/$f.ready" || fail "app $f did not start"; done
-    spawn "$WORK/bulk.out" "$NS_L" $APPS bulk-client 100.64.0.1 7200 --size "$SIZE" --rate "$rate" --timeout 240
-    BULK_PID=$LAST_PID
-    spawn "$WORK/interactive.out" "$NS_L" $APPS interactive 100.64.0.1 7000 "$WORK/stop" --timeout 240
-    INTER_PID=$LAST_PID
-    if [ "${SERVER_OPENS:-}" = yes ]; then
-        spawn "$WORK/sinteractive.out" "$NS_S" $APPS interactive 198.19.50.10 7100 "$WORK/stop" --timeout 240
-    else
-        # No session from the server side: a stand-in that succeeds, so finish_workload has one.
-        spawn "$WORK/sinteractive.out" "$NS_S" sh -c 'while [ ! -e "$1" ]; do sleep 0.1; done; echo "interactive: none (masquerade)"' sh "$WORK/stop"
-    fi
-    SINTER_PID=$LAST_PID
-    spawn "$WORK/udp.out" "$NS_L" $APPS udp-stream 100.64.0.1 7003 "$WORK/stop" --timeout 240
-    UDP_PID=$LAST_PID
+    for i in 0 1; do
+        spawn "$WORK/apps.log" "${LAN_NS[$i]}" $APPS echo-server "${LAN_IP[$i]}" 7100 "$WORK/lecho$i.ready"
+    done
+    for f in bulk echo udp lecho0 lecho1; do wait_ready "$WORK/$f.ready" || fail "app $f did not start"; done
+    WAIT_FIRST=()
+    WAIT_AFTER=()
+    UDP_PIDS=()
+    for i in 0 1; do
+        spawn "$WORK/bulk$i.out" "${LAN_NS[$i]}" $APPS bulk-client 100.64.0.1 7200 --size "$SIZE" --rate "$rate" --timeout 240
+        WAIT_FIRST+=("$LAST_PID")
+        spawn "$WORK/interactive$i.out" "${LAN_NS[$i]}" $APPS interactive 100.64.0.1 7000 "$WORK/stop" --timeout 240
+        WAIT_AFTER+=("$LAST_PID")
+        if [ "${SERVER_OPENS:-}" = yes ]; then
+            spawn "$WORK/sinteractive$i.out" "$NS_S" $APPS interactive "${LAN_IP[$i]}" 7100 "$WORK/stop" --timeout 240
+            WAIT_AFTER+=("$LAST_PID")
+        fi
+        spawn "$WORK/udp$i.out" "${LAN_NS[$i]}" $APPS udp-stream 100.64.0.1 7003 "$WORK/stop" --timeout 240
+        UDP_PIDS+=("$LAST_PID")
+    done
 }
 
-# seen_as ADDRESS: the server's apps see the LAN host's connections come from ADDRESS.
+# Waits for every LAN host's apps; fails unless all of them verified what they got.
+finish_lan_workload() {
+    local rc=0 pid i
+    for pid in "${WAIT_FIRST[@]}"; do wait "$pid" || rc=1; done
+    touch "$WORK/stop"
+    for pid in "${WAIT_AFTER[@]}"; do wait "$pid" || rc=1; done
+    for pid in "${UDP_PIDS[@]}"; do wait "$pid" || true; done
+    for i in 0 1; do
+        echo "bulk:        ${LAN_IP[$i]}: $(tail -n 1 "$WORK/bulk$i.out")"
+        echo "interactive: ${LAN_IP[$i]} opened: $(tail -n 1 "$WORK/interactive$i.out" | sed 's/^interactive: //')"
+        if [ "${SERVER_OPENS:-}" = yes ]; then
+            echo "interactive: server opened to ${LAN_IP[$i]}: $(tail -n 1 "$WORK/sinteractive$i.out" | sed 's/^interactive: //')"
+        fi
+        echo "udp-stream:  ${LAN_IP[$i]}: $(tail -n 1 "$WORK/udp$i.out" | sed 's/^udp-stream: //')"
+    done
+    local verified
+    verified=$(grep -c "bulk-server: received $SIZE/$SIZE bytes, sha256 ok" "$WORK/apps.log")
+    [ "$verified" -eq 2 ] || { echo "the server side verified $verified of 2 transfers"; rc=1; }
+    [ $rc -eq 0 ] || fail "an app saw a failure"
+}
+
+# seen_as I ADDRESS: the server's apps see LAN host I's connections come from ADDRESS.
 seen_as() {
-    spawn "$WORK/apps.log" "$NS_S" $APPS peer-server 100.64.0.1 7300 "$WORK/peer.ready"
-    wait_ready "$WORK/peer.ready" || fail "peer-server did not start"
+    [ -e "$WORK/peer.ready" ] || {
+        spawn "$WORK/apps.log" "$NS_S" $APPS peer-server 100.64.0.1 7300 "$WORK/peer.ready"
+        wait_ready "$WORK/peer.ready" || fail "peer-server did not start"
+    }
     local seen
-    seen=$(l timeout 15 $APPS ask-peer 100.64.0.1 7300) || fail "the LAN host cannot reach the server's virtual IP"
-    echo "source:      the server's app sees the LAN host as $seen"
-    [ "$seen" = "$1" ] || fail "the server's app saw $seen, not $1"
+    seen=$(ip netns exec "${LAN_NS[$1]}" timeout 15 $APPS ask-peer 100.64.0.1 7300) ||
+        fail "LAN host ${LAN_IP[$1]} cannot reach the server's virtual IP"
+    echo "source:      the server's app sees LAN host ${LAN_IP[$1]} as $seen"
+    [ "$seen" = "$2" ] || fail "the server's app saw $seen, not $2"
 }
 
 forwarding() { c cat /proc/sys/net/ipv4/ip_forward; }
@@ -95,34 +131,43 @@ stop_router_and_check_restored() {
     echo "restored:    ip_forward 0 and no roamtun nftables table after the client stopped"
 }
 
-test_routed_lan_keeps_its_sessions_and_its_addresses_across_a_link_down() {
-    setup routed yes
+# lan_keeps_its_sessions MODE SERVER_KNOWS: both LAN hosts' apps across a planned switch and a link
+# taken down, each seen by the server as it should be in MODE.
+lan_keeps_its_sessions() {
+    setup "$1" "$2"
     [ "$(forwarding)" = 1 ] || fail "the router does not forward (ip_forward $(forwarding))"
-    seen_as 198.19.50.10
-    SERVER_OPENS=yes start_lan_workload $((16 << 20))
-    progress 16
-    EPOCH0=$(epoch)
-    c ip link set wlan0 down
-    wait_resumed || fail "the session did not resume"
-    finish_workload
-    expect_switches "unexpected:wlan0>wwan0"
-    stop_router_and_check_restored
-}
-
-test_masqueraded_lan_needs_nothing_from_the_server_and_survives_switches() {
-    setup masquerade
-    c nft list table inet roamtun_lan_roam0 >/dev/null || fail "no LAN masquerade table on the router"
-    seen_as 100.64.0.2
-    start_lan_workload $((16 << 20))
+    if [ "$1" = masquerade ]; then
+        c nft list table inet roamtun_lan_roam0 >/dev/null || fail "no LAN masquerade table on the router"
+    fi
+    local lan
+    lan=$(json_get "$WORK/client.sock" 's["lan"]["mode"] + " " + ",".join(s["lan"]["prefixes"])')
+    [ "$lan" = "$1 198.19.50.0/24" ] || fail "the router's status shows its [lan] as '$lan'"
+    lan=$(json_get "$WORK/server.sock" '",".join(s["peers"][0]["lan_prefixes"])')
+    [ "$lan" = "$([ "$2" = yes ] && echo 198.19.50.0/24)" ] || fail "the server's status shows the peer's LAN as '$lan'"
+    "$ROAMTUN" status --socket "$WORK/client.sock" | grep -qx "  lan:          198.19.50.0/24 ($1)" ||
+        fail "roamtun status does not show the LAN"
+    local i
+    for i in 0 1; do
+        if [ "$1" = routed ]; then seen_as "$i" "${LAN_IP[$i]}"; else seen_as "$i" 100.64.0.2; fi
+    done
+    start_lan_workload $((8 << 20))
     progress 16
     switch_to wwan0
-    progress 8
+    progress 16
     EPOCH0=$(epoch)
     c ip link set wwan0 down
     wait_resumed || fail "the session did not resume"
-    finish_workload
+    finish_lan_workload
     expect_switches "planned:wlan0>wwan0 unexpected:wwan0>wlan0"
     stop_router_and_check_restored
+}
+
+test_routed_lan_keeps_its_sessions_and_its_addresses_across_switches() {
+    SERVER_OPENS=yes lan_keeps_its_sessions routed yes
+}
+
+test_masqueraded_lan_needs_nothing_from_the_server_and_survives_switches() {
+    lan_keeps_its_sessions masquerade no
 }
 
 test_a_routed_lan_the_server_does_not_list_is_refused() {
@@ -130,7 +175,7 @@ test_a_routed_lan_the_server_does_not_list_is_refused() {
     spawn "$WORK/apps.log" "$NS_S" $APPS peer-server 100.64.0.1 7300 "$WORK/peer.ready"
     wait_ready "$WORK/peer.ready" || fail "peer-server did not start"
     local out
-    if out=$(l timeout 15 $APPS ask-peer 100.64.0.1 7300 2>&1); then
+    if out=$(ip netns exec "${LAN_NS[0]}" timeout 15 $APPS ask-peer 100.64.0.1 7300 2>&1); then
         fail "the server let a LAN host it was not told of connect: $out"
     fi
     echo "refused:     $(echo "$out" | tail -n 1)"
