@@ -5,13 +5,14 @@
 use anyhow::Context as _;
 
 /// Lets the kernel forward packets that pass through this host (a server's clients to beyond it, a
-/// router's LAN hosts into its TUN), and puts the previous settings back when dropped. The previous settings are also written to `state` first,
-/// so that the next start can put them back after a daemon that was killed (SIGKILL) could not.
+/// router's LAN hosts into its TUN), and puts the previous settings back when dropped. The previous
+/// settings are also written to `state` first, so that the next start can put them back after a
+/// daemon that was killed (SIGKILL) could not.
 ///
 /// With forwarding on, the kernel ignores router advertisements on an interface whose `accept_ra`
 /// is 1, and turning forwarding on drops the default routes they gave: on each interface towards the
-/// internet (a server's exit interface, a router's uplinks), `accept_ra` 1 becomes 2 (accept them while forwarding) first, so its IPv6 address and default
-/// route stay.
+/// internet (a server's exit interface, a router's uplinks), `accept_ra` 1 becomes 2 (accept them
+/// while forwarding) first, so its IPv6 address and default route stay.
 pub(super) struct Forwarding {
     /// In the order they were changed.
     previous: Vec<(String, String)>,
@@ -134,7 +135,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_state_file_names_only_the_settings_exit_mode_changes() {
+    fn a_state_file_names_only_the_forwarding_settings() {
         assert!(Forwarding::ours("/proc/sys/net/ipv4/ip_forward"));
         assert!(Forwarding::ours("/proc/sys/net/ipv6/conf/all/forwarding"));
         assert!(Forwarding::ours(&Forwarding::accept_ra("eth0")));
