@@ -47,6 +47,14 @@ pub enum NetlinkError {
         source: rtnetlink::Error,
     },
 
+    #[error("failed to set the transmit queue length {len} on link index {index}")]
+    SetTxQueueLen {
+        index: u32,
+        len: u32,
+        #[source]
+        source: rtnetlink::Error,
+    },
+
     #[error("failed to add address {addr}/{prefix_len} to link index {index}")]
     AddAddress {
         index: u32,
@@ -201,6 +209,7 @@ impl NetlinkError {
             Self::LinkLookup { source, .. }
             | Self::SetLinkUp { source, .. }
             | Self::SetMtu { source, .. }
+            | Self::SetTxQueueLen { source, .. }
             | Self::AddAddress { source, .. }
             | Self::DelAddress { source, .. }
             | Self::AddRoute { source, .. }

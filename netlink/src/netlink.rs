@@ -77,6 +77,17 @@ impl Netlink {
         self.handle.link().change(message).execute().await.map_err(|source| NetlinkError::SetMtu { index, mtu, source })
     }
 
+    /// Sets the transmit queue length of link `index`: for a TUN device, how many packets the kernel
+    /// holds for the reader before it drops the next one.
+    pub async fn set_tx_queue_len(&self, index: u32, len: u32) -> Result<(), NetlinkError> {
+        let message = LinkUnspec::new_with_index(index).txqueuelen(len).build();
+        self.handle.link().change(message).execute().await.map_err(|source| NetlinkError::SetTxQueueLen {
+            index,
+            len,
+            source,
+        })
+    }
+
     /// Adds `addr/prefix_len` to link `index`.
     ///
     /// Idempotent: an address that is already there is success. IPv6

@@ -86,6 +86,26 @@ impl Default for Tuning {
     }
 }
 
+impl Tuning {
+    /// The TUN device's transmit queue (packets the kernel holds for the daemon to read): room for
+    /// every TCP flow's whole window in segments as large as the MTU, and a base for everything else.
+    /// The kernel drops a packet that finds the queue full rather than pushing back on its sender;
+    /// with the kernel's default of 500, a few hundred busy flows lost many segments there and a new
+    /// connection's SYN waited seconds for its retransmission (tests/netns/datapath.sh). What the queue holds
+    /// of TCP is bounded by the flows' windows either way; UDP and forwarded packets are bounded by it.
+    pub fn tun_queue_len(&self, mtu: u16) -> u32 {
+        let segments_per_window = self.tcp_buffer.div_ceil(usize::from(mtu).max(1));
+        let len = TUN_QUEUE_BASE.saturating_add(self.max_tcp_flows.saturating_mul(segments_per_window));
+        u32::try_from(len.min(TUN_QUEUE_MAX)).unwrap_or(u32::MAX)
+    }
+}
+
+/// Of [`Tuning::tun_queue_len`]: the kernel's default twice over, for ACKs, UDP, ICMP and SYNs.
+const TUN_QUEUE_BASE: usize = 1000;
+/// Of [`Tuning::tun_queue_len`]: its cap, for small MTUs with large buffers; a reader this far
+/// behind is better told by a drop.
+const TUN_QUEUE_MAX: usize = 65536;
+
 /// Streams per session whose offsets fit one CONTROL frame (SWITCH_UNEXPECTED: 17 bytes + 12 per stream).
 pub const MAX_TCP_FLOWS: usize = 5000;
 
@@ -173,6 +193,19 @@ mod tests {
 
     use crate::config::test_support::server_toml;
     use crate::config::ServerConfig;
+
+    use super::Tuning;
+
+    #[test]
+    fn the_tun_queue_holds_every_flows_window_in_mtu_sized_segments() {
+        let defaults = Tuning::default();
+        // A 256 KiB window is four segments of 64 KiB less their headers, and a little more.
+        assert_eq!(defaults.tun_queue_len(65535), 1000 + 4096 * 5);
+        let small = Tuning { tcp_buffer: 32 * 1024, max_tcp_flows: 1024, ..Tuning::default() };
+        assert_eq!(small.tun_queue_len(65535), 1000 + 1024);
+        assert_eq!(small.tun_queue_len(1500), 1000 + 1024 * 22);
+        assert_eq!(defaults.tun_queue_len(1280), super::TUN_QUEUE_MAX as u32);
+    }
 
     #[test]
     fn tuning_below_its_floor_is_refused() {

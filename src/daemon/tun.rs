@@ -50,8 +50,15 @@ pub struct Tun {
 }
 
 impl Tun {
-    /// Creates `name`, gives it `addresses` (host addresses, /32 or /128) and routes `routes` into it.
-    pub async fn create(name: &str, mtu: u16, addresses: &[IpAddr], routes: &[Prefix]) -> Result<Tun, TunError> {
+    /// Creates `name` with a transmit queue of `queue_len` packets (`Tuning::tun_queue_len`), gives it
+    /// `addresses` (host addresses, /32 or /128) and routes `routes` into it.
+    pub async fn create(
+        name: &str,
+        mtu: u16,
+        queue_len: u32,
+        addresses: &[IpAddr],
+        routes: &[Prefix],
+    ) -> Result<Tun, TunError> {
         if !std::path::Path::new("/dev/net/tun").exists() {
             return Err(TunError::NoTunDevice);
         }
@@ -77,17 +84,24 @@ impl Tun {
         let index = netlink.link_index(name).await.map_err(nl_err)?;
         let tun =
             Tun { device, name: name.into(), index, netlink, installed: tokio::sync::Mutex::new(Installed::new()) };
-        if let Err(err) = tun.configure(mtu, addresses, routes).await {
+        if let Err(err) = tun.configure(mtu, queue_len, addresses, routes).await {
             tun.remove().await;
             return Err(nl_err(err));
         }
         Ok(tun)
     }
 
-    async fn configure(&self, mtu: u16, addresses: &[IpAddr], routes: &[Prefix]) -> Result<(), NetlinkError> {
+    async fn configure(
+        &self,
+        mtu: u16,
+        queue_len: u32,
+        addresses: &[IpAddr],
+        routes: &[Prefix],
+    ) -> Result<(), NetlinkError> {
         let index = self.index;
         let mut installed = self.installed.lock().await;
         self.netlink.set_mtu(index, u32::from(mtu)).await?;
+        self.netlink.set_tx_queue_len(index, queue_len).await?;
         self.netlink.set_link_up(index).await?;
         for addr in addresses {
             let len = if addr.is_ipv4() { 32 } else { 128 };

@@ -143,6 +143,39 @@ test_iperf3_both_directions() {
     echo "iperf3 completed: up $up Gbit/s, down $down Gbit/s"
 }
 
+server_flows_at_least() { [ "$(json_get "$WORK/server.sock" 's["tcp_flows"]')" -ge "$1" ]; }
+# SYNs the client namespace's kernel has sent again (TcpExt TCPSynRetrans).
+syn_retransmits() {
+    c awk '/^TcpExt:/ { if (!h) { split($0, k); h = 1 } else for (i = 2; i <= NF; i++) if (k[i] == "TCPSynRetrans") print $i }' /proc/net/netstat
+}
+
+# The kernel drops what finds a TUN's queue full instead of pushing back, and a SYN dropped there
+# costs the app a second or more: with hundreds of flows busy, a new connection must still get in.
+test_new_connections_open_beside_400_busy_flows() {
+    local i pids=() drops0 drops1 syn0 syn1 opened=0
+    for i in 1 2 3 4; do spawn "$WORK/apps.log" "$NS_S" iperf3 -s -1 -B 100.64.0.1 -p $((5300 + i)); done
+    wait_for 10 "the iperf3 servers" s sh -c '[ $(ss -ltnH | grep -c "100.64.0.1:530[1-4] ") -eq 4 ]' || fail "iperf3 servers did not start"
+    drops0=$(c cat /sys/class/net/roam0/statistics/tx_dropped)
+    for i in 1 2 3 4; do
+        c timeout 60 iperf3 -c 100.64.0.1 -p $((5300 + i)) -P 100 -t 20 >"$WORK/busy-$i.out" 2>&1 &
+        pids+=($!)
+        echo "$!" >>"$PIDFILE"
+    done
+    wait_for 20 "400 flows through the tunnel" server_flows_at_least 400 || fail "the busy flows did not all open"
+    syn0=$(syn_retransmits)
+    for i in $(seq 5); do
+        c $APPS echo-clients 100.64.0.1 7000 --count 1 --size 4096 --timeout 10 >>"$WORK/probe.out" 2>&1 && opened=$((opened + 1))
+    done
+    syn1=$(syn_retransmits)
+    for i in "${pids[@]}"; do kill -0 "$i" 2>/dev/null || fail "the busy flows ended before the new connections did: rerun with a longer load"; done
+    for i in "${pids[@]}"; do wait "$i" || fail "a busy iperf3 client failed: $(cat "$WORK"/busy-*.out | tail -n 3)"; done
+    drops1=$(c cat /sys/class/net/roam0/statistics/tx_dropped)
+    [ "$opened" -eq 5 ] || fail "only $opened of 5 new connections echoed their bytes: $(tail -n 3 "$WORK/probe.out")"
+    [ "$drops1" -eq "$drops0" ] || fail "the kernel dropped $((drops1 - drops0)) packets at the full TUN queue"
+    [ "$syn1" -eq "$syn0" ] || fail "the new connections' SYNs were retransmitted $((syn1 - syn0)) times"
+    echo "beside 400 busy flows, 5 new connections echoed 4 KiB each; no packet dropped at the TUN, no SYN resent"
+}
+
 test_exit_mode_reaches_beyond_server() {
     local seen
     seen=$(c $APPS ask-peer 198.18.9.2 8081) || fail "could not reach 198.18.9.2 through the exit"
@@ -267,6 +300,7 @@ run test_refused_connection_is_refused_fast
 run test_udp_echo_10000
 run test_ping_server_virtual_ip
 run test_iperf3_both_directions
+run test_new_connections_open_beside_400_busy_flows
 run test_exit_mode_reaches_beyond_server
 run test_status_reports_the_session
 run test_unknown_client_key_is_refused
