@@ -91,8 +91,9 @@ impl Tuning {
     /// every TCP flow's whole window in segments as large as the MTU, and a base for everything else.
     /// The kernel drops a packet that finds the queue full rather than pushing back on its sender;
     /// with the kernel's default of 500, a few hundred busy flows lost many segments there and a new
-    /// connection's SYN waited seconds for its retransmission (tests/netns/datapath.sh). What the queue holds
-    /// of TCP is bounded by the flows' windows either way; UDP and forwarded packets are bounded by it.
+    /// connection's SYN waited seconds for its retransmission (tests/netns/datapath.sh). What the
+    /// queue holds of TCP is bounded by the flows' windows either way; UDP and forwarded packets are
+    /// bounded by it.
     pub fn tun_queue_len(&self, mtu: u16) -> u32 {
         let segments_per_window = self.tcp_buffer.div_ceil(usize::from(mtu).max(1));
         let len = TUN_QUEUE_BASE.saturating_add(self.max_tcp_flows.saturating_mul(segments_per_window));
