@@ -50,16 +50,7 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
     // The default routes of a full tunnel go into its own table (crate::full_tunnel), the others
     // into the main table with the TUN.
     let main_routes: Vec<_> = config.routes.iter().filter(|p| p.len > 0).copied().collect();
-    let tun = Arc::new(
-        Tun::create(
-            &config.tun.name,
-            config.tun.mtu,
-            config.tuning.tun_queue_len(config.tun.mtu),
-            &config.virtual_ips,
-            &main_routes,
-        )
-        .await?,
-    );
+    let tun = Arc::new(Tun::create(&config.tun, &config.tuning, &config.virtual_ips, &main_routes).await?);
     let full_tunnel = if config.full_tunnel() {
         let plan = crate::full_tunnel::plan(&config, tun.index());
         match crate::full_tunnel::start(plan, uplinks.clone()).await {

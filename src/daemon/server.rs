@@ -65,16 +65,7 @@ pub async fn run(config: ServerConfig, path: std::path::PathBuf) -> anyhow::Resu
         None => None,
     };
     super::check_congestion_control(&config.tuning);
-    let tun = Arc::new(
-        Tun::create(
-            &config.tun.name,
-            config.tun.mtu,
-            config.tuning.tun_queue_len(config.tun.mtu),
-            &config.virtual_ips,
-            &config.tun_routes(),
-        )
-        .await?,
-    );
+    let tun = Arc::new(Tun::create(&config.tun, &config.tuning, &config.virtual_ips, &config.tun_routes()).await?);
     tracing::info!(listen = ?config.listen, tun = %config.tun.name, peers = config.peers.len(), exit = config.exit, "server up");
     let clock = Clock::new();
     let mut relay = engine_config(Role::Server, &config.tuning, config.tun.mtu);

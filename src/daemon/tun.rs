@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use roamtun_netlink::{Installed, Netlink, NetlinkError, Route};
 use roamtun_stack::vnet;
 
-use crate::config::Prefix;
+use crate::config::{Prefix, TunConfig, Tuning};
 
 /// Why the TUN could not be set up; each says what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -50,15 +50,16 @@ pub struct Tun {
 }
 
 impl Tun {
-    /// Creates `name` with a transmit queue of `queue_len` packets (`Tuning::tun_queue_len`), gives it
-    /// `addresses` (host addresses, /32 or /128) and routes `routes` into it.
+    /// Creates the device `tun` names, with its MTU and a transmit queue for the flows `tuning` allows
+    /// ([`Tuning::tun_queue_len`]), gives it `addresses` (host addresses, /32 or /128) and routes
+    /// `routes` into it.
     pub async fn create(
-        name: &str,
-        mtu: u16,
-        queue_len: u32,
+        tun: &TunConfig,
+        tuning: &Tuning,
         addresses: &[IpAddr],
         routes: &[Prefix],
     ) -> Result<Tun, TunError> {
+        let (name, mtu, queue_len) = (tun.name.as_str(), tun.mtu, tuning.tun_queue_len(tun.mtu));
         if !std::path::Path::new("/dev/net/tun").exists() {
             return Err(TunError::NoTunDevice);
         }
