@@ -368,6 +368,18 @@ pub struct PeerStatus {
     /// Every switch of this session by kind since it began (`switches` keeps only the last few).
     #[serde(default)]
     pub switch_totals: SwitchTotals,
+    /// What the session may hold (`[tuning]`, or the peer's own `[[peer]]` keys); absent without
+    /// a session.
+    #[serde(default)]
+    pub limits: Option<LimitsStatus>,
+}
+
+/// A session's bounds, as [`PeerStatus::limits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitsStatus {
+    pub tcp_flows: usize,
+    pub udp_flows: usize,
+    pub paths: usize,
 }
 
 /// A request from the socket, with where to send the answer.
@@ -668,11 +680,14 @@ pub fn render(status: &Status) -> String {
             }
             (None, _) => {}
         }
+        let of = |limit: Option<usize>| limit.map(|l| format!(" of {l}")).unwrap_or_default();
         let _ = writeln!(
             s,
-            "  flows:        {} TCP, {} UDP, {} queued",
+            "  flows:        {}{} TCP, {}{} UDP, {} queued",
             p.tcp_flows,
+            of(p.limits.map(|l| l.tcp_flows)),
             p.udp_flows,
+            of(p.limits.map(|l| l.udp_flows)),
             bytes(p.queued_bytes as u64)
         );
         let c = &p.counters;

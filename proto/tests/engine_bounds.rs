@@ -6,7 +6,7 @@ mod support;
 use std::net::{IpAddr, SocketAddr};
 
 use etherparse::{IpNumber, IpSlice, TcpHeaderSlice};
-use roamtun_proto::relay::engine::{Engine, EngineConfig, Role, SessionError, SessionId, SessionStatus};
+use roamtun_proto::relay::engine::{Engine, EngineConfig, Role, SessionError, SessionId, SessionLimits, SessionStatus};
 use roamtun_proto::relay::policy::{DestinationPolicy, IpPrefix};
 use roamtun_proto::time::{Duration, Instant};
 use roamtun_proto::wire::{Frame, ResetCode};
@@ -114,8 +114,9 @@ fn datagrams_out(engine: &mut Engine) -> Vec<Vec<u8>> {
 /// A server engine with two client sessions, SS (100.64.0.2) and SB (100.64.0.3).
 fn server_with_two_clients(config: EngineConfig, now: Instant) -> Engine {
     let mut e = Engine::new(config, now);
-    e.add_session(SS, vec![vip()], Vec::new()).unwrap();
-    e.add_session(SB, vec![IpAddr::from(OTHER_VIP)], Vec::new()).unwrap();
+    let limits = e.config().session_limits;
+    e.add_session(SS, vec![vip()], Vec::new(), limits).unwrap();
+    e.add_session(SB, vec![IpAddr::from(OTHER_VIP)], Vec::new(), limits).unwrap();
     e
 }
 
@@ -128,12 +129,16 @@ fn open(stream_id: u32, src: &str, dst: &str) -> Vec<u8> {
 }
 
 #[test]
-fn a_session_at_its_stream_limit_refuses_more_and_other_sessions_are_unaffected() {
+fn a_session_at_its_own_stream_limit_refuses_more_and_other_sessions_are_unaffected() {
     let now = Instant::from_millis(1_000);
     let mut config = engine_config(Role::Server, 22);
-    config.max_streams_per_session = 3;
-    let mut e = server_with_two_clients(config, now);
-    // The greedy client opens five connections; three are originated, the rest refused with a reason.
+    config.session_limits.streams = 5;
+    let mut e = Engine::new(config, now);
+    // The greedy client has a limit of its own, below the server's.
+    let greedy_limits = SessionLimits { streams: 3, ..e.config().session_limits };
+    e.add_session(SS, vec![vip()], Vec::new(), greedy_limits).unwrap();
+    e.add_session(SB, vec![IpAddr::from(OTHER_VIP)], Vec::new(), e.config().session_limits).unwrap();
+    // It opens five connections; three are originated, the rest refused with a reason.
     for (i, id) in [1u32, 3, 5, 7, 9].into_iter().enumerate() {
         e.handle_session_bytes(SS, &open(id, &format!("100.64.0.2:{}", 40000 + i), "100.64.0.1:80"), now).unwrap();
     }
@@ -145,22 +150,36 @@ fn a_session_at_its_stream_limit_refuses_more_and_other_sessions_are_unaffected(
     );
     let greedy = status_of(&e, SS);
     assert_eq!((greedy.tcp_flows, greedy.counters.streams_refused_limit), (3, 2));
-    // The other client still gets its own three.
-    for (i, id) in [1u32, 3, 5].into_iter().enumerate() {
+    assert_eq!(greedy.limits, greedy_limits);
+    // The other client gets the server's five.
+    for (i, id) in [1u32, 3, 5, 7, 9].into_iter().enumerate() {
         e.handle_session_bytes(SB, &open(id, &format!("100.64.0.3:{}", 40000 + i), "100.64.0.1:80"), now).unwrap();
     }
     e.poll(now);
-    assert_eq!(syns_to(&mut e).len(), 3, "connections originated for the other client");
+    assert_eq!(syns_to(&mut e).len(), 5, "connections originated for the other client");
     assert!(drain_frames(&mut e, SB).is_empty(), "the other client got a refusal");
     let other = status_of(&e, SB);
-    assert_eq!((other.tcp_flows, other.counters.streams_refused_limit), (3, 0));
+    assert_eq!((other.tcp_flows, other.counters.streams_refused_limit), (5, 0));
+
+    // A reload raises the greedy client's limit: one more opens.
+    e.set_session_limits(SS, SessionLimits { streams: 4, ..greedy_limits });
+    e.handle_session_bytes(SS, &open(11, "100.64.0.2:40011", "100.64.0.1:80"), now).unwrap();
+    e.poll(now);
+    assert_eq!(syns_to(&mut e).len(), 1, "the raised limit was not applied");
+    // Lowered below what it holds: its four stay, a new one is refused.
+    e.set_session_limits(SS, SessionLimits { streams: 2, ..greedy_limits });
+    e.handle_session_bytes(SS, &open(13, "100.64.0.2:40013", "100.64.0.1:80"), now).unwrap();
+    e.poll(now);
+    assert!(syns_to(&mut e).is_empty(), "a stream beyond the lowered limit was originated");
+    assert_eq!(drain_frames(&mut e, SS), vec![Seen::Reset(13, ResetCode::LimitReached)]);
+    assert_eq!(status_of(&e, SS).tcp_flows, 4, "lowering the limit cut running streams");
 }
 
 #[test]
 fn an_app_beyond_the_stream_limit_is_refused_locally() {
     let limited = |role, seed| {
         let mut c = engine_config(role, seed);
-        c.max_streams_per_session = 2;
+        c.session_limits.streams = 2;
         c
     };
     let mut n = Net::with(limited(Role::Client, 11), limited(Role::Server, 22), app_config(33), app_config(44));
@@ -180,7 +199,7 @@ fn an_app_beyond_the_stream_limit_is_refused_locally() {
 fn a_session_at_its_udp_flow_limit_drops_new_flows_until_old_ones_expire() {
     let now = Instant::from_millis(1_000);
     let mut config = engine_config(Role::Server, 22);
-    config.max_udp_flows_per_session = 4;
+    config.session_limits.udp_flows = 4;
     let timeout = config.udp_idle_timeout;
     let mut e = server_with_two_clients(config, now);
     let from = |port| encode(&[Frame::Datagram { packet: &udp((CLIENT_VIP, port), (SERVER_IP, 53), b"q") }]);
@@ -213,7 +232,7 @@ fn a_session_at_its_udp_flow_limit_drops_new_flows_until_old_ones_expire() {
 fn a_peer_that_sends_without_reading_hits_the_queue_limit_and_one_that_reads_does_not() {
     let now = Instant::from_millis(1_000);
     let config = engine_config(Role::Server, 22);
-    let limit = config.queue_limit();
+    let limit = config.queue_limit(&config.session_limits);
     // OPENs with the server's parity: each is answered by a RESET, which the peer never reads.
     let bad_opens = |from: u32, count: u32| {
         let frames: Vec<Frame> = (from..from + count)

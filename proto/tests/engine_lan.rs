@@ -21,7 +21,8 @@ fn net(client: Vec<IpPrefix>, server: Vec<IpPrefix>) -> Net {
     let mut n = Net::new();
     for (side, prefixes) in [(&mut n.client, client), (&mut n.server, server)] {
         side.engine.remove_session(side.sid, n.now);
-        side.engine.add_session(side.sid, vec![vip()], prefixes).unwrap();
+        let limits = side.engine.config().session_limits;
+        side.engine.add_session(side.sid, vec![vip()], prefixes, limits).unwrap();
     }
     n
 }
@@ -95,13 +96,15 @@ fn lan_datagrams_go_both_ways_and_other_sources_are_dropped() {
 fn a_lan_prefix_that_overlaps_another_session_is_refused() {
     let mut n = net(Vec::new(), vec![lan()]);
     let other = roamtun_proto::relay::engine::SessionId(7);
+    let limits = n.server.engine.config().session_limits;
     let inside = IpPrefix::new("198.19.50.128".parse().unwrap(), 25);
-    let err = n.server.engine.add_session(other, vec![IpAddr::from([100, 64, 0, 9])], vec![inside]).unwrap_err();
+    let err =
+        n.server.engine.add_session(other, vec![IpAddr::from([100, 64, 0, 9])], vec![inside], limits).unwrap_err();
     assert!(matches!(err, SessionError::LanPrefixTaken(p) if p == inside), "{err}");
-    let err = n.server.engine.add_session(other, vec![LAN_HOST.parse().unwrap()], Vec::new()).unwrap_err();
+    let err = n.server.engine.add_session(other, vec![LAN_HOST.parse().unwrap()], Vec::new(), limits).unwrap_err();
     assert!(matches!(err, SessionError::VirtualIpTaken(_)), "{err}");
     let covering = IpPrefix::new("198.19.0.0".parse().unwrap(), 16);
-    assert!(n.server.engine.add_session(other, vec![IpAddr::from([100, 64, 0, 9])], vec![covering]).is_err());
+    assert!(n.server.engine.add_session(other, vec![IpAddr::from([100, 64, 0, 9])], vec![covering], limits).is_err());
     let apart = IpPrefix::new("198.19.51.0".parse().unwrap(), 24);
-    n.server.engine.add_session(other, vec![IpAddr::from([100, 64, 0, 9])], vec![apart]).unwrap();
+    n.server.engine.add_session(other, vec![IpAddr::from([100, 64, 0, 9])], vec![apart], limits).unwrap();
 }

@@ -256,7 +256,7 @@ fn info(uplink: usize, role: Role) -> PathInfo {
 }
 
 fn peer(name: &str) -> PeerInfo {
-    PeerInfo { name: name.into(), public_key: name.into(), switch_timeout: None, lan_prefixes: Vec::new() }
+    PeerInfo::new(name, name)
 }
 
 impl Sut {
@@ -849,7 +849,7 @@ impl Case {
                 self.sut.cov.most_held = self.sut.cov.most_held.max(s.held_bytes);
             }
             for st in e.core.engine().session_status() {
-                let limit = e.core.engine().config().queue_limit();
+                let limit = e.core.engine().config().queue_limit(&st.limits);
                 prop_assert!(st.queued_bytes <= limit, "{} bytes queued, limit {}", st.queued_bytes, limit);
                 prop_assert_eq!(st.counters.streams_violated, 0, "a stream rule was broken");
             }

@@ -275,12 +275,7 @@ impl Sim {
             }
             if !p.server_joined && self.now_us >= p.hello_at_us {
                 p.server_joined = true;
-                let peer = PeerInfo {
-                    name: "laptop".into(),
-                    public_key: "k".into(),
-                    switch_timeout: None,
-                    lan_prefixes: Vec::new(),
-                };
+                let peer = PeerInfo::new("laptop", "k");
                 let (id, link, resume) = (p.id, p.link, p.resume);
                 self.server.core.server_path_up(id, Self::info(link, Role::Server), peer, resume, vec![vip()], now);
                 // Behind HELLO in the same flight: the server reads it right after the join.
@@ -300,12 +295,7 @@ impl Sim {
                     let _ = p.client_rx.split_to(used);
                     p.client_joined = true;
                     let (id, link, ahead_sent) = (p.id, p.link, p.ahead.is_some());
-                    let peer = PeerInfo {
-                        name: "server".into(),
-                        public_key: "s".into(),
-                        switch_timeout: None,
-                        lan_prefixes: Vec::new(),
-                    };
+                    let peer = PeerInfo::new("server", "s");
                     self.client.core.client_path_up(
                         id,
                         Self::info(link, Role::Client),

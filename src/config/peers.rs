@@ -9,6 +9,7 @@ use super::de::{from_str, vec_from_str};
 use super::error::{parse, ConfigError};
 use super::prefix::Prefix;
 use crate::keys::PublicKey;
+use roamtun_proto::relay::engine::PeerLimits;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +27,25 @@ pub struct PeerConfig {
     /// WireGuard's AllowedIPs.
     #[serde(default, deserialize_with = "vec_from_str")]
     pub lan_prefixes: Vec<Prefix>,
+    /// This peer's own bounds, over `[tuning]`'s of the same names: a router with a LAN behind it
+    /// may need more flows than a phone, and an untrusted peer fewer.
+    #[serde(default)]
+    pub max_flows_per_session: Option<usize>,
+    #[serde(default)]
+    pub max_udp_flows_per_session: Option<usize>,
+    #[serde(default)]
+    pub max_paths_per_session: Option<usize>,
+}
+
+impl PeerConfig {
+    /// The bounds this peer set for itself; the rest are `[tuning]`'s.
+    pub fn limits(&self) -> PeerLimits {
+        PeerLimits {
+            streams: self.max_flows_per_session,
+            udp_flows: self.max_udp_flows_per_session,
+            paths: self.max_paths_per_session,
+        }
+    }
 }
 
 /// One file of `peers_dir`: a `[[peer]]` table whose name defaults to the file's stem.
@@ -40,6 +60,12 @@ struct PeerFile {
     switch_timeout_secs: Option<u64>,
     #[serde(default, deserialize_with = "vec_from_str")]
     lan_prefixes: Vec<Prefix>,
+    #[serde(default)]
+    max_flows_per_session: Option<usize>,
+    #[serde(default)]
+    max_udp_flows_per_session: Option<usize>,
+    #[serde(default)]
+    max_paths_per_session: Option<usize>,
 }
 
 /// Every `*.toml` of `dir`, in name order, as peers.
@@ -63,8 +89,34 @@ pub(super) fn read_peers_dir(dir: &Path) -> Result<Vec<(PeerConfig, PathBuf)>, C
             virtual_ips: peer.virtual_ips,
             switch_timeout_secs: peer.switch_timeout_secs,
             lan_prefixes: peer.lan_prefixes,
+            max_flows_per_session: peer.max_flows_per_session,
+            max_udp_flows_per_session: peer.max_udp_flows_per_session,
+            max_paths_per_session: peer.max_paths_per_session,
         };
         peers.push((peer, file));
     }
     Ok(peers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::PrivateKey;
+
+    #[test]
+    fn a_peer_file_is_named_by_its_stem_and_may_set_its_own_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = PrivateKey::generate().unwrap().public_key();
+        let text = format!(
+            "public_key = \"{key}\"\nvirtual_ips = [\"100.64.0.7\"]\nmax_flows_per_session = 64\n\
+             max_paths_per_session = 3\n"
+        );
+        std::fs::write(dir.path().join("router.toml"), text).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a peer").unwrap();
+        let peers = read_peers_dir(dir.path()).unwrap();
+        assert_eq!(peers.len(), 1, "only *.toml files are peers");
+        let (peer, file) = &peers[0];
+        assert_eq!((peer.name.as_str(), file.file_name().unwrap()), ("router", "router.toml".as_ref()));
+        assert_eq!(peer.limits(), PeerLimits { streams: Some(64), udp_flows: None, paths: Some(3) });
+    }
 }

@@ -14,7 +14,7 @@ use super::peers::{read_peers_dir, PeerConfig};
 use super::prefix::{prefix_contains, Prefix};
 use super::private_key::{private_key, read, resolve_key};
 use super::tun::{check_tun, default_mtu, TunConfig};
-use super::tuning::{check_tuning, Tuning};
+use super::tuning::{check_tuning, Tuning, MAX_TCP_FLOWS};
 use crate::config_shape::Step;
 use crate::keys::{PrivateKey, PublicKey};
 
@@ -158,6 +158,23 @@ impl ServerConfig {
                 let message = format!("peer {:?}: switch_timeout_secs = 0 is below the minimum 1", peer.name);
                 return Err(invalid_at(path, text, &at("switch_timeout_secs"), message));
             }
+            // The bounds of `[tuning]`'s keys of the same names (check_tuning).
+            let bounds = [
+                ("max_flows_per_session", peer.max_flows_per_session, 1, MAX_TCP_FLOWS),
+                ("max_udp_flows_per_session", peer.max_udp_flows_per_session, 1, usize::MAX),
+                ("max_paths_per_session", peer.max_paths_per_session, 2, usize::MAX),
+            ];
+            for (key, value, min, max) in bounds {
+                let Some(value) = value else { continue };
+                let message = if value < min {
+                    format!("peer {:?}: {key} = {value} is below the minimum {min}", peer.name)
+                } else if value > max {
+                    format!("peer {:?}: {key} = {value} is above the maximum {max}", peer.name)
+                } else {
+                    continue;
+                };
+                return Err(invalid_at(path, text, &at(key), message));
+            }
             if peer.virtual_ips.is_empty() {
                 let message = format!("peer {:?} has no virtual_ips", peer.name);
                 return Err(invalid_at(path, text, &at("virtual_ips"), message));
@@ -229,6 +246,7 @@ mod tests {
     use super::*;
     use crate::config::test_support::server_toml;
     use crate::keys::PrivateKey;
+    use roamtun_proto::relay::engine::PeerLimits;
 
     #[test]
     fn a_valid_server_config_parses_with_defaults() {
@@ -302,6 +320,26 @@ mod tests {
             let text = server_toml(&format!("\n[tuning]\n{key} = {value}\n"));
             let err = ServerConfig::from_toml(Path::new("s.toml"), &text).unwrap_err().to_string();
             assert!(err.contains(says), "{key} = {value}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_peers_own_limits_parse_and_are_checked_with_its_line() {
+        let c = ServerConfig::from_toml(Path::new("s.toml"), &server_toml("")).unwrap();
+        assert_eq!(c.peers[0].limits(), PeerLimits::default());
+        let own = "max_flows_per_session = 20\nmax_udp_flows_per_session = 30\nmax_paths_per_session = 3\n";
+        let c = ServerConfig::from_toml(Path::new("s.toml"), &server_toml(own)).unwrap();
+        assert_eq!(c.peers[0].limits(), PeerLimits { streams: Some(20), udp_flows: Some(30), paths: Some(3) });
+        assert_eq!(c.tuning.max_flows_per_session, 1024, "a peer's limit changed the server's");
+        for (key, value, says) in [
+            ("max_paths_per_session", 1, "peer \"laptop\": max_paths_per_session = 1 is below the minimum 2"),
+            ("max_flows_per_session", 0, "max_flows_per_session = 0 is below the minimum 1"),
+            ("max_flows_per_session", 5001, "max_flows_per_session = 5001 is above the maximum 5000"),
+            ("max_udp_flows_per_session", 0, "max_udp_flows_per_session = 0 is below the minimum 1"),
+        ] {
+            let text = server_toml(&format!("{key} = {value}\n"));
+            let err = ServerConfig::from_toml(Path::new("s.toml"), &text).unwrap_err().to_string();
+            assert!(err.contains(says) && err.contains("line 10"), "{key} = {value}: {err}");
         }
     }
 

@@ -22,7 +22,7 @@ use super::{
 use crate::clock::Clock;
 use crate::config::{ClientConfig, LanConfig, LanMode};
 use crate::tls;
-use roamtun_proto::relay::engine::{Engine, Role};
+use roamtun_proto::relay::engine::{Engine, PeerLimits, Role};
 use roamtun_proto::relay::policy::IpPrefix;
 use roamtun_proto::wire::{Frame, PROTOCOL_VERSION};
 
@@ -101,6 +101,7 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
             public_key: config.server.public_key.to_base64(),
             virtual_ips: Vec::new(),
             lan_prefixes: Vec::new(),
+            limits: PeerLimits::default(),
         }],
         shared: shared.clone(),
         dns: dns.as_ref().map(crate::dns::Applied::status),
@@ -357,6 +358,7 @@ impl Dialer<'_> {
             public_key: self.config.server.public_key.to_base64(),
             switch_timeout: None,
             lan_prefixes: Lan::routed_prefixes(self.config),
+            limits: PeerLimits::default(),
         };
         let info = PathInfo { local: Some(local), remote: Some(server), uplink, congestion_control };
         self.engine

@@ -32,7 +32,7 @@ use crate::config::Tuning;
 use crate::control::ControlRequest;
 use roamtun_proto::path::PathLoss;
 pub use roamtun_proto::relay::core::{DialRequest, PathInfo, PeerInfo};
-use roamtun_proto::relay::engine::{Engine, EngineConfig, Role};
+use roamtun_proto::relay::engine::{Engine, EngineConfig, PeerLimits, Role, SessionLimits};
 use roamtun_proto::relay::policy::DestinationPolicy;
 use roamtun_proto::time::Duration;
 use roamtun_proto::transition::{PathId, TransitionConfig};
@@ -111,8 +111,9 @@ pub enum EngineMsg {
         standby: bool,
     },
     Control(ControlRequest),
-    /// Server: a reload changed the configured peers: `known` is the new list (for the status),
-    /// `ended` the public keys (base64) whose sessions must end, with why.
+    /// Server: a reload changed the configured peers: `known` is the new list (for the status, and
+    /// whose limits running sessions take), `ended` the public keys (base64) whose sessions must
+    /// end, with why.
     PeersChanged {
         known: Vec<KnownPeer>,
         ended: Vec<(String, String)>,
@@ -144,6 +145,8 @@ pub struct KnownPeer {
     pub virtual_ips: Vec<IpAddr>,
     /// Server: the networks routed through this peer (`[[peer]] lan_prefixes`).
     pub lan_prefixes: Vec<String>,
+    /// Server: the bounds this peer's `[[peer]]` table sets.
+    pub limits: PeerLimits,
 }
 
 impl KnownPeer {
@@ -153,6 +156,7 @@ impl KnownPeer {
             public_key: peer.public_key.to_base64(),
             virtual_ips: peer.virtual_ips.clone(),
             lan_prefixes: peer.lan_prefixes.iter().map(ToString::to_string).collect(),
+            limits: peer.limits(),
         }
     }
 }
@@ -202,9 +206,11 @@ pub fn engine_config(role: Role, tuning: &Tuning, mtu: u16) -> EngineConfig {
         stream_window: tuning.stream_window,
         session_out_budget: tuning.session_out_budget,
         udp_idle_timeout: Duration::from_secs(tuning.udp_idle_timeout_secs),
-        max_streams_per_session: tuning.max_flows_per_session,
-        max_udp_flows_per_session: tuning.max_udp_flows_per_session,
-        max_paths_per_session: tuning.max_paths_per_session,
+        session_limits: SessionLimits {
+            streams: tuning.max_flows_per_session,
+            udp_flows: tuning.max_udp_flows_per_session,
+            paths: tuning.max_paths_per_session,
+        },
         // The server sets its own (server::destination_policy); the client engine does not use it.
         destinations: DestinationPolicy::allow_all(),
         stack: StackConfig {

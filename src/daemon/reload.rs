@@ -98,6 +98,9 @@ async fn reload(path: &std::path::Path, live: &SharedLive, engine: &mpsc::Sender
         names(&diff.changed),
         diff.unchanged
     );
+    if !diff.relimited.is_empty() {
+        summary.push_str(&format!("; new limits for {} (their sessions go on under them)", names(&diff.relimited)));
+    }
     if !restart.is_empty() {
         summary.push_str(&format!("; not applied until a restart: {}", restart.join(", ")));
     }
@@ -105,11 +108,13 @@ async fn reload(path: &std::path::Path, live: &SharedLive, engine: &mpsc::Sender
 }
 
 /// Peers by public key: a changed peer kept its key but not its name, virtual IPs or LAN prefixes.
+/// An unchanged one may still have new limits (`relimited`), which its session takes as it runs.
 struct PeerDiff<'a> {
     added: Vec<&'a PeerConfig>,
     removed: Vec<&'a PeerConfig>,
     changed: Vec<&'a PeerConfig>,
     unchanged: usize,
+    relimited: Vec<&'a PeerConfig>,
     total: usize,
 }
 
@@ -117,14 +122,26 @@ impl<'a> PeerDiff<'a> {
     fn new(old: &'a [PeerConfig], new: &'a [PeerConfig]) -> Self {
         let old_by_key: BTreeMap<_, _> = old.iter().map(|p| (p.public_key, p)).collect();
         let new_by_key: BTreeMap<_, _> = new.iter().map(|p| (p.public_key, p)).collect();
-        let mut diff = PeerDiff { added: vec![], removed: vec![], changed: vec![], unchanged: 0, total: new.len() };
+        let mut diff = PeerDiff {
+            added: vec![],
+            removed: vec![],
+            changed: vec![],
+            unchanged: 0,
+            relimited: vec![],
+            total: new.len(),
+        };
         for (key, p) in &new_by_key {
             match old_by_key.get(key) {
                 None => diff.added.push(p),
                 Some(o) if o.name != p.name || o.virtual_ips != p.virtual_ips || o.lan_prefixes != p.lan_prefixes => {
                     diff.changed.push(p)
                 }
-                Some(_) => diff.unchanged += 1,
+                Some(o) => {
+                    diff.unchanged += 1;
+                    if o.limits() != p.limits() {
+                        diff.relimited.push(p);
+                    }
+                }
             }
         }
         diff.removed = old_by_key.iter().filter(|(k, _)| !new_by_key.contains_key(k)).map(|(_, p)| *p).collect();
@@ -172,6 +189,9 @@ mod tests {
             virtual_ips: vec![ip.parse().unwrap()],
             switch_timeout_secs: None,
             lan_prefixes: Vec::new(),
+            max_flows_per_session: None,
+            max_udp_flows_per_session: None,
+            max_paths_per_session: None,
         }
     }
 
@@ -184,12 +204,15 @@ mod tests {
             PrivateKey::generate().unwrap(),
         );
         let old = [peer("a", &a, "100.64.0.2"), peer("b", &b, "100.64.0.3"), peer("c", &c, "100.64.0.4")];
-        let new = [peer("a", &a, "100.64.0.2"), peer("b", &b, "100.64.0.9"), peer("d", &d, "100.64.0.5")];
+        let mut a_fewer = peer("a", &a, "100.64.0.2");
+        a_fewer.max_flows_per_session = Some(20);
+        let new = [a_fewer, peer("b", &b, "100.64.0.9"), peer("d", &d, "100.64.0.5")];
         let diff = PeerDiff::new(&old, &new);
         let names = |ps: &[&PeerConfig]| ps.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(&diff.added), ["d"]);
         assert_eq!(names(&diff.removed), ["c"]);
         assert_eq!(names(&diff.changed), ["b"], "b kept its key but not its virtual IP");
         assert_eq!((diff.unchanged, diff.total), (1, 3));
+        assert_eq!(names(&diff.relimited), ["a"], "a's new flow limit was missed");
     }
 }

@@ -347,6 +347,7 @@ impl Accepted {
             public_key: key.to_base64(),
             switch_timeout: peer.switch_timeout_secs.map(roamtun_proto::time::Duration::from_secs),
             lan_prefixes: peer.lan_prefixes.iter().map(|p| IpPrefix::new(p.addr, p.len)).collect(),
+            limits: peer.limits(),
         };
         let join = Join::Hello { resume, virtual_ips: peer.virtual_ips.clone() };
         self.engine

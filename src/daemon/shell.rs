@@ -284,11 +284,16 @@ impl Shell {
                 }
             },
             EngineMsg::PeersChanged { known, ended } => {
-                self.source.known_peers = known;
                 for (key, why) in ended {
                     let sessions = self.core.end_peer(&key, &why, now);
                     tracing::info!(reason = %why, sessions, "a reload ended the peer's sessions");
                 }
+                for peer in &known {
+                    if self.core.set_peer_limits(&peer.public_key, peer.limits) > 0 {
+                        tracing::info!(peer = %peer.name, limits = ?peer.limits, "a reload changed the session's limits");
+                    }
+                }
+                self.source.known_peers = known;
             }
             // Handled by the loop in run.
             EngineMsg::Shutdown => {}

@@ -7,7 +7,7 @@ use roamtun_proto::relay::engine::Role;
 
 use super::client_side::ClientSide;
 use super::shell::{unix_ms, Shell};
-use crate::control::{PeerStatus, Status, SwitchRecord, SwitchTotals, UplinkStatus};
+use crate::control::{LimitsStatus, PeerStatus, Status, SwitchRecord, SwitchTotals, UplinkStatus};
 
 pub(super) fn status(shell: &Shell) -> Status {
     let core = &shell.core;
@@ -43,6 +43,7 @@ pub(super) fn status(shell: &Shell) -> Status {
             stale_frames_dropped: 0,
             switches: Vec::new(),
             switch_totals: SwitchTotals::default(),
+            limits: None,
         };
         if let Some(s) = session {
             p.connected = s.path.is_some() && !s.switching;
@@ -69,6 +70,9 @@ pub(super) fn status(shell: &Shell) -> Status {
                 p.tcp_flows = l.tcp_flows;
                 p.udp_flows = l.udp_flows;
                 p.queued_bytes = l.queued_bytes;
+                let limits = l.limits;
+                p.limits =
+                    Some(LimitsStatus { tcp_flows: limits.streams, udp_flows: limits.udp_flows, paths: limits.paths });
                 p.counters = (&l.counters).into();
             }
             p.counters.frames_malformed += s.control_malformed;

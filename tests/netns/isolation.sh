@@ -8,7 +8,8 @@
 #
 # The laptop routes 100.64.0.0/10, 198.18.9.0/24 and 198.18.4.1/32 into its tunnel, so its apps try the
 # server's other addresses, the network behind it and the phone. The server runs with
-# `max_flows_per_session = 20`; the last case restarts it with `allowed_destinations = ["198.18.9.0/24"]`.
+# `max_flows_per_session = 40`, and 20 of the laptop's own in its `[[peer]]` table (a reload raises it
+# to 25); the last case restarts it with `allowed_destinations = ["198.18.9.0/24"]`.
 # Each case prints one line; the file ends with "isolation: N passed, M failed". Run as root.
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -70,7 +71,8 @@ topology() {
     i ip route add 100.64.0.0/10 via 198.18.9.1
 }
 
-# write_server_config EXTRA: the server's config with both peers; EXTRA goes before the tables.
+# write_server_config EXTRA [LAPTOP_FLOWS]: the server's config with both peers; EXTRA goes before
+# the tables; the laptop may have LAPTOP_FLOWS flows (20 unless given).
 write_server_config() {
     cat >"$WORK/server.toml" <<EOF
 private_key = "$SERVER_KEY"
@@ -81,12 +83,13 @@ control_socket = "$WORK/server.sock"
 $1
 
 [tuning]
-max_flows_per_session = 20
+max_flows_per_session = 40
 
 [[peer]]
 name = "laptop"
 public_key = "$(echo "$LAPTOP_KEY" | "$ROAMTUN" pubkey)"
 virtual_ips = ["100.64.0.2"]
+max_flows_per_session = ${2:-20}
 
 [[peer]]
 name = "phone"
@@ -222,18 +225,45 @@ test_a_greedy_client_hits_its_own_limit_only() {
     summary=$(cat "$WORK/greedy.ready")
     [ "$summary" = "opened 20 refused 10" ] || fail "laptop: $summary, expected opened 20 refused 10"
     [ "$(server_peer laptop tcp_flows)" = 20 ] || fail "server: laptop has $(server_peer laptop tcp_flows) flows"
+    [ "$(server_peer laptop limits)" = "{'tcp_flows': 20, 'udp_flows': 1024, 'paths': 8}" ] ||
+        fail "server status, laptop's limits: $(server_peer laptop limits)"
+    "$ROAMTUN" status --socket "$WORK/server.sock" | grep -Eq "flows: +20 of 20 TCP, [0-9]+ of 1024 UDP" ||
+        fail "the human status does not show the laptop at its limit: $("$ROAMTUN" status --socket "$WORK/server.sock")"
     c $APPS refused 100.64.0.1 7000 --limit 1.0 || fail "the laptop's 31st connection was not refused fast"
-    # Meanwhile the phone connects and moves verified data as if nothing happened.
-    echo=$(p $APPS echo-clients 100.64.0.1 7000 --count 20 --size $((1 << 20)) --timeout 60) || fail "phone: $echo"
+    # Meanwhile the phone, under the server's 40, holds more than the laptop may and still moves
+    # verified data as if nothing happened.
+    spawn "$WORK/apps.log" "$NS_P" $APPS hold-many 100.64.0.1 7000 30 "$WORK/phone-many.ready" "$WORK/phone-many.stop"
+    wait_for 30 "the phone's 30 connection attempts" test -e "$WORK/phone-many.ready" || fail "hold-many did not finish"
+    summary=$(cat "$WORK/phone-many.ready")
+    [ "$summary" = "opened 30 refused 0" ] || fail "phone: $summary, expected opened 30 refused 0 (its limit is 40)"
+    echo=$(p $APPS echo-clients 100.64.0.1 7000 --count 10 --size $((1 << 20)) --timeout 60) || fail "phone: $echo"
+    touch "$WORK/phone-many.stop"
     [ "$(server_counter phone streams_refused_limit)" = 0 ] || fail "the phone was refused"
     local refused
     refused=$(server_counter laptop streams_refused_limit)
     [ "$refused" -ge 11 ] || fail "laptop streams_refused_limit = $refused"
-    touch "$WORK/greedy.stop"
+    echo "laptop (own limit 20): opened 20, refused 10 (+1), streams_refused_limit $refused; phone (server's 40) meanwhile: 30 held and $echo"
+}
+
+test_a_reload_raises_a_peers_limit_while_its_session_runs() {
+    local out summary session
+    session=$(server_peer laptop session)
+    [ "$(server_peer laptop tcp_flows)" = 20 ] || fail "the laptop does not hold its 20 flows (greedy case first)"
+    write_server_config "" 25
+    out=$("$ROAMTUN" reload --socket "$WORK/server.sock" 2>&1) || fail "roamtun reload failed: $out"
+    [[ "$out" == *"new limits for laptop"* ]] || fail "the reload does not report the laptop's new limit: $out"
+    [ "$(server_peer laptop limits)" = "{'tcp_flows': 25, 'udp_flows': 1024, 'paths': 8}" ] ||
+        fail "server status after the reload, laptop's limits: $(server_peer laptop limits)"
+    spawn "$WORK/apps.log" "$NS_C" $APPS hold-many 100.64.0.1 7000 10 "$WORK/more.ready" "$WORK/more.stop"
+    wait_for 30 "the laptop's 10 more connection attempts" test -e "$WORK/more.ready" || fail "hold-many did not finish"
+    summary=$(cat "$WORK/more.ready")
+    [ "$summary" = "opened 5 refused 5" ] || fail "laptop after the reload: $summary, expected opened 5 refused 5"
+    [ "$(server_peer laptop session)" = "$session" ] || fail "the reload ended the laptop's session"
+    touch "$WORK/greedy.stop" "$WORK/more.stop"
     wait_for 10 "the laptop's flows to close" peer_field_is laptop tcp_flows 0 \
         || fail "the laptop's flows did not close"
     c $APPS ask-peer 100.64.0.1 7001 >/dev/null || fail "the laptop cannot connect after closing its flows"
-    echo "laptop: opened 20, refused 10 (+1), streams_refused_limit $refused; phone meanwhile: $echo"
+    echo "reload: $out; the laptop, holding 20, opened 5 more and was refused 5, in the same session $session"
 }
 
 test_allowed_destinations_open_the_network_behind() {
@@ -274,6 +304,7 @@ run test_another_client_is_refused
 run test_refusals_are_counted_in_the_status
 run test_spoofed_sources_never_reach_the_server
 run test_a_greedy_client_hits_its_own_limit_only
+run test_a_reload_raises_a_peers_limit_while_its_session_runs
 run test_allowed_destinations_open_the_network_behind
 
 echo "isolation: $PASSED passed, $FAILED failed"

@@ -257,7 +257,7 @@ pub fn engine_peer(data: &[u8]) {
     let mut config = EngineConfig::new(role);
     config.stream_window = 8 * 1024;
     config.session_out_budget = BUDGET;
-    config.max_streams_per_session = MAX_FLOWS;
+    config.session_limits.streams = MAX_FLOWS;
     config.stack = StackConfig {
         mtu: 1500,
         tcp_rx_buffer: 4096,
@@ -266,9 +266,10 @@ pub fn engine_peer(data: &[u8]) {
         random_seed: 1,
         ..StackConfig::default()
     };
-    let limit = config.queue_limit() + SLACK;
+    let limits = config.session_limits;
+    let limit = config.queue_limit(&limits) + SLACK;
     let mut engine = Engine::new(config, now);
-    engine.add_session(SID, vec![client_v4(), client_v6()], Vec::new()).expect("the only session");
+    engine.add_session(SID, vec![client_v4(), client_v6()], Vec::new(), limits).expect("the only session");
     let apps_config =
         StackConfig { mtu: 1500, tcp_rx_buffer: 4096, tcp_tx_buffer: 4096, random_seed: 2, ..StackConfig::default() };
     let mut apps = Stack::new(apps_config, now.into());

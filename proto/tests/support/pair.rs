@@ -55,7 +55,8 @@ impl Side {
     pub fn new(role: Role, config: EngineConfig, app_config: StackConfig, sid: SessionId, now: Instant) -> Self {
         assert_eq!(config.role, role);
         let mut engine = Engine::new(config, now);
-        engine.add_session(sid, vec![vip()], Vec::new()).unwrap();
+        let limits = engine.config().session_limits;
+        engine.add_session(sid, vec![vip()], Vec::new(), limits).unwrap();
         Side {
             engine,
             sid,

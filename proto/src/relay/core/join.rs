@@ -30,8 +30,9 @@ impl RelayCore {
         let sid = match existing {
             Some(sid) => {
                 let open = self.paths.values().filter(|p| p.session == sid).count();
-                if open >= self.max_paths {
-                    tracing::warn!(peer = %peer.name, session = sid.0, ?path, paths = open, "refusing a path: the session has max_paths_per_session paths");
+                let limit = self.engine.session_limits(sid).map_or(2, |l| l.paths);
+                if open >= limit {
+                    tracing::warn!(peer = %peer.name, session = sid.0, ?path, paths = open, limit, "refusing a path: the session is at its path limit");
                     if let Some(state) = self.sessions.get_mut(&sid) {
                         state.paths_refused_limit += 1;
                     }
@@ -55,7 +56,8 @@ impl RelayCore {
                 }
                 self.next_session += 1;
                 let sid = SessionId(self.next_session);
-                if let Err(err) = self.engine.add_session(sid, virtual_ips, peer.lan_prefixes.clone()) {
+                let limits = peer.limits.over(self.engine.config().session_limits);
+                if let Err(err) = self.engine.add_session(sid, virtual_ips, peer.lan_prefixes.clone(), limits) {
                     tracing::warn!(peer = %peer.name, %err, "session refused");
                     let reason = err.to_string();
                     let close = encode(&Frame::Close { code: close_code::SESSION, reason: &reason });
@@ -114,7 +116,8 @@ impl RelayCore {
         }
         let sid = SessionId(session);
         let Some(state) = self.sessions.get_mut(&sid) else {
-            if let Err(err) = self.engine.add_session(sid, virtual_ips, peer.lan_prefixes.clone()) {
+            let limits = peer.limits.over(self.engine.config().session_limits);
+            if let Err(err) = self.engine.add_session(sid, virtual_ips, peer.lan_prefixes.clone(), limits) {
                 tracing::error!(%err, "cannot start the session");
                 self.close_path(path);
                 return;

@@ -61,7 +61,7 @@ pub mod close_code {
     pub const SHUTDOWN: u16 = 4;
     /// The server cannot start the session (e.g. its virtual IPs are taken).
     pub const SESSION: u16 = 5;
-    /// The session has `max_paths_per_session` paths already: this one is not taken.
+    /// The session has as many paths as its limit allows already: this one is not taken.
     pub const PATH_LIMIT: u16 = 6;
     /// The server's configuration no longer has this client, or gives it other virtual IPs: the
     /// session ends (a changed peer dials a new one).
@@ -117,16 +117,12 @@ pub struct RelayCore {
     /// Client: the uplinks best first, as the decision task ranks them: a lost session resumes on
     /// the best standby path.
     preference: Vec<String>,
-    /// Server: the most paths one session may have at once (`EngineConfig::max_paths_per_session`,
-    /// at least 2 so that a switch, old path and new, always fits).
-    max_paths: usize,
 }
 
 impl RelayCore {
     /// `first_session`: server session ids count up from here; pick it so that ids differ across
     /// restarts (a client must never resume a stranger's session).
     pub fn new(engine: Engine, transition: TransitionConfig, first_session: u64) -> Self {
-        let max_paths = engine.config().max_paths_per_session.max(2);
         RelayCore {
             engine,
             transition,
@@ -138,7 +134,6 @@ impl RelayCore {
             abandoned: BTreeSet::new(),
             switch_wanted: None,
             preference: Vec::new(),
-            max_paths,
         }
     }
 

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use super::receive::Receive;
 use super::switch::{Progress, SwitchReport, SwitchTotals};
 use super::{close_code, encode, PathInfo, RelayCore};
-use crate::relay::engine::{Role, SessionId};
+use crate::relay::engine::{PeerLimits, Role, SessionId};
 use crate::relay::policy::IpPrefix;
 use crate::time::{Duration, Instant};
 use crate::transition::{ControlMessage, Epoch, PathId, Transition};
@@ -22,6 +22,21 @@ pub struct PeerInfo {
     /// Networks behind the client whose hosts speak from their own addresses (a router's LAN in
     /// routed mode; on the server, the peer's `lan_prefixes`, as WireGuard's AllowedIPs).
     pub lan_prefixes: Vec<IpPrefix>,
+    /// Server: this peer's own limits (its `[[peer]]` table), over the engine's.
+    pub limits: PeerLimits,
+}
+
+impl PeerInfo {
+    /// A peer with the daemon's switch timeout and limits, and no LAN behind it.
+    pub fn new(name: impl Into<String>, public_key: impl Into<String>) -> Self {
+        PeerInfo {
+            name: name.into(),
+            public_key: public_key.into(),
+            switch_timeout: None,
+            lan_prefixes: Vec::new(),
+            limits: PeerLimits::default(),
+        }
+    }
 }
 
 pub(super) struct SessionState {
@@ -47,7 +62,7 @@ pub(super) struct SessionState {
     pub(super) since: Instant,
     pub(super) stale_frames: u64,
     pub(super) control_malformed: u64,
-    /// Server: paths of this session refused because it had `max_paths` already.
+    /// Server: paths of this session refused because it was at its path limit.
     pub(super) paths_refused_limit: u64,
     /// Paths dropped because the peer did not read what was queued for it.
     pub(super) paths_lost_not_reading: u64,
@@ -67,7 +82,7 @@ pub struct SessionView<'a> {
     pub held_bytes: usize,
     pub stale_frames: u64,
     pub control_malformed: u64,
-    /// Server: paths refused because the session had `max_paths_per_session` already.
+    /// Server: paths refused because the session was at its path limit.
     pub paths_refused_limit: u64,
     /// Paths dropped because the peer did not read what was queued for it.
     pub paths_lost_not_reading: u64,
@@ -105,6 +120,24 @@ impl RelayCore {
             self.end_session(*id, reason, now);
         }
         ids.len()
+    }
+
+    /// Server: a reload gave the peer with `public_key` other limits; its running sessions take them
+    /// (what they hold beyond them stays, see [`Engine::set_session_limits`]). Returns how many
+    /// sessions changed.
+    ///
+    /// [`Engine::set_session_limits`]: crate::relay::engine::Engine::set_session_limits
+    pub fn set_peer_limits(&mut self, public_key: &str, limits: PeerLimits) -> usize {
+        let defaults = self.engine.config().session_limits;
+        let mut changed = 0;
+        for (id, state) in self.sessions.iter_mut().filter(|(_, s)| s.peer.public_key == public_key) {
+            if state.peer.limits != limits {
+                state.peer.limits = limits;
+                self.engine.set_session_limits(*id, limits.over(defaults));
+                changed += 1;
+            }
+        }
+        changed
     }
 
     pub(super) fn end_session(&mut self, sid: SessionId, why: &str, now: Instant) {

@@ -3,7 +3,7 @@ use std::net::IpAddr;
 use super::output::SLOW_WRITER_DEPTH;
 use super::*;
 use crate::path::PathLoss;
-use crate::relay::engine::EngineConfig;
+use crate::relay::engine::{EngineConfig, PeerLimits};
 use crate::time::{Duration, Instant};
 
 fn sample(pace: Option<u64>) -> PathSample {
@@ -23,9 +23,7 @@ fn a_slow_path_gets_a_shallow_writer_queue() {
     let mut core = RelayCore::new(Engine::new(EngineConfig::new(Role::Server), now), TransitionConfig::default(), 1);
     let path = PathId(1);
     let info = PathInfo { local: None, remote: None, uplink: None, congestion_control: None };
-    let peer =
-        PeerInfo { name: "laptop".into(), public_key: "k".into(), switch_timeout: None, lan_prefixes: Vec::new() };
-    core.server_path_up(path, info, peer, 0, vec!["100.64.0.2".parse().unwrap()], now);
+    core.server_path_up(path, info, peer(), 0, vec!["100.64.0.2".parse().unwrap()], now);
     assert_eq!(core.writer_depth(path, 8), 8, "rate unknown: as before");
     core.path_stats(path, sample(Some(10_000_000 / 8)));
     assert_eq!(core.writer_depth(path, 8), SLOW_WRITER_DEPTH, "10 Mbit/s");
@@ -39,15 +37,15 @@ fn a_slow_path_gets_a_shallow_writer_queue() {
 
 fn server(max_paths: usize, now: Instant) -> RelayCore {
     let mut config = EngineConfig::new(Role::Server);
-    config.max_paths_per_session = max_paths;
+    config.session_limits.paths = max_paths;
     // A small queue limit (about 280 KiB), quick to fill.
     config.session_out_budget = 16 * 1024;
-    config.max_streams_per_session = 16;
+    config.session_limits.streams = 16;
     RelayCore::new(Engine::new(config, now), TransitionConfig::default(), 1)
 }
 
 fn peer() -> PeerInfo {
-    PeerInfo { name: "laptop".into(), public_key: "k".into(), switch_timeout: None, lan_prefixes: Vec::new() }
+    PeerInfo::new("laptop", "k")
 }
 
 fn vips() -> Vec<IpAddr> {
@@ -85,17 +83,52 @@ fn a_session_with_its_paths_full_refuses_another_and_other_sessions_still_join()
     assert_eq!(core.paths().count(), 3);
     assert_eq!(core.sessions().next().unwrap().paths_refused_limit, 1);
     // Another client is not held to this one's count.
-    let other =
-        PeerInfo { name: "phone".into(), public_key: "k2".into(), switch_timeout: None, lan_prefixes: Vec::new() };
+    let other = PeerInfo::new("phone", "k2");
     core.server_path_up(PathId(5), info.clone(), other, 0, vec!["100.64.0.3".parse().unwrap()], now);
     assert!(closes(&mut core).is_empty(), "the other client's path was refused");
     // A path of the full session that goes makes room again.
     core.path_lost(PathId(3), &PathLoss::PeerClosed, now);
     closes(&mut core);
-    core.server_path_up(PathId(6), info, peer(), sid.0, vips(), now);
+    core.server_path_up(PathId(6), info.clone(), peer(), sid.0, vips(), now);
     assert!(closes(&mut core).is_empty(), "no room after a path was lost");
     // Fewer than two paths would make every switch fail: the floor is two.
-    assert_eq!(server(0, now).max_paths, 2);
+    let mut core = server(0, now);
+    core.server_path_up(PathId(1), info.clone(), peer(), 0, vips(), now);
+    let sid = core.sessions().next().unwrap().id;
+    core.server_path_up(PathId(2), info.clone(), peer(), sid.0, vips(), now);
+    assert!(closes(&mut core).is_empty(), "a limit of 0 refused the second path");
+    core.server_path_up(PathId(3), info, peer(), sid.0, vips(), now);
+    assert_eq!(closes(&mut core), vec![(PathId(3), Some(close_code::PATH_LIMIT))]);
+}
+
+#[test]
+fn a_peers_own_path_limit_holds_for_its_sessions_only_and_a_reload_changes_it() {
+    let now = Instant::from_millis(0);
+    let mut core = server(8, now);
+    let info = PathInfo::default();
+    let laptop = PeerInfo { limits: PeerLimits { paths: Some(2), ..PeerLimits::default() }, ..peer() };
+    core.server_path_up(PathId(1), info.clone(), laptop.clone(), 0, vips(), now);
+    let sid = core.sessions().next().unwrap().id;
+    core.server_path_up(PathId(2), info.clone(), laptop.clone(), sid.0, vips(), now);
+    core.server_path_up(PathId(3), info.clone(), laptop.clone(), sid.0, vips(), now);
+    assert_eq!(closes(&mut core), vec![(PathId(3), Some(close_code::PATH_LIMIT))]);
+    // The phone has the server's eight.
+    let phone = PeerInfo::new("phone", "k2");
+    let phone_vips = vec!["100.64.0.3".parse().unwrap()];
+    core.server_path_up(PathId(10), info.clone(), phone.clone(), 0, phone_vips.clone(), now);
+    let phone_sid = core.sessions().find(|s| s.peer.name == "phone").unwrap().id;
+    for p in 11..14 {
+        core.server_path_up(PathId(p), info.clone(), phone.clone(), phone_sid.0, phone_vips.clone(), now);
+    }
+    assert!(closes(&mut core).is_empty(), "the phone was held to the laptop's limit");
+    // A reload raises the laptop's limit: its running session takes it.
+    let raised = PeerLimits { paths: Some(3), ..PeerLimits::default() };
+    assert_eq!(core.set_peer_limits("k", raised), 1);
+    assert_eq!(core.set_peer_limits("k", raised), 0, "unchanged limits counted as a change");
+    core.server_path_up(PathId(4), info.clone(), laptop.clone(), sid.0, vips(), now);
+    assert!(closes(&mut core).is_empty(), "the raised limit did not apply");
+    core.server_path_up(PathId(5), info, laptop, sid.0, vips(), now);
+    assert_eq!(closes(&mut core), vec![(PathId(5), Some(close_code::PATH_LIMIT))]);
 }
 
 #[test]

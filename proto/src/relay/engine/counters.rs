@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use super::{Engine, SessionId};
+use super::{Engine, SessionId, SessionLimits};
 
 /// Counters of one session; all only grow.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,11 +28,11 @@ pub struct SessionCounters {
     pub datagrams_held: u64,
     /// Of those, datagrams dropped because the hold budget was full (counted in `datagrams_dropped` too).
     pub datagrams_dropped_switching: u64,
-    /// Streams refused because the session had `max_streams_per_session`: an app's SYN answered with
-    /// RST, or the peer's OPEN with RESET `LimitReached`.
+    /// Streams refused because the session was at its stream limit ([`SessionLimits`]): an app's SYN
+    /// answered with RST, or the peer's OPEN with RESET `LimitReached`.
     pub streams_refused_limit: u64,
-    /// Datagrams dropped because they would have started a UDP flow beyond
-    /// `max_udp_flows_per_session` (either direction).
+    /// Datagrams dropped because they would have started a UDP flow beyond the session's limit
+    /// ([`SessionLimits`], either direction).
     pub datagrams_refused_limit: u64,
     /// Server: the client's OPENs refused by the destination policy (RESET `NotAllowed`).
     pub streams_forbidden: u64,
@@ -48,6 +48,7 @@ pub struct SessionStatus {
     pub tcp_flows: usize,
     pub udp_flows: usize,
     pub queued_bytes: usize,
+    pub limits: SessionLimits,
     pub counters: SessionCounters,
 }
 
@@ -76,6 +77,7 @@ impl Engine {
                 tcp_flows: s.streams.len(),
                 udp_flows: s.udp_flows,
                 queued_bytes: s.out.bytes(),
+                limits: s.limits,
                 counters: s.counters.clone(),
             })
             .collect()

@@ -77,14 +77,14 @@ impl Engine {
     }
 
     /// Records the UDP flow of a datagram of session `sid` (or refreshes its idle timer). False when
-    /// it would start a flow beyond `max_udp_flows_per_session`: the datagram is to be dropped (it is
+    /// it would start a flow beyond the session's `udp_flows` limit: the datagram is to be dropped (it is
     /// counted here). Other datagrams need no flow.
     fn admit_udp(&mut self, sid: SessionId, info: DatagramInfo, now: Instant) -> bool {
         if info.proto != DatagramProto::Udp {
             return true;
         }
-        let limit = self.config.max_udp_flows_per_session;
         let Some(session) = self.sessions.get_mut(&sid) else { return false };
+        let limit = session.limits.udp_flows;
         let src = SocketAddr::new(info.src, info.src_port);
         let dst = SocketAddr::new(info.dst, info.dst_port);
         let (virtual_end, remote_end) = if session.owns(info.src) { (src, dst) } else { (dst, src) };

@@ -36,7 +36,7 @@ mod resume;
 mod session;
 mod tun;
 
-pub use config::EngineConfig;
+pub use config::{EngineConfig, PeerLimits, SessionLimits};
 pub use counters::{SessionCounters, SessionStatus, TunCounters};
 pub use session::SessionError;
 

@@ -46,7 +46,8 @@ impl Engine {
     /// once the session's queue passes [`EngineConfig::queue_limit`], the input stops with
     /// [`SessionError::PeerNotReading`].
     fn handle_frames(&mut self, sid: SessionId, data: &[u8], now: Instant) -> Result<usize, SessionError> {
-        let limit = self.config.queue_limit();
+        let Some(limits) = self.session_limits(sid) else { return Err(SessionError::NoSuchSession(sid)) };
+        let limit = self.config.queue_limit(&limits);
         let mut pos = 0;
         while pos < data.len() {
             match Frame::decode(&data[pos..]) {
@@ -193,8 +194,8 @@ impl Engine {
                 return;
             }
         }
-        let limit = self.config.max_streams_per_session;
         let session = self.session_mut(sid);
+        let limit = session.limits.streams;
         if session.streams.len() >= limit {
             tracing::debug!(
                 session = sid.0,

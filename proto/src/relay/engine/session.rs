@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use bytes::Bytes;
 use roamtun_stack::FlowId;
 
-use super::{Engine, Role, SessionCounters, SessionId};
+use super::{Engine, Role, SessionCounters, SessionId, SessionLimits};
 use crate::relay::outqueue::{BulkMark, OutChunk, OutQueue};
 use crate::relay::policy::IpPrefix;
 use crate::relay::stream::{RecvHalf, ReplayBuffer, SendHalf, INITIAL_CREDIT};
@@ -78,6 +78,7 @@ impl Stream {
 pub(super) struct Session {
     pub(super) virtual_ips: Vec<IpAddr>,
     pub(super) lan_prefixes: Vec<IpPrefix>,
+    pub(super) limits: SessionLimits,
     /// Warnings about this peer's input are logged at a bounded rate (a peer may send garbage on
     /// purpose); the counters count every one.
     pub(super) warnings: crate::log_budget::LogBudget,
@@ -116,12 +117,13 @@ impl Session {
 impl Engine {
     /// Starts carrying traffic for a peer that owns (client role: whose apps use) `virtual_ips`, and
     /// the hosts of `lan_prefixes` behind it, which speak from their own addresses (a router's LAN,
-    /// routed mode).
+    /// routed mode). It may hold what `limits` allows.
     pub fn add_session(
         &mut self,
         id: SessionId,
         virtual_ips: Vec<IpAddr>,
         lan_prefixes: Vec<IpPrefix>,
+        limits: SessionLimits,
     ) -> Result<(), SessionError> {
         for ip in &virtual_ips {
             if self.sessions.values().any(|s| s.owns(*ip)) {
@@ -143,6 +145,7 @@ impl Engine {
                 warnings: crate::log_budget::LogBudget::for_peer_input(),
                 virtual_ips,
                 lan_prefixes,
+                limits,
                 rx: Vec::new(),
                 out: OutQueue::default(),
                 datagram_mark: 0,
@@ -169,6 +172,19 @@ impl Engine {
         }
         self.udp_flows.retain(|k, _| k.session != id);
         Some(session.counters)
+    }
+
+    /// What a session may hold; `None` for an unknown session.
+    pub fn session_limits(&self, sid: SessionId) -> Option<SessionLimits> {
+        self.sessions.get(&sid).map(|s| s.limits)
+    }
+
+    /// Changes what a running session may hold (a reload). What it holds already beyond the new
+    /// limits stays; only new streams, UDP flows and paths are refused until it is back below them.
+    pub fn set_session_limits(&mut self, sid: SessionId, limits: SessionLimits) {
+        if let Some(session) = self.sessions.get_mut(&sid) {
+            session.limits = limits;
+        }
     }
 
     /// The next chunk of encoded frames for a session's transport.

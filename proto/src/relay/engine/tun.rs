@@ -32,8 +32,8 @@ impl Engine {
             return;
         };
         let window = self.config.stream_window;
-        let limit = self.config.max_streams_per_session;
         let session = self.sessions.get_mut(&sid).expect("session_for returns a live session");
+        let limit = session.limits.streams;
         if session.streams.len() >= limit {
             session.counters.streams_refused_limit += 1;
             tracing::debug!(session = sid.0, %src, %dst, limit, "refusing an app's connection: the session is at its stream limit");
