@@ -160,12 +160,16 @@ pub struct UplinkStatus {
     /// application-limited, decaying); null until it has carried a busy transfer.
     #[serde(default)]
     pub bandwidth_mbps: Option<f64>,
-    /// Bytes the relay carried over this uplink since the daemon started, both ways.
+    /// Bytes the relay carried over this uplink, both ways: with a cap, since `period_start`
+    /// (restarts included); without one, since the daemon started.
     #[serde(default)]
     pub used_bytes: u64,
     /// Its configured `cap_gib` in bytes, if any.
     #[serde(default)]
     pub cap_bytes: Option<u64>,
+    /// With a cap: the first day (UTC, `YYYY-MM-DD`) of the period `used_bytes` counts in.
+    #[serde(default)]
+    pub period_start: Option<String>,
     /// The decision task's score (higher is better; null when unusable) and the reasons.
     #[serde(default)]
     pub score: Option<f64>,
@@ -619,7 +623,10 @@ pub fn render(status: &Status) -> String {
         let jitter = u.jitter_ms.map(|j| format!(" ±{j:.1}")).unwrap_or_default();
         let bw = u.bandwidth_mbps.map(|b| format!(" {b:.0} Mbit/s")).unwrap_or_default();
         let used = match u.cap_bytes {
-            Some(cap) => format!(" used {} of {}", bytes(u.used_bytes), bytes(cap)),
+            Some(cap) => {
+                let since = u.period_start.as_ref().map(|d| format!(" since {d}")).unwrap_or_default();
+                format!(" used {} of {}{since}", bytes(u.used_bytes), bytes(cap))
+            }
             None if u.used_bytes > 0 => format!(" used {}", bytes(u.used_bytes)),
             None => String::new(),
         };

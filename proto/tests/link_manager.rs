@@ -372,6 +372,24 @@ fn an_uplink_past_its_cap_is_left_for_the_next_one() {
 }
 
 #[test]
+fn a_restored_count_counts_against_the_cap_and_a_new_period_clears_it() {
+    let mut w = World::standard(Some(24 << 20));
+    w.state.insert("eth0".into(), LinkState::AdminDown);
+    w.links.uplinks_changed(w.state.clone());
+    // Before this start, wlan0 carried 30 MiB this period: it is past its cap from the first moment.
+    w.links.restore_volume("wlan0", 30 << 20);
+    w.connect("wlan0");
+    w.run(9.0);
+    assert_eq!(w.kinds(), ["planned:wlan0>wwan0"], "the restored count was not held against wlan0");
+    assert_eq!(w.links.used_bytes("wlan0"), 30 << 20);
+    // The next month: wlan0 is the better one again.
+    w.links.new_period("wlan0");
+    assert_eq!(w.links.used_bytes("wlan0"), 0);
+    w.run(10.0);
+    assert_eq!(w.kinds(), ["planned:wlan0>wwan0", "planned:wwan0>wlan0"], "a new period did not clear the cap");
+}
+
+#[test]
 fn an_ipv6_only_uplink_replaces_an_ipv4_one_and_back() {
     // The manager sees no address family: an uplink whose IPv4 address goes and whose IPv6 one
     // stays is as usable as before; one that loses every address is down.

@@ -76,6 +76,10 @@ pub struct ClientConfig {
     /// A network behind this host whose hosts use the tunnel too (the client on a router).
     #[serde(default)]
     pub lan: Option<LanConfig>,
+    /// Where state that outlives a restart is kept (each uplink's volume this period); by default
+    /// the service's state directory (`$STATE_DIRECTORY`), else `/var/lib/roamtun`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The decision task's hysteresis (src/link/policy.rs has the rules).
@@ -97,6 +101,18 @@ impl Default for DecisionConfig {
 }
 
 impl ClientConfig {
+    /// `state_dir`, or the service's state directory, or `/var/lib/roamtun`.
+    pub fn state_directory(&self) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        // systemd's StateDirectory= (a colon-separated list when it names several).
+        match std::env::var_os("STATE_DIRECTORY") {
+            Some(dirs) => std::env::split_paths(&dirs).next().unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            None => PathBuf::from(DEFAULT_STATE_DIR),
+        }
+    }
+
     /// Whether `routes` has a default route (`0.0.0.0/0` or `::/0`): a full tunnel of both families,
     /// by policy routing (src/full_tunnel.rs).
     pub fn full_tunnel(&self) -> bool {
@@ -108,6 +124,8 @@ impl ClientConfig {
         self.uplinks.iter().map(|u| u.name.clone()).collect()
     }
 }
+
+const DEFAULT_STATE_DIR: &str = "/var/lib/roamtun";
 
 fn default_client_tun() -> TunConfig {
     TunConfig { name: String::new(), mtu: default_mtu() }
@@ -142,6 +160,10 @@ impl ClientConfig {
         resolve_key(path, mode, &mut c.private_key, &mut c.private_key_file)?;
         check_tun(path, &mut c.tun, "roam0")?;
         check_tuning(path, &c.tuning)?;
+        if let Some(dir) = c.state_dir.as_mut().filter(|d| d.is_relative()) {
+            // Relative to the config file, as a person reading it would take it.
+            *dir = path.parent().map_or(dir.clone(), |base| base.join(&*dir));
+        }
         let names = c.uplink_names();
         let uplink = |i: usize| [Step::Key("uplinks"), Step::Index(i)];
         if let Some(i) = names.iter().position(|n| n.is_empty() || n.len() > 15 || n.contains('/')) {
@@ -193,6 +215,19 @@ impl ClientConfig {
                 text,
                 &uplink(i),
                 format!("uplinks: cap_gib of {name:?} must be more than 0"),
+            ));
+        }
+        let max_day = roamtun_proto::link::volume::MAX_RESET_DAY;
+        if let Some(i) = c.uplinks.iter().position(|u| !(1..=max_day).contains(&u.cap_reset_day)) {
+            let u = &c.uplinks[i];
+            return Err(invalid_at(
+                path,
+                text,
+                &uplink(i),
+                format!(
+                    "uplinks: cap_reset_day of {:?} is {}; it must be a day from 1 to {max_day} (one that every month has)",
+                    u.name, u.cap_reset_day
+                ),
             ));
         }
         let address = [Step::Key("server"), Step::Key("address")];
@@ -352,7 +387,14 @@ mod tests {
         let c = ClientConfig::from_toml(Path::new("c.toml"), &tables).unwrap();
         assert_eq!(
             c.uplinks[1],
-            UplinkConfig { name: "wwan0".into(), metered: true, cost_per_gib: 2.5, kind: None, cap_gib: None }
+            UplinkConfig {
+                name: "wwan0".into(),
+                metered: true,
+                cost_per_gib: 2.5,
+                kind: None,
+                cap_gib: None,
+                cap_reset_day: 1
+            }
         );
         let capped = tables.replace("cost_per_gib = 2.5", "cap_gib = 2");
         assert_eq!(ClientConfig::from_toml(Path::new("c.toml"), &capped).unwrap().uplinks[1].cap_gib, Some(2.0));
@@ -360,6 +402,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cap_gib of \"wwan0\" must be more than 0"), "{err}");
+        let day = tables.replace("cost_per_gib = 2.5", "cap_gib = 2, cap_reset_day = 15");
+        assert_eq!(ClientConfig::from_toml(Path::new("c.toml"), &day).unwrap().uplinks[1].cap_reset_day, 15);
+        for bad in [0, 29] {
+            let text = tables.replace("cost_per_gib = 2.5", &format!("cap_gib = 2, cap_reset_day = {bad}"));
+            let err = ClientConfig::from_toml(Path::new("c.toml"), &text).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("cap_reset_day of \"wwan0\" is {bad}; it must be a day from 1 to 28")),
+                "{err}"
+            );
+        }
         let kind = tables.replace("cost_per_gib = 2.5", "kind = \"lte\"");
         let err = ClientConfig::from_toml(Path::new("c.toml"), &kind).unwrap_err().to_string();
         assert!(err.contains("kind \"lte\" of \"wwan0\" is not one of"), "{err}");

@@ -32,9 +32,11 @@ pub struct UplinkConfig {
     pub cost_per_gib: f64,
     /// "ethernet", "wifi" or "wwan"; by default what sysfs says.
     pub kind: Option<String>,
-    /// A volume cap in GiB (since the daemon started): beyond it the uplink is used only when no other
-    /// works.
+    /// A volume cap in GiB per period: beyond it the uplink is used only when no other works.
     pub cap_gib: Option<f64>,
+    /// The day of the month (UTC, 1 to 28) the uplink's volume starts counting from zero again, as
+    /// its plan bills it.
+    pub cap_reset_day: u8,
 }
 
 impl UplinkConfig {
@@ -67,13 +69,19 @@ struct UplinkTable {
     kind: Option<String>,
     #[serde(default)]
     cap_gib: Option<f64>,
+    #[serde(default = "first_day")]
+    cap_reset_day: u8,
+}
+
+fn first_day() -> u8 {
+    1
 }
 
 impl From<UplinkEntry> for UplinkConfig {
     fn from(e: UplinkEntry) -> Self {
         match e {
             UplinkEntry::Name(name) => {
-                UplinkConfig { name, metered: false, cost_per_gib: 0.0, kind: None, cap_gib: None }
+                UplinkConfig { name, metered: false, cost_per_gib: 0.0, kind: None, cap_gib: None, cap_reset_day: 1 }
             }
             UplinkEntry::Table(t) => UplinkConfig {
                 name: t.name,
@@ -81,6 +89,7 @@ impl From<UplinkEntry> for UplinkConfig {
                 cost_per_gib: t.cost_per_gib,
                 kind: t.kind,
                 cap_gib: t.cap_gib,
+                cap_reset_day: t.cap_reset_day,
             },
         }
     }

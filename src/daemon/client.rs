@@ -117,6 +117,7 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
         uplinks: uplinks.clone(),
         configured: config.uplinks.clone(),
         decision: config.decision.clone(),
+        volume_file: super::volume::volume_path(&config.state_directory(), &config.tun.name),
     };
     let connector = TlsConnector::from(tls_config);
     // Removed again below, once serve has returned (signal or failure), like the TUN's routes.

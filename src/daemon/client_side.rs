@@ -14,6 +14,7 @@ use roamtun_proto::time::{Duration, Instant};
 use roamtun_proto::transition::PathId;
 
 use super::shell::unix_ms;
+use super::volume::VolumeStore;
 use super::{ClientHooks, Uplinks};
 use crate::config::UplinkConfig;
 use crate::control::{Response, SwitchRecord};
@@ -28,10 +29,12 @@ pub(super) struct ClientSide {
     pub(super) uplinks: Uplinks,
     /// The `roamtun switch` being carried out.
     switch_reply: Option<(String, oneshot::Sender<Response>)>,
+    /// The capped uplinks' volume file; `None` without a cap.
+    volume: Option<VolumeStore>,
 }
 
 impl ClientSide {
-    pub(super) fn new(hooks: ClientHooks) -> (Self, Option<watch::Receiver<Uplinks>>) {
+    pub(super) fn new(hooks: ClientHooks, now: Instant) -> (Self, Option<watch::Receiver<Uplinks>>) {
         let uplinks = hooks.uplinks.as_ref().map(|w| w.borrow().clone()).unwrap_or_default();
         let config = PolicyConfig {
             min_gain: hooks.decision.min_gain,
@@ -54,8 +57,24 @@ impl ClientSide {
             .collect();
         let mut links = LinkManager::new(config, &policies);
         links.uplinks_changed(link_states(&uplinks));
-        let side = ClientSide { dial: hooks.dial, links, costs: hooks.configured, uplinks, switch_reply: None };
+        let volume = VolumeStore::open(hooks.volume_file, &hooks.configured, &mut links, now);
+        let side = ClientSide { dial: hooks.dial, links, costs: hooks.configured, uplinks, switch_reply: None, volume };
         (side, hooks.uplinks)
+    }
+
+    /// Saves the capped uplinks' volume when it is due (`volume`); `stopping`: now, whatever changed.
+    pub(super) fn keep_volume(&mut self, now: Instant, stopping: bool) {
+        let Some(store) = self.volume.as_mut() else { return };
+        if stopping {
+            store.save(&self.links);
+        } else {
+            store.tick(&mut self.links, now);
+        }
+    }
+
+    /// The first day of the period a capped uplink's volume counts in.
+    pub(super) fn volume_period(&self, uplink: &str) -> Option<String> {
+        self.volume.as_ref()?.period_start(uplink)
     }
 
     /// A new rtnetlink snapshot; returns the paths it ends (their interface went down or lost the

@@ -19,6 +19,7 @@ mod status;
 mod tls_split;
 mod transport;
 mod tun;
+mod volume;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -242,6 +243,8 @@ pub struct ClientHooks {
     /// The configured uplinks, in order of preference (empty: the kernel's routing chooses).
     pub configured: Vec<crate::config::UplinkConfig>,
     pub decision: crate::config::DecisionConfig,
+    /// Where the capped uplinks' volume is kept across restarts (`volume`).
+    pub volume_file: std::path::PathBuf,
 }
 
 /// Every interface rtnetlink reports, by name.

@@ -63,7 +63,7 @@ impl Shell {
         let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.as_secs() << 24);
         let (client, watch) = match client {
             Some(hooks) => {
-                let (side, watch) = super::client_side::ClientSide::new(hooks);
+                let (side, watch) = super::client_side::ClientSide::new(hooks, clock.now());
                 (Some(side), watch)
             }
             None => (None, None),
@@ -187,6 +187,12 @@ impl Shell {
             if let Some(dog) = self.watchdog.as_mut() {
                 dog.feed(now);
             }
+            if let Some(client) = self.client.as_mut() {
+                client.keep_volume(now, false);
+            }
+        }
+        if let Some(client) = self.client.as_mut() {
+            client.keep_volume(self.clock.now(), true);
         }
         self.core.shutdown(self.clock.now());
         self.flush();

@@ -138,6 +138,7 @@ fn uplink_status(shell: &Shell, client: &ClientSide) -> Vec<UplinkStatus> {
                 bandwidth_mbps: path.and_then(|p| p.bandwidth).map(|b| b * 8.0 / 1e6),
                 used_bytes: links.used_bytes(&name),
                 cap_bytes: config(&name).and_then(|c| c.cap_bytes()),
+                period_start: client.volume_period(&name),
                 score: score.as_ref().map(|(s, _)| *s),
                 why: match (score, links.unreachable(&name)) {
                     (Some((_, why)), _) => why,

@@ -30,7 +30,10 @@ setup() {
     netns_topology
     netns_second_uplink
     [ -n "${NO_ETH0:-}" ] || netns_third_uplink
-    CLIENT_EXTRA='uplinks = '"${UPLINKS:-[\"eth0\", \"wlan0\", $WWAN0]}"'
+    # The capped uplinks' volume file of the last case is not this one's.
+    rm -rf "$WORK/state"
+    CLIENT_EXTRA='state_dir = "'"$WORK/state"'"
+uplinks = '"${UPLINKS:-[\"eth0\", \"wlan0\", $WWAN0]}"'
 [routing]
 per_uplink_tables = true
 [decision]
@@ -231,6 +234,24 @@ test_an_uplink_past_its_cap_is_left_for_the_next_one() {
     [[ "$why" == *"past its cap of 24 MiB"* ]] || fail "wlan0's score does not say why: $why"
     finish_workload
     [ "$(switch_kinds)" = "unexpected:eth0>wlan0 planned:wlan0>wwan0" ] || fail "status shows switches '$(switch_kinds)'"
+    # The count outlives the daemon: saved at stop, and held against wlan0 by the next one.
+    local file="$WORK/state/roam0.volume.json" saved period again
+    kill -TERM "$CLIENT_PID"
+    wait_for 10 "the client to exit" sh -c "! kill -0 $CLIENT_PID" || fail "the client did not stop"
+    [ "$(stat -c %a "$file")" = 600 ] || fail "$file has mode $(stat -c %a "$file")"
+    saved=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["uplinks"]["wlan0"]["bytes"])' "$file") ||
+        fail "no count of wlan0 in $file: $(cat "$file")"
+    [ "$saved" -ge $((24 << 20)) ] || fail "the client saved $saved bytes for wlan0, under its 24 MiB"
+    spawn "$WORK/client.log" "$NS_C" env ROAMTUN_LOG=info "$ROAMTUN" client -c "$WORK/client.toml"
+    CLIENT_PID=$LAST_PID
+    wait_for 15 "the restarted client to connect" client_connected || fail "the restarted client did not connect"
+    again=$(json_get "$WORK/client.sock" '[u["used_bytes"] for u in s["uplinks"] if u["name"] == "wlan0"][0]')
+    [ "$again" -ge "$saved" ] || fail "after the restart wlan0 has used $again bytes, not the $saved saved"
+    period=$(json_get "$WORK/client.sock" '[u["period_start"] for u in s["uplinks"] if u["name"] == "wlan0"][0]')
+    [ "$period" = "$(date -u +%Y-%m-01)" ] || fail "wlan0's period starts $period"
+    # eth0 is still down: the new session starts on wlan0 (first in order) and leaves it, past its cap.
+    wait_for 30 "the new session to leave wlan0" on_uplink wwan0 || fail "the restarted client stays on $(active_uplink): $(uplink_states)"
+    echo "restored:    wlan0's $((saved >> 20)) MiB since $period restored from $file (mode 600); the new session left it for wwan0"
 }
 
 test_an_uplink_that_cannot_reach_the_server_is_marked_unusable() {

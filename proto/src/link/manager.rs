@@ -150,7 +150,8 @@ pub struct LinkManager {
     standby_failed: BTreeMap<String, Instant>,
     /// Uplinks that are up but could not reach and authenticate with the server, with the error.
     unreachable: BTreeMap<String, String>,
-    /// Bytes carried over each uplink (both ways, probes included), for its cap.
+    /// Bytes carried over each uplink (both ways, probes included) in its current period
+    /// ([`crate::link::volume`]), for its cap.
     volume: BTreeMap<String, u64>,
     actions: VecDeque<LinkAction>,
 }
@@ -229,6 +230,17 @@ impl LinkManager {
     /// The relay carried `bytes` over `uplink` since the last count.
     pub fn carried(&mut self, uplink: &str, bytes: u64) {
         *self.volume.entry(uplink.to_string()).or_default() += bytes;
+    }
+
+    /// What `uplink` carried earlier in its current period (the daemon saved it before a restart):
+    /// it counts against the cap as if this daemon had carried it.
+    pub fn restore_volume(&mut self, uplink: &str, bytes: u64) {
+        *self.volume.entry(uplink.to_string()).or_default() += bytes;
+    }
+
+    /// A new period of `uplink` began: its count starts from zero.
+    pub fn new_period(&mut self, uplink: &str) {
+        self.volume.remove(uplink);
     }
 
     /// `roamtun switch <uplink>`, checked against the configuration and the uplink's state. `Ok`: the
