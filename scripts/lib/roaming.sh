@@ -20,7 +20,7 @@ run() {
     if [ $rc -eq 0 ]; then
         PASSED=$((PASSED + 1))
         printf 'ok   %-44s %3ds\n' "$name" $((SECONDS - start))
-        sed 's/^/     /' "$WORK/case.out" | grep -E '^     (bulk|interactive|udp-stream|switch|switches|reset|memory|detected|source|restored|refused)' || true
+        sed 's/^/     /' "$WORK/case.out" | grep -E '^     (bulk|interactive|udp-stream|switch|switches|reset|memory|detected|source|restored|refused|reloaded)' || true
     else
         FAILED=$((FAILED + 1))
         printf 'FAIL %-44s %3ds\n' "$name" $((SECONDS - start))

@@ -2,7 +2,8 @@
 //! and added, changed and removed peers take effect without touching anyone else's session. A peer
 //! removed or given other virtual IPs has its session ended with a CLOSE that says why; everyone
 //! else keeps theirs. What the running daemon cannot change (listen addresses, its TUN, its key…)
-//! is reported as needing a restart and left as it was.
+//! is reported as needing a restart and left as it was. The routes of the peers' LANs into the TUN
+//! follow the peers.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,8 +11,8 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::EngineMsg;
-use crate::config::{PeerConfig, ServerConfig};
+use super::{EngineMsg, Tun};
+use crate::config::{PeerConfig, Prefix, ServerConfig};
 use crate::control::Response;
 
 /// The configuration new connections are checked against; swapped whole by a reload.
@@ -29,6 +30,7 @@ pub type ReloadRequest = oneshot::Sender<Response>;
 pub async fn serve(
     path: PathBuf,
     live: SharedLive,
+    tun: Arc<Tun>,
     engine: mpsc::Sender<EngineMsg>,
     mut requests: mpsc::Receiver<ReloadRequest>,
 ) {
@@ -48,7 +50,7 @@ pub async fn serve(
                 None => return,
             },
         };
-        let answer = match reload(&path, &live, &engine).await {
+        let answer = match reload(&path, &live, &tun, &engine).await {
             Ok(summary) => {
                 tracing::info!(%summary, "configuration reloaded");
                 Response::Done { message: summary }
@@ -64,7 +66,12 @@ pub async fn serve(
     }
 }
 
-async fn reload(path: &std::path::Path, live: &SharedLive, engine: &mpsc::Sender<EngineMsg>) -> Result<String, String> {
+async fn reload(
+    path: &std::path::Path,
+    live: &SharedLive,
+    tun: &Tun,
+    engine: &mpsc::Sender<EngineMsg>,
+) -> Result<String, String> {
     let new = Arc::new(ServerConfig::load(path).map_err(|e| roamtun_netlink::error_chain(&e))?);
     let old = live.read().unwrap_or_else(|e| e.into_inner()).config.clone();
     if new.private_key().public_key() != old.private_key().public_key() {
@@ -74,6 +81,20 @@ async fn reload(path: &std::path::Path, live: &SharedLive, engine: &mpsc::Sender
     let tls = crate::tls::server_config(new.private_key(), keys).map_err(|e| e.to_string())?;
     let diff = PeerDiff::new(&old.peers, &new.peers);
     let restart = needs_restart(&old, &new);
+    // A new LAN is routed before its peer may connect; one that went stops being routed. The TUN's
+    // addresses and the clients' prefixes stay as they are until a restart.
+    let routes = tun_routes(&old, &new);
+    let (added, removed) = match tun.set_routes(&old.virtual_ips, &routes).await {
+        Ok(change) => change,
+        Err(err) => {
+            let undo = tun.set_routes(&old.virtual_ips, &tun_routes(&old, &old)).await;
+            let undone = if undo.is_ok() { "" } else { " (and putting the old ones back failed too)" };
+            return Err(format!(
+                "cannot change the routes into the TUN{undone}: {}",
+                roamtun_netlink::error_chain(&err)
+            ));
+        }
+    };
     let known = new.peers.iter().map(super::KnownPeer::of).collect();
     let mut ended = Vec::new();
     for p in &diff.removed {
@@ -100,6 +121,10 @@ async fn reload(path: &std::path::Path, live: &SharedLive, engine: &mpsc::Sender
     );
     if !diff.relimited.is_empty() {
         summary.push_str(&format!("; new limits for {} (their sessions go on under them)", names(&diff.relimited)));
+    }
+    if !added.is_empty() || !removed.is_empty() {
+        let list = |ps: &[Prefix]| ps.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        summary.push_str(&format!("; routes into the TUN: added ({}), removed ({})", list(&added), list(&removed)));
     }
     if !restart.is_empty() {
         summary.push_str(&format!("; not applied until a restart: {}", restart.join(", ")));
@@ -149,9 +174,11 @@ impl<'a> PeerDiff<'a> {
     }
 }
 
-fn sorted(mut prefixes: Vec<crate::config::Prefix>) -> Vec<crate::config::Prefix> {
-    prefixes.sort();
-    prefixes
+/// The routes into the TUN after a reload from `old` to `new`: the running clients' prefixes (a
+/// change of them needs a restart) and the new configuration's LANs.
+fn tun_routes(old: &ServerConfig, new: &ServerConfig) -> Vec<Prefix> {
+    let lans = new.peers.iter().flat_map(|p| p.lan_prefixes.iter().copied());
+    old.client_prefixes.iter().copied().chain(lans).collect()
 }
 
 /// The keys whose change the running daemon does not apply.
@@ -165,8 +192,6 @@ fn needs_restart(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
     check("listen", old.listen != new.listen);
     check("virtual_ips", old.virtual_ips != new.virtual_ips);
     check("client_prefixes", old.client_prefixes != new.client_prefixes);
-    // Their routes into the TUN are installed at start.
-    check("lan_prefixes (routes)", sorted(old.tun_routes()) != sorted(new.tun_routes()));
     check("exit", old.exit != new.exit);
     check("allowed_destinations", old.allowed_destinations != new.allowed_destinations);
     check("client_to_client", old.client_to_client != new.client_to_client);

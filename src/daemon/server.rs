@@ -89,6 +89,7 @@ pub async fn run(config: ServerConfig, path: std::path::PathBuf) -> anyhow::Resu
     let live: SharedLive = Arc::new(std::sync::RwLock::new(Live { config: config.clone(), tls }));
     let (reload_tx, reload_rx) = mpsc::channel(4);
     let tuning = config.tuning.clone();
+    let reload_tun = tun.clone();
     super::serve(
         tun,
         engine,
@@ -101,7 +102,7 @@ pub async fn run(config: ServerConfig, path: std::path::PathBuf) -> anyhow::Resu
         metrics,
         Some(reload_tx),
         |engine, room| async move {
-            let reloads = super::reload::serve(path, live.clone(), engine.clone(), reload_rx);
+            let reloads = super::reload::serve(path, live.clone(), reload_tun, engine.clone(), reload_rx);
             tokio::join!(accept_loop(listeners, live, &tuning, engine, room, shared, clock), reloads);
         },
     )

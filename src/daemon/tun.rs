@@ -109,14 +109,43 @@ impl Tun {
             installed.add_address(&self.netlink, index, *addr, len).await?;
         }
         for prefix in routes {
-            // Prefer our own virtual IP of the same family as the source, so apps that did not bind
-            // use the stable address.
-            let src = addresses.iter().find(|a| a.is_ipv4() == prefix.addr.is_ipv4()).copied();
-            let route = Route { dst: prefix.addr, prefix_len: prefix.len, oif: index, table: None, src, gateway: None };
-            installed.add_route(&self.netlink, route).await?;
+            installed.add_route(&self.netlink, self.route(addresses, prefix)).await?;
             tracing::debug!(tun = %self.name, %prefix, "route installed");
         }
         Ok(())
+    }
+
+    /// The route of `prefix` into the TUN.
+    fn route(&self, addresses: &[IpAddr], prefix: &Prefix) -> Route {
+        // Prefer our own virtual IP of the same family as the source, so apps that did not bind
+        // use the stable address.
+        let src = addresses.iter().find(|a| a.is_ipv4() == prefix.addr.is_ipv4()).copied();
+        Route { dst: prefix.addr, prefix_len: prefix.len, oif: self.index, table: None, src, gateway: None }
+    }
+
+    /// Makes `routes` the routes into the TUN (a reload): installs those it lacks and removes those
+    /// no longer named, leaving the others in place. Returns the prefixes added and removed.
+    pub async fn set_routes(
+        &self,
+        addresses: &[IpAddr],
+        routes: &[Prefix],
+    ) -> Result<(Vec<Prefix>, Vec<Prefix>), NetlinkError> {
+        let mut installed = self.installed.lock().await;
+        let wanted: Vec<Route> = routes.iter().map(|p| self.route(addresses, p)).collect();
+        let ours = |r: &&Route| r.oif == self.index && r.table.is_none();
+        let gone: Vec<Route> =
+            installed.routes().iter().filter(ours).filter(|r| !wanted.contains(r)).cloned().collect();
+        let new: Vec<Route> = wanted.iter().filter(|r| !installed.routes().contains(r)).cloned().collect();
+        let prefix = |r: &Route| Prefix { addr: r.dst, len: r.prefix_len };
+        for route in &new {
+            installed.add_route(&self.netlink, route.clone()).await?;
+            tracing::info!(tun = %self.name, prefix = %prefix(route), "route installed");
+        }
+        for route in &gone {
+            installed.del_route(&self.netlink, route).await?;
+            tracing::info!(tun = %self.name, prefix = %prefix(route), "route removed");
+        }
+        Ok((new.iter().map(prefix).collect(), gone.iter().map(prefix).collect()))
     }
 
     pub fn name(&self) -> &str {

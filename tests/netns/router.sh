@@ -119,6 +119,7 @@ seen_as() {
 }
 
 forwarding() { c cat /proc/sys/net/ipv4/ip_forward; }
+server_session_is_not() { [ "$(json_get "$WORK/server.sock" 's["peers"][0]["session"]')" != "$1" ]; }
 
 # Stops the router's client daemon and checks that it put back what it changed.
 stop_router_and_check_restored() {
@@ -170,7 +171,7 @@ test_masqueraded_lan_needs_nothing_from_the_server_and_survives_switches() {
     lan_keeps_its_sessions masquerade no
 }
 
-test_a_routed_lan_the_server_does_not_list_is_refused() {
+test_a_routed_lan_is_refused_until_a_reload_lists_it() {
     setup routed
     spawn "$WORK/apps.log" "$NS_S" $APPS peer-server 100.64.0.1 7300 "$WORK/peer.ready"
     wait_ready "$WORK/peer.ready" || fail "peer-server did not start"
@@ -184,6 +185,29 @@ test_a_routed_lan_the_server_does_not_list_is_refused() {
     [ "$violated" -ge 1 ] || fail "the server does not count the refused stream (streams_violated $violated)"
     # The router's own apps are not affected.
     c timeout 15 $APPS ask-peer 100.64.0.1 7300 | grep -qx 100.64.0.2 || fail "the router's own app cannot connect"
+    # The server learns of the LAN by a reload, without a restart: the route into its TUN comes,
+    # the router's session starts again with its LAN, and both sides reach each other.
+    local session
+    session=$(json_get "$WORK/server.sock" 's["peers"][0]["session"]')
+    echo 'lan_prefixes = ["198.19.50.0/24"]' >>"$WORK/server.toml"
+    out=$("$ROAMTUN" reload --socket "$WORK/server.sock" 2>&1) || fail "roamtun reload failed: $out"
+    [[ "$out" == *"routes into the TUN: added (198.19.50.0/24), removed ()"* ]] || fail "the reload's answer: $out"
+    [[ "$out" != *"restart"* ]] || fail "the reload asks for a restart: $out"
+    s ip route show 198.19.50.0/24 | grep -q "dev roamsrv0" || fail "no route to the LAN into the server's TUN: $(s ip route)"
+    wait_for 20 "the router's new session" server_session_is_not "$session" || fail "the router's session did not start again"
+    wait_for 20 "the router to reconnect" client_connected || fail "the router did not reconnect"
+    seen_as 0 "${LAN_IP[0]}"
+    spawn "$WORK/apps.log" "${LAN_NS[1]}" $APPS peer-server "${LAN_IP[1]}" 7301 "$WORK/lanpeer.ready"
+    wait_ready "$WORK/lanpeer.ready" || fail "the LAN host's peer-server did not start"
+    local back
+    back=$(s timeout 15 $APPS ask-peer "${LAN_IP[1]}" 7301) || fail "the server side cannot reach LAN host ${LAN_IP[1]}"
+    echo "reloaded:    $out; then ${LAN_IP[0]} reached the server as itself and the server reached ${LAN_IP[1]} (seen as $back)"
+    # And taken away again: the route goes.
+    sed -i '/^lan_prefixes = /d' "$WORK/server.toml"
+    out=$("$ROAMTUN" reload --socket "$WORK/server.sock" 2>&1) || fail "roamtun reload failed: $out"
+    [[ "$out" == *"routes into the TUN: added (), removed (198.19.50.0/24)"* ]] || fail "the second reload's answer: $out"
+    [ -z "$(s ip route show 198.19.50.0/24)" ] || fail "the LAN's route stayed: $(s ip route show 198.19.50.0/24)"
+    echo "reloaded:    $out"
 }
 
 for t in $(declare -F | awk '{print $3}' | grep '^test_'); do
