@@ -152,28 +152,31 @@ syn_retransmits() {
 # The kernel drops what finds a TUN's queue full instead of pushing back, and a SYN dropped there
 # costs the app a second or more: with hundreds of flows busy, a new connection must still get in.
 test_new_connections_open_beside_400_busy_flows() {
-    local i pids=() drops0 drops1 syn0 syn1 opened=0
+    local i pids=() drops0 drops1 syn0 syn1 opened=0 alive=0 t0
     for i in 1 2 3 4; do spawn "$WORK/apps.log" "$NS_S" iperf3 -s -1 -B 100.64.0.1 -p $((5300 + i)); done
     wait_for 10 "the iperf3 servers" s sh -c '[ $(ss -ltnH | grep -c "100.64.0.1:530[1-4] ") -eq 4 ]' || fail "iperf3 servers did not start"
     drops0=$(c cat /sys/class/net/roam0/statistics/tx_dropped)
+    # Longer than the new connections can take; stopped once they are done.
     for i in 1 2 3 4; do
-        c timeout 60 iperf3 -c 100.64.0.1 -p $((5300 + i)) -P 100 -t 20 >"$WORK/busy-$i.out" 2>&1 &
+        c timeout 90 iperf3 -c 100.64.0.1 -p $((5300 + i)) -P 100 -t 60 >"$WORK/busy-$i.out" 2>&1 &
         pids+=($!)
         echo "$!" >>"$PIDFILE"
     done
     wait_for 20 "400 flows through the tunnel" server_flows_at_least 400 || fail "the busy flows did not all open"
     syn0=$(syn_retransmits)
+    t0=$SECONDS
     for i in $(seq 5); do
         c $APPS echo-clients 100.64.0.1 7000 --count 1 --size 4096 --timeout 10 >>"$WORK/probe.out" 2>&1 && opened=$((opened + 1))
     done
     syn1=$(syn_retransmits)
-    for i in "${pids[@]}"; do kill -0 "$i" 2>/dev/null || fail "the busy flows ended before the new connections did: rerun with a longer load"; done
-    for i in "${pids[@]}"; do wait "$i" || fail "a busy iperf3 client failed: $(cat "$WORK"/busy-*.out | tail -n 3)"; done
+    for i in "${pids[@]}"; do kill -0 "$i" 2>/dev/null && alive=$((alive + 1)); done
+    for i in "${pids[@]}"; do kill -INT "$i" 2>/dev/null; wait "$i" 2>/dev/null; done
     drops1=$(c cat /sys/class/net/roam0/statistics/tx_dropped)
+    [ "$alive" -eq 4 ] || fail "only $alive of 4 busy iperf3 clients ran until the new connections were done ($((SECONDS - t0)) s): $(tail -qn 2 "$WORK"/busy-*.out)"
     [ "$opened" -eq 5 ] || fail "only $opened of 5 new connections echoed their bytes: $(tail -n 3 "$WORK/probe.out")"
     [ "$drops1" -eq "$drops0" ] || fail "the kernel dropped $((drops1 - drops0)) packets at the full TUN queue"
     [ "$syn1" -eq "$syn0" ] || fail "the new connections' SYNs were retransmitted $((syn1 - syn0)) times"
-    echo "beside 400 busy flows, 5 new connections echoed 4 KiB each; no packet dropped at the TUN, no SYN resent"
+    echo "beside 400 busy flows, 5 new connections echoed 4 KiB each in $((SECONDS - t0)) s; no packet dropped at the TUN, no SYN resent"
 }
 
 test_exit_mode_reaches_beyond_server() {
