@@ -354,3 +354,38 @@ fn a_keystroke_passes_a_bulk_transfer_queued_in_the_engine() {
     assert!(got == data, "the bulk stream's bytes differ");
     assert_eq!(n.client.counters().streams_violated + n.server.counters().streams_violated, 0);
 }
+
+#[test]
+fn a_new_connection_gets_its_turn_beside_busy_ones() {
+    let mut n = Net::new();
+    let busy: Vec<_> = (0..20).map(|i| n.client_connects(43000 + i)).collect();
+    let (fc, fs) = n.client_connects(44000);
+    // A slow link: the session's queue is full and every byte of room it frees is contended.
+    n.link_rate = Some(16 * 1024);
+    let chunk = vec![7u8; 64 * 1024];
+    let mut sink = Vec::new();
+    let keep_busy = |n: &mut Net, sink: &mut Vec<u8>| {
+        for (c, s) in &busy {
+            n.client.app.send(*c, &chunk);
+            n.server.read(*s, sink);
+        }
+        sink.clear();
+        n.round();
+    };
+    for _ in 0..200 {
+        keep_busy(&mut n, &mut sink);
+    }
+    assert!(n.client.status().queued_bytes > 0, "the busy flows do not fill the session's queue");
+    // The new connection's request, opened last, so its stream comes after every busy one.
+    let request = pattern(4096, 3);
+    assert_eq!(n.client.app.send(fc, &request), request.len());
+    let mut got = Vec::new();
+    let mut rounds = 0;
+    while got.len() < request.len() {
+        keep_busy(&mut n, &mut sink);
+        n.server.read(fs, &mut got);
+        rounds += 1;
+        assert!(rounds < 2_000, "the new connection's 4 KiB waited {rounds} rounds behind 20 busy flows");
+    }
+    assert_eq!(got, request);
+}

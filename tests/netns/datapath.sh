@@ -152,7 +152,7 @@ syn_retransmits() {
 # The kernel drops what finds a TUN's queue full instead of pushing back, and a SYN dropped there
 # costs the app a second or more: with hundreds of flows busy, a new connection must still get in.
 test_new_connections_open_beside_400_busy_flows() {
-    local i pids=() drops0 drops1 syn0 syn1 opened=0 alive=0 t0
+    local i pids=() drops0 drops1 syn0 syn1 opened=0 alive=0 t0 took
     for i in 1 2 3 4; do spawn "$WORK/apps.log" "$NS_S" iperf3 -s -1 -B 100.64.0.1 -p $((5300 + i)); done
     wait_for 10 "the iperf3 servers" s sh -c '[ $(ss -ltnH | grep -c "100.64.0.1:530[1-4] ") -eq 4 ]' || fail "iperf3 servers did not start"
     drops0=$(c cat /sys/class/net/roam0/statistics/tx_dropped)
@@ -168,15 +168,17 @@ test_new_connections_open_beside_400_busy_flows() {
     for i in $(seq 5); do
         c $APPS echo-clients 100.64.0.1 7000 --count 1 --size 4096 --timeout 10 >>"$WORK/probe.out" 2>&1 && opened=$((opened + 1))
     done
+    took=$((SECONDS - t0))
     syn1=$(syn_retransmits)
     for i in "${pids[@]}"; do kill -0 "$i" 2>/dev/null && alive=$((alive + 1)); done
-    for i in "${pids[@]}"; do kill -INT "$i" 2>/dev/null; wait "$i" 2>/dev/null; done
+    # timeout passes TERM on to iperf3 (a background job ignores INT).
+    for i in "${pids[@]}"; do kill -TERM "$i" 2>/dev/null; wait "$i" 2>/dev/null; done
     drops1=$(c cat /sys/class/net/roam0/statistics/tx_dropped)
-    [ "$alive" -eq 4 ] || fail "only $alive of 4 busy iperf3 clients ran until the new connections were done ($((SECONDS - t0)) s): $(tail -qn 2 "$WORK"/busy-*.out)"
+    [ "$alive" -eq 4 ] || fail "only $alive of 4 busy iperf3 clients ran until the new connections were done ($took s): $(tail -qn 2 "$WORK"/busy-*.out)"
     [ "$opened" -eq 5 ] || fail "only $opened of 5 new connections echoed their bytes: $(tail -n 3 "$WORK/probe.out")"
     [ "$drops1" -eq "$drops0" ] || fail "the kernel dropped $((drops1 - drops0)) packets at the full TUN queue"
     [ "$syn1" -eq "$syn0" ] || fail "the new connections' SYNs were retransmitted $((syn1 - syn0)) times"
-    echo "beside 400 busy flows, 5 new connections echoed 4 KiB each in $((SECONDS - t0)) s; no packet dropped at the TUN, no SYN resent"
+    echo "beside 400 busy flows, 5 new connections echoed 4 KiB each in $took s; no packet dropped at the TUN, no SYN resent"
 }
 
 test_exit_mode_reaches_beyond_server() {

@@ -1,4 +1,11 @@
 //! Moving bytes between the stack and the open streams, one named step at a time.
+//!
+//! The session's queue budget is shared in turn: each pass starts with the stream after the last
+//! one that sent. Taken in stream order, the first busy streams would fill the budget on every pass
+//! and a new connection, whose stream comes last, would wait behind all of them for seconds.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use roamtun_stack::Stack;
 
@@ -15,21 +22,33 @@ impl Engine {
         let Engine { stack, sessions, flow_streams, .. } = self;
         let mut progress = false;
         for session in sessions.values_mut() {
-            let Session { streams, out, counters, .. } = session;
+            let Session { streams, out, counters, pump_from, .. } = session;
             let mut finished = Vec::new();
-            for (&stream_id, stream) in streams.iter_mut() {
-                if stream.phase != Phase::Open {
-                    continue;
+            let mut last_sent = None;
+            // From the stream after the last one that sent, round the session once.
+            let from = *pump_from;
+            let rounds = [(Bound::Included(from), Bound::Unbounded), (Bound::Unbounded, Bound::Excluded(from))];
+            for round in rounds {
+                for (&stream_id, stream) in streams.range_mut(round) {
+                    if stream.phase != Phase::Open {
+                        continue;
+                    }
+                    let mut pump =
+                        StreamPump { stack: &mut *stack, out: &mut *out, counters: &mut *counters, stream_id, stream };
+                    progress |= pump.deliver_to_app();
+                    pump.grant_credit();
+                    if pump.send_to_peer(budget) {
+                        progress = true;
+                        last_sent = Some(stream_id);
+                    }
+                    progress |= pump.send_fin();
+                    if pump.stream.is_finished() {
+                        finished.push(stream_id);
+                    }
                 }
-                let mut pump =
-                    StreamPump { stack: &mut *stack, out: &mut *out, counters: &mut *counters, stream_id, stream };
-                progress |= pump.deliver_to_app();
-                pump.grant_credit();
-                progress |= pump.send_to_peer(budget);
-                progress |= pump.send_fin();
-                if pump.stream.is_finished() {
-                    finished.push(stream_id);
-                }
+            }
+            if let Some(id) = last_sent {
+                *pump_from = next_after(streams, id);
             }
             for stream_id in finished {
                 if let Some(stream) = streams.remove(&stream_id) {
@@ -152,6 +171,11 @@ impl StreamPump<'_> {
         stream.send.on_fin_sent();
         true
     }
+}
+
+/// The id of the stream after `id` in the session's order (the first one after the last).
+fn next_after(streams: &BTreeMap<u32, Stream>, id: u32) -> u32 {
+    streams.range(id + 1..).next().or_else(|| streams.iter().next()).map_or(0, |(next, _)| *next)
 }
 
 impl Stream {

@@ -88,6 +88,8 @@ pub(super) struct Session {
     /// The datagrams' place in the bulk lane: they keep their order too.
     pub(super) datagram_mark: BulkMark,
     pub(super) streams: BTreeMap<u32, Stream>,
+    /// Where the next pass of [`Engine::pump_streams`] starts sending: the streams take turns.
+    pub(super) pump_from: u32,
     pub(super) next_stream_id: u32,
     /// The highest stream id the peer opened so far (ids only grow), to tell a stream the peer
     /// removed from one whose OPEN never arrived.
@@ -150,6 +152,7 @@ impl Engine {
                 out: OutQueue::default(),
                 datagram_mark: 0,
                 streams: BTreeMap::new(),
+                pump_from: 0,
                 next_stream_id: first_stream,
                 highest_peer_stream: None,
                 held: None,
