@@ -3,7 +3,7 @@
 //! periods are `roamtun_proto::link::volume`'s; this module reads, writes and times the file.
 //!
 //! The file is JSON, written whole to a temporary file (mode 0600) and renamed into place, so a
-//! crash leaves the old one or the new one:
+//! crash of the daemon leaves the old one or the new one:
 //! `{"uplinks": {"wwan0": {"period_start": "2026-12-01", "bytes": 1234}}}`.
 
 use std::collections::BTreeMap;
@@ -182,7 +182,10 @@ fn write(path: &Path, file: &VolumeFile) -> Result<(), VolumeError> {
     let mut out =
         std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(err)?;
     let text = serde_json::to_vec(file).expect("the volume file serializes");
-    out.write_all(&text).and_then(|()| out.sync_all()).map_err(err)?;
+    // No fsync: it runs on the engine task, and on a router's flash it can stall the data path for
+    // long. The rename still replaces the file whole; a power cut may cost the last counts (or, on
+    // some file systems, leave an empty file, which the next start reports and counts from zero).
+    out.write_all(&text).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
 }
 
