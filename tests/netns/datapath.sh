@@ -144,6 +144,7 @@ test_iperf3_both_directions() {
 }
 
 server_flows_at_least() { [ "$(json_get "$WORK/server.sock" 's["tcp_flows"]')" -ge "$1" ]; }
+server_flows_below() { [ "$(json_get "$WORK/server.sock" 's["tcp_flows"]')" -lt "$1" ]; }
 # SYNs the client namespace's kernel has sent again (TcpExt TCPSynRetrans).
 syn_retransmits() {
     c awk '/^TcpExt:/ { if (!h) { split($0, k); h = 1 } else for (i = 2; i <= NF; i++) if (k[i] == "TCPSynRetrans") print $i }' /proc/net/netstat
@@ -156,9 +157,10 @@ test_new_connections_open_beside_400_busy_flows() {
     for i in 1 2 3 4; do spawn "$WORK/apps.log" "$NS_S" iperf3 -s -1 -B 100.64.0.1 -p $((5300 + i)); done
     wait_for 10 "the iperf3 servers" s sh -c '[ $(ss -ltnH | grep -c "100.64.0.1:530[1-4] ") -eq 4 ]' || fail "iperf3 servers did not start"
     drops0=$(c cat /sys/class/net/roam0/statistics/tx_dropped)
-    # Longer than the new connections can take; stopped once they are done.
+    # Longer than the new connections can take; stopped once they are done. Not through `c`: $! must
+    # be timeout itself (ip netns exec execs it), which passes TERM on to iperf3.
     for i in 1 2 3 4; do
-        c timeout 90 iperf3 -c 100.64.0.1 -p $((5300 + i)) -P 100 -t 60 >"$WORK/busy-$i.out" 2>&1 &
+        ip netns exec "$NS_C" timeout 90 iperf3 -c 100.64.0.1 -p $((5300 + i)) -P 100 -t 60 >"$WORK/busy-$i.out" 2>&1 &
         pids+=($!)
         echo "$!" >>"$PIDFILE"
     done
@@ -171,8 +173,9 @@ test_new_connections_open_beside_400_busy_flows() {
     took=$((SECONDS - t0))
     syn1=$(syn_retransmits)
     for i in "${pids[@]}"; do kill -0 "$i" 2>/dev/null && alive=$((alive + 1)); done
-    # timeout passes TERM on to iperf3 (a background job ignores INT).
     for i in "${pids[@]}"; do kill -TERM "$i" 2>/dev/null; wait "$i" 2>/dev/null; done
+    # The next cases need a quiet tunnel.
+    wait_for 20 "the busy flows to close" server_flows_below 10 || fail "the busy flows did not close after their iperf3 clients stopped"
     drops1=$(c cat /sys/class/net/roam0/statistics/tx_dropped)
     [ "$alive" -eq 4 ] || fail "only $alive of 4 busy iperf3 clients ran until the new connections were done ($took s): $(tail -qn 2 "$WORK"/busy-*.out)"
     [ "$opened" -eq 5 ] || fail "only $opened of 5 new connections echoed their bytes: $(tail -n 3 "$WORK/probe.out")"
