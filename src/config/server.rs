@@ -229,8 +229,12 @@ impl ServerConfig {
 
     /// What the server TUN routes: the clients' prefixes and every peer's LAN.
     pub fn tun_routes(&self) -> Vec<Prefix> {
-        let lans = self.peers.iter().flat_map(|p| p.lan_prefixes.iter().copied());
-        self.client_prefixes.iter().copied().chain(lans).collect()
+        self.client_prefixes.iter().copied().chain(self.lan_routes()).collect()
+    }
+
+    /// The peers' LANs, as routed into the server TUN.
+    pub fn lan_routes(&self) -> impl Iterator<Item = Prefix> + '_ {
+        self.peers.iter().flat_map(|p| p.lan_prefixes.iter().copied())
     }
 
     pub fn peer_by_key(&self, key: &PublicKey) -> Option<&PeerConfig> {

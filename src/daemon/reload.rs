@@ -87,7 +87,7 @@ async fn reload(
     let (added, removed) = match tun.set_routes(&old.virtual_ips, &routes).await {
         Ok(change) => change,
         Err(err) => {
-            let undo = tun.set_routes(&old.virtual_ips, &tun_routes(&old, &old)).await;
+            let undo = tun.set_routes(&old.virtual_ips, &old.tun_routes()).await;
             let undone = if undo.is_ok() { "" } else { " (and putting the old ones back failed too)" };
             return Err(format!(
                 "cannot change the routes into the TUN{undone}: {}",
@@ -177,8 +177,7 @@ impl<'a> PeerDiff<'a> {
 /// The routes into the TUN after a reload from `old` to `new`: the running clients' prefixes (a
 /// change of them needs a restart) and the new configuration's LANs.
 fn tun_routes(old: &ServerConfig, new: &ServerConfig) -> Vec<Prefix> {
-    let lans = new.peers.iter().flat_map(|p| p.lan_prefixes.iter().copied());
-    old.client_prefixes.iter().copied().chain(lans).collect()
+    old.client_prefixes.iter().copied().chain(new.lan_routes()).collect()
 }
 
 /// The keys whose change the running daemon does not apply.
