@@ -20,6 +20,9 @@ use crate::control::{ControlRequest, Request, Response};
 
 /// Most packets or messages handled per wake-up, so one busy source cannot starve the others.
 const BATCH: usize = 64;
+/// Most batches of packets written to the TUN per wake-up ([`Shell::write_tun`]), so that paths'
+/// messages get their turn too.
+const WRITE_ROUNDS: usize = 16;
 /// The largest IP packet a TUN read may return (the MTU is at most 65535).
 const TUN_PACKET_MAX: usize = 65536;
 /// Packets read from the TUN from this size on are handed to the engine in their read buffer;
@@ -87,6 +90,7 @@ impl Shell {
             client.dial(DialRequest { resume: 0, uplink: None, avoid: None, standby: false, ahead: None });
         }
         let mut blocked = false;
+        let mut tun_backlog = false;
         let mut sessions = 0;
         let mut trim_again: Option<Instant> = None;
         loop {
@@ -101,6 +105,9 @@ impl Shell {
             }
             if let Some(dog) = &self.watchdog {
                 wait = wait.min(self.clock.until(dog.deadline()));
+            }
+            if tun_backlog {
+                wait = std::time::Duration::ZERO;
             }
             let uplinks_changed = async {
                 match watch.as_mut() {
@@ -164,13 +171,7 @@ impl Shell {
                 _ = room.notified(), if blocked => {}
             }
             self.core.poll(self.clock.now());
-            while let Some(packet) = self.core.engine_mut().pop_tun_packet() {
-                if let Err(err) = tun.send_packet(&packet).await {
-                    // The kernel refused one packet (e.g. no buffer space); TCP retransmits, UDP is lossy.
-                    tracing::debug!(%err, len = packet.len(), "writing a packet to the TUN failed");
-                }
-                self.core.engine_mut().recycle_tun_packet(packet);
-            }
+            tun_backlog = self.write_tun(&tun, &mut buf).await;
             blocked = self.flush();
             let now_live = self.core.sessions().count();
             let now = self.clock.now();
@@ -200,6 +201,37 @@ impl Shell {
         while let Some(packet) = self.core.engine_mut().pop_tun_packet() {
             let _ = tun.send_packet(&packet).await;
         }
+    }
+
+    /// Writes the packets the engine has for the TUN, a batch at a time with the kernel's packets
+    /// read in between, for at most [`WRITE_ROUNDS`] batches; true when some are left for the next
+    /// turn of the loop.
+    ///
+    /// One poll can emit whole windows for hundreds of flows. Written in one go, they keep the shell
+    /// from reading the TUN all that time, and the kernel drops what it queues there for us (ACKs,
+    /// segments, SYNs) once that queue is full. What is read in between is handed to the stack at
+    /// once; only the next poll answers it (a poll walks every socket, too dear to repeat per batch).
+    async fn write_tun(&mut self, tun: &Tun, buf: &mut Vec<u8>) -> bool {
+        for round in 0..WRITE_ROUNDS {
+            if round > 0 {
+                for _ in 0..BATCH {
+                    match tun.try_recv_packet(buf) {
+                        Ok(Some(len)) => self.tun_packet(buf, len),
+                        Ok(None) => {}
+                        Err(_) => break,
+                    }
+                }
+            }
+            for _ in 0..BATCH {
+                let Some(packet) = self.core.engine_mut().pop_tun_packet() else { return false };
+                if let Err(err) = tun.send_packet(&packet).await {
+                    // The kernel refused one packet (e.g. no buffer space); TCP retransmits, UDP is lossy.
+                    tracing::debug!(%err, len = packet.len(), "writing a packet to the TUN failed");
+                }
+                self.core.engine_mut().recycle_tun_packet(packet);
+            }
+        }
+        true
     }
 
     /// Hands the packet of `len` bytes at the front of `buf` to the engine. A large one goes as it is

@@ -14,7 +14,7 @@ pub enum TunError {
     Permission { name: String },
     #[error("/dev/net/tun is missing: load the tun kernel module (modprobe tun)")]
     NoTunDevice,
-    #[error("cannot enable checksum offload on TUN device {name}")]
+    #[error("cannot enable checksum and segmentation offload on TUN device {name}")]
     Offload {
         name: String,
         #[source]
@@ -64,7 +64,7 @@ impl Tun {
             return Err(TunError::NoTunDevice);
         }
         // offload(true) opens the device with a virtio-net header on every packet (IFF_VNET_HDR) and
-        // turns on checksum and segmentation offloads; we keep only checksums (see roamtun_stack::vnet).
+        // turns on offloads; we set the ones we handle (see roamtun_stack::vnet).
         let device =
             tun_rs::DeviceBuilder::new().name(name).mtu(mtu).offload(true).build_async().map_err(|source| {
                 if source.kind() == std::io::ErrorKind::PermissionDenied {
@@ -73,7 +73,7 @@ impl Tun {
                     TunError::Create { name: name.into(), source }
                 }
             })?;
-        checksum_offload_only(&device).map_err(|source| TunError::Offload { name: name.into(), source })?;
+        set_offloads(&device).map_err(|source| TunError::Offload { name: name.into(), source })?;
         let nl_err = |source: NetlinkError| {
             if source.is_permission_denied() {
                 TunError::NetlinkPermission { name: name.into(), source }
@@ -198,12 +198,16 @@ impl Tun {
     }
 }
 
-/// Leaves checksum offload on and turns segmentation offload (TSO, USO) off again: with a 64 KiB MTU
-/// the kernel's segments are as large without it, and we would otherwise have to split super-packets.
-fn checksum_offload_only(device: &tun_rs::AsyncDevice) -> std::io::Result<()> {
+/// The offloads roamtun_stack::vnet handles: checksums both ways, and TCP super-segments (TSO) from
+/// the kernel, which spares splitting forwarded traffic (a LAN's, an exit's) into its links' MTU. Not
+/// UDP segmentation (USO): relayed datagrams must stay whole.
+const OFFLOADS: libc::c_uint = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
+
+/// Sets [`OFFLOADS`], in place of the ones `offload(true)` turned on.
+fn set_offloads(device: &tun_rs::AsyncDevice) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: TUNSETOFFLOAD takes the flag word by value; the fd is the TUN device we own.
-    let rc = unsafe { libc::ioctl(device.as_raw_fd(), libc::TUNSETOFFLOAD, libc::TUN_F_CSUM as libc::c_ulong) };
+    let rc = unsafe { libc::ioctl(device.as_raw_fd(), libc::TUNSETOFFLOAD, libc::c_ulong::from(OFFLOADS)) };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -20,6 +20,15 @@ pub(crate) fn seed_tcp_checksum(packet: &mut [u8]) {
     packet[at..at + 2].copy_from_slice(&seed.to_be_bytes());
 }
 
+/// Whether the TCP checksum of `packet` (IPv4 or IPv6 carrying TCP) is right: the sum over the
+/// pseudo-header, the TCP header and the payload, checksum field included, is all ones.
+pub(crate) fn tcp_checksum_ok(packet: &[u8]) -> bool {
+    let Some((src, dst, tcp_start)) = tcp_addresses(packet) else { return false };
+    let Some(segment) = packet.get(tcp_start..).filter(|s| s.len() >= 20) else { return false };
+    let pseudo = checksum::pseudo_header(&src, &dst, IpProtocol::Tcp, segment.len() as u32);
+    checksum::combine(&[pseudo, checksum::data(segment)]) == 0xffff
+}
+
 /// Source, destination and the start of the TCP header of an IP packet carrying TCP (without IPv6
 /// extension headers, which smoltcp never emits).
 fn tcp_addresses(packet: &[u8]) -> Option<(IpAddress, IpAddress, usize)> {

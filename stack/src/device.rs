@@ -126,10 +126,11 @@ impl Device for QueueDevice {
         caps.medium = Medium::Ip;
         caps.max_transmission_unit = self.mtu;
         let mut checksum = ChecksumCapabilities::default();
-        // Packets come from the local kernel through the TUN, fully checksummed and never corrupted on
-        // the way: verifying them again costs a pass over every 64 KiB segment for nothing. Outgoing
-        // packets are checked by the kernel, so we must compute them, unless the TUN finishes TCP
-        // checksums itself (checksum offload): then smoltcp leaves the field and `Tx` seeds it.
+        // Packets come from the kernel through the TUN, and their TCP checksums were made or verified
+        // there, or by `vnet::finish_rx` for the ones the kernel did not vouch for: verifying them
+        // again costs a pass over every 64 KiB segment for nothing. Outgoing packets are checked by
+        // the kernel, so we must compute them, unless the TUN finishes TCP checksums itself
+        // (checksum offload): then smoltcp leaves the field and `Tx` seeds it.
         checksum.ipv4 = Checksum::Tx;
         checksum.tcp = if self.tcp_checksum_offload { Checksum::None } else { Checksum::Tx };
         checksum.udp = Checksum::Tx;

@@ -1,13 +1,20 @@
-//! The virtio-net header in front of every packet on a TUN opened with `IFF_VNET_HDR`, and the one
-//! offload we use it for: checksums (`TUN_F_CSUM`).
+//! The virtio-net header in front of every packet on a TUN opened with `IFF_VNET_HDR`, and the
+//! offloads we use it for: checksums (`TUN_F_CSUM`) both ways, and TCP segmentation (`TUN_F_TSO4`,
+//! `TUN_F_TSO6`, `TUN_F_TSO_ECN`) for what the kernel hands us.
 //!
-//! Without it, the kernel computes the TCP checksum of every segment it hands us, smoltcp computes one
-//! for every segment it sends, and the kernel verifies that one again: three passes over each byte
-//! for packets that never leave the machine. With it, TCP packets in both directions carry only the
-//! pseudo-header sum and a header saying "checksum still to do" (`NEEDS_CSUM`), which the kernel
-//! trusts for local delivery and completes itself (or lets the NIC complete) when it forwards.
-//! Segmentation offload (TSO) is deliberately not enabled: with the TUN's 64 KiB MTU the kernel's
-//! segments are already as large as TSO would make them.
+//! Without checksum offload, the kernel computes the TCP checksum of every segment it hands us,
+//! smoltcp computes one for every segment it sends, and the kernel verifies that one again: three
+//! passes over each byte for packets that never leave the machine. With it, TCP packets in both
+//! directions carry only the pseudo-header sum and a header saying "checksum still to do"
+//! (`NEEDS_CSUM`), which the kernel trusts for local delivery and completes itself (or lets the NIC
+//! complete) when it forwards.
+//!
+//! Segmentation offload matters for traffic the kernel forwards into the TUN (a router's LAN hosts,
+//! an exit's replies): it arrives as its links' MTU-sized segments, often merged by GRO, and without
+//! TSO the kernel would split every merged packet again before the TUN. With it the TUN takes the
+//! merged packet whole: one TCP segment of up to 64 KiB whose IP header counts all of it, which
+//! smoltcp takes like any other segment. Apps on this machine already send 64 KiB segments over the
+//! TUN's MTU either way. We only receive super-segments: the ones smoltcp writes fit the MTU.
 //!
 //! Sans-IO: functions on byte slices; the daemon's `src/daemon/tun.rs` does the reads and writes. It
 //! lives in this crate, beside the stack whose packets it frames, so that it can be fuzzed and tested
@@ -19,6 +26,8 @@ pub const HEADER_LEN: usize = 10;
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at `csum_start + csum_offset` holds only the
 /// pseudo-header sum; the sum from `csum_start` to the end must still be added.
 const F_NEEDS_CSUM: u8 = 1;
+/// `VIRTIO_NET_HDR_F_DATA_VALID`: the kernel (or the NIC) has verified the checksum.
+const F_DATA_VALID: u8 = 2;
 /// `VIRTIO_NET_HDR_GSO_NONE`.
 const GSO_NONE: u8 = 0;
 /// Where the checksum sits inside a TCP header.
@@ -33,6 +42,8 @@ pub enum VnetError {
     Segmented(u8),
     #[error("checksum offsets {start}+{offset} lie outside the {len}-byte packet")]
     ChecksumOutside { start: usize, offset: usize, len: usize },
+    #[error("TCP checksum of a {len}-byte packet is wrong")]
+    BadTcpChecksum { len: usize },
 }
 
 /// The length of the IP packet in a read of `read` bytes (header and packet, see [`finish_rx`]).
@@ -43,18 +54,23 @@ pub fn packet_len(read: usize) -> Result<usize, VnetError> {
 /// Makes a packet read from the TUN (`header`, then `packet`, read with one `readv`) ready for the
 /// engine.
 ///
-/// A TCP packet whose checksum the kernel left to us stays as it is: smoltcp does not verify
-/// checksums of packets from the local kernel (see `stack/src/device.rs`). Any other such packet
-/// (UDP) gets its checksum completed here, since it is relayed as it is to the far TUN, whose kernel
-/// checks it.
+/// smoltcp does not verify TCP checksums (see `stack/src/device.rs`), so a TCP packet gets through
+/// only if the kernel vouches for it: its checksum left to us (`NEEDS_CSUM`, what the kernel's own
+/// TCP and GRO send, so unchanged since it was made or verified) or verified (`DATA_VALID`). Any
+/// other TCP packet (forwarded with a checksum nobody checked, or one of the kernel's resets) is
+/// verified here. A TCP super-segment (segmentation offload) stays whole. A UDP packet whose
+/// checksum was left to us gets it completed here, since it is relayed as it is to the far TUN,
+/// whose kernel checks it.
 pub fn finish_rx(header: &[u8; HEADER_LEN], packet: &mut [u8]) -> Result<(), VnetError> {
     let field = |at: usize| usize::from(u16::from_ne_bytes([header[at], header[at + 1]]));
     let (flags, gso) = (header[0], header[1]);
     let tcp = tcp_header_start(packet).is_some();
-    // The kernel only segments-offloads what we enabled (checksums only); a TCP super-segment would
-    // still be fine for smoltcp, anything else would need splitting.
+    // We enable segmentation offload for TCP only; anything else segmented would need splitting.
     if gso != GSO_NONE && !tcp {
         return Err(VnetError::Segmented(gso));
+    }
+    if tcp && flags & (F_NEEDS_CSUM | F_DATA_VALID) == 0 && !crate::checksum::tcp_checksum_ok(packet) {
+        return Err(VnetError::BadTcpChecksum { len: packet.len() });
     }
     if flags & F_NEEDS_CSUM != 0 && !tcp {
         let (start, offset) = (field(6), field(8));
@@ -122,6 +138,22 @@ mod tests {
         out
     }
 
+    /// An IPv4 or IPv6 TCP packet between virtual IPs with a full checksum.
+    fn tcp_packet(v6: bool, payload: &[u8]) -> Vec<u8> {
+        let builder = if v6 {
+            let (a, b) = (
+                [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+                [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            );
+            etherparse::PacketBuilder::ipv6(a, b, 64)
+        } else {
+            etherparse::PacketBuilder::ipv4([198, 19, 50, 10], [100, 64, 0, 1], 64)
+        };
+        let mut out = Vec::new();
+        builder.tcp(40000, 5201, 1, 65535).ack(7).write(&mut out, payload).unwrap();
+        out
+    }
+
     fn header(flags: u8, gso: u8, start: u16, offset: u16) -> [u8; HEADER_LEN] {
         let mut h = [flags, gso, 0, 0, 0, 0, 0, 0, 0, 0];
         h[6..8].copy_from_slice(&start.to_ne_bytes());
@@ -157,6 +189,47 @@ mod tests {
         assert_eq!(finish_rx(&header(0, 5, 0, 0), &mut full), Err(VnetError::Segmented(5)));
         let r = finish_rx(&header(F_NEEDS_CSUM, 0, 20, 200), &mut full);
         assert!(matches!(r, Err(VnetError::ChecksumOutside { .. })));
+    }
+
+    #[test]
+    fn a_tcp_packet_the_kernel_did_not_vouch_for_is_verified() {
+        for v6 in [false, true] {
+            let good = tcp_packet(v6, b"forwarded from a LAN host, checksum never checked");
+            let mut packet = good.clone();
+            finish_rx(&header(0, GSO_NONE, 0, 0), &mut packet).unwrap();
+            assert_eq!(packet, good, "a right checksum passes unchanged");
+
+            let mut corrupt = good.clone();
+            *corrupt.last_mut().unwrap() ^= 0x40;
+            let len = corrupt.len();
+            assert_eq!(finish_rx(&header(0, GSO_NONE, 0, 0), &mut corrupt), Err(VnetError::BadTcpChecksum { len }));
+            // Verified already (DATA_VALID), or left to us by the kernel's own TCP (NEEDS_CSUM):
+            // trusted, not summed again.
+            finish_rx(&header(F_DATA_VALID, GSO_NONE, 0, 0), &mut corrupt).unwrap();
+            let start = if v6 { 40 } else { 20 };
+            finish_rx(&header(F_NEEDS_CSUM, GSO_NONE, start, 16), &mut corrupt).unwrap();
+        }
+        // Too short for a TCP header after the IP one: refused, not read past the end.
+        let mut stub = tcp_packet(false, b"")[..30].to_vec();
+        stub[2..4].copy_from_slice(&30u16.to_be_bytes());
+        assert_eq!(finish_rx(&header(0, GSO_NONE, 0, 0), &mut stub), Err(VnetError::BadTcpChecksum { len: 30 }));
+    }
+
+    #[test]
+    fn a_tcp_super_segment_stays_whole() {
+        // What TSO hands over for a GRO-merged forward: one packet of many segments' payload, its IP
+        // length covering all of it, gso type TCPV4 (1) or TCPV6 (4), with the ECN bit (0x80) when
+        // the flow uses ECN.
+        for (v6, gso) in [(false, 1), (false, 0x81), (true, 4)] {
+            let whole = tcp_packet(v6, &vec![0x5a; 60_000]);
+            let mut packet = whole.clone();
+            let start = if v6 { 40 } else { 20 };
+            finish_rx(&header(F_NEEDS_CSUM, gso, start, 16), &mut packet).unwrap();
+            assert_eq!(packet, whole);
+        }
+        // UDP segmentation (USO) is not enabled: such a packet is refused rather than misread.
+        let mut udp = udp_packet(&[1; 3000]);
+        assert_eq!(finish_rx(&header(F_NEEDS_CSUM, 5, 20, 6), &mut udp), Err(VnetError::Segmented(5)));
     }
 
     #[test]
