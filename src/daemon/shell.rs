@@ -13,6 +13,7 @@ use roamtun_proto::relay::core::{Action, DialRequest, RelayCore};
 use roamtun_proto::relay::engine::{Engine, Role};
 use roamtun_proto::time::{Duration, Instant};
 use roamtun_proto::transition::{PathId, TransitionConfig};
+use roamtun_stack::coalesce::coalesce;
 
 use super::{ClientHooks, EngineMsg, Join, StatusSource, Tun, Uplinks};
 use crate::clock::Clock;
@@ -20,9 +21,10 @@ use crate::control::{ControlRequest, Request, Response};
 
 /// Most packets or messages handled per wake-up, so one busy source cannot starve the others.
 const BATCH: usize = 64;
-/// Most batches of packets written to the TUN per wake-up ([`Shell::write_tun`]), so that paths'
-/// messages get their turn too.
-const WRITE_ROUNDS: usize = 16;
+/// Most packets written to the TUN per wake-up ([`Shell::write_tun`]), so that paths' messages get
+/// their turn too; enough for one segment of every flow several times over, which is what merging
+/// a flow's segments needs.
+const WRITE_MAX: usize = 4096;
 /// The largest IP packet a TUN read may return (the MTU is at most 65535).
 const TUN_PACKET_MAX: usize = 65536;
 /// Packets read from the TUN from this size on are handed to the engine in their read buffer;
@@ -198,22 +200,32 @@ impl Shell {
         self.core.shutdown(self.clock.now());
         self.flush();
         // Send the resets of the removed sessions' flows before the TUN goes away.
-        while let Some(packet) = self.core.engine_mut().pop_tun_packet() {
-            let _ = tun.send_packet(&packet).await;
-        }
+        while self.write_tun(&tun, &mut buf).await {}
     }
 
-    /// Writes the packets the engine has for the TUN, a batch at a time with the kernel's packets
-    /// read in between, for at most [`WRITE_ROUNDS`] batches; true when some are left for the next
-    /// turn of the loop.
+    /// Writes the packets the engine has for the TUN, at most [`WRITE_MAX`] of them, each flow's
+    /// segments merged into as few writes as they allow (roamtun_stack::coalesce), with the
+    /// kernel's packets read after every [`BATCH`] writes; true when some are left for the next turn
+    /// of the loop.
     ///
-    /// One poll can emit whole windows for hundreds of flows. Written in one go, they keep the shell
-    /// from reading the TUN all that time, and the kernel drops what it queues there for us (ACKs,
-    /// segments, SYNs) once that queue is full. What is read in between is handed to the stack at
-    /// once; only the next poll answers it (a poll walks every socket, too dear to repeat per batch).
+    /// One poll can emit whole windows for hundreds of flows, one segment per flow in turn, so the
+    /// merging needs all of them at once. Written in one go, they would keep the shell from reading
+    /// the TUN all that time, and the kernel drops what it queues there for us (ACKs, segments,
+    /// SYNs) once that queue is full. What is read in between is handed to the stack at once; only
+    /// the next poll answers it (a poll walks every socket, too dear to repeat per batch).
     async fn write_tun(&mut self, tun: &Tun, buf: &mut Vec<u8>) -> bool {
-        for round in 0..WRITE_ROUNDS {
-            if round > 0 {
+        let engine = self.core.engine_mut();
+        let mut batch = Vec::new();
+        while batch.len() < WRITE_MAX {
+            match engine.pop_tun_packet() {
+                Some(packet) => batch.push(packet),
+                None => break,
+            }
+        }
+        let backlog = batch.len() == WRITE_MAX;
+        let writes = coalesce(batch, |spare| engine.recycle_tun_packet(spare));
+        for (i, write) in writes.into_iter().enumerate() {
+            if i > 0 && i % BATCH == 0 {
                 for _ in 0..BATCH {
                     match tun.try_recv_packet(buf) {
                         Ok(Some(len)) => self.tun_packet(buf, len),
@@ -222,16 +234,13 @@ impl Shell {
                     }
                 }
             }
-            for _ in 0..BATCH {
-                let Some(packet) = self.core.engine_mut().pop_tun_packet() else { return false };
-                if let Err(err) = tun.send_packet(&packet).await {
-                    // The kernel refused one packet (e.g. no buffer space); TCP retransmits, UDP is lossy.
-                    tracing::debug!(%err, len = packet.len(), "writing a packet to the TUN failed");
-                }
-                self.core.engine_mut().recycle_tun_packet(packet);
+            if let Err(err) = tun.send(&write).await {
+                // The kernel refused one packet (e.g. no buffer space); TCP retransmits, UDP is lossy.
+                tracing::debug!(%err, len = write.packet.len(), "writing a packet to the TUN failed");
             }
+            self.core.engine_mut().recycle_tun_packet(write.packet);
         }
-        true
+        backlog
     }
 
     /// Hands the packet of `len` bytes at the front of `buf` to the engine. A large one goes as it is

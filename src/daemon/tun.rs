@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 
 use roamtun_netlink::{Installed, Netlink, NetlinkError, Route};
+use roamtun_stack::coalesce::TxPacket;
 use roamtun_stack::vnet;
 
 use crate::config::{Prefix, TunConfig, Tuning};
@@ -185,10 +186,9 @@ impl Tun {
         }
     }
 
-    /// Writes one IP packet, behind the virtio-net header it needs (one writev).
-    pub async fn send_packet(&self, packet: &[u8]) -> std::io::Result<()> {
-        let header = vnet::tx_header(packet);
-        let parts = [std::io::IoSlice::new(&header), std::io::IoSlice::new(packet)];
+    /// Writes one IP packet behind its virtio-net header (one writev).
+    pub async fn send(&self, write: &TxPacket) -> std::io::Result<()> {
+        let parts = [std::io::IoSlice::new(&write.header), std::io::IoSlice::new(&write.packet)];
         self.device.send_vectored(&parts).await.map(|_| ())
     }
 

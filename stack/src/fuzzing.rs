@@ -345,6 +345,8 @@ pub fn virtio_header(data: &[u8]) {
         assert!(data.len() < vnet::HEADER_LEN);
     }
 
+    coalesce_writes(data);
+
     // A UDP packet with its checksum left to us, built from the same bytes.
     let mut u = Unstructured::new(data);
     let Ok((v6, payload)) = <(bool, &[u8])>::arbitrary(&mut u) else { return };
@@ -375,6 +377,49 @@ pub fn virtio_header(data: &[u8]) {
     // The receiver's check: pseudo-header plus the whole datagram (checksum included) sums to 0xffff.
     let total = fold(u64::from(pseudo_header_sum(src, dst, 17, udp_len)) + u64::from(sum(&packet[start..])));
     assert_eq!(total, 0xffff, "UDP checksum wrong after finish_rx: {packet:02x?}");
+}
+
+/// The same bytes as a batch of packets to write (each behind a one-byte length, taken from the
+/// front of `data` again and again; an odd length wraps the body in a TCP segment of one of two
+/// flows, at one of four sequence numbers, so that runs form), merged by `coalesce`. Checks: no
+/// panic; every packet is either written or merged into one that is; no byte is lost or made up;
+/// no super-segment is longer than an IP length can say.
+fn coalesce_writes(data: &[u8]) {
+    let mut batch = Vec::new();
+    let mut rest = data;
+    while let [len, tail @ ..] = rest {
+        let len = usize::from(*len).min(tail.len());
+        let (body, next) = tail.split_at(len);
+        rest = next;
+        if len % 2 == 1 {
+            let flow = body.first().map_or(0, |b| b & 1);
+            let seq = body.get(1).map_or(0, |b| u32::from(*b & 0x3) * 1000);
+            let mut tcp = vec![0u8; 20];
+            tcp[0..2].copy_from_slice(&(5000 + u16::from(flow)).to_be_bytes());
+            tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
+            tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+            tcp[12] = 5 << 4;
+            tcp[13] = body.get(2).map_or(0x10, |b| b & 0x1f);
+            tcp.extend_from_slice(body);
+            batch.push(ip_packet(Addr::A.ip(false), Addr::B.ip(false), 6, &tcp));
+        } else {
+            batch.push(body.to_vec());
+        }
+    }
+    let given: usize = batch.iter().map(Vec::len).sum();
+    let (count, mut recycled, mut headers) = (batch.len(), 0, 0);
+    let out = crate::coalesce::coalesce(batch, |spare| {
+        recycled += 1;
+        // Only TCP segments merge: their IP and TCP headers go, their payload stays.
+        let ip_len = if spare[0] >> 4 == 6 { 40 } else { usize::from(spare[0] & 0x0f) * 4 };
+        headers += ip_len + usize::from(spare[ip_len + 12] >> 4) * 4;
+    });
+    assert_eq!(out.len() + recycled, count, "a packet was neither written nor merged");
+    let written: usize = out.iter().map(|w| w.packet.len()).sum();
+    assert_eq!(written + headers, given, "bytes lost or made up");
+    for w in &out {
+        assert!(w.header[1] == 0 || w.packet.len() <= 65535, "super-segment too long: {}", w.packet.len());
+    }
 }
 
 /// The header for a packet we write: for a well-formed TCP packet, the checksum position it names

@@ -11,9 +11,10 @@
 //! back ([`Stack::pop_transmit`]); time comes in as a parameter and [`Stack::poll_at`] says when to call
 //! [`Stack::poll`] again. It deliberately knows nothing of UDP or ICMP (relayed as whole packets by the
 //! caller), of the relay protocol, or of uplinks. Beside it, [`vnet`] frames the packets for a TUN
-//! opened with a virtio-net header.
+//! opened with a virtio-net header, and [`coalesce`] merges a flow's segments into one write.
 
 mod checksum;
+pub mod coalesce;
 mod device;
 mod flow;
 #[cfg(feature = "fuzzing")]

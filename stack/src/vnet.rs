@@ -14,7 +14,8 @@
 //! TSO the kernel would split every merged packet again before the TUN. With it the TUN takes the
 //! merged packet whole: one TCP segment of up to 64 KiB whose IP header counts all of it, which
 //! smoltcp takes like any other segment. Apps on this machine already send 64 KiB segments over the
-//! TUN's MTU either way. We only receive super-segments: the ones smoltcp writes fit the MTU.
+//! TUN's MTU either way. The other way, [`crate::coalesce`] merges smoltcp's segments into
+//! super-segments of its own and frames them.
 //!
 //! Sans-IO: functions on byte slices; the daemon's `src/daemon/tun.rs` does the reads and writes. It
 //! lives in this crate, beside the stack whose packets it frames, so that it can be fuzzed and tested
@@ -87,7 +88,8 @@ pub fn finish_rx(header: &[u8; HEADER_LEN], packet: &mut [u8]) -> Result<(), Vne
     Ok(())
 }
 
-/// The header to write in front of `packet`. TCP packets are smoltcp's, emitted with a seeded
+/// The header to write in front of `packet`, one segment (see [`crate::coalesce`] for merged ones).
+/// TCP packets are smoltcp's, emitted with a seeded
 /// checksum (`StackConfig::tcp_checksum_offload`); everything else (relayed UDP and ICMP) is
 /// complete already. The engine never relays TCP as a datagram, so the two never mix.
 pub fn tx_header(packet: &[u8]) -> [u8; HEADER_LEN] {
@@ -111,7 +113,7 @@ fn tcp_header_start(packet: &[u8]) -> Option<u16> {
 }
 
 /// RFC 1071 sum of `data`, folded to 16 bits, not complemented.
-fn ones_complement_sum(data: &[u8]) -> u16 {
+pub(crate) fn ones_complement_sum(data: &[u8]) -> u16 {
     let mut sum: u64 = 0;
     let mut chunks = data.chunks_exact(2);
     for pair in &mut chunks {
