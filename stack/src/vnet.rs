@@ -89,9 +89,9 @@ pub fn finish_rx(header: &[u8; HEADER_LEN], packet: &mut [u8]) -> Result<(), Vne
 }
 
 /// The header to write in front of `packet`, one segment (see [`crate::coalesce`] for merged ones).
-/// TCP packets are smoltcp's, emitted with a seeded
-/// checksum (`StackConfig::tcp_checksum_offload`); everything else (relayed UDP and ICMP) is
-/// complete already. The engine never relays TCP as a datagram, so the two never mix.
+/// TCP packets are smoltcp's, emitted with a seeded checksum (`StackConfig::tcp_checksum_offload`);
+/// everything else (relayed UDP and ICMP) is complete already. The engine never relays TCP as a
+/// datagram, so the two never mix.
 pub fn tx_header(packet: &[u8]) -> [u8; HEADER_LEN] {
     let mut header = [0u8; HEADER_LEN];
     if let Some(start) = tcp_header_start(packet) {
