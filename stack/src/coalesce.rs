@@ -7,8 +7,9 @@
 //! Ethernet), and each would be one write and one trip through the kernel's forwarding path. Its poll
 //! lets every socket send one segment per round, so one flow's segments are spread over the batch:
 //! they are gathered per flow, in order, and a flow's run ends at the first segment that does not
-//! follow on (a gap, other flags, other header fields) or that ends it (a shorter one, a PSH). Packets of different flows
-//! may leave in another order than they were sent, never two of one flow.
+//! follow on (a gap, other flags, other header fields) or that ends it (a shorter one, a PSH).
+//! Packets of different flows may leave in another order than they were sent, never two of one
+//! flow.
 //!
 //! Sans-IO: byte slices in, packets with their virtio-net header out (written by
 //! `src/daemon/shell.rs`).
@@ -30,6 +31,10 @@ const MAX_PACKET: usize = 65535;
 /// Merges the TCP segments of each flow in `batch` that follow each other (see the module doc) and
 /// frames every packet for the TUN. The buffers of merged segments go to `recycle`.
 pub fn coalesce(batch: Vec<Vec<u8>>, mut recycle: impl FnMut(Vec<u8>)) -> Vec<TxPacket> {
+    if batch.len() < 2 {
+        // Nothing to merge (an interactive flow's lone segment): no flow table to build.
+        return batch.into_iter().map(|packet| TxPacket { header: vnet::tx_header(&packet), packet }).collect();
+    }
     let mut out: Vec<Pending> = Vec::with_capacity(batch.len());
     // The flow's run that may still grow: its index in `out`.
     let mut open: HashMap<FlowKey, usize> = HashMap::new();
