@@ -80,8 +80,7 @@ async def echo_clients(host, port, count, size, timeout):
 # ---- who am I talking to: the server reports the peer address it sees ----------------------------
 
 def peer_server(host, port, ready_file):
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    srv = socket.create_server((host, port), family=family, reuse_port=True)
+    srv = socket.create_server((host, port), family=family_of(host), reuse_port=True)
     open(ready_file, "w").close()
     while True:
         conn, addr = srv.accept()
@@ -164,10 +163,15 @@ def hold(host, port, ready_file, out_file, timeout):
     return 0
 
 
+def family_of(host):
+    """The address family of a literal address: IPv6 if it has a colon."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 # ---- UDP echo with a bounded window; the count is reported -----------------------------------------
 
 def udp_echo_server(host, port, ready_file):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(family_of(host), socket.SOCK_DGRAM)
     s.bind((host, port))
     open(ready_file, "w").close()
     while True:
@@ -176,7 +180,7 @@ def udp_echo_server(host, port, ready_file):
 
 
 def udp_client(host, port, count, window, timeout):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(family_of(host), socket.SOCK_DGRAM)
     s.connect((host, port))
     s.settimeout(0.5)
     sent = received = 0
@@ -240,7 +244,7 @@ def bulk_server(host, port, ready_file):
     while checking the `size` bytes of pattern(seed) it receives, and ends with the sha256 of what it
     received (32 bytes) so the client verifies both directions."""
     import threading
-    srv = socket.create_server((host, port), reuse_port=False)
+    srv = socket.create_server((host, port), family=family_of(host), reuse_port=False)
     open(ready_file, "w").close()
     while True:
         conn, _ = srv.accept()
@@ -373,7 +377,7 @@ def udp_stream(host, port, rate, stop_file, timeout):
     """Numbered datagrams at `rate` per second to a UDP echo server until `stop_file` exists; reports
     how many came back. UDP may lose datagrams; the report says how many."""
     import threading
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(family_of(host), socket.SOCK_DGRAM)
     s.connect((host, port))
     s.settimeout(0.2)
     seen = set()
@@ -466,7 +470,7 @@ def hold_many(host, port, count, ready_file, stop_file, timeout):
 
 def udp_silent(host, port, count, wait):
     """Sends `count` datagrams; succeeds only if nothing at all comes back within `wait` seconds."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(family_of(host), socket.SOCK_DGRAM)
     s.connect((host, port))
     for i in range(count):
         s.send(b"anyone there? %d" % i)
@@ -485,7 +489,7 @@ def udp_silent(host, port, count, wait):
 
 def udp_sink(host, port, ready_file, out_file):
     """Appends the source address of every datagram received to `out_file`."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(family_of(host), socket.SOCK_DGRAM)
     s.bind((host, port))
     open(ready_file, "w").close()
     while True:

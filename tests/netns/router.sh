@@ -10,7 +10,9 @@
 # Each LAN host runs what a user behind the router would have open (tests/netns/apps.py): a transfer
 # both ways, sha256-checked at both ends, an interactive session and a UDP stream, all to the server's
 # virtual IP; in routed mode also a session the server side opens to each LAN host. The router's WAN
-# changes underneath (a planned switch, then a link taken down). Each case prints one line; the file
+# changes underneath (a planned switch, then a link taken down). Two more cases give the LAN an IPv6
+# prefix (fd00:50::/64, host fd00:50::10) beside the IPv4 one and the daemons IPv6 virtual IPs
+# (fd00:64::1, fd00:64::2), in each mode. Each case prints one line; the file
 # ends with "router: N passed, M failed". Run as root.
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -169,6 +171,67 @@ test_routed_lan_keeps_its_sessions_and_its_addresses_across_switches() {
 
 test_masqueraded_lan_needs_nothing_from_the_server_and_survives_switches() {
     lan_keeps_its_sessions masquerade no
+}
+
+# An IPv6 LAN (fd00:50::/64) beside the IPv4 one, in MODE: both daemons get IPv6 virtual IPs, the
+# router a second LAN prefix, and in routed mode the server lists it. LAN host 0 (fd00:50::10) runs
+# a transfer both ways, an interactive session and a UDP stream to the server's IPv6 virtual IP
+# across a planned switch; the server's app sees it as SEEN.
+ipv6_lan_keeps_its_sessions() {
+    local mode=$1 seen=$2
+    setup "$mode" "$([ "$mode" = routed ] && echo yes)"
+    kill "$CLIENT_PID" "$SERVER_PID"
+    wait_for 10 "the daemons to stop" sh -c "! kill -0 $CLIENT_PID 2>/dev/null && ! kill -0 $SERVER_PID 2>/dev/null"
+    c ip -6 addr add fd00:50::1/64 dev lan0 nodad
+    ip netns exec "${LAN_NS[0]}" ip -6 addr add fd00:50::10/64 dev eth0 nodad
+    ip netns exec "${LAN_NS[0]}" ip -6 route add default via fd00:50::1
+    sed -i -e 's|^virtual_ips = \["100.64.0.1"\]|virtual_ips = ["100.64.0.1", "fd00:64::1"]|' \
+        -e 's|^client_prefixes = \["100.64.0.0/10"\]|client_prefixes = ["100.64.0.0/10", "fd00:64::/64"]|' \
+        -e 's|^virtual_ips = \["100.64.0.2"\]|virtual_ips = ["100.64.0.2", "fd00:64::2"]|' \
+        -e 's|^lan_prefixes = \["198.19.50.0/24"\]|lan_prefixes = ["198.19.50.0/24", "fd00:50::/64"]|' "$WORK/server.toml"
+    sed -i -e 's|^virtual_ips = \["100.64.0.2"\]|virtual_ips = ["100.64.0.2", "fd00:64::2"]|' \
+        -e 's|^routes = \["100.64.0.0/10"\]|routes = ["100.64.0.0/10", "fd00:64::/64"]|' \
+        -e 's|^prefixes = \["198.19.50.0/24"\]|prefixes = ["198.19.50.0/24", "fd00:50::/64"]|' "$WORK/client.toml"
+    netns_start_daemons || fail "the daemons did not start with IPv6"
+    [ "$(c cat /proc/sys/net/ipv6/conf/all/forwarding)" = 1 ] || fail "the router does not forward IPv6"
+    spawn "$WORK/apps.log" "$NS_S" $APPS peer-server fd00:64::1 7300 "$WORK/peer.ready"
+    spawn "$WORK/apps.log" "$NS_S" $APPS bulk-server fd00:64::1 7200 "$WORK/bulk.ready"
+    spawn "$WORK/apps.log" "$NS_S" $APPS echo-server fd00:64::1 7000 "$WORK/echo.ready"
+    spawn "$WORK/apps.log" "$NS_S" $APPS udp-echo-server fd00:64::1 7003 "$WORK/udp.ready"
+    for f in peer bulk echo udp; do wait_ready "$WORK/$f.ready" || fail "app $f did not start"; done
+    local got
+    got=$(ip netns exec "${LAN_NS[0]}" timeout 15 $APPS ask-peer fd00:64::1 7300) ||
+        fail "LAN host fd00:50::10 cannot reach the server's IPv6 virtual IP"
+    echo "source:      the server's app sees LAN host fd00:50::10 as $got"
+    [ "$got" = "$seen" ] || fail "the server's app saw $got, not $seen"
+    spawn "$WORK/bulk.out" "${LAN_NS[0]}" $APPS bulk-client fd00:64::1 7200 --size "$SIZE" --rate $((8 << 20)) --timeout 240
+    local bulk=$LAST_PID
+    spawn "$WORK/interactive.out" "${LAN_NS[0]}" $APPS interactive fd00:64::1 7000 "$WORK/stop" --timeout 240
+    local interactive=$LAST_PID
+    spawn "$WORK/udp.out" "${LAN_NS[0]}" $APPS udp-stream fd00:64::1 7003 "$WORK/stop" --timeout 240
+    local udp=$LAST_PID
+    progress 16
+    switch_to wwan0
+    progress 16
+    wait "$bulk" || fail "the IPv6 transfer failed: $(tail -n 2 "$WORK/bulk.out")"
+    touch "$WORK/stop"
+    wait "$interactive" || fail "the IPv6 interactive session failed: $(tail -n 2 "$WORK/interactive.out")"
+    wait "$udp" || true
+    grep -q "bulk-server: received $SIZE/$SIZE bytes, sha256 ok" "$WORK/apps.log" ||
+        fail "the server side did not verify the IPv6 transfer"
+    echo "bulk:        fd00:50::10: $(tail -n 1 "$WORK/bulk.out")"
+    echo "interactive: fd00:50::10: $(tail -n 1 "$WORK/interactive.out" | sed 's/^interactive: //')"
+    echo "udp-stream:  fd00:50::10: $(tail -n 1 "$WORK/udp.out" | sed 's/^udp-stream: //')"
+    grep -Eq 'echoed [1-9]' "$WORK/udp.out" || fail "no IPv6 datagram came back: $(tail -n 1 "$WORK/udp.out")"
+    expect_switches "planned:wlan0>wwan0"
+}
+
+test_an_ipv6_lan_routed_keeps_its_sessions_and_its_addresses() {
+    ipv6_lan_keeps_its_sessions routed fd00:50::10
+}
+
+test_an_ipv6_lan_masqueraded_keeps_its_sessions() {
+    ipv6_lan_keeps_its_sessions masquerade fd00:64::2
 }
 
 test_a_routed_lan_is_refused_until_a_reload_lists_it() {
