@@ -229,7 +229,12 @@ test_an_uplink_past_its_cap_is_left_for_the_next_one() {
     wait_for 30 "the session to leave wlan0 past its cap" on_uplink wwan0 || fail "still on $(active_uplink): $(uplink_states)"
     local used why
     used=$(json_get "$WORK/client.sock" '[u["used_bytes"] >> 20 for u in s["uplinks"] if u["name"] == "wlan0"][0]')
-    why=$(json_get "$WORK/client.sock" '[u["why"] for u in s["uplinks"] if u["name"] == "wlan0"][0]')
+    # wlan0 is scored again once its standby path is up, which follows the switch by a round trip or
+    # so; until then it has no score and no reason.
+    wlan0_why() { json_get "$WORK/client.sock" '[u["why"] for u in s["uplinks"] if u["name"] == "wlan0"][0]'; }
+    wlan0_scored() { [ -n "$(wlan0_why)" ]; }
+    wait_for 10 "wlan0 to be scored again" wlan0_scored || true
+    why=$(wlan0_why)
     echo "switches:    $(switch_kinds); wlan0 had carried $used MiB: $why"
     [[ "$why" == *"past its cap of 24 MiB"* ]] || fail "wlan0's score does not say why: $why"
     finish_workload
