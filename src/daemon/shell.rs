@@ -149,13 +149,7 @@ impl Shell {
                             break;
                         }
                     }
-                    for _ in 1..BATCH {
-                        match tun.try_recv_packet(&mut buf) {
-                            Ok(Some(len)) => self.tun_packet(&mut buf, len),
-                            Ok(None) => {}
-                            Err(_) => break,
-                        }
-                    }
+                    self.read_queued(&tun, &mut buf, BATCH - 1);
                 }
                 alive = uplinks_changed => {
                     match (alive, watch.as_ref()) {
@@ -226,13 +220,7 @@ impl Shell {
         let writes = coalesce(batch, |spare| engine.recycle_tun_packet(spare));
         for (i, write) in writes.into_iter().enumerate() {
             if i > 0 && i % BATCH == 0 {
-                for _ in 0..BATCH {
-                    match tun.try_recv_packet(buf) {
-                        Ok(Some(len)) => self.tun_packet(buf, len),
-                        Ok(None) => {}
-                        Err(_) => break,
-                    }
-                }
+                self.read_queued(tun, buf, BATCH);
             }
             if let Err(err) = tun.send(&write).await {
                 // The kernel refused one packet (e.g. no buffer space); TCP retransmits, UDP is lossy.
@@ -241,6 +229,17 @@ impl Shell {
             self.core.engine_mut().recycle_tun_packet(write.packet);
         }
         backlog
+    }
+
+    /// Hands the engine up to `most` packets the TUN has queued, without waiting for more.
+    fn read_queued(&mut self, tun: &Tun, buf: &mut Vec<u8>, most: usize) {
+        for _ in 0..most {
+            match tun.try_recv_packet(buf) {
+                Ok(Some(len)) => self.tun_packet(buf, len),
+                Ok(None) => {}
+                Err(_) => break,
+            }
+        }
     }
 
     /// Hands the packet of `len` bytes at the front of `buf` to the engine. A large one goes as it is
